@@ -1,0 +1,36 @@
+"""haloprune: learn sparse networks with HALO (Hierarchical Adaptive Lasso), prune once, deploy.
+
+    from haloprune import HALO, global_magnitude_prune, sparsity_report
+"""
+
+from __future__ import annotations
+
+from .masks import apply_masks_, keep_masked, load_state_dict
+from .models import MODELS, build_model
+from .penalties import HALO, L1, PENALTIES, Penalty, build_penalty
+from .pruning import (
+    format_sparsity_report,
+    global_magnitude_prune,
+    layerwise_magnitude_prune,
+    sparsity_report,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HALO",
+    "L1",
+    "MODELS",
+    "PENALTIES",
+    "Penalty",
+    "__version__",
+    "apply_masks_",
+    "build_model",
+    "build_penalty",
+    "format_sparsity_report",
+    "global_magnitude_prune",
+    "keep_masked",
+    "layerwise_magnitude_prune",
+    "load_state_dict",
+    "sparsity_report",
+]

@@ -1,0 +1,157 @@
+"""Command line: ``haloprune {run,train,prune,data}`` — thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import HaloPruneError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (defaults are used for what it leaves out)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set optim.epochs=5 --set penalty.xi=1e-6 (repeatable)")
+    p.add_argument("--data-dir", type=Path, help="folder with the dataset's IDX files (else HALOPRUNE_DATA, "
+                   "Debian's /usr/share/datasets, the download cache)")
+    p.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
+    p.add_argument("--name", help="run name, the folder under out_dir (shortcut for --set name=...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = list(args.overrides)
+    if args.epochs is not None:
+        extra.append(f"optim.epochs={args.epochs}")
+    if args.name is not None:
+        extra.append(f"name={json.dumps(args.name)}")
+    if args.data_dir is not None:
+        extra.append(f"data.dir={json.dumps(str(args.data_dir))}")
+    return extra
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import CompareConfig, load_config
+    from .experiment import run_comparison
+    from .report import sparsity_table
+
+    cfg = load_config(CompareConfig, args.config, _overrides(args))
+    records = run_comparison(cfg, progress=False if args.quiet else None)
+    print(f"\nTest accuracy (%) after one-shot global magnitude pruning, no fine-tuning "
+          f"({cfg.model.name}, {cfg.data.name}, {cfg.optim.epochs} epochs):\n")
+    print(sparsity_table(records))
+    print(f"\nwritten: {cfg.run_dir / 'report.md'}, {cfg.run_dir / 'results.json'}, "
+          f"{cfg.run_dir / 'accuracy_vs_sparsity.png'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, load_config
+    from .train import train
+
+    cfg = load_config(TrainConfig, args.config, _overrides(args))
+    result = train(cfg, progress=False if args.quiet else None)
+    last = result.history[-1]
+    print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import copy
+
+    from .experiment import prune_and_evaluate
+    from .pruning import format_sparsity_report, global_magnitude_prune, layerwise_magnitude_prune
+    from .pruning import sparsity_report
+    from .report import sparsity_table
+    from .train import _data_for, load_trained
+
+    for s in args.sparsity:
+        if not 0.0 <= s < 1.0:
+            raise HaloPruneError(f"--sparsity values must be in [0, 1), got {s}")
+    cfg, model, _ = load_trained(args.run_dir)
+    if args.data_dir is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(args.data_dir)})})
+    data = _data_for(cfg, "cpu")
+    rows = prune_and_evaluate(model, data, sorted(set(args.sparsity)), per_layer=args.per_layer)
+    records = [{"method": cfg.name, **r} for r in rows]
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        print(sparsity_table(records))
+    if args.layers:
+        prune = layerwise_magnitude_prune if args.per_layer else global_magnitude_prune
+        for s in sorted(set(args.sparsity)):
+            pruned = copy.deepcopy(model)
+            prune(pruned, s)
+            print(f"\nper-layer sparsity at {100 * s:g}%:\n{format_sparsity_report(sparsity_report(pruned))}")
+    from .checkpoint import save_json
+
+    save_json(records, Path(args.run_dir) / "prune_results.json")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import download, load_dataset
+    from .data.datasets import default_cache_dir
+
+    if args.action == "download":
+        dest = args.dest or default_cache_dir(args.dataset)
+        path = download(args.dataset, Path(dest))
+        print(f"{args.dataset}: verified files in {path}")
+    else:
+        data = load_dataset(args.dataset, args.data_dir, val_size=0)
+        print(f"{args.dataset}: OK, {len(data.y_train)} training and {len(data.y_test)} test images, "
+              "checksums verified")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="haloprune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"haloprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the main job: dense vs HALO on Fashion-MNIST, pruned once, report + plot")
+    _config_args(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="train one model (optionally with a penalty) into runs/<name>/")
+    _config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("prune", help="prune a trained run once at each sparsity and evaluate (no fine-tuning)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--sparsity", type=float, nargs="+", required=True, help="fractions of weights to remove")
+    p.add_argument("--per-layer", action="store_true", help="same fraction per layer instead of global")
+    p.add_argument("--layers", action="store_true", help="also print per-layer sparsity")
+    p.add_argument("--json", action="store_true", help="print records as JSON")
+    p.add_argument("--data-dir", type=Path)
+    p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("data", help="check or download a dataset")
+    p.add_argument("action", choices=["check", "download"])
+    p.add_argument("dataset", choices=["fashion-mnist", "mnist"])
+    p.add_argument("--data-dir", type=Path, help="(check) folder to read")
+    p.add_argument("--dest", type=Path, help="(download) target folder; default ~/.cache/haloprune/<dataset>")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HaloPruneError as err:
+        print(f"haloprune: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("haloprune: interrupted; finished epochs are saved in the run directory", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

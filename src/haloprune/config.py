@@ -1,0 +1,194 @@
+"""Typed, validated configuration (TOML files + ``--set key=value`` overrides).
+
+Every section forbids unknown keys, so a typo is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: Literal["fashion-mnist", "mnist"] = "fashion-mnist"
+    dir: str | None = None  # default: HALOPRUNE_DATA, then the system/cached copies
+    val_size: int = Field(5000, ge=0)  # carved from the training set (seeded), for choosing hyperparameters
+    train_subset: int | None = Field(None, gt=0)  # use only this many training images (fast tests)
+    test_subset: int | None = Field(None, gt=0)
+
+
+class ModelConfig(Section):
+    name: str = "lenet-300-100"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; known: {', '.join(MODELS.names())}")
+        return v
+
+
+class OptimConfig(Section):
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(100, gt=0)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)  # epochs at which "step" multiplies lr by gamma
+    gamma: float = Field(0.1, gt=0, le=1)
+    eval_batch_size: int = Field(1000, gt=0)
+
+
+class PenaltyConfig(Section):
+    name: Literal["none", "l1", "halo"] = "none"
+    xi: float = Field(0.0, ge=0)
+    psi: float = Field(0.0, ge=0)
+    p: float = Field(0.0, ge=0)
+    form: Literal["l1", "l2"] = "l1"
+    lambda_init: float = Field(1.0, gt=0)
+    lambda_min: float = Field(1e-3, gt=0)
+    scope: Literal["all", "conv", "linear"] = "all"
+    include_bias: bool = False
+    lambda_lr_scale: float = Field(1.0, gt=0)  # λ's lr relative to the weights' (reference: 1)
+    lambda_weight_decay: float | None = Field(None, ge=0)  # None: same as the weights (reference)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Arguments for the penalty's constructor."""
+        return self.model_dump(exclude={"name", "lambda_lr_scale", "lambda_weight_decay"})
+
+
+class PruneConfig(Section):
+    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
+    per_layer: bool = False  # False: global magnitude pruning (the paper's); True: same fraction per layer
+
+    @field_validator("sparsities")
+    @classmethod
+    def _nonempty(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one sparsity")
+        return sorted(set(v))
+
+
+class TrainConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    penalty: PenaltyConfig = PenaltyConfig()
+    prune: PruneConfig = PruneConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+class GridPoint(Section):
+    xi: float = Field(ge=0)
+    psi: float = Field(ge=0)
+
+
+class CompareConfig(TrainConfig):
+    """The main job: a dense run and HALO runs over a (ξ, ψ) grid, same data, seed and epochs."""
+
+    name: str = Field("main", pattern=r"^[A-Za-z0-9._-]+$")
+    penalty: PenaltyConfig = PenaltyConfig(name="halo")
+    grid: list[GridPoint] = Field(
+        default_factory=lambda: [GridPoint(xi=1e-6, psi=1e-3), GridPoint(xi=1e-5, psi=1e-3)]
+    )
+    select_sparsities: list[Sparsity] = Field(default_factory=lambda: [0.95, 0.98])
+
+    @model_validator(mode="after")
+    def _check(self) -> CompareConfig:
+        if not self.grid:
+            raise ValueError("grid: give at least one (xi, psi) point")
+        if self.penalty.name != "halo":
+            raise ValueError("penalty.name must be 'halo' for the comparison")
+        return self
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values in TOML syntax; bare words are strings)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[leaf] = _parse_value(value.strip())
+    return data
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def validate(cls: type[C], data: dict[str, Any], source: str = "") -> C:
+    """Validate a plain dict into ``cls``; any problem becomes a one-line :class:`ConfigError`."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source or "(overrides)")) from None
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Read a TOML file (optional), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "(command line)"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    return validate(cls, apply_overrides(data, overrides or []), source)
+
+
+def to_toml(cfg: BaseModel) -> str:
+    """The resolved config as TOML (``None`` values are left out: they mean "default")."""
+    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))

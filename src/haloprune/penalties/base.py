@@ -1,0 +1,72 @@
+"""The penalty interface shared by every sparsity-inducing regulariser.
+
+A penalty is an ``nn.Module`` built from the model it regularises. Calling it returns a scalar that is
+added to the task loss; its own learned parameters (HALO's λ) are ``nn.Parameter`` s, so they are in
+``penalty.parameters()`` (give them to the optimizer) and in ``penalty.state_dict()``::
+
+    penalty = HALO(model, xi=1e-6, psi=1e-3)
+    opt = torch.optim.SGD([*model.parameters(), *penalty.parameters()], lr=0.1, momentum=0.9)
+    penalty.attach(opt)              # keeps λ in its safe range after every step
+    loss = F.cross_entropy(model(x), y) + penalty()
+
+The model is held by reference but not registered as a submodule, so the penalty's ``state_dict`` and
+``parameters()`` hold only its own state. ``penalty(other_model)`` reads the weights from another module
+with the same parameter names (for example a ``torch.compile`` d or DDP-wrapped one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..selection import Scope, select_parameters, unwrap
+
+
+class Penalty(nn.Module):
+    """Base class: resolves and remembers the penalised parameters by dotted name."""
+
+    def __init__(self, model: nn.Module, *, scope: Scope = "all", include_bias: bool = False) -> None:
+        super().__init__()
+        model = unwrap(model)
+        self.param_names: list[str] = select_parameters(model, scope=scope, include_bias=include_bias)
+        if not self.param_names:
+            raise ValueError("the model has no Linear or Conv parameters to penalise in this scope")
+        params = dict(model.named_parameters())
+        self.shapes: list[tuple[int, ...]] = [tuple(params[n].shape) for n in self.param_names]
+        self.numels: list[int] = [params[n].numel() for n in self.param_names]
+        self.__dict__["_model"] = model  # a reference, not a submodule
+
+    @property
+    def num_penalized(self) -> int:
+        """Number of penalised scalars."""
+        return sum(self.numels)
+
+    def weights(self, model: nn.Module | None = None) -> list[torch.Tensor]:
+        """The penalised tensors of ``model`` (default: the model given at construction)."""
+        module = unwrap(model) if model is not None else self.__dict__["_model"]
+        params = dict(module.named_parameters())
+        try:
+            tensors = [params[n] for n in self.param_names]
+        except KeyError as err:
+            raise ValueError(f"the model has no parameter {err.args[0]!r} that this penalty expects") from None
+        for n, t, shape in zip(self.param_names, tensors, self.shapes, strict=True):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"parameter {n!r} has shape {tuple(t.shape)}, the penalty expects {shape}")
+        return tensors
+
+    def forward(self, model: nn.Module | None = None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Restore the constraints on the learned parameters after an optimizer step (no-op here)."""
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Call :meth:`project_` after every ``optimizer.step()``. Returns the removable hook handle."""
+        return optimizer.register_step_post_hook(lambda *_: self.project_())
+
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging once per epoch (e.g. λ statistics)."""
+        return {}

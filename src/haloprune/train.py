@@ -1,0 +1,254 @@
+"""The training loop: one function, config in, trained model + penalty + metrics out.
+
+Per step: forward → task loss + penalty → backward → optimizer step → lr schedule → keep λ in range →
+keep pruned weights at zero. Per epoch: evaluate on the validation split, log one line to
+``metrics.jsonl``, write a checkpoint atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_torch, save_json, save_text, save_torch
+from .config import OptimConfig, PenaltyConfig, TrainConfig, to_toml
+from .data import SplitData, iterate_batches, load_dataset
+from .errors import ConfigError, HaloPruneError
+from .masks import apply_masks_
+from .models import build_model
+from .penalties import Penalty, build_penalty
+from .selection import select_parameters
+
+
+class TrainingDiverged(HaloPruneError):
+    """The loss or a parameter became NaN/inf."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class LRSchedule:
+    """lr multiplier per optimizer step (a plain callable object, so the scheduler state is saveable)."""
+
+    kind: str
+    steps_per_epoch: int
+    total_steps: int
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        if self.kind == "step":
+            epoch = step // self.steps_per_epoch
+            return self.gamma ** sum(epoch >= m for m in self.milestones)
+        return 1.0
+
+
+def build_optimizer(
+    model: nn.Module, penalty: Penalty | None, optim: OptimConfig, pen: PenaltyConfig
+) -> torch.optim.SGD:
+    """SGD with momentum; the penalty's own parameters (λ) get their own group (reference: same lr/wd)."""
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "name": "model"}]
+    extra = list(penalty.parameters()) if penalty is not None else []
+    if extra:
+        wd = optim.weight_decay if pen.lambda_weight_decay is None else pen.lambda_weight_decay
+        groups.append({"params": extra, "name": "penalty", "lr": optim.lr * pen.lambda_lr_scale,
+                       "weight_decay": wd})
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                           weight_decay=optim.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` on ``(x, y)``."""
+    if len(y) == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    was_training = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False, generator=None):
+        out = model(xb)
+        loss += F.cross_entropy(out, yb, reduction="sum").item()
+        correct += int((out.argmax(1) == yb).sum().item())
+    model.train(was_training)
+    return {"loss": loss / len(y), "accuracy": 100.0 * correct / len(y)}
+
+
+def _data_for(cfg: TrainConfig, device: torch.device) -> SplitData:
+    d = cfg.data
+    data = load_dataset(d.name, d.dir, val_size=d.val_size, seed=cfg.seed, train_subset=d.train_subset,
+                        test_subset=d.test_subset)
+    return data.to(device)
+
+
+def _check_finite(step: int, loss: torch.Tensor, model: nn.Module, penalty: Penalty | None) -> None:
+    if torch.isfinite(loss):
+        return
+    named = list(model.named_parameters()) + (
+        [(f"penalty.{n}", p) for n, p in penalty.named_parameters()] if penalty is not None else [])
+    bad = [n for n, p in named if not torch.isfinite(p).all()]
+    where = f"; non-finite parameters: {', '.join(bad[:5])}" if bad else ""
+    raise TrainingDiverged(f"loss became {loss.item()} at step {step}{where}; lower the lr, xi or psi")
+
+
+def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True) -> tuple[Path, bool]:
+    """Create ``runs/<name>/`` with the resolved config; returns (dir, already_finished).
+
+    A directory holding a run with a *different* config is never overwritten: that is an error.
+    """
+    run_dir = cfg.run_dir
+    config_file = run_dir / "config.toml"
+    text = to_toml(cfg)
+    if config_file.exists():
+        if config_file.read_text() != text:
+            raise ConfigError(f"{run_dir} holds a run with a different config; choose another name "
+                              f"(--set name=...) or out_dir, or delete it")
+        if reuse and (run_dir / "model.pt").exists():
+            return run_dir, True
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_text(text, config_file)
+    except OSError as err:
+        raise HaloPruneError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return run_dir, False
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    penalty: Penalty | None
+    history: list[dict[str, Any]]
+    run_dir: Path | None
+    data: SplitData
+
+
+def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Penalty | None]:
+    """The model and penalty a config describes, freshly initialised from ``cfg.seed``."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model.name).to(device)
+    penalty = None
+    if cfg.penalty.name != "none":
+        penalty = build_penalty(cfg.penalty.name, model, **cfg.penalty.kwargs()).to(device)
+    return model, penalty
+
+
+def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig, nn.Module, Penalty | None]:
+    """The config, trained model and penalty saved in a finished run directory."""
+    from .config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise HaloPruneError(f"{run_dir} is not a haloprune run directory (no config.toml)")
+    cfg = load_config(TrainConfig, run_dir / "config.toml")
+    if not (run_dir / "model.pt").is_file():
+        raise HaloPruneError(f"{run_dir} has no model.pt: the run did not finish")
+    state = load_torch(run_dir / "model.pt", map_location=device)
+    model, penalty = build(cfg, device)
+    from .masks import load_state_dict
+
+    load_state_dict(model, state["model"])
+    if penalty is not None and state.get("penalty") is not None:
+        penalty.load_state_dict(state["penalty"])
+    return cfg, model, penalty
+
+
+def train(cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True,
+          progress: bool | None = None) -> TrainResult:
+    """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``."""
+    device = torch.device(cfg.device)
+    run_dir = None
+    if save:
+        run_dir, finished = prepare_run_dir(cfg)
+        if finished:
+            _, model, penalty = load_trained(run_dir, cfg.device)
+            history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            return TrainResult(model, penalty, history, run_dir, data or _data_for(cfg, device))
+    data = data if data is not None else _data_for(cfg, device)
+    model, penalty = build(cfg, device)
+    opt = build_optimizer(model, penalty, cfg.optim, cfg.penalty)
+    steps_per_epoch = math.ceil(len(data.y_train) / cfg.optim.batch_size)
+    schedule = LRSchedule(cfg.optim.schedule, steps_per_epoch, steps_per_epoch * cfg.optim.epochs,
+                          list(cfg.optim.milestones), cfg.optim.gamma)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    prunable = select_parameters(model, scope=cfg.penalty.scope, include_bias=cfg.penalty.include_bias)
+    history: list[dict[str, Any]] = []
+    step = 0
+    for epoch in range(1, cfg.optim.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(4, device=device)  # ce, penalty, correct, seen
+        bar = tqdm(total=steps_per_epoch, desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}", leave=False,
+                   disable=None if progress is None else not progress, unit="batch")
+        for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.optim.batch_size, shuffle=True,
+                                      generator=gen):
+            out = model(xb)
+            ce = F.cross_entropy(out, yb)
+            pen = penalty() if penalty is not None else torch.zeros((), device=device)
+            loss = ce + pen
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if penalty is not None:
+                penalty.project_()
+            apply_masks_(model)
+            step += 1
+            with torch.no_grad():
+                sums += torch.stack([ce.detach() * len(yb), pen.detach() * len(yb),
+                                     (out.argmax(1) == yb).sum().float(), torch.tensor(float(len(yb)))])
+            if step % 50 == 0 or step % steps_per_epoch == 0:
+                _check_finite(step, loss.detach(), model, penalty)
+                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{100 * sums[2].item() / sums[3].item():.1f}")
+            bar.update()
+        bar.close()
+        seconds = time.perf_counter() - t0
+        ce_sum, pen_sum, correct, seen = sums.tolist()
+        with torch.no_grad():
+            w = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in prunable])
+        val = evaluate(model, data.x_val, data.y_val, cfg.optim.eval_batch_size)
+        row = {"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
+               "train_ce": ce_sum / seen, "train_penalty": pen_sum / seen, "train_accuracy": 100 * correct / seen,
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+               "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
+               "seconds": seconds, "images_per_s": seen / seconds}
+        if penalty is not None:
+            row.update(penalty.stats())
+        history.append(row)
+        if progress is not False:
+            tqdm.write(f"[{cfg.name}] epoch {epoch}/{cfg.optim.epochs}  ce {row['train_ce']:.4f}  "
+                       f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
+                       f"|w|<1e-3: {100 * row['frac_weights_below_1e-3']:.1f}%  {seconds:.1f}s")
+        if run_dir is not None:
+            with (run_dir / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            save_torch(_state(cfg, model, penalty, opt, sched, gen, epoch, step), run_dir / "checkpoint.pt")
+    if run_dir is not None:
+        final = {"model": model.state_dict(), "penalty": penalty.state_dict() if penalty is not None else None,
+                 "epoch": cfg.optim.epochs}
+        save_torch(final, run_dir / "model.pt")
+        save_json(history[-1], run_dir / "final_metrics.json")
+    return TrainResult(model, penalty, history, run_dir, data)
+
+
+def _state(cfg, model, penalty, opt, sched, gen, epoch, step) -> dict[str, Any]:
+    return {"model": model.state_dict(), "penalty": penalty.state_dict() if penalty is not None else None,
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "epoch": epoch, "step": step}

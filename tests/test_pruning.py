@@ -1,0 +1,161 @@
+"""Magnitude pruning: exact sparsity, deterministic ties, masks that survive everything."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from haloprune import (
+    build_model,
+    global_magnitude_prune,
+    keep_masked,
+    layerwise_magnitude_prune,
+    load_state_dict,
+    sparsity_report,
+)
+from haloprune.masks import apply_masks_, get_masks, remove_masks
+from haloprune.pruning import format_sparsity_report, masks_from_scores
+
+
+def _zeros(model: nn.Module) -> int:
+    return sum(int((m == 0).sum()) for m in (model.fc1.weight, model.fc2.weight, model.fc3.weight))
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.95, 0.98, 0.99, 0.999])
+def test_global_prune_meets_sparsity_exactly(sparsity: float) -> None:
+    model = build_model("lenet-300-100")
+    masks = global_magnitude_prune(model, sparsity)
+    n = sum(m.numel() for m in masks.values())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    assert pruned == round(sparsity * n)
+    assert _zeros(model) == pruned
+    assert sparsity_report(model)[-1].params == n
+
+
+def test_global_prune_keeps_the_largest_weights() -> None:
+    model = build_model("lenet-300-100")
+    w = torch.cat([p.detach().abs().flatten() for n, p in model.named_parameters() if "weight" in n])
+    global_magnitude_prune(model, 0.9)
+    kept = torch.cat([p.detach().abs().flatten() for n, p in model.named_parameters() if "weight" in n])
+    threshold = torch.sort(w).values[round(0.9 * w.numel())]
+    assert (kept[kept > 0] >= threshold).all()
+
+
+def test_layerwise_prune_is_exact_per_layer() -> None:
+    model = build_model("lenet-5")
+    masks = layerwise_magnitude_prune(model, 0.7)
+    for mask in masks.values():
+        assert int((~mask).sum()) == round(0.7 * mask.numel())
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    sparsity=st.floats(0.0, 0.999),
+)
+def test_ties_are_broken_by_position_deterministically(values: list[int], sparsity: float) -> None:
+    scores = {"a": torch.tensor(values, dtype=torch.float32)}
+    keep = masks_from_scores(scores, sparsity)["a"]
+    n_prune = round(sparsity * len(values))
+    assert int((~keep).sum()) == n_prune
+    # Expected: sort by (value, index) and prune the first n_prune.
+    order = sorted(range(len(values)), key=lambda i: (values[i], i))
+    expected = torch.ones(len(values), dtype=torch.bool)
+    expected[order[:n_prune]] = False
+    assert torch.equal(keep, expected)
+    assert torch.equal(keep, masks_from_scores(scores, sparsity)["a"])
+
+
+def test_sparsity_out_of_range_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        global_magnitude_prune(build_model("lenet-300-100"), 1.0)
+    with pytest.raises(ValueError):
+        global_magnitude_prune(build_model("lenet-300-100"), -0.1)
+
+
+def _pruned() -> nn.Module:
+    model = build_model("lenet-300-100")
+    global_magnitude_prune(model, 0.9)
+    return model
+
+
+def test_masks_survive_state_dict_into_a_fresh_model() -> None:
+    model = _pruned()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = build_model("lenet-300-100")
+    load_state_dict(fresh, torch.load(buf, weights_only=True))
+    assert set(get_masks(fresh)) == set(get_masks(model))
+    for name, mask in get_masks(model).items():
+        assert torch.equal(get_masks(fresh)[name], mask)
+        assert torch.equal(fresh.get_parameter(name), model.get_parameter(name))
+
+
+def test_masks_survive_deepcopy_and_pickle() -> None:
+    model = _pruned()
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert set(get_masks(twin)) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+        x = torch.randn(4, 1, 28, 28)
+        torch.testing.assert_close(twin(x), model(x))
+
+
+def _train_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 5) -> None:
+    for _ in range(steps):
+        x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_pruned_weights_stay_zero_while_training_continues() -> None:
+    model = _pruned()
+    zeros_before = {n: ~m for n, m in get_masks(model).items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    keep_masked(opt, model)
+    _train_steps(model, opt)
+    for name, pruned in zeros_before.items():
+        assert (model.get_parameter(name)[pruned] == 0).all()
+
+
+def test_masked_model_compiles_and_trains() -> None:
+    model = _pruned()
+    compiled = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    keep_masked(opt, model)
+    _train_steps(compiled, opt, steps=3)
+    for name, mask in get_masks(model).items():
+        assert (model.get_parameter(name)[~mask] == 0).all()
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_remove_masks_and_reapply() -> None:
+    model = _pruned()
+    with torch.no_grad():
+        model.fc1.weight.add_(1.0)
+    apply_masks_(model)
+    assert sparsity_report(model)[0].sparsity == pytest.approx(
+        1 - get_masks(model)["fc1.weight"].float().mean().item()
+    )
+    remove_masks(model)
+    assert get_masks(model) == {}
+    assert not any(k.endswith("_mask") for k in model.state_dict())
+
+
+def test_sparsity_report_rows_and_table() -> None:
+    model = _pruned()
+    rows = sparsity_report(model)
+    assert [r.name for r in rows] == ["fc1.weight", "fc2.weight", "fc3.weight", "total"]
+    assert rows[-1].params == 784 * 300 + 300 * 100 + 100 * 10
+    assert rows[-1].sparsity == pytest.approx(0.9, abs=1e-6)
+    table = format_sparsity_report(rows)
+    assert "fc1.weight" in table and "90.00%" in table
