@@ -12,15 +12,20 @@ from haloprune.errors import ConfigError
 
 
 def test_defaults_and_overrides() -> None:
-    cfg = load_config(TrainConfig, None, ["optim.epochs=3", "penalty.name=halo", "penalty.xi=1e-6",
-                                          "prune.sparsities=[0.9, 0.5]", "name=abc"])
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["optim.epochs=3", "penalty.name=halo", "penalty.xi=1e-6", "prune.sparsities=[0.9, 0.5]", "name=abc"],
+    )
     assert cfg.optim.epochs == 3 and cfg.penalty.name == "halo" and cfg.penalty.xi == 1e-6
     assert cfg.prune.sparsities == [0.5, 0.9]
     assert cfg.run_dir == Path("runs/abc")
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
-    cfg = load_config(CompareConfig, None, ["optim.lr=0.05", "grid=[{xi=1e-6, psi=1e-3}]"])
+    cfg = load_config(CompareConfig, None, ["optim.lr=0.05", "methods.halo.grid=[{xi=1e-6, psi=1e-3}]"])
+    assert set(cfg.methods) == {"dense", "l1", "halo"}  # --set edits one method, keeps the others
+    assert cfg.methods["halo"].penalty.name == "halo"
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
     assert load_config(CompareConfig, path) == cfg
@@ -55,9 +60,16 @@ def test_bad_override_syntax() -> None:
         apply_overrides({"optim": 3}, ["optim.lr=1"])
 
 
-def test_compare_config_needs_a_grid() -> None:
-    with pytest.raises(ConfigError, match="grid"):
-        load_config(CompareConfig, None, ["grid=[]"])
+def test_compare_config_methods_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least one method"):
+        load_config(CompareConfig, None, ["methods={}"])
+    with pytest.raises(ConfigError, match="grid point 0"):
+        load_config(CompareConfig, None, ["methods.halo.grid=[{xj=1.0}]"])
+    with pytest.raises(ConfigError, match="grid point 0"):
+        load_config(CompareConfig, None, ["methods.halo.grid=[{xi=-1.0, psi=1e-3}]"])
+    only = tmp_path / "only.toml"
+    only.write_text("[methods.halo]\npenalty = {name = 'halo', xi = 1e-6, psi = 1e-3}\n")
+    assert set(load_config(CompareConfig, only).methods) == {"halo"}  # a file replaces the method list
 
 
 def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -80,13 +92,17 @@ def test_cli_bad_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_cli_missing_data_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = _run_cli(["train", "--data-dir", str(tmp_path / "nowhere"), "--set", f"out_dir='{tmp_path}'",
-                          "--quiet"], capsys)
+    code, err = _run_cli(
+        ["train", "--data-dir", str(tmp_path / "nowhere"), "--set", f"out_dir='{tmp_path}'", "--quiet"],
+        capsys,
+    )
     assert code == 2
     assert "fashion-mnist" in err and err.count("\n") == 1
 
 
-def test_cli_corrupt_data_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], real_fmnist: Path) -> None:
+def test_cli_corrupt_data_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], real_fmnist: Path
+) -> None:
     data = tmp_path / "fm"
     data.mkdir()
     for f in real_fmnist.iterdir():

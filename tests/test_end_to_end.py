@@ -9,15 +9,22 @@ import pytest
 
 from haloprune.cli import main
 
+METHODS = [
+    "--set",
+    "methods.l1.grid=[{xi=1e-4}]",
+    "--set",
+    "methods.halo.grid=[{xi=1e-7, psi=1e-3}, {xi=1e-5, psi=1e-4}]",
+]
+
 
 def _run_main(tmp_path: Path, extra: list[str]) -> list[dict]:
-    args = ["run", "--quiet", "--set", f"out_dir='{tmp_path}'", "--set", "grid=[{xi=1e-6, psi=1e-3}]", *extra]
+    args = ["run", "--quiet", "--set", f"out_dir='{tmp_path}'", *METHODS, *extra]
     assert main(args) == 0
     out = tmp_path / "main"
     for name in ("report.md", "results.json", "accuracy_vs_sparsity.png", "selection.json"):
         assert (out / name).stat().st_size > 0, name
     records = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in records} == {"dense", "halo"}
+    assert {r["method"] for r in records} == {"dense", "l1", "halo"}
     for r in records:
         assert {"method", "sparsity", "accuracy", "seed", "achieved_sparsity"} <= set(r)
         assert abs(r["achieved_sparsity"] - r["sparsity"]) < 1e-4
@@ -25,13 +32,24 @@ def _run_main(tmp_path: Path, extra: list[str]) -> list[dict]:
 
 
 def test_main_job_small_slice(tmp_path: Path, real_fmnist: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    records = _run_main(tmp_path, ["--epochs", "2", "--set", "data.train_subset=4000", "--set",
-                                   "data.val_size=1000", "--set", "data.test_subset=2000"])
+    records = _run_main(
+        tmp_path,
+        [
+            "--epochs",
+            "2",
+            "--set",
+            "data.train_subset=4000",
+            "--set",
+            "data.val_size=1000",
+            "--set",
+            "data.test_subset=2000",
+        ],
+    )
     acc = {(r["method"], r["sparsity"]): r["accuracy"] for r in records}
     assert acc[("dense", 0.5)] > 60.0  # chance is 10%
     assert acc[("halo", 0.5)] > 60.0
     printed = capsys.readouterr().out
-    assert "| sparsity | dense | halo |" in printed
+    assert "| sparsity | dense | l1 | halo |" in printed
 
     # The trained runs are ordinary run directories: prune one again from the CLI.
     assert main(["prune", str(tmp_path / "main" / "dense"), "--sparsity", "0.9", "--layers"]) == 0
@@ -40,8 +58,19 @@ def test_main_job_small_slice(tmp_path: Path, real_fmnist: Path, capsys: pytest.
 
     # Running the same job again reuses the finished runs instead of training again.
     mtime = (tmp_path / "main" / "dense" / "model.pt").stat().st_mtime_ns
-    _run_main(tmp_path, ["--epochs", "2", "--set", "data.train_subset=4000", "--set", "data.val_size=1000",
-                         "--set", "data.test_subset=2000"])
+    _run_main(
+        tmp_path,
+        [
+            "--epochs",
+            "2",
+            "--set",
+            "data.train_subset=4000",
+            "--set",
+            "data.val_size=1000",
+            "--set",
+            "data.test_subset=2000",
+        ],
+    )
     assert (tmp_path / "main" / "dense" / "model.pt").stat().st_mtime_ns == mtime
 
 

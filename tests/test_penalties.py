@@ -39,13 +39,18 @@ def test_halo_value_and_gradients_match_hand_computation(form: str, p: float) ->
     # Hand computation on independent float64 leaves.
     ws2 = [w.detach().clone().requires_grad_() for w in ws]
     lam_flat = halo.lam.detach().clone()
-    lams2 = [c.view_as(w).clone().requires_grad_() for c, w in zip(lam_flat.split([w.numel() for w in ws]), ws)]
+    lams2 = [
+        c.view_as(w).clone().requires_grad_()
+        for c, w in zip(lam_flat.split([w.numel() for w in ws]), ws, strict=True)
+    ]
     expected = _hand_halo(ws2, lams2, 0.3, 0.02, p, form)
     expected.backward()
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
     for a, b in zip(g_w, ws2, strict=True):
         torch.testing.assert_close(a, b.grad, rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(g_lam, torch.cat([lam.grad.flatten() for lam in lams2]), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        g_lam, torch.cat([lam.grad.flatten() for lam in lams2]), rtol=1e-12, atol=1e-15
+    )
 
     # Closed forms (l1 form): dw = ξ sign(w)/λ², dλ = -2ξ|w|/λ³ + ψ sign(λ) sign(Σ|λ| - p).
     if form == "l1":
@@ -122,10 +127,10 @@ def test_halo_state_dict_roundtrip_deepcopy_and_pickle() -> None:
     buf = io.BytesIO()
     torch.save((model, halo), buf)
     buf.seek(0)
-    m2, h2 = torch.load(buf, weights_only=False)
+    _, h2 = torch.load(buf, weights_only=False)
     assert torch.equal(h2(), halo())
     other = HALO(build_model("lenet-5"), xi=1e-6, psi=1e-3)
-    with pytest.raises(Exception, match="different|size mismatch"):
+    with pytest.raises(Exception, match=r"different|size mismatch"):
         other.load_state_dict(halo.state_dict())
 
 

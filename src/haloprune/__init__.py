@@ -1,6 +1,6 @@
 """haloprune: learn sparse networks with HALO (Hierarchical Adaptive Lasso), prune once, deploy.
 
-    from haloprune import HALO, global_magnitude_prune, sparsity_report
+from haloprune import HALO, global_magnitude_prune, sparsity_report
 """
 
 from __future__ import annotations

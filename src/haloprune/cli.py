@@ -13,10 +13,20 @@ from .errors import HaloPruneError
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (defaults are used for what it leaves out)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set optim.epochs=5 --set penalty.xi=1e-6 (repeatable)")
-    p.add_argument("--data-dir", type=Path, help="folder with the dataset's IDX files (else HALOPRUNE_DATA, "
-                   "Debian's /usr/share/datasets, the download cache)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set optim.epochs=5 --set penalty.xi=1e-6 (repeatable)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with the dataset's IDX files (else HALOPRUNE_DATA, "
+        "Debian's /usr/share/datasets, the download cache)",
+    )
     p.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
     p.add_argument("--name", help="run name, the folder under out_dir (shortcut for --set name=...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -40,11 +50,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(CompareConfig, args.config, _overrides(args))
     records = run_comparison(cfg, progress=False if args.quiet else None)
-    print(f"\nTest accuracy (%) after one-shot global magnitude pruning, no fine-tuning "
-          f"({cfg.model.name}, {cfg.data.name}, {cfg.optim.epochs} epochs):\n")
+    print(
+        f"\nTest accuracy (%) after one-shot global magnitude pruning, no fine-tuning "
+        f"({cfg.model.name}, {cfg.data.name}, {cfg.optim.epochs} epochs):\n"
+    )
     print(sparsity_table(records))
-    print(f"\nwritten: {cfg.run_dir / 'report.md'}, {cfg.run_dir / 'results.json'}, "
-          f"{cfg.run_dir / 'accuracy_vs_sparsity.png'}")
+    print(
+        f"\nwritten: {cfg.run_dir / 'report.md'}, {cfg.run_dir / 'results.json'}, "
+        f"{cfg.run_dir / 'accuracy_vs_sparsity.png'}"
+    )
     return 0
 
 
@@ -63,8 +77,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     import copy
 
     from .experiment import prune_and_evaluate
-    from .pruning import format_sparsity_report, global_magnitude_prune, layerwise_magnitude_prune
-    from .pruning import sparsity_report
+    from .pruning import (
+        format_sparsity_report,
+        global_magnitude_prune,
+        layerwise_magnitude_prune,
+        sparsity_report,
+    )
     from .report import sparsity_table
     from .train import _data_for, load_trained
 
@@ -103,8 +121,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"{args.dataset}: verified files in {path}")
     else:
         data = load_dataset(args.dataset, args.data_dir, val_size=0)
-        print(f"{args.dataset}: OK, {len(data.y_train)} training and {len(data.y_test)} test images, "
-              "checksums verified")
+        print(
+            f"{args.dataset}: OK, {len(data.y_train)} training and {len(data.y_test)} test images, "
+            "checksums verified"
+        )
     return 0
 
 
@@ -123,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("prune", help="prune a trained run once at each sparsity and evaluate (no fine-tuning)")
+    p = sub.add_parser(
+        "prune", help="prune a trained run once at each sparsity and evaluate (no fine-tuning)"
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--sparsity", type=float, nargs="+", required=True, help="fractions of weights to remove")
     p.add_argument("--per-layer", action="store_true", help="same fraction per layer instead of global")

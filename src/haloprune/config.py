@@ -5,6 +5,7 @@ Every section forbids unknown keys, so a typo is an error, not a silently ignore
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -85,7 +86,9 @@ class PruneConfig(Section):
         return sorted(set(v))
 
 
-class TrainConfig(Section):
+class RunConfig(Section):
+    """What every job shares: where it writes, the seed, the data, the model, the optimiser, pruning."""
+
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
     out_dir: str = "runs"
     seed: int = 0
@@ -93,7 +96,6 @@ class TrainConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
-    penalty: PenaltyConfig = PenaltyConfig()
     prune: PruneConfig = PruneConfig()
 
     @property
@@ -101,28 +103,74 @@ class TrainConfig(Section):
         return Path(self.out_dir) / self.name
 
 
-class GridPoint(Section):
-    xi: float = Field(ge=0)
-    psi: float = Field(ge=0)
+class TrainConfig(RunConfig):
+    """One training run (``haloprune train``)."""
+
+    penalty: PenaltyConfig = PenaltyConfig()
 
 
-class CompareConfig(TrainConfig):
-    """The main job: a dense run and HALO runs over a (ξ, ψ) grid, same data, seed and epochs."""
+class MethodConfig(Section):
+    """A way of getting a sparse network: a penalty, and a grid of settings chosen on the validation split."""
 
-    name: str = Field("main", pattern=r"^[A-Za-z0-9._-]+$")
-    penalty: PenaltyConfig = PenaltyConfig(name="halo")
-    grid: list[GridPoint] = Field(
-        default_factory=lambda: [GridPoint(xi=1e-6, psi=1e-3), GridPoint(xi=1e-5, psi=1e-3)]
-    )
-    select_sparsities: list[Sparsity] = Field(default_factory=lambda: [0.95, 0.98])
+    penalty: PenaltyConfig = PenaltyConfig()
+    grid: list[dict[str, float]] = Field(default_factory=list)  # each point overrides penalty fields
 
     @model_validator(mode="after")
-    def _check(self) -> CompareConfig:
-        if not self.grid:
-            raise ValueError("grid: give at least one (xi, psi) point")
-        if self.penalty.name != "halo":
-            raise ValueError("penalty.name must be 'halo' for the comparison")
+    def _check_grid(self) -> MethodConfig:
+        for i, point in enumerate(self.grid):
+            try:
+                PenaltyConfig.model_validate({**self.penalty.model_dump(), **point})
+            except ValidationError as err:
+                raise ValueError(
+                    f"grid point {i} ({point}): {_one_line(err, '').split(': ', 1)[1]}"
+                ) from None
         return self
+
+    def candidates(self) -> list[tuple[str, PenaltyConfig]]:
+        """(suffix, penalty) for every grid point; the bare penalty when there is no grid."""
+        if not self.grid:
+            return [("", self.penalty)]
+        out = []
+        for point in self.grid:
+            suffix = "_" + "_".join(f"{k}{v:g}" for k, v in point.items())
+            out.append((suffix, PenaltyConfig.model_validate({**self.penalty.model_dump(), **point})))
+        return out
+
+
+def _default_methods() -> dict[str, MethodConfig]:
+    return {
+        "dense": MethodConfig(penalty=PenaltyConfig(name="none")),
+        "l1": MethodConfig(penalty=PenaltyConfig(name="l1"), grid=[{"xi": 3e-5}, {"xi": 1e-4}, {"xi": 3e-4}]),
+        "halo": MethodConfig(
+            penalty=PenaltyConfig(name="halo"),
+            grid=[{"xi": 3e-8, "psi": 1e-3}, {"xi": 1e-7, "psi": 1e-3}, {"xi": 1e-6, "psi": 3e-4}],
+        ),
+    }
+
+
+class CompareConfig(RunConfig):
+    """The main job: several methods on the same data, seed and epochs, each pruned once and evaluated."""
+
+    name: str = Field("main", pattern=r"^[A-Za-z0-9._-]+$")
+    prune: PruneConfig = PruneConfig(sparsities=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99, 0.995])
+    methods: dict[str, MethodConfig] = Field(default_factory=_default_methods)
+    select_sparsities: list[Sparsity] = Field(default_factory=lambda: [0.95, 0.98, 0.99])
+
+    @field_validator("methods")
+    @classmethod
+    def _nonempty(cls, v: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
+        if not v:
+            raise ValueError("give at least one method")
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+                raise ValueError(f"method name {name!r} may use only letters, digits, '.', '_' and '-'")
+        return v
+
+    def train_config(self, run_name: str, penalty: PenaltyConfig) -> TrainConfig:
+        """The training run of one candidate, stored under this job's folder."""
+        base = self.model_dump(include=set(RunConfig.model_fields))
+        base.update(name=run_name, out_dir=str(self.run_dir), penalty=penalty.model_dump())
+        return TrainConfig.model_validate(base)
 
 
 C = TypeVar("C", bound=BaseModel)
@@ -186,7 +234,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"cannot read config file {path}: {err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    return validate(cls, apply_overrides(data, overrides or []), source)
+    cfg = validate(cls, data, source)
+    if not overrides:
+        return cfg
+    # Overrides edit the resolved config, so `--set methods.l1.grid=[...]` keeps the other methods.
+    return validate(cls, apply_overrides(cfg.model_dump(), overrides), f"{source} with --set")
 
 
 def to_toml(cfg: BaseModel) -> str:

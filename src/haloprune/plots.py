@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:

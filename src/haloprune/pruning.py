@@ -50,9 +50,7 @@ def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, *, per_l
     """Masks that prune exactly ``round(sparsity · N)`` of the scored weights, globally or per layer."""
     _check_sparsity(sparsity)
     if per_layer:
-        return {
-            n: _keep_mask(s, round(sparsity * s.numel())).view_as(s) for n, s in scores.items()
-        }
+        return {n: _keep_mask(s, round(sparsity * s.numel())).view_as(s) for n, s in scores.items()}
     flat = torch.cat([s.flatten() for s in scores.values()])
     keep = _keep_mask(flat, round(sparsity * flat.numel()))
     out, start = {}, 0

@@ -20,7 +20,9 @@ def sparsity_table(records: Sequence[dict[str, Any]], key: str = "accuracy") -> 
         vals = [cell.get((m, s)) for m in methods]
         finite = [v for v in vals if v is not None and v == v]
         best = max(finite) if finite else None
-        cells = [f"**{_pct(v)}**" if v is not None and v == best and len(finite) > 1 else _pct(v) for v in vals]
+        cells = [
+            f"**{_pct(v)}**" if v is not None and v == best and len(finite) > 1 else _pct(v) for v in vals
+        ]
         lines.append(f"| {100 * s:g}% | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -28,40 +30,47 @@ def sparsity_table(records: Sequence[dict[str, Any]], key: str = "accuracy") -> 
 def comparison_markdown(records: Sequence[dict[str, Any]], summary: dict[str, Any], cfg: Any) -> str:
     """The main job's report: test accuracy table, the selection on the validation split, timings."""
     by_method = {r["method"]: r for r in records}
+    o = cfg.optim
     lines = [
-        f"# {cfg.model.name} on {cfg.data.name}: dense vs HALO, one-shot global magnitude pruning",
+        f"# {cfg.model.name} on {cfg.data.name}: one-shot global magnitude pruning, no fine-tuning",
         "",
-        f"Same data, seed ({cfg.seed}) and budget ({cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
-        f"lr {cfg.optim.lr:g} {cfg.optim.schedule}, momentum {cfg.optim.momentum:g}, "
-        f"weight decay {cfg.optim.weight_decay:g}). Each trained network is pruned once at every sparsity "
-        "and evaluated on the test set **without fine-tuning**.",
+        f"Every method: same data, seed ({cfg.seed}) and budget ({o.epochs} epochs, batch {o.batch_size}, "
+        f"SGD lr {o.lr:g} {o.schedule}, momentum {o.momentum:g}, weight decay {o.weight_decay:g}). "
+        "Each trained network is pruned once at every sparsity and evaluated on the test set "
+        "**without fine-tuning**. "
+        "Hyperparameters were chosen on a validation split carved from the training set.",
         "",
         "## Test accuracy (%) after pruning",
         "",
         sparsity_table(records),
         "",
-        "Unpruned test accuracy: "
-        + ", ".join(f"{m} {_pct(r['unpruned_test_accuracy'])}%" for m, r in by_method.items()),
-        "",
-        "## HALO hyperparameters, chosen on the validation split",
-        "",
-        "| xi | psi | mean val accuracy after pruning at "
-        + ", ".join(f"{100 * s:g}%" for s in cfg.select_sparsities)
-        + " |",
-        "|---:|---:|---:|",
+        "| method | chosen setting | unpruned test acc. | weights with abs < 1e-3 | seconds / epoch |",
+        "|---|---|---:|---:|---:|",
     ]
-    for row in summary["selection"]:
-        mark = " (chosen)" if (row["xi"], row["psi"]) == (summary["chosen"]["xi"], summary["chosen"]["psi"]) else ""
-        lines.append(f"| {row['xi']:g} | {row['psi']:g} | {_pct(row['score'])}{mark} |")
-    lines += [
-        "",
-        "## Cost",
-        "",
-        "| method | seconds / epoch |",
-        "|---|---:|",
-        *(f"| {m} | {r['seconds_per_epoch']:.2f} |" for m, r in by_method.items()),
-        "",
-        f"Wall time of the whole job: {summary['wall_seconds']:.0f} s.",
-        "",
-    ]
+    for m, r in by_method.items():
+        hp = ", ".join(f"{k}={v:g}" for k, v in r["hyperparameters"].items()) or "—"
+        lines.append(
+            f"| {m} | {hp} | {_pct(r['unpruned_test_accuracy'])} | "
+            f"{100 * r['weights_below_1e-3']:.1f}% | {r['seconds_per_epoch']:.2f} |"
+        )
+    sel = [row for row in summary["selection"] if row["score"] == row["score"]]
+    if sel:
+        lines += [
+            "",
+            "## Selection on the validation split",
+            "",
+            "Score: mean validation accuracy (%) after pruning at "
+            + ", ".join(f"{100 * s:g}%" for s in cfg.select_sparsities)
+            + ".",
+            "",
+            "| method | setting | score |",
+            "|---|---|---:|",
+        ]
+        for row in sel:
+            setting = ", ".join(
+                f"{k}={v:g}" for k, v in row.items() if k not in {"method", "run", "score", "chosen"}
+            )
+            mark = " **(chosen)**" if row["chosen"] else ""
+            lines.append(f"| {row['method']} | {setting}{mark} | {_pct(row['score'])} |")
+    lines += ["", f"Wall time of the whole job: {summary['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)

@@ -68,10 +68,12 @@ def build_optimizer(
     extra = list(penalty.parameters()) if penalty is not None else []
     if extra:
         wd = optim.weight_decay if pen.lambda_weight_decay is None else pen.lambda_weight_decay
-        groups.append({"params": extra, "name": "penalty", "lr": optim.lr * pen.lambda_lr_scale,
-                       "weight_decay": wd})
-    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
-                           weight_decay=optim.weight_decay)
+        groups.append(
+            {"params": extra, "name": "penalty", "lr": optim.lr * pen.lambda_lr_scale, "weight_decay": wd}
+        )
+    return torch.optim.SGD(
+        groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
+    )
 
 
 @torch.no_grad()
@@ -92,8 +94,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def _data_for(cfg: TrainConfig, device: torch.device) -> SplitData:
     d = cfg.data
-    data = load_dataset(d.name, d.dir, val_size=d.val_size, seed=cfg.seed, train_subset=d.train_subset,
-                        test_subset=d.test_subset)
+    data = load_dataset(
+        d.name,
+        d.dir,
+        val_size=d.val_size,
+        seed=cfg.seed,
+        train_subset=d.train_subset,
+        test_subset=d.test_subset,
+    )
     return data.to(device)
 
 
@@ -101,7 +109,8 @@ def _check_finite(step: int, loss: torch.Tensor, model: nn.Module, penalty: Pena
     if torch.isfinite(loss):
         return
     named = list(model.named_parameters()) + (
-        [(f"penalty.{n}", p) for n, p in penalty.named_parameters()] if penalty is not None else [])
+        [(f"penalty.{n}", p) for n, p in penalty.named_parameters()] if penalty is not None else []
+    )
     bad = [n for n, p in named if not torch.isfinite(p).all()]
     where = f"; non-finite parameters: {', '.join(bad[:5])}" if bad else ""
     raise TrainingDiverged(f"loss became {loss.item()} at step {step}{where}; lower the lr, xi or psi")
@@ -117,8 +126,10 @@ def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True) -> tuple[Path, bool
     text = to_toml(cfg)
     if config_file.exists():
         if config_file.read_text() != text:
-            raise ConfigError(f"{run_dir} holds a run with a different config; choose another name "
-                              f"(--set name=...) or out_dir, or delete it")
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config; choose another name "
+                f"(--set name=...) or out_dir, or delete it"
+            )
         if reuse and (run_dir / "model.pt").exists():
             return run_dir, True
     try:
@@ -169,8 +180,9 @@ def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig,
     return cfg, model, penalty
 
 
-def train(cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True,
-          progress: bool | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True, progress: bool | None = None
+) -> TrainResult:
     """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``."""
     device = torch.device(cfg.device)
     run_dir = None
@@ -184,8 +196,13 @@ def train(cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True,
     model, penalty = build(cfg, device)
     opt = build_optimizer(model, penalty, cfg.optim, cfg.penalty)
     steps_per_epoch = math.ceil(len(data.y_train) / cfg.optim.batch_size)
-    schedule = LRSchedule(cfg.optim.schedule, steps_per_epoch, steps_per_epoch * cfg.optim.epochs,
-                          list(cfg.optim.milestones), cfg.optim.gamma)
+    schedule = LRSchedule(
+        cfg.optim.schedule,
+        steps_per_epoch,
+        steps_per_epoch * cfg.optim.epochs,
+        list(cfg.optim.milestones),
+        cfg.optim.gamma,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     gen = torch.Generator().manual_seed(cfg.seed)
     prunable = select_parameters(model, scope=cfg.penalty.scope, include_bias=cfg.penalty.include_bias)
@@ -195,10 +212,16 @@ def train(cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True,
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(4, device=device)  # ce, penalty, correct, seen
-        bar = tqdm(total=steps_per_epoch, desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}", leave=False,
-                   disable=None if progress is None else not progress, unit="batch")
-        for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.optim.batch_size, shuffle=True,
-                                      generator=gen):
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}",
+            leave=False,
+            disable=None if progress is None else not progress,
+            unit="batch",
+        )
+        for xb, yb in iterate_batches(
+            data.x_train, data.y_train, cfg.optim.batch_size, shuffle=True, generator=gen
+        ):
             out = model(xb)
             ce = F.cross_entropy(out, yb)
             pen = penalty() if penalty is not None else torch.zeros((), device=device)
@@ -212,8 +235,14 @@ def train(cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True,
             apply_masks_(model)
             step += 1
             with torch.no_grad():
-                sums += torch.stack([ce.detach() * len(yb), pen.detach() * len(yb),
-                                     (out.argmax(1) == yb).sum().float(), torch.tensor(float(len(yb)))])
+                sums += torch.stack(
+                    [
+                        ce.detach() * len(yb),
+                        pen.detach() * len(yb),
+                        (out.argmax(1) == yb).sum().float(),
+                        torch.tensor(float(len(yb))),
+                    ]
+                )
             if step % 50 == 0 or step % steps_per_epoch == 0:
                 _check_finite(step, loss.detach(), model, penalty)
                 bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{100 * sums[2].item() / sums[3].item():.1f}")
@@ -224,31 +253,51 @@ def train(cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True,
         with torch.no_grad():
             w = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in prunable])
         val = evaluate(model, data.x_val, data.y_val, cfg.optim.eval_batch_size)
-        row = {"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
-               "train_ce": ce_sum / seen, "train_penalty": pen_sum / seen, "train_accuracy": 100 * correct / seen,
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-               "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
-               "seconds": seconds, "images_per_s": seen / seconds}
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "lr": opt.param_groups[0]["lr"],
+            "train_ce": ce_sum / seen,
+            "train_penalty": pen_sum / seen,
+            "train_accuracy": 100 * correct / seen,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
         if penalty is not None:
             row.update(penalty.stats())
         history.append(row)
         if progress is not False:
-            tqdm.write(f"[{cfg.name}] epoch {epoch}/{cfg.optim.epochs}  ce {row['train_ce']:.4f}  "
-                       f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
-                       f"|w|<1e-3: {100 * row['frac_weights_below_1e-3']:.1f}%  {seconds:.1f}s")
+            tqdm.write(
+                f"[{cfg.name}] epoch {epoch}/{cfg.optim.epochs}  ce {row['train_ce']:.4f}  "
+                f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
+                f"|w|<1e-3: {100 * row['frac_weights_below_1e-3']:.1f}%  {seconds:.1f}s"
+            )
         if run_dir is not None:
             with (run_dir / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             save_torch(_state(cfg, model, penalty, opt, sched, gen, epoch, step), run_dir / "checkpoint.pt")
     if run_dir is not None:
-        final = {"model": model.state_dict(), "penalty": penalty.state_dict() if penalty is not None else None,
-                 "epoch": cfg.optim.epochs}
+        final = {
+            "model": model.state_dict(),
+            "penalty": penalty.state_dict() if penalty is not None else None,
+            "epoch": cfg.optim.epochs,
+        }
         save_torch(final, run_dir / "model.pt")
         save_json(history[-1], run_dir / "final_metrics.json")
     return TrainResult(model, penalty, history, run_dir, data)
 
 
 def _state(cfg, model, penalty, opt, sched, gen, epoch, step) -> dict[str, Any]:
-    return {"model": model.state_dict(), "penalty": penalty.state_dict() if penalty is not None else None,
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "epoch": epoch, "step": step}
+    return {
+        "model": model.state_dict(),
+        "penalty": penalty.state_dict() if penalty is not None else None,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "step": step,
+    }

@@ -249,9 +249,7 @@ class SplitData:
 
     def to(self, device: torch.device | str) -> SplitData:
         """A copy with every tensor on ``device`` (the data is small enough to live there whole)."""
-        moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
-        }
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return SplitData(**moved)
 
 

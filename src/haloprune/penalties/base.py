@@ -50,7 +50,9 @@ class Penalty(nn.Module):
         try:
             tensors = [params[n] for n in self.param_names]
         except KeyError as err:
-            raise ValueError(f"the model has no parameter {err.args[0]!r} that this penalty expects") from None
+            raise ValueError(
+                f"the model has no parameter {err.args[0]!r} that this penalty expects"
+            ) from None
         for n, t, shape in zip(self.param_names, tensors, self.shapes, strict=True):
             if tuple(t.shape) != shape:
                 raise ValueError(f"parameter {n!r} has shape {tuple(t.shape)}, the penalty expects {shape}")
