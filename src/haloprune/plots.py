@@ -20,6 +20,9 @@ def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Pat
         kept = [100 * (1 - r["sparsity"]) for r in rows]
         ax.plot(kept, [r["accuracy"] for r in rows], marker="o", label=method)
     ax.set_xscale("log")
+    ticks = sorted({100 * (1 - r["sparsity"]) for r in records}, reverse=True)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.invert_xaxis()
     ax.set_xlabel("weights kept (%)  ← sparser")
     ax.set_ylabel("test accuracy (%)")
