@@ -66,6 +66,7 @@ class PenaltyConfig(Section):
     lambda_min: float = Field(1e-3, gt=0)
     scope: Literal["all", "conv", "linear"] = "all"
     include_bias: bool = False
+    fused: bool = True  # HALO: fused analytic update inside optimizer.step(); False: reference autograd path
     lambda_lr_scale: float = Field(1.0, gt=0)  # λ's lr relative to the weights' (reference: 1)
     lambda_weight_decay: float | None = Field(None, ge=0)  # None: same as the weights (reference)
 

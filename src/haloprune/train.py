@@ -195,6 +195,8 @@ def train(
     data = data if data is not None else _data_for(cfg, device)
     model, penalty = build(cfg, device)
     opt = build_optimizer(model, penalty, cfg.optim, cfg.penalty)
+    if penalty is not None:
+        penalty.attach(opt)
     steps_per_epoch = math.ceil(len(data.y_train) / cfg.optim.batch_size)
     schedule = LRSchedule(
         cfg.optim.schedule,
@@ -211,7 +213,7 @@ def train(
     for epoch in range(1, cfg.optim.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        sums = torch.zeros(4, device=device)  # ce, penalty, correct, seen
+        sums = torch.zeros(3, device=device)  # ce, correct, seen
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}",
@@ -224,41 +226,33 @@ def train(
         ):
             out = model(xb)
             ce = F.cross_entropy(out, yb)
-            pen = penalty() if penalty is not None else torch.zeros((), device=device)
-            loss = ce + pen
+            loss = ce + penalty() if penalty is not None and penalty.in_loss else ce
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            opt.step()  # a fused penalty applies itself here
             sched.step()
-            if penalty is not None:
-                penalty.project_()
             apply_masks_(model)
             step += 1
             with torch.no_grad():
-                sums += torch.stack(
-                    [
-                        ce.detach() * len(yb),
-                        pen.detach() * len(yb),
-                        (out.argmax(1) == yb).sum().float(),
-                        torch.tensor(float(len(yb))),
-                    ]
-                )
+                batch = torch.tensor(float(len(yb)), device=device)
+                sums += torch.stack([ce.detach() * batch, (out.argmax(1) == yb).sum().float(), batch])
             if step % 50 == 0 or step % steps_per_epoch == 0:
                 _check_finite(step, loss.detach(), model, penalty)
-                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{100 * sums[2].item() / sums[3].item():.1f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{100 * sums[1].item() / sums[2].item():.1f}")
             bar.update()
         bar.close()
         seconds = time.perf_counter() - t0
-        ce_sum, pen_sum, correct, seen = sums.tolist()
+        ce_sum, correct, seen = sums.tolist()
         with torch.no_grad():
             w = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in prunable])
+            pen_end = penalty().item() if penalty is not None else 0.0
         val = evaluate(model, data.x_val, data.y_val, cfg.optim.eval_batch_size)
         row = {
             "epoch": epoch,
             "step": step,
             "lr": opt.param_groups[0]["lr"],
             "train_ce": ce_sum / seen,
-            "train_penalty": pen_sum / seen,
+            "penalty_end_of_epoch": pen_end,
             "train_accuracy": 100 * correct / seen,
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],

@@ -58,6 +58,11 @@ class Penalty(nn.Module):
                 raise ValueError(f"parameter {n!r} has shape {tuple(t.shape)}, the penalty expects {shape}")
         return tensors
 
+    @property
+    def in_loss(self) -> bool:
+        """True: add ``penalty()`` to the loss. False: it applies itself in ``optimizer.step()`` (fused)."""
+        return True
+
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

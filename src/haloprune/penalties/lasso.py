@@ -37,10 +37,18 @@ class HALO(Penalty):
     ``ξ · Σ_j |w_j| / λ_j²  +  ψ · | Σ_j |λ_j| − p |``  (``form="l2"`` squares the last term),
 
     with one trainable ``λ_j`` per penalised weight, all in one flat parameter ``self.lam`` (in penalised
-    parameter order, each tensor flattened). λ is kept in ``[lambda_min, ∞)``: :meth:`project_` clamps it
-    after each optimizer step (``attach`` does this for you), and the forward pass reads
-    ``max(λ, lambda_min)`` so the loss stays finite even if a user's loop never projects. Inside the
-    feasible set the value and gradients are exactly the reference formula's.
+    parameter order, each tensor flattened). λ is kept in ``[lambda_min, ∞)``; the penalty reads
+    ``max(λ, lambda_min)``, so it stays finite whatever happens. Inside that range value and gradients
+    are exactly the paper's.
+
+    Two ways to apply it, same result up to round-off:
+
+    * ``fused=True`` (default, fast): ``halo.attach(optimizer)`` (an ``torch.optim.SGD``) makes every
+      ``optimizer.step()`` add HALO's analytic gradients and update the penalised weights and λ in one
+      fused pass (see :mod:`haloprune.penalties.fused`); the loss is just the task loss. ``halo()`` still
+      returns the penalty's value (detached), for logging.
+    * ``fused=False`` (the reference formulation): add ``halo()`` to the loss, give ``halo.parameters()``
+      to the optimizer, and ``attach`` it so λ is clamped back into range after each step.
     """
 
     def __init__(
@@ -53,6 +61,9 @@ class HALO(Penalty):
         lambda_init: float = 1.0,
         lambda_min: float = 1e-3,
         *,
+        fused: bool = True,
+        lambda_lr_scale: float = 1.0,
+        lambda_weight_decay: float | None = None,
         scope: Scope = "all",
         include_bias: bool = False,
         **_: Any,
@@ -66,25 +77,154 @@ class HALO(Penalty):
         super().__init__(model, scope=scope, include_bias=include_bias)
         self.xi, self.psi, self.p, self.form = float(xi), float(psi), float(p), form
         self.lambda_min = float(lambda_min)
+        self.fused = fused
+        self.lambda_lr_scale = float(lambda_lr_scale)
+        self.lambda_weight_decay = lambda_weight_decay
         device = self.weights()[0].device
         self.lam = nn.Parameter(torch.full((self.num_penalized,), float(lambda_init), device=device))
+        # λ's momentum on the fused path (the optimizer keeps it on the reference path).
+        self.register_buffer("lam_momentum", torch.zeros_like(self.lam, requires_grad=False))
+        # Set once the fused path has made a step (matters only for SGD with dampening).
+        self.register_buffer("fused_steps", torch.zeros((), dtype=torch.int64, device=device))
+        self._attached: list[Any] = []
 
     def lambdas(self) -> dict[str, torch.Tensor]:
         """λ per penalised parameter, shaped like it (views into ``self.lam``)."""
         chunks = self.lam.split(self.numels)
         return {n: c.view(s) for n, c, s in zip(self.param_names, chunks, self.shapes, strict=True)}
 
+    @property
+    def in_loss(self) -> bool:
+        return not self.fused
+
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:
+        if self.fused:
+            if not self._attached:
+                raise RuntimeError(
+                    "fused HALO applies itself inside optimizer.step(): call halo.attach(optimizer) first "
+                    "(or build HALO(..., fused=False) and add halo() to the loss)"
+                )
+            with torch.no_grad():
+                return self._value(model)
+        return self._value(model)
+
+    def _value(self, model: nn.Module | None) -> torch.Tensor:
+        """The reference formula, through autograd."""
         w_abs = torch.cat([w.abs().flatten() for w in self.weights(model)])
         lam = self.lam.clamp_min(self.lambda_min)
         shrink = (w_abs / lam.square()).sum()
-        budget = self.lam.abs().sum() - self.p
-        budget = budget.square() if self.form == "l2" else budget.abs()
-        return self.xi * shrink + self.psi * budget
+        return self.xi * shrink + self.psi * self._budget(self.lam.abs().sum())
+
+    def _budget(self, lam_abs_sum: torch.Tensor) -> torch.Tensor:
+        budget = lam_abs_sum - self.p
+        return budget.square() if self.form == "l2" else budget.abs()
 
     @torch.no_grad()
     def project_(self) -> None:
         self.lam.clamp_(min=self.lambda_min)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Hook HALO into ``optimizer.step()``; returns the removable hook handle.
+
+        Fused: a pre-step hook performs HALO's fused update of the penalised weights and λ (the optimizer
+        then updates everything else). Reference: a post-step hook clamps λ back into range.
+        """
+        if not self.fused:
+            handle = super().attach(optimizer)
+        else:
+            if type(optimizer) is not torch.optim.SGD:
+                raise TypeError(
+                    f"fused HALO works with torch.optim.SGD, not {type(optimizer).__name__}; "
+                    "use HALO(..., fused=False) with other optimizers"
+                )
+            if any(g.get("maximize") for g in optimizer.param_groups):
+                raise ValueError("fused HALO does not support SGD(maximize=True)")
+            self.project_()
+            handle = optimizer.register_step_pre_hook(lambda opt, *_: self._fused_step(opt))
+        self._attached.append(handle)
+        return handle
+
+    def _fused_plan(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """What the fused step needs that does not change from step to step (cached per optimizer)."""
+        key = (id(optimizer), len(optimizer.param_groups), self.lam.data_ptr())
+        plan = self.__dict__.get("_plan")
+        if plan is not None and plan["key"] == key:
+            return plan
+        ws = self.weights()
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        groups = [group_of.get(id(w)) for w in ws]
+        if any(g is None for g in groups):
+            raise ValueError(
+                "fused HALO: the penalised weights are not all in the optimizer it is attached to"
+            )
+        if len({(g["momentum"], g["dampening"], g["nesterov"]) for g in groups}) != 1:
+            raise ValueError(
+                "fused HALO needs the same momentum/dampening/nesterov for all penalised weights"
+            )
+        lam = self.lam.detach()
+        plan = {
+            "key": key,
+            "ws": ws,
+            "groups": groups,
+            "lam_group": group_of.get(id(self.lam)),
+            "lams": [c.view(s) for c, s in zip(lam.split(self.numels), self.shapes, strict=True)],
+            "bufs": [
+                c.view(s) for c, s in zip(self.lam_momentum.split(self.numels), self.shapes, strict=True)
+            ],
+            "dtype": torch.promote_types(lam.dtype, torch.float32),
+        }
+        self.__dict__["_plan"] = plan
+        return plan
+
+    @torch.no_grad()
+    def _fused_step(self, optimizer: torch.optim.Optimizer) -> None:
+        from .fused import get_step_fn
+
+        plan = self._fused_plan(optimizer)
+        ws, groups, lam_group = plan["ws"], plan["groups"], plan["lam_group"]
+        g0 = groups[0]
+        momentum, dampening, nesterov = float(g0["momentum"]), float(g0["dampening"]), bool(g0["nesterov"])
+        grads, w_bufs, hp = [], [], []
+        for w, g in zip(ws, groups, strict=True):
+            grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
+            if momentum != 0.0:
+                state = optimizer.state[w]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(w)
+                w_bufs.append(state["momentum_buffer"])
+            if lam_group is not None:  # λ is in the optimizer: its group (and scheduler) rules
+                lr_l, wd_l = lam_group["lr"], lam_group["weight_decay"]
+            else:
+                lr_l = g["lr"] * self.lambda_lr_scale
+                wd_l = g["weight_decay"] if self.lambda_weight_decay is None else self.lambda_weight_decay
+            hp.append((g["lr"], g["weight_decay"], lr_l, wd_l))
+        device = self.lam.device
+        if self.form == "l1" and self.p == 0.0:
+            term = torch.tensor(self.psi, dtype=plan["dtype"], device=device)  # ψ·sign(Σ|λ|), all λ > 0
+        else:
+            d = self.lam.detach().abs().sum() - self.p
+            term = self.psi * (2.0 * d if self.form == "l2" else torch.sign(d))
+        first = dampening != 0.0 and int(self.fused_steps) == 0
+        step = get_step_fn(device.type)
+        step(
+            ws,
+            grads,
+            w_bufs or grads,
+            plan["lams"],
+            plan["bufs"] if momentum != 0.0 else plan["lams"],
+            torch.tensor(hp, dtype=plan["dtype"], device=device),
+            term,
+            self.xi,
+            self.lambda_min,
+            momentum,
+            dampening,
+            nesterov,
+            first,
+        )
+        if first:
+            self.fused_steps.fill_(1)
+        for w in ws:  # updated here: the optimizer must skip them
+            w.grad = None
 
     def stats(self) -> dict[str, float]:
         lam = self.lam.detach()
@@ -110,5 +250,5 @@ class HALO(Penalty):
     def extra_repr(self) -> str:
         return (
             f"xi={self.xi:g}, psi={self.psi:g}, p={self.p:g}, form={self.form!r}, "
-            f"lambda_min={self.lambda_min:g}, penalized={self.num_penalized}"
+            f"lambda_min={self.lambda_min:g}, fused={self.fused}, penalized={self.num_penalized}"
         )

@@ -1,0 +1,156 @@
+"""The fused HALO step equals the reference formulation (autograd + SGD on λ) to float64 round-off."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haloprune import HALO, build_model
+from haloprune.penalties import fused
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 3)
+    ).double()
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return [
+        (torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def _pair(halo_kw: dict, sgd_kw: dict, lam_in_opt: bool = True):
+    ref_model = _model()
+    fast_model = copy.deepcopy(ref_model)
+    ref = HALO(ref_model, fused=False, **halo_kw).double()
+    fast = HALO(fast_model, fused=True, **halo_kw).double()
+    ref_opt = torch.optim.SGD([{"params": ref_model.parameters()}, {"params": ref.parameters()}], **sgd_kw)
+    groups = [{"params": fast_model.parameters()}] + ([{"params": fast.parameters()}] if lam_in_opt else [])
+    fast_opt = torch.optim.SGD(groups, **sgd_kw)
+    ref.attach(ref_opt)
+    fast.attach(fast_opt)
+    return (ref_model, ref, ref_opt), (fast_model, fast, fast_opt)
+
+
+def _run(halo_kw: dict, sgd_kw: dict, steps: int = 6, lam_in_opt: bool = True) -> None:
+    (rm, ref, ropt), (fm, fast, fopt) = _pair(halo_kw, sgd_kw, lam_in_opt)
+    for x, y in _batches(steps):
+        ref_loss = F.cross_entropy(rm(x), y)
+        ropt.zero_grad()
+        (ref_loss + ref()).backward()
+        ropt.step()
+
+        fast_loss = F.cross_entropy(fm(x), y)
+        fopt.zero_grad()
+        fast_loss.backward()
+        fopt.step()
+    torch.testing.assert_close(fast(), ref().detach(), rtol=1e-10, atol=1e-14)
+    for (n, a), b in zip(rm.named_parameters(), fm.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-13, msg=n)
+    torch.testing.assert_close(fast.lam, ref.lam, rtol=1e-10, atol=1e-13)
+    if sgd_kw.get("momentum", 0):
+        torch.testing.assert_close(
+            fast.lam_momentum, ropt.state[ref.lam]["momentum_buffer"], rtol=1e-9, atol=1e-12
+        )
+        for a, b in zip(rm.parameters(), fm.parameters(), strict=True):
+            torch.testing.assert_close(
+                fopt.state[b]["momentum_buffer"], ropt.state[a]["momentum_buffer"], rtol=1e-9, atol=1e-12
+            )
+    assert fast.lam.min() >= fast.lambda_min
+
+
+@pytest.fixture(params=["eager", "compiled"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("HALOPRUNE_COMPILE", "0" if request.param == "eager" else "1")
+    return request.param
+
+
+CASES = [
+    ({"xi": 1e-3, "psi": 1e-3}, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}),
+    ({"xi": 1e-3, "psi": 1e-4, "form": "l2", "p": 50.0}, {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}),
+    ({"xi": 1e-3, "psi": 1e-3, "p": 1e5}, {"lr": 0.1, "momentum": 0.5, "nesterov": True}),
+    ({"xi": 1e-4, "psi": 1e-3}, {"lr": 0.1, "momentum": 0.0, "weight_decay": 1e-4}),
+    ({"xi": 1e-4, "psi": 1e-3}, {"lr": 0.1, "momentum": 0.9, "dampening": 0.3}),
+    # λ driven onto its floor within a few steps: the clamp and the [λ >= λ_min] gradient gate are exercised
+    ({"xi": 1e-6, "psi": 0.5, "lambda_min": 0.05}, {"lr": 0.5, "momentum": 0.9}),
+]
+
+
+@pytest.mark.parametrize(("halo_kw", "sgd_kw"), CASES)
+def test_fused_matches_reference(halo_kw: dict, sgd_kw: dict, mode: str) -> None:
+    if mode == "compiled" and halo_kw != CASES[0][0]:
+        pytest.skip("one compiled case is enough; the eager runs cover the math")
+    _run(halo_kw, sgd_kw)
+
+
+def test_fused_with_lambda_outside_the_optimizer_uses_weight_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HALOPRUNE_COMPILE", "0")
+    _run({"xi": 1e-3, "psi": 1e-3}, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}, lam_in_opt=False)
+
+
+def test_floor_is_reached_in_the_adversarial_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HALOPRUNE_COMPILE", "0")
+    (_, _, _), (fm, fast, fopt) = _pair(
+        {"xi": 1e-6, "psi": 0.5, "lambda_min": 0.05}, {"lr": 0.5, "momentum": 0.9}
+    )
+    for x, y in _batches(6):
+        fopt.zero_grad()
+        F.cross_entropy(fm(x), y).backward()
+        fopt.step()
+    assert (fast.lam == 0.05).any()
+
+
+def test_fused_needs_attach_and_sgd() -> None:
+    model = build_model("lenet-300-100")
+    halo = HALO(model, xi=1e-6, psi=1e-3)
+    with pytest.raises(RuntimeError, match="attach"):
+        halo()
+    with pytest.raises(TypeError, match="SGD"):
+        halo.attach(torch.optim.Adam(model.parameters()))
+    halo.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert halo().requires_grad is False
+
+
+def test_fused_value_matches_reference_value() -> None:
+    model = build_model("lenet-300-100")
+    fast = HALO(model, xi=1e-6, psi=1e-3)
+    fast.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    ref = HALO(model, xi=1e-6, psi=1e-3, fused=False)
+    torch.testing.assert_close(fast(), ref().detach())
+
+
+def test_eager_fallback_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: broken)
+    run = fused._safe_compile(fused.halo_sgd_step)
+    ws = [torch.randn(3, 2)]
+    before = ws[0].clone()
+    args = (
+        ws,
+        [torch.zeros(3, 2)],
+        [torch.zeros(3, 2)],
+        [torch.ones(3, 2)],
+        [torch.zeros(3, 2)],
+        torch.tensor([[0.1, 0.0, 0.1, 0.0]]),
+        torch.tensor(1e-3),
+        1e-3,
+        1e-3,
+        0.9,
+        0.0,
+        False,
+        False,
+    )
+    with pytest.warns(RuntimeWarning, match="eagerly"):
+        run(*args)
+    assert torch.isfinite(ws[0]).all() and not torch.equal(ws[0], before)
