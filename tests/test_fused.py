@@ -150,6 +150,10 @@ def test_eager_fallback_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> N
         0.0,
         False,
         False,
+        [],
+        [],
+        [],
+        torch.zeros(0, 2),
     )
     with pytest.warns(RuntimeWarning, match="eagerly"):
         run(*args)

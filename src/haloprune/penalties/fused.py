@@ -4,13 +4,15 @@ The reference formulation adds ``ξ Σ|w|/λ² + ψ|Σ|λ| − p|`` to the loss 
 optimizer do the rest: about ten extra passes over memory per step, which doubles the step time of a small
 network. Here the analytic gradients
 
-    ∂/∂w = ξ sign(w) / λ²        ∂/∂λ = −2ξ |w| / λ³ · [λ ≥ λ_min]  +  ψ sign(λ) · s,
+    ∂/∂w = ξ sign(w) / λ²        ∂/∂λ = −2ξ |w| / λ³  +  ψ sign(λ) · s     (λ ≥ λ_min > 0, so sign(λ) = 1),
     s = sign(Σ|λ| − p)  (form "l1")   or   2 (Σ|λ| − p)  (form "l2")
 
 are applied inside ``optimizer.step()`` together with exactly the update ``torch.optim.SGD`` would make
-(weight decay, momentum, dampening, Nesterov) for the penalised weights and their λ. One function does it
-for all of them; ``torch.compile`` turns it into a single loop per tensor (one read of w, grad, λ and the
-two momentum buffers, one write of w, λ and the buffers). Without a working compiler it runs eagerly.
+(weight decay, momentum, dampening, Nesterov) for the penalised weights and their λ, and the plain SGD
+update of the optimizer's other parameters. One function does it all; ``torch.compile`` turns it into a
+single loop per tensor (one read of w, grad, λ and the two momentum buffers, one write of w, λ and the
+buffers). Without a working compiler it runs eagerly. The step is memory-bound: its floor is reading and
+writing λ and λ's momentum once per step.
 The result equals the reference formulation up to floating-point round-off (``tests/test_fused.py``).
 """
 
@@ -39,8 +41,13 @@ def halo_sgd_step(
     dampening: float,
     nesterov: bool,
     first: bool,
+    others: Tensors,
+    other_grads: Tensors,
+    other_bufs: Tensors,
+    other_hp: torch.Tensor,
 ) -> None:
-    """Update ``ws``, ``lams`` and their momentum buffers in place.
+    """Update ``ws``, ``lams`` and their momentum buffers in place, and take a plain SGD step for ``others``
+    (the optimizer's remaining parameters, e.g. biases), so that ``optimizer.step()`` has nothing left to do.
 
     ``hp[i] = (lr_w, wd_w, lr_λ, wd_λ)`` for tensor ``i`` (float32, or float64 for float64 weights);
     ``lam_sum_term`` is ``ψ·s`` (see module doc). With ``first``, the momentum buffers are initialised to
@@ -51,15 +58,18 @@ def halo_sgd_step(
     for i in range(len(ws)):
         w, g, lam = ws[i], grads[i], lams[i]
         lr_w, wd_w, lr_l, wd_l = hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3]
-        lam_c = torch.clamp_min(lam, lambda_min)
-        inv = 1.0 / lam_c
+        # λ is kept >= λ_min between steps; clamping here makes any value set from outside count as projected.
+        lam = torch.clamp_min(lam, lambda_min)
+        inv = torch.reciprocal(lam)
         inv2 = inv * inv
-        g_w = g + xi * torch.sign(w) * inv2 + wd_w * w
-        g_l = torch.where(lam >= lambda_min, -2.0 * xi * w.abs() * inv2 * inv, 0.0)
-        g_l = g_l + lam_sum_term * torch.sign(lam) + wd_l * lam
+        g_w = g + (xi * inv2) * torch.sign(w) + wd_w * w
+        g_l = (-2.0 * xi) * w.abs() * (inv2 * inv) + (lam_sum_term + wd_l * lam)  # sign(λ) = 1
         if momentum != 0.0:
             if first:
                 b_w, b_l = g_w, g_l
+            elif dampening == 0.0:
+                b_w = momentum * w_bufs[i] + g_w
+                b_l = momentum * lam_bufs[i] + g_l
             else:
                 b_w = momentum * w_bufs[i] + (1.0 - dampening) * g_w
                 b_l = momentum * lam_bufs[i] + (1.0 - dampening) * g_l
@@ -71,7 +81,20 @@ def halo_sgd_step(
             else:
                 g_w, g_l = b_w, b_l
         w.copy_(w - lr_w * g_w)
-        lam.copy_(torch.clamp_min(lam - lr_l * g_l, lambda_min))
+        lams[i].copy_(torch.clamp_min(lam - lr_l * g_l, lambda_min))
+    for i in range(len(others)):
+        p = others[i]
+        d_p = other_grads[i] + other_hp[i, 1] * p
+        if momentum != 0.0:
+            if first:
+                buf = d_p
+            elif dampening == 0.0:
+                buf = momentum * other_bufs[i] + d_p
+            else:
+                buf = momentum * other_bufs[i] + (1.0 - dampening) * d_p
+            other_bufs[i].copy_(buf)
+            d_p = d_p + momentum * buf if nesterov else buf
+        p.copy_(p - other_hp[i, 0] * d_p)
 
 
 _COMPILED: dict[str, Callable[..., None]] = {}

@@ -44,8 +44,10 @@ class HALO(Penalty):
     Two ways to apply it, same result up to round-off:
 
     * ``fused=True`` (default, fast): ``halo.attach(optimizer)`` (an ``torch.optim.SGD``) makes every
-      ``optimizer.step()`` add HALO's analytic gradients and update the penalised weights and λ in one
-      fused pass (see :mod:`haloprune.penalties.fused`); the loss is just the task loss. ``halo()`` still
+      ``optimizer.step()`` add HALO's analytic gradients and update the penalised weights and λ — and
+      take the optimizer's ordinary SGD step for its other parameters — in one fused pass (see
+      :mod:`haloprune.penalties.fused`); the loss is just the task loss. Gradients of the parameters it
+      updated are ``None`` after the step. ``halo()`` still
       returns the penalty's value (detached), for logging.
     * ``fused=False`` (the reference formulation): add ``halo()`` to the loss, give ``halo.parameters()``
       to the optimizer, and ``attach`` it so λ is clamped back into range after each step.
@@ -162,8 +164,11 @@ class HALO(Penalty):
                 "fused HALO needs the same momentum/dampening/nesterov for all penalised weights"
             )
         lam = self.lam.detach()
+        penalised = {id(w) for w in ws} | {id(self.lam)}
+        others = [(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised]
         plan = {
             "key": key,
+            "others": others,
             "ws": ws,
             "groups": groups,
             "lam_group": group_of.get(id(self.lam)),
@@ -204,15 +209,30 @@ class HALO(Penalty):
         else:
             d = self.lam.detach().abs().sum() - self.p
             term = self.psi * (2.0 * d if self.form == "l2" else torch.sign(d))
+        # The optimizer's other parameters (biases, ...) get their plain SGD step in the same call.
+        others, o_grads, o_bufs, o_hp = [], [], [], []
+        for p, g in plan["others"]:
+            if p.grad is None or p.grad.is_sparse:
+                continue
+            if (g["momentum"], g["dampening"], g["nesterov"]) != (momentum, dampening, nesterov):
+                continue  # left to optimizer.step()
+            others.append(p)
+            o_grads.append(p.grad)
+            if momentum != 0.0:
+                state = optimizer.state[p]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                o_bufs.append(state["momentum_buffer"])
+            o_hp.append((g["lr"], g["weight_decay"]))
         first = dampening != 0.0 and int(self.fused_steps) == 0
-        step = get_step_fn(device.type)
-        step(
+        dtype = plan["dtype"]
+        get_step_fn(device.type)(
             ws,
             grads,
             w_bufs or grads,
             plan["lams"],
             plan["bufs"] if momentum != 0.0 else plan["lams"],
-            torch.tensor(hp, dtype=plan["dtype"], device=device),
+            torch.tensor(hp, dtype=dtype, device=device),
             term,
             self.xi,
             self.lambda_min,
@@ -220,11 +240,15 @@ class HALO(Penalty):
             dampening,
             nesterov,
             first,
+            others,
+            o_grads,
+            o_bufs or o_grads,
+            torch.tensor(o_hp, dtype=dtype, device=device).view(-1, 2),
         )
         if first:
             self.fused_steps.fill_(1)
-        for w in ws:  # updated here: the optimizer must skip them
-            w.grad = None
+        for p in [*ws, *others]:  # updated here: optimizer.step() must skip them
+            p.grad = None
 
     def stats(self) -> dict[str, float]:
         lam = self.lam.detach()
