@@ -82,6 +82,21 @@ def measure(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def peak_memory(steps: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
+    """Peak CUDA memory (MiB) of a few steps of each variant (empty on CPU)."""
+    if device.type != "cuda":
+        return {}
+    out = {}
+    for k, fn in steps.items():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        out[k] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
@@ -90,8 +105,8 @@ def main() -> None:
     ap.add_argument("--image", type=int, default=28)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--width", type=float, help="VGG width multiplier (default 1/4 on CPU, 1 on CUDA)")
-    ap.add_argument("--reps", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=25)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -99,11 +114,12 @@ def main() -> None:
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, amp {args.amp}"
     )
+    mem_cols = " plain peak MiB | HALO peak MiB |" if device.type == "cuda" else ""
     print(
         "| model | batch | plain ms/step | HALO ms/step | ratio | reference HALO ms/step | ratio "
-        "| HALO images/s |"
+        "| plain images/s | HALO images/s |" + mem_cols
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if mem_cols else ""))
     lenet_ratios = []
     for name in args.models:
         kwargs, batch = SPECS[name]
@@ -121,6 +137,7 @@ def main() -> None:
         }
         reps = args.reps if name != "vgg16-bn" or device.type == "cuda" else max(3, args.reps // 10)
         t = measure(steps, device, reps, args.rounds)
+        peak = peak_memory(steps, device)
         ratio = t["halo-fused"] / t["plain"]
         if name.startswith("lenet"):
             lenet_ratios.append(ratio)
@@ -128,7 +145,8 @@ def main() -> None:
         print(
             f"| {label} | {batch} | {t['plain']:.3f} | {t['halo-fused']:.3f} | {ratio:.3f} | "
             f"{t['halo-reference']:.3f} | {t['halo-reference'] / t['plain']:.3f} | "
-            f"{batch / t['halo-fused'] * 1e3:,.0f} |",
+            f"{batch / t['plain'] * 1e3:,.0f} | {batch / t['halo-fused'] * 1e3:,.0f} |"
+            + (f" {peak['plain']:,.0f} | {peak['halo-fused']:,.0f} |" if peak else ""),
             flush=True,
         )
     if lenet_ratios:

@@ -44,12 +44,12 @@ def halo_sgd_step(
     others: Tensors,
     other_grads: Tensors,
     other_bufs: Tensors,
-    other_hp: torch.Tensor,
 ) -> None:
     """Update ``ws``, ``lams`` and their momentum buffers in place, and take a plain SGD step for ``others``
     (the optimizer's remaining parameters, e.g. biases), so that ``optimizer.step()`` has nothing left to do.
 
-    ``hp[i] = (lr_w, wd_w, lr_λ, wd_λ)`` for tensor ``i`` (float32, or float64 for float64 weights);
+    ``hp[i] = (lr_w, wd_w, lr_λ, wd_λ)`` for tensor ``i`` (float32, or float64 for float64 weights), then
+    ``hp[len(ws) + j] = (lr, wd, ·, ·)`` for ``others[j]``;
     ``lam_sum_term`` is ``ψ·s`` (see module doc). With ``first``, the momentum buffers are initialised to
     the gradient, as ``torch.optim.SGD`` does (with zero-initialised buffers and no dampening that is the
     same thing, so callers pass ``False`` then). The penalty's value is not computed here: a reduction
@@ -84,7 +84,8 @@ def halo_sgd_step(
         lams[i].copy_(torch.clamp_min(lam - lr_l * g_l, lambda_min))
     for i in range(len(others)):
         p = others[i]
-        d_p = other_grads[i] + other_hp[i, 1] * p
+        lr, wd = hp[len(ws) + i, 0], hp[len(ws) + i, 1]
+        d_p = other_grads[i] + wd * p
         if momentum != 0.0:
             if first:
                 buf = d_p
@@ -94,7 +95,7 @@ def halo_sgd_step(
                 buf = momentum * other_bufs[i] + (1.0 - dampening) * d_p
             other_bufs[i].copy_(buf)
             d_p = d_p + momentum * buf if nesterov else buf
-        p.copy_(p - other_hp[i, 0] * d_p)
+        p.copy_(p - lr * d_p)
 
 
 _COMPILED: dict[str, Callable[..., None]] = {}

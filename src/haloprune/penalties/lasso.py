@@ -177,6 +177,9 @@ class HALO(Penalty):
                 c.view(s) for c, s in zip(self.lam_momentum.split(self.numels), self.shapes, strict=True)
             ],
             "dtype": torch.promote_types(lam.dtype, torch.float32),
+            "psi": torch.tensor(
+                self.psi, dtype=torch.promote_types(lam.dtype, torch.float32), device=lam.device
+            ),
         }
         self.__dict__["_plan"] = plan
         return plan
@@ -205,12 +208,12 @@ class HALO(Penalty):
             hp.append((g["lr"], g["weight_decay"], lr_l, wd_l))
         device = self.lam.device
         if self.form == "l1" and self.p == 0.0:
-            term = torch.tensor(self.psi, dtype=plan["dtype"], device=device)  # ψ·sign(Σ|λ|), all λ > 0
+            term = plan["psi"]  # ψ·sign(Σ|λ|) with every λ > 0
         else:
             d = self.lam.detach().abs().sum() - self.p
             term = self.psi * (2.0 * d if self.form == "l2" else torch.sign(d))
         # The optimizer's other parameters (biases, ...) get their plain SGD step in the same call.
-        others, o_grads, o_bufs, o_hp = [], [], [], []
+        others, o_grads, o_bufs = [], [], []
         for p, g in plan["others"]:
             if p.grad is None or p.grad.is_sparse:
                 continue
@@ -223,7 +226,7 @@ class HALO(Penalty):
                 if state.get("momentum_buffer") is None:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 o_bufs.append(state["momentum_buffer"])
-            o_hp.append((g["lr"], g["weight_decay"]))
+            hp.append((g["lr"], g["weight_decay"], 0.0, 0.0))
         first = dampening != 0.0 and int(self.fused_steps) == 0
         dtype = plan["dtype"]
         get_step_fn(device.type)(
@@ -243,7 +246,6 @@ class HALO(Penalty):
             others,
             o_grads,
             o_bufs or o_grads,
-            torch.tensor(o_hp, dtype=dtype, device=device).view(-1, 2),
         )
         if first:
             self.fused_steps.fill_(1)
