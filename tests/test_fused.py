@@ -12,7 +12,6 @@ from torch import nn
 from haloprune import HALO, build_model
 from haloprune.penalties import fused
 
-
 DEVICE = "cpu"
 
 
