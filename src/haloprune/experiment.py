@@ -9,6 +9,7 @@ pruned once at every requested sparsity and evaluated without fine-tuning.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -64,7 +65,15 @@ def _select(
                 res.model, data, cfg.select_sparsities, splits=("val",), batch_size=cfg.optim.eval_batch_size
             )
             score = sum(r["val_accuracy"] for r in rows) / len(rows)
-        log.append({"method": method, **point, "run": method + suffix, "score": score})
+        log.append(
+            {
+                "method": method,
+                **point,
+                "run": method + suffix,
+                "score": score,
+                "train_seconds": sum(r["seconds"] for r in res.history),
+            }
+        )
         tried.append((score, res, point))
     best = max(tried, key=lambda t: t[0] if t[0] == t[0] else -1.0)
     for row in log:
@@ -93,7 +102,7 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
         res, point, log = _select(cfg, method, spec, data, progress)
         data = res.data
         selection += log
-        per_epoch = sum(r["seconds"] for r in res.history) / len(res.history)
+        per_epoch = statistics.median(r["seconds"] for r in res.history)  # robust to compile warm-up
         unpruned = evaluate(res.model, data.x_test, data.y_test, cfg.optim.eval_batch_size)["accuracy"]
         own = sparsity_report(res.model)[-1]
         base = {
@@ -117,7 +126,11 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
             batch_size=cfg.optim.eval_batch_size,
         ):
             records.append({**base, **row})
-    summary = {"selection": selection, "wall_seconds": time.perf_counter() - t0}
+    summary = {
+        "selection": selection,
+        "wall_seconds": time.perf_counter() - t0,
+        "train_seconds": sum(row["train_seconds"] for row in selection),
+    }
     save_json(records, out / "results.json")
     save_json(summary, out / "selection.json")
     plot_accuracy_vs_sparsity(

@@ -44,7 +44,7 @@ def comparison_markdown(records: Sequence[dict[str, Any]], summary: dict[str, An
         "",
         sparsity_table(records),
         "",
-        "| method | chosen setting | unpruned test acc. | weights with abs < 1e-3 | seconds / epoch |",
+        "| method | chosen setting | unpruned test acc. | weights with abs < 1e-3 | median s / epoch |",
         "|---|---|---:|---:|---:|",
     ]
     for m, r in by_method.items():
@@ -68,9 +68,16 @@ def comparison_markdown(records: Sequence[dict[str, Any]], summary: dict[str, An
         ]
         for row in sel:
             setting = ", ".join(
-                f"{k}={v:g}" for k, v in row.items() if k not in {"method", "run", "score", "chosen"}
+                f"{k}={v:g}"
+                for k, v in row.items()
+                if k not in {"method", "run", "score", "chosen", "train_seconds"}
             )
             mark = " **(chosen)**" if row["chosen"] else ""
             lines.append(f"| {row['method']} | {setting}{mark} | {_pct(row['score'])} |")
-    lines += ["", f"Wall time of the whole job: {summary['wall_seconds']:.0f} s.", ""]
+    lines += [
+        "",
+        f"Training time of all {len(summary['selection'])} runs: {summary['train_seconds']:.0f} s "
+        f"(this invocation: {summary['wall_seconds']:.0f} s; finished runs are reused).",
+        "",
+    ]
     return "\n".join(lines)
