@@ -1,0 +1,69 @@
+"""The training loop: deterministic on CPU, writes its run directory, the λ group follows the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from haloprune.checkpoint import load_torch
+from haloprune.config import TrainConfig, load_config
+from haloprune.train import LRSchedule, build, build_optimizer, train
+
+SMALL = ["data.train_subset=1500", "data.val_size=500", "data.test_subset=500", "optim.epochs=2"]
+
+
+def _cfg(tmp_path: Path, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [*SMALL, f"out_dir='{tmp_path}'", *extra])
+
+
+def test_same_seed_gives_bit_identical_training(tmp_path: Path, real_fmnist: Path) -> None:
+    cfg = _cfg(tmp_path, "penalty.name=halo", "penalty.xi=1e-6", "penalty.psi=1e-3")
+    a = train(cfg, save=False, progress=False)
+    b = train(cfg, save=False, progress=False)
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert torch.equal(a.penalty.lam, b.penalty.lam)
+    assert a.history[-1]["val_accuracy"] == b.history[-1]["val_accuracy"]
+    other = train(
+        _cfg(tmp_path, "seed=1", "penalty.name=halo", "penalty.xi=1e-6", "penalty.psi=1e-3"),
+        save=False,
+        progress=False,
+    )
+    assert not torch.equal(other.model.fc1.weight, a.model.fc1.weight)
+
+
+def test_run_directory_contents(tmp_path: Path, real_fmnist: Path) -> None:
+    cfg = _cfg(tmp_path, "name=r1", "penalty.name=halo", "penalty.xi=1e-6", "penalty.psi=1e-3")
+    train(cfg, progress=False)
+    run = tmp_path / "r1"
+    assert load_config(TrainConfig, run / "config.toml") == cfg
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    ckpt = load_torch(run / "checkpoint.pt")  # weights_only: plain tensors and containers
+    assert ckpt["epoch"] == 2 and "optimizer" in ckpt and "scheduler" in ckpt
+    final = load_torch(run / "model.pt")
+    assert set(final) >= {"model", "penalty"}
+    assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_lambda_param_group_and_schedules() -> None:
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            "penalty.name=halo",
+            "penalty.xi=1e-6",
+            "penalty.psi=1e-3",
+            "penalty.lambda_lr_scale=0.5",
+            "penalty.lambda_weight_decay=0",
+        ],
+    )
+    model, penalty = build(cfg)
+    opt = build_optimizer(model, penalty, cfg.optim, cfg.penalty)
+    assert [g["name"] for g in opt.param_groups] == ["model", "penalty"]
+    assert opt.param_groups[1]["lr"] == 0.5 * cfg.optim.lr and opt.param_groups[1]["weight_decay"] == 0
+    cos = LRSchedule("cosine", steps_per_epoch=10, total_steps=100)
+    assert cos(0) == 1.0 and abs(cos(50) - 0.5) < 1e-12 and cos(100) == 0.0
+    step = LRSchedule("step", steps_per_epoch=10, total_steps=100, milestones=[3, 6], gamma=0.1)
+    assert step(29) == 1.0 and abs(step(30) - 0.1) < 1e-12 and abs(step(60) - 0.01) < 1e-12
