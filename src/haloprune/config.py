@@ -57,7 +57,7 @@ class OptimConfig(Section):
 
 
 class PenaltyConfig(Section):
-    name: Literal["none", "l1", "halo"] = "none"
+    name: str = "none"  # "none" or a registered penalty (haloprune.penalties.PENALTIES)
     xi: float = Field(0.0, ge=0)
     psi: float = Field(0.0, ge=0)
     p: float = Field(0.0, ge=0)
@@ -69,6 +69,17 @@ class PenaltyConfig(Section):
     fused: bool = True  # HALO: fused analytic update inside optimizer.step(); False: reference autograd path
     lambda_lr_scale: float = Field(1.0, gt=0)  # λ's lr relative to the weights' (reference: 1)
     lambda_weight_decay: float | None = Field(None, ge=0)  # None: same as the weights (reference)
+    gamma: float = Field(1.0, gt=0)  # adaptive lasso: weights 1/|ŵ|^gamma
+    a: float = Field(3.7, gt=2)  # SCAD's shape parameter (Fan & Li 2001)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .penalties import PENALTIES
+
+        if v != "none" and v not in PENALTIES:
+            raise ValueError(f"unknown penalty {v!r}; known: none, {', '.join(PENALTIES.names())}")
+        return v
 
     def kwargs(self) -> dict[str, Any]:
         """Arguments for the penalty's constructor."""
