@@ -128,6 +128,90 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .harness import expand, load_sweep_config, run_job
+    from .store import ResultStore
+    from .sweep import run_sweep
+
+    if args.jobs < 1:
+        raise HaloPruneError(f"--jobs must be >= 1, got {args.jobs}")
+    cfg = load_sweep_config(args.config, args.overrides, quick=args.quick)
+    jobs = expand(cfg)
+    with ResultStore(cfg.db) as store:
+        print(
+            f"sweep {cfg.name}: {len(jobs)} jobs ({len(cfg.methods)} methods, seeds {cfg.seeds}), "
+            f"store {cfg.db}"
+        )
+        summary = run_sweep(jobs, run_job, store, n_jobs=args.jobs, progress=False if args.quiet else None)
+    print(
+        f"done {summary['done']}, skipped {summary['skipped']} (already done), "
+        f"failed {len(summary['failed'])}, {summary['wall_seconds']:.0f} s"
+    )
+    for key, error in summary["failed"]:
+        print(f"  failed {key}: {error}", file=sys.stderr)
+    _report(cfg.db, cfg.name, [j.key for j in jobs], as_json=False)
+    return 1 if summary["failed"] else 0
+
+
+def _report(db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool, plots: bool = True) -> int:
+    from .plots import plot_sweep_accuracy
+    from .report import choose, chosen_table, summarize, sweep_table
+    from .store import ResultStore
+
+    if not Path(db).is_file():
+        raise HaloPruneError(f"no results store at {db}: run `haloprune sweep CONFIG.toml` first")
+    with ResultStore(db) as store:
+        names = (
+            [sweep]
+            if sweep
+            else [r[0] for r in store.conn.execute("SELECT DISTINCT sweep FROM runs ORDER BY 1")]
+        )
+        out_records = []
+        for name in names:
+            records = store.records(name)
+            if keys is not None:
+                wanted = set(keys)
+                records = [r for r in records if r["run_key"] in wanted]
+            if not records:
+                print(f"sweep {name}: no finished runs yet", file=sys.stderr)
+                continue
+            out_records += records
+            if as_json:
+                continue
+            chosen = choose(summarize(records))
+            text = (
+                f"## {name}: test accuracy (%), mean ± std over seeds, setting chosen on validation\n\n"
+                f"{sweep_table(chosen)}\n\n### Chosen settings\n\n{chosen_table(chosen)}\n"
+            )
+            print(text)
+            folder = Path(db).parent / name
+            folder.mkdir(parents=True, exist_ok=True)
+            from .checkpoint import save_json, save_text
+
+            save_text(f"# Sweep {name}\n\n" + text, folder / "report.md")
+            save_json(records, folder / "results.json")
+            if plots:
+                plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=name)
+                print(
+                    f"written: {folder / 'report.md'}, {folder / 'results.json'}, "
+                    f"{folder / 'accuracy_vs_sparsity.png'}"
+                )
+    if as_json:
+        print(json.dumps(out_records, indent=2, default=str))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    keys = None
+    db, sweep = args.db, args.sweep
+    if args.config is not None:
+        from .harness import expand, load_sweep_config
+
+        cfg = load_sweep_config(args.config, args.overrides, quick=args.quick)
+        keys, db, sweep = [j.key for j in expand(cfg)], args.db or cfg.db, cfg.name
+    return _report(db or "runs/results.sqlite", sweep, keys, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -153,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print records as JSON")
     p.add_argument("--data-dir", type=Path)
     p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("sweep", help="run a comparison: methods x grids x seeds x sparsities, into SQLite")
+    p.add_argument("config", type=Path)
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--quick", action="store_true", help="apply the config's [quick] scale (CI-sized)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="tables and plots of the sweeps in the results store")
+    p.add_argument("config", type=Path, nargs="?", help="report exactly this sweep config's jobs")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sweep", help="only this sweep (default: every sweep in the store)")
+    p.add_argument("--db", help="results store (default runs/results.sqlite)")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("data", help="check or download a dataset")
     p.add_argument("action", choices=["check", "download"])

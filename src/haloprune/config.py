@@ -44,6 +44,7 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"  # HALO's fused path needs SGD
     epochs: int = Field(20, gt=0)
     batch_size: int = Field(100, gt=0)
     lr: float = Field(0.1, gt=0)
@@ -183,6 +184,72 @@ class CompareConfig(RunConfig):
         base = self.model_dump(include=set(RunConfig.model_fields))
         base.update(name=run_name, out_dir=str(self.run_dir), penalty=penalty.model_dump())
         return TrainConfig.model_validate(base)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in recursively (dicts merge, anything else replaces)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class SweepMethodConfig(Section):
+    """One method of a sweep: a registered kind, its parameters, and a grid chosen on the validation split."""
+
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: list[dict[str, Any]] = Field(default_factory=list)  # each point is merged into params
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepMethodConfig:
+        from .methods import METHODS
+
+        if self.kind not in METHODS:
+            raise ValueError(f"unknown method kind {self.kind!r}; known: {', '.join(METHODS.names())}")
+        for i, params in enumerate(self.points()):
+            try:
+                METHODS[self.kind].Params(**params)
+            except ValidationError as err:
+                where = f"grid point {i}" if self.grid else "params"
+                raise ValueError(f"{where}: {_one_line(err, '').split(': ', 1)[1]}") from None
+        return self
+
+    def points(self) -> list[dict[str, Any]]:
+        """The full parameters of every grid point (just ``params`` without a grid)."""
+        return [deep_merge(self.params, p) for p in self.grid] if self.grid else [dict(self.params)]
+
+
+class SweepConfig(RunConfig):
+    """A comparison: methods x grid points x seeds (x target sparsities), run by ``haloprune sweep``."""
+
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
+    methods: dict[str, SweepMethodConfig]
+    db: str = "runs/results.sqlite"
+    quick: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --quick
+
+    @field_validator("seeds", "sparsities")
+    @classmethod
+    def _nonempty_list(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("give at least one value")
+        return sorted(set(v))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: dict[str, SweepMethodConfig]) -> dict[str, SweepMethodConfig]:
+        if not v:
+            raise ValueError("give at least one method")
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+                raise ValueError(f"method name {name!r} may use only letters, digits, '.', '_' and '-'")
+        return v
+
+    def run_part(self) -> dict[str, Any]:
+        """What every job of the sweep shares (data, model, optimiser, device)."""
+        return self.model_dump(mode="json", include={"data", "model", "optim", "device"})
 
 
 C = TypeVar("C", bound=BaseModel)

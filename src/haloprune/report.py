@@ -81,3 +81,104 @@ def comparison_markdown(records: Sequence[dict[str, Any]], summary: dict[str, An
         "",
     ]
     return "\n".join(lines)
+
+
+# ---- sweeps: records of many runs -> per-method tables (mean ± std over seeds) -------------------------
+
+
+def _hp_key(hp: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(hp, sort_keys=True)
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group records by (method, hyperparameters, target sparsity): mean/std over seeds."""
+    import statistics
+
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["method"], _hp_key(r.get("hyperparameters") or {}), r["sparsity"]), []).append(r)
+    out = []
+    for (method, hp, sparsity), rows in groups.items():
+        acc = [r["accuracy"] for r in rows]
+        val = [r["val_accuracy"] for r in rows]
+        out.append(
+            {
+                "method": method,
+                "hyperparameters": rows[0].get("hyperparameters") or {},
+                "hp_key": hp,
+                "sparsity": sparsity,
+                "seeds": sorted(r["seed"] for r in rows),
+                "n": len(rows),
+                "accuracy_mean": statistics.fmean(acc),
+                "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "val_accuracy_mean": statistics.fmean(val),
+                "achieved_sparsity_mean": statistics.fmean(r["achieved_sparsity"] for r in rows),
+                "epochs": max(int(r.get("epochs") or 0) for r in rows),
+                "runs": sorted({str(r.get("run_key", "")) for r in rows}),
+            }
+        )
+    return out
+
+
+def choose(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, sparsity) the grid point with the best mean validation accuracy (never the test set)."""
+    best: dict[tuple[str, float], dict[str, Any]] = {}
+    for row in summary:
+        k = (row["method"], row["sparsity"])
+        if k not in best or row["val_accuracy_mean"] > best[k]["val_accuracy_mean"]:
+            best[k] = row
+    return list(best.values())
+
+
+def sweep_table(chosen: Sequence[dict[str, Any]], methods: Sequence[str] | None = None) -> str:
+    """Methods x sparsities, test accuracy mean ± std over seeds; the best mean of each column in bold."""
+    methods = list(methods or dict.fromkeys(r["method"] for r in chosen))
+    sparsities = sorted({r["sparsity"] for r in chosen})
+    cell = {(r["method"], r["sparsity"]): r for r in chosen}
+    best = {
+        s: max((cell[(m, s)]["accuracy_mean"] for m in methods if (m, s) in cell), default=None)
+        for s in sparsities
+    }
+    lines = [
+        "| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " | epochs |",
+        "|---|" + "---:|" * (len(sparsities) + 1),
+    ]
+    for m in methods:
+        cells = []
+        for s in sparsities:
+            r = cell.get((m, s))
+            if r is None:
+                cells.append("—")
+                continue
+            text = f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"
+            cells.append(f"**{text}**" if r["accuracy_mean"] == best[s] else text)
+        epochs = max((cell[(m, s)]["epochs"] for s in sparsities if (m, s) in cell), default=0)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {epochs} |")
+    return "\n".join(lines)
+
+
+def chosen_table(chosen: Sequence[dict[str, Any]]) -> str:
+    """The setting each method ended up with, per sparsity, with seeds and achieved sparsity."""
+    lines = [
+        "| method | sparsity | chosen setting | val acc. | achieved sparsity | seeds |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    for r in sorted(chosen, key=lambda r: (r["method"], r["sparsity"])):
+        hp = ", ".join(f"{k}={v}" for k, v in _flatten(r["hyperparameters"]).items()) or "—"
+        lines.append(
+            f"| {r['method']} | {100 * r['sparsity']:g}% | {hp} | {r['val_accuracy_mean']:.2f} | "
+            f"{100 * r['achieved_sparsity_mean']:.2f}% | {','.join(map(str, r['seeds']))} |"
+        )
+    return "\n".join(lines)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,9 @@ class LRSchedule:
 
 def build_optimizer(
     model: nn.Module, penalty: Penalty | None, optim: OptimConfig, pen: PenaltyConfig
-) -> torch.optim.SGD:
-    """SGD with momentum; the penalty's own parameters (λ) get their own group (reference: same lr/wd)."""
+) -> torch.optim.Optimizer:
+    """SGD with momentum (or Adam); the penalty's own parameters (λ) get their own group (reference: same
+    lr and weight decay as the weights)."""
     groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "name": "model"}]
     extra = list(penalty.parameters()) if penalty is not None else []
     if extra:
@@ -71,6 +73,8 @@ def build_optimizer(
         groups.append(
             {"params": extra, "name": "penalty", "lr": optim.lr * pen.lambda_lr_scale, "weight_decay": wd}
         )
+    if optim.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay)
     return torch.optim.SGD(
         groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
     )
@@ -180,59 +184,71 @@ def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig,
     return cfg, model, penalty
 
 
-def train(
-    cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True, progress: bool | None = None
-) -> TrainResult:
-    """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``."""
-    device = torch.device(cfg.device)
-    run_dir = None
-    if save:
-        run_dir, finished = prepare_run_dir(cfg)
-        if finished:
-            _, model, penalty = load_trained(run_dir, cfg.device)
-            history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-            return TrainResult(model, penalty, history, run_dir, data or _data_for(cfg, device))
-    data = data if data is not None else _data_for(cfg, device)
-    model, penalty = build(cfg, device)
-    opt = build_optimizer(model, penalty, cfg.optim, cfg.penalty)
+def fit(
+    model: nn.Module,
+    data: SplitData,
+    optim: OptimConfig,
+    *,
+    epochs: int | None = None,
+    penalty: Penalty | None = None,
+    penalty_cfg: PenaltyConfig | None = None,
+    seed: int = 0,
+    name: str = "run",
+    progress: bool | None = None,
+    extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` (and ``penalty``) in place for ``epochs`` (default ``optim.epochs``) epochs.
+
+    Per step: forward → task loss (+ penalty if it goes in the loss, + ``extra_loss(model, step)``) →
+    backward → optimizer step (a fused penalty applies itself there) → lr schedule → masks re-applied
+    → ``on_step(step)``. Per epoch: evaluate on the validation split, one metrics row, then
+    ``on_epoch(epoch, row, state)`` where ``state`` holds the optimizer, scheduler and generator (for
+    checkpoints). Returns the metrics rows. Batches are drawn with a generator seeded by ``seed``.
+    """
+    device = next(model.parameters()).device
+    epochs = optim.epochs if epochs is None else epochs
+    opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
     if penalty is not None:
         penalty.attach(opt)
-    steps_per_epoch = math.ceil(len(data.y_train) / cfg.optim.batch_size)
+    steps_per_epoch = math.ceil(len(data.y_train) / optim.batch_size)
     schedule = LRSchedule(
-        cfg.optim.schedule,
-        steps_per_epoch,
-        steps_per_epoch * cfg.optim.epochs,
-        list(cfg.optim.milestones),
-        cfg.optim.gamma,
+        optim.schedule, steps_per_epoch, steps_per_epoch * epochs, list(optim.milestones), optim.gamma
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    prunable = select_parameters(model, scope=cfg.penalty.scope, include_bias=cfg.penalty.include_bias)
+    gen = torch.Generator().manual_seed(seed)
+    scope = penalty_cfg.scope if penalty_cfg is not None else "all"
+    prunable = select_parameters(model, scope=scope)
     history: list[dict[str, Any]] = []
     step = 0
-    for epoch in range(1, cfg.optim.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, device=device)  # ce, correct, seen
         bar = tqdm(
             total=steps_per_epoch,
-            desc=f"{cfg.name} {epoch}/{cfg.optim.epochs}",
+            desc=f"{name} {epoch}/{epochs}",
             leave=False,
             disable=None if progress is None else not progress,
             unit="batch",
         )
         for xb, yb in iterate_batches(
-            data.x_train, data.y_train, cfg.optim.batch_size, shuffle=True, generator=gen
+            data.x_train, data.y_train, optim.batch_size, shuffle=True, generator=gen
         ):
             out = model(xb)
             ce = F.cross_entropy(out, yb)
             loss = ce + penalty() if penalty is not None and penalty.in_loss else ce
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()  # a fused penalty applies itself here
             sched.step()
             apply_masks_(model)
             step += 1
+            if on_step is not None:
+                on_step(step)
             with torch.no_grad():
                 batch = torch.tensor(float(len(yb)), device=device)
                 sums += torch.stack([ce.detach() * batch, (out.argmax(1) == yb).sum().float(), batch])
@@ -246,7 +262,7 @@ def train(
         with torch.no_grad():
             w = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in prunable])
             pen_end = penalty().item() if penalty is not None else 0.0
-        val = evaluate(model, data.x_val, data.y_val, cfg.optim.eval_batch_size)
+        val = evaluate(model, data.x_val, data.y_val, optim.eval_batch_size)
         row = {
             "epoch": epoch,
             "step": step,
@@ -265,14 +281,60 @@ def train(
         history.append(row)
         if progress is not False:
             tqdm.write(
-                f"[{cfg.name}] epoch {epoch}/{cfg.optim.epochs}  ce {row['train_ce']:.4f}  "
+                f"[{name}] epoch {epoch}/{epochs}  ce {row['train_ce']:.4f}  "
                 f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
                 f"|w|<1e-3: {100 * row['frac_weights_below_1e-3']:.1f}%  {seconds:.1f}s"
             )
-        if run_dir is not None:
-            with (run_dir / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            save_torch(_state(cfg, model, penalty, opt, sched, gen, epoch, step), run_dir / "checkpoint.pt")
+        if on_epoch is not None:
+            on_epoch(epoch, row, {"optimizer": opt, "scheduler": sched, "generator": gen, "step": step})
+    return history
+
+
+def train(
+    cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True, progress: bool | None = None
+) -> TrainResult:
+    """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``."""
+    device = torch.device(cfg.device)
+    run_dir = None
+    if save:
+        run_dir, finished = prepare_run_dir(cfg)
+        if finished:
+            _, model, penalty = load_trained(run_dir, cfg.device)
+            history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            return TrainResult(model, penalty, history, run_dir, data or _data_for(cfg, device))
+    data = data if data is not None else _data_for(cfg, device)
+    model, penalty = build(cfg, device)
+
+    def checkpoint(epoch: int, row: dict[str, Any], state: dict[str, Any]) -> None:
+        if run_dir is None:
+            return
+        with (run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        save_torch(
+            _state(
+                cfg,
+                model,
+                penalty,
+                state["optimizer"],
+                state["scheduler"],
+                state["generator"],
+                epoch,
+                state["step"],
+            ),
+            run_dir / "checkpoint.pt",
+        )
+
+    history = fit(
+        model,
+        data,
+        cfg.optim,
+        penalty=penalty,
+        penalty_cfg=cfg.penalty,
+        seed=cfg.seed,
+        name=cfg.name,
+        progress=progress,
+        on_epoch=checkpoint,
+    )
     if run_dir is not None:
         final = {
             "model": model.state_dict(),

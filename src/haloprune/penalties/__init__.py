@@ -17,6 +17,22 @@ def build_penalty(name: str, model: nn.Module, **kwargs: Any) -> Penalty:
     return PENALTIES[name](model, **kwargs)
 
 
+from .adaptive import AdaptiveLasso  # noqa: E402
+from .group import GroupLasso  # noqa: E402
 from .lasso import HALO, L1  # noqa: E402
+from .nonconvex import MCP, SCAD  # noqa: E402
+from .shared import LayerHALO, SharedHALO  # noqa: E402
 
-__all__ = ["HALO", "L1", "PENALTIES", "Penalty", "build_penalty"]
+__all__ = [
+    "HALO",
+    "L1",
+    "MCP",
+    "PENALTIES",
+    "SCAD",
+    "AdaptiveLasso",
+    "GroupLasso",
+    "LayerHALO",
+    "Penalty",
+    "SharedHALO",
+    "build_penalty",
+]

@@ -1,0 +1,104 @@
+"""A sweep config → jobs → worker runs → the results store (``haloprune sweep``).
+
+Every (method, grid point, seed) is a job; methods whose procedure depends on the target sparsity
+(``per_sparsity``) get one job per target. A job's key hashes everything that defines it, so changing the
+config makes new jobs while finished ones are skipped on a rerun. Each finished job also saves its final
+state (``runs/<sweep>/states/<key>.pt``) for the report's plots.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import save_torch
+from .config import RunConfig, SweepConfig, apply_overrides, load_config, validate
+from .data import SplitData, load_dataset
+from .methods import METHODS, Context
+from .sweep import Job
+
+
+def load_sweep_config(
+    path: str | Path, overrides: list[str] | None = None, quick: bool = False
+) -> SweepConfig:
+    """Read a sweep config; ``quick`` applies its ``[quick]`` overrides (and a ``-quick`` name suffix)."""
+    cfg = load_config(SweepConfig, path, overrides)
+    if not quick:
+        return cfg
+    data = apply_overrides(cfg.model_dump(), [f"{k}={json.dumps(v)}" for k, v in cfg.quick.items()])
+    data["name"] = f"{cfg.name}-quick"
+    return validate(SweepConfig, data, f"{path} with --quick")
+
+
+def expand(cfg: SweepConfig) -> list[Job]:
+    """All jobs of a sweep, in a stable order."""
+    jobs = []
+    run = cfg.run_part()
+    states = str(Path(cfg.db).parent / cfg.name / "states")
+    for method, spec in cfg.methods.items():
+        per_sparsity = METHODS[spec.kind].per_sparsity
+        for i, params in enumerate(spec.points()):
+            hyper = spec.grid[i] if spec.grid else {}
+            for seed in cfg.seeds:
+                targets: list[float | None] = list(cfg.sparsities) if per_sparsity else [None]
+                for s in targets:
+                    job_spec = {
+                        "run": run,
+                        "kind": spec.kind,
+                        "params": params,
+                        "sparsities": list(cfg.sparsities),
+                        "states": states,
+                    }
+                    jobs.append(Job(cfg.name, method, seed, s, job_spec, hyper))
+    return jobs
+
+
+@functools.lru_cache(maxsize=4)
+def _data(data_json: str, seed: int, device: str) -> SplitData:
+    d = json.loads(data_json)
+    split = load_dataset(
+        d["name"],
+        d.get("dir"),
+        val_size=d["val_size"],
+        seed=seed,
+        train_subset=d.get("train_subset"),
+        test_subset=d.get("test_subset"),
+    )
+    return split.to(device)
+
+
+def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
+    """Run one job (in a worker process): returns its records and the epochs every network received."""
+    spec = job.spec
+    run = RunConfig.model_validate({**spec["run"], "seed": job.seed})
+    torch.set_num_threads(threads)
+    data = _data(json.dumps(spec["run"]["data"], sort_keys=True), job.seed, run.device)
+    ctx = Context(
+        run=run,
+        data=data,
+        seed=job.seed,
+        device=torch.device(run.device),
+        progress=False,
+        name=f"{job.method}/s{job.seed}",
+    )
+    method = METHODS[spec["kind"]](**spec["params"])
+    targets = [job.sparsity] if job.sparsity is not None else spec["sparsities"]
+    outcome = method.run(ctx, targets)
+    if outcome.state:
+        save_torch(outcome.state, Path(spec["states"]) / f"{job.key}.pt")
+    records = [
+        {
+            **r,
+            "method": job.method,
+            "kind": spec["kind"],
+            "seed": job.seed,
+            "hyperparameters": job.hyperparameters,
+            "epochs": outcome.epochs_used,
+        }
+        for r in outcome.records
+    ]
+    return records, outcome.epochs_used

@@ -1,0 +1,86 @@
+"""What every way of getting a sparse network shares: a context, typed parameters, one ``run``.
+
+A method gets a :class:`Context` (data, model and optimiser settings, seed, device) and the target
+sparsities, and returns an :class:`Outcome`: one record per target sparsity, the number of training
+epochs every reported network received (all of them count: pre-training, fine-tuning, rewinding rounds),
+and the final state worth keeping (for the report's plots). Methods whose procedure depends on the target
+(gradual pruning, lottery tickets, pruning at initialisation) set ``per_sparsity = True`` and are run once
+per target; the others (train once, prune at every sparsity) see all targets at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..config import RunConfig
+from ..data import SplitData
+from ..models import build_model
+from ..pruning import global_magnitude_prune, sparsity_report
+from ..train import evaluate, seed_everything
+
+
+class Params(BaseModel):
+    """Base of every method's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Context:
+    run: RunConfig
+    data: SplitData
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: bool | None = False
+    name: str = "run"
+
+    def new_model(self) -> nn.Module:
+        """A freshly initialised model (seeded by the context's seed)."""
+        seed_everything(self.seed)
+        return build_model(self.run.model.name).to(self.device)
+
+    def record(self, model: nn.Module, target: float, **extra: Any) -> dict[str, Any]:
+        """Evaluate a (pruned) model: achieved sparsity, validation and test accuracy, nonzeros."""
+        total = sparsity_report(model)[-1]
+        bs = self.run.optim.eval_batch_size
+        row = {
+            "sparsity": target,
+            "achieved_sparsity": total.sparsity,
+            "nonzero": total.nonzero,
+            "val_accuracy": evaluate(model, self.data.x_val, self.data.y_val, bs)["accuracy"],
+            "accuracy": evaluate(model, self.data.x_test, self.data.y_test, bs)["accuracy"],
+        }
+        row.update(extra)
+        return row
+
+    def prune_copy(self, model: nn.Module, target: float) -> nn.Module:
+        pruned = copy.deepcopy(model)
+        global_magnitude_prune(pruned, target)
+        return pruned
+
+
+@dataclass
+class Outcome:
+    records: list[dict[str, Any]]
+    epochs_used: int
+    state: dict[str, Any] = field(default_factory=dict)  # e.g. {"model": state_dict, "penalty": state_dict}
+
+
+class Method:
+    """Base class. Subclasses set ``Params`` (a :class:`Params` model) and implement :meth:`run`."""
+
+    Params: ClassVar[type[Params]] = Params
+    per_sparsity: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params(**params)
+
+    def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError

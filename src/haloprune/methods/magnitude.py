@@ -1,0 +1,178 @@
+"""Magnitude-pruning baselines that spend part of the budget after (or while) pruning.
+
+* ``finetune`` — Han et al. 2015: train dense, prune once by global magnitude, fine-tune with the mask.
+  The dense pre-training (``1 − finetune_fraction`` of the epochs) is shared by all targets; every
+  reported network has seen exactly the full budget.
+* ``gmp`` — Zhu & Gupta 2017: prune gradually while training, sparsity following
+  ``s_t = s_f + (s_i − s_f)(1 − (t − t_0)/(t_1 − t_0))³`` between the fractions ``start``/``end`` of the
+  steps, updated every ``every`` steps.
+* ``imp`` — Frankle et al. 2019 (lottery ticket with rewinding): ``rounds`` times train, prune
+  ``1 − (1 − s)^(1/rounds)`` of the remaining weights globally, rewind the survivors to their values at
+  ``rewind_fraction`` of the first round; then train the final ticket. The budget is split evenly over the
+  ``rounds + 1`` trainings. ``reinit = true`` re-initialises randomly instead of rewinding (the
+  random-reinitialisation control).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from ..masks import attach_mask, get_masks
+from ..models import build_model
+from ..pruning import global_magnitude_prune, magnitude_scores, masks_from_scores
+from ..selection import select_parameters
+from ..train import fit, seed_everything
+from . import METHODS
+from .base import Context, Method, Outcome, Params
+
+
+def cubic_sparsity(step: int, final: float, t0: int, t1: int, initial: float = 0.0) -> float:
+    """Zhu & Gupta's schedule: ``initial`` before ``t0``, ``final`` after ``t1``, cubic in between."""
+    if step <= t0:
+        return initial
+    if step >= t1:
+        return final
+    return final + (initial - final) * (1.0 - (step - t0) / (t1 - t0)) ** 3
+
+
+class FineTuneParams(Params):
+    finetune_fraction: float = Field(0.25, gt=0, lt=1)  # share of the epochs spent fine-tuning
+    finetune_lr: float = Field(0.01, gt=0)
+
+
+@METHODS.register("finetune")
+class MagnitudeFineTune(Method):
+    Params = FineTuneParams
+
+    def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:
+        optim = ctx.run.optim
+        ft_epochs = max(1, round(self.params.finetune_fraction * optim.epochs))
+        model = ctx.new_model()
+        fit(
+            model,
+            ctx.data,
+            optim,
+            epochs=optim.epochs - ft_epochs,
+            seed=ctx.seed,
+            name=ctx.name,
+            progress=ctx.progress,
+        )
+        ft_optim = optim.model_copy(update={"lr": self.params.finetune_lr})
+        records = []
+        for s in sparsities:
+            pruned = ctx.prune_copy(model, s)
+            fit(
+                pruned,
+                ctx.data,
+                ft_optim,
+                epochs=ft_epochs,
+                seed=ctx.seed + 1,
+                name=f"{ctx.name}/ft{s:g}",
+                progress=ctx.progress,
+            )
+            records.append(ctx.record(pruned, s, finetune_epochs=ft_epochs))
+        return Outcome(records, optim.epochs, {"model": model.state_dict()})
+
+
+class GMPParams(Params):
+    start: float = Field(0.1, ge=0, lt=1)  # fraction of the steps when pruning begins
+    end: float = Field(0.75, gt=0, le=1)  # ... and reaches the target
+    every: int = Field(100, gt=0)  # steps between mask updates
+
+
+@METHODS.register("gmp")
+class GradualMagnitude(Method):
+    Params = GMPParams
+    per_sparsity = True
+
+    def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:
+        (target,) = sparsities
+        optim = ctx.run.optim
+        model = ctx.new_model()
+        total = math.ceil(len(ctx.data.y_train) / optim.batch_size) * optim.epochs
+        t0, t1 = (
+            round(self.params.start * total),
+            max(round(self.params.start * total) + 1, round(self.params.end * total)),
+        )
+        every = self.params.every
+
+        def on_step(step: int) -> None:
+            if t0 <= step <= t1 and ((step - t0) % every == 0 or step == t1):
+                global_magnitude_prune(model, cubic_sparsity(step, target, t0, t1))
+
+        fit(model, ctx.data, optim, seed=ctx.seed, name=ctx.name, progress=ctx.progress, on_step=on_step)
+        global_magnitude_prune(model, target)  # no-op unless training ended before t1
+        return Outcome([ctx.record(model, target)], optim.epochs, {"model": model.state_dict()})
+
+
+class IMPParams(Params):
+    rounds: int = Field(4, gt=0)
+    rewind_fraction: float = Field(0.1, ge=0, lt=1)  # of the first training's steps
+    reinit: bool = False
+
+
+@METHODS.register("imp")
+class LotteryTicket(Method):
+    Params = IMPParams
+    per_sparsity = True
+
+    def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:
+        (target,) = sparsities
+        optim = ctx.run.optim
+        rounds = self.params.rounds
+        per_round = max(1, optim.epochs // (rounds + 1))
+        model = ctx.new_model()
+        rewind_step = round(
+            self.params.rewind_fraction * per_round * math.ceil(len(ctx.data.y_train) / optim.batch_size)
+        )
+        saved: dict[str, torch.Tensor] = {}
+        if rewind_step == 0:  # rewind to initialisation (the original lottery ticket)
+            saved.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+        def keep_early(step: int) -> None:
+            if step == rewind_step and not saved:
+                saved.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+        fit(
+            model,
+            ctx.data,
+            optim,
+            epochs=per_round,
+            seed=ctx.seed,
+            name=f"{ctx.name}/r0",
+            progress=ctx.progress,
+            on_step=keep_early,
+        )
+        names = select_parameters(model)
+        keep_per_round = (1.0 - target) ** (1.0 / rounds)
+        for r in range(1, rounds + 1):
+            sparsity = 1.0 - keep_per_round**r if r < rounds else target
+            masks = masks_from_scores(magnitude_scores(model, names), sparsity)
+            if self.params.reinit:  # control: a fresh random initialisation instead of the rewound weights
+                seed_everything(ctx.seed + 7919 * r)
+                start = build_model(ctx.run.model.name).to(ctx.device).state_dict()
+            else:
+                start = saved
+            with torch.no_grad():
+                for k, v in start.items():
+                    if not k.endswith("_mask"):
+                        model.state_dict()[k].copy_(v)
+            for n, m in masks.items():
+                attach_mask(model, n, m)
+            fit(
+                model,
+                ctx.data,
+                optim,
+                epochs=per_round,
+                seed=ctx.seed + r,
+                name=f"{ctx.name}/r{r}",
+                progress=ctx.progress,
+            )
+        assert set(get_masks(model)) == set(names)
+        record = ctx.record(model, target, rounds=rounds, epochs_per_round=per_round)
+        return Outcome([record], per_round * (rounds + 1), {"model": copy.deepcopy(model.state_dict())})

@@ -1,0 +1,167 @@
+"""HALO variants with fewer learned scales: one λ for the whole model (``sws``) or one per layer.
+
+* ``sws`` — the HALO reference's ``--ws`` (weight sharing): a single trainable λ for every penalised weight,
+  ``ξ · Σ_j |w_j| / λ²  +  ψ · λ²``.
+* ``layer-halo`` — one trainable λ per penalised tensor (layer),
+  ``ξ · Σ_l ||w_l||_1 / λ_l²  +  ψ · | Σ_l |λ_l| − p |`` (``form="l2"`` squares the last term, as in HALO).
+
+As in :class:`~haloprune.penalties.lasso.HALO`, λ is an ``nn.Parameter`` (give ``penalty.parameters()``
+to the optimizer; it is in the ``state_dict``), :meth:`project_` clamps it back to ``[lambda_min, ∞)``
+after each step (``penalty.attach(optimizer)``), and the shrinkage term reads ``max(λ, lambda_min)``, so
+the loss stays finite whatever the optimizer does. Inside that range value and gradients are the formula's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from . import PENALTIES
+from .base import Penalty, Scope
+
+
+class _LearnedScale(Penalty):
+    """Shared plumbing: ξ/ψ/λ checks, λ's floor, and the penalised-parameter check on load."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        xi: float,
+        psi: float,
+        lambda_init: float,
+        lambda_min: float,
+        *,
+        per_tensor: bool,
+        scope: Scope,
+        include_bias: bool,
+    ) -> None:
+        if xi < 0 or psi < 0:
+            raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
+        if not 0 < lambda_min <= lambda_init:
+            raise ValueError(f"need 0 < lambda_min <= lambda_init, got {lambda_min} and {lambda_init}")
+        super().__init__(model, scope=scope, include_bias=include_bias)
+        self.xi, self.psi = float(xi), float(psi)
+        self.lambda_min = float(lambda_min)
+        w0 = self.weights()[0]
+        dtype = w0.dtype if w0.is_floating_point() else torch.get_default_dtype()
+        size = (len(self.param_names),) if per_tensor else ()
+        self.lam = nn.Parameter(torch.full(size, float(lambda_init), dtype=dtype, device=w0.device))
+
+    def _lam(self) -> torch.Tensor:
+        """λ as the shrinkage term reads it: ``max(λ, lambda_min)``."""
+        return self.lam.clamp_min(self.lambda_min)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        self.lam.clamp_(min=self.lambda_min)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"param_names": list(self.param_names), "shapes": [list(s) for s in self.shapes]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        names, shapes = state["param_names"], [tuple(s) for s in state["shapes"]]
+        if names != self.param_names or shapes != self.shapes:
+            raise ValueError(
+                f"this {type(self).__name__} state_dict was saved for a model with different penalised "
+                "parameters"
+            )
+
+
+@PENALTIES.register("sws")
+class SharedHALO(_LearnedScale):
+    """HALO with a single shared, trainable scale (the reference's ``--ws``).
+
+    ``ξ · Σ_j |w_j| / λ²  +  ψ · λ²``, ``λ`` a 0-dim parameter ``self.lam`` initialised to ``lambda_init``
+    and kept ``>= lambda_min``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        xi: float,
+        psi: float,
+        lambda_init: float = 1.0,
+        lambda_min: float = 1e-3,
+        *,
+        scope: Scope = "all",
+        include_bias: bool = False,
+        **_: Any,
+    ) -> None:
+        super().__init__(
+            model, xi, psi, lambda_init, lambda_min, per_tensor=False, scope=scope, include_bias=include_bias
+        )
+
+    def forward(self, model: nn.Module | None = None) -> torch.Tensor:
+        l1 = sum(w.abs().sum() for w in self.weights(model))
+        return self.xi * l1 / self._lam().square() + self.psi * self.lam.square()
+
+    def stats(self) -> dict[str, float]:
+        return {"lambda": self.lam.item()}
+
+    def extra_repr(self) -> str:
+        return (
+            f"xi={self.xi:g}, psi={self.psi:g}, lambda_min={self.lambda_min:g}, "
+            f"penalized={self.num_penalized}"
+        )
+
+
+@PENALTIES.register("layer-halo")
+class LayerHALO(_LearnedScale):
+    """HALO with one trainable scale per penalised tensor (layer).
+
+    ``ξ · Σ_l ||w_l||_1 / λ_l²  +  ψ · | Σ_l |λ_l| − p |`` (``form="l2"``: the last term squared), with
+    ``self.lam`` of shape ``(number of penalised tensors,)`` in penalised-parameter order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        xi: float,
+        psi: float,
+        p: float = 0.0,
+        form: Literal["l1", "l2"] = "l1",
+        lambda_init: float = 1.0,
+        lambda_min: float = 1e-3,
+        *,
+        scope: Scope = "all",
+        include_bias: bool = False,
+        **_: Any,
+    ) -> None:
+        if p < 0:
+            raise ValueError(f"p must be >= 0, got {p}")
+        if form not in ("l1", "l2"):
+            raise ValueError(f"form must be 'l1' or 'l2', got {form!r}")
+        super().__init__(
+            model, xi, psi, lambda_init, lambda_min, per_tensor=True, scope=scope, include_bias=include_bias
+        )
+        self.p, self.form = float(p), form
+
+    def lambdas(self) -> dict[str, torch.Tensor]:
+        """λ per penalised parameter (0-dim views into ``self.lam``)."""
+        return {n: self.lam[i] for i, n in enumerate(self.param_names)}
+
+    def forward(self, model: nn.Module | None = None) -> torch.Tensor:
+        ws = self.weights(model)
+        l1 = torch.stack([w.abs().sum() for w in ws]).to(self.lam.dtype)
+        shrink = (l1 / self._lam().square()).sum()
+        budget = self.lam.abs().sum() - self.p
+        return self.xi * shrink + self.psi * (budget.square() if self.form == "l2" else budget.abs())
+
+    def stats(self) -> dict[str, float]:
+        lam = self.lam.detach()
+        out = {
+            "lambda_mean": lam.mean().item(),
+            "lambda_min": lam.min().item(),
+            "lambda_max": lam.max().item(),
+            "lambda_at_floor": (lam <= self.lambda_min).double().mean().item(),
+        }
+        out.update({f"lambda/{n}": v.item() for n, v in zip(self.param_names, lam, strict=True)})
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"xi={self.xi:g}, psi={self.psi:g}, p={self.p:g}, form={self.form!r}, "
+            f"lambda_min={self.lambda_min:g}, layers={len(self.param_names)}, penalized={self.num_penalized}"
+        )

@@ -1,0 +1,437 @@
+"""SQLite results store for sweeps: a row per job in ``runs``, a row per evaluated sparsity in ``results``.
+
+Safe with several processes writing at once: the database runs in WAL mode with a busy timeout, and
+every write is one ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so two writers
+never deadlock on a lock upgrade). A job is *claimed* before it runs; a claim held by a process that
+has since died (killed, crashed, out of memory) is taken over, so no job is lost, and
+:meth:`ResultStore.finish` replaces a job's results and marks it done in one transaction, so none is
+counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import HaloPruneError
+
+if TYPE_CHECKING:
+    from .sweep import Job
+
+DEFAULT_PATH = Path("runs/results.sqlite")
+STATUSES = ("pending", "running", "done", "failed")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    sweep TEXT NOT NULL,
+    method TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    sparsity REAL,
+    config TEXT NOT NULL,
+    hyperparameters TEXT NOT NULL,
+    git_commit TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    pid INTEGER,
+    host TEXT,
+    started REAL,
+    finished REAL,
+    wall_seconds REAL,
+    epochs_used INTEGER,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep);
+CREATE TABLE IF NOT EXISTS results (
+    run_key TEXT NOT NULL REFERENCES runs (key),
+    method TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    sparsity REAL NOT NULL,
+    achieved_sparsity REAL,
+    accuracy REAL,
+    val_accuracy REAL,
+    metrics TEXT NOT NULL,
+    UNIQUE (run_key, sparsity)
+);
+"""
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON fallback for numpy / torch scalars and arrays, paths and sets."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=_json_default)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the repository this package lives in, ``-dirty`` if it has changes; never raises."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return "unknown"
+    changes = git("status", "--porcelain")
+    return f"{commit}-dirty" if changes else commit
+
+
+@functools.cache
+def _boot_time() -> float | None:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process ``pid`` is alive on this host (and, where /proc tells, started before ``since``).
+
+    A zombie counts as dead, and so does a process that started after ``since``: the pid was reused.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return False
+    try:  # Linux: refine with the process state and start time
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    if fields[0] in ("Z", "X"):
+        return False
+    boot = _boot_time()
+    if since is not None and boot is not None:
+        try:
+            start = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        except (ValueError, IndexError, OSError):
+            return True
+        if start > since + 2.0:  # btime has one-second resolution
+            return False
+    return True
+
+
+class ResultStore:
+    """Results of a sweep in one SQLite file; open one per process (it pickles as its path)."""
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, stale_after: float = 24 * 3600.0):
+        """Open (creating if needed) the store at ``path``.
+
+        ``stale_after``: seconds after which a 'running' claim from *another host* counts as abandoned
+        (claims on this host are checked directly: a dead pid is abandoned at once).
+        """
+        self.path = Path(path)
+        self.stale_after = float(stale_after)
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        where = f"cannot open the results store {str(self.path)!r}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise HaloPruneError(f"{where}: cannot create its folder ({reason}); pick another path") from None
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        except sqlite3.Error as e:
+            raise HaloPruneError(f"{where}: {e}; pick a writable path") from None
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._conn = conn
+            with self._write() as c:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                version = c.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise HaloPruneError(
+                        f"{where}: it was written by a newer haloprune (schema {version}); upgrade haloprune"
+                    )
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            conn.close()
+            self._conn = None
+            raise HaloPruneError(f"{where}: {e}; pick a writable path") from None
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._open()
+        assert self._conn is not None
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the write lock up front."""
+        conn = self._conn if self._conn is not None else self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection (the store reopens on next use)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "stale_after": self.stale_after}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self.stale_after = state["stale_after"]
+        self._conn = None
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def _claim_is_live(self, row: sqlite3.Row | tuple[Any, ...], now: float) -> bool:
+        pid, host, started = row
+        if host != socket.gethostname():
+            return started is not None and now - started < self.stale_after
+        return pid is not None and pid_alive(int(pid), since=started)
+
+    def claim(self, job: Job) -> bool:
+        """Mark ``job`` running under this process; False if it is done or running in a live process."""
+        key = job.key
+        now = time.time()
+        sparsity = _float_or_none(job.sparsity)
+        with self._write() as c:
+            row = c.execute("SELECT status, pid, host, started FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                status = row[0]
+                if status == "done" or (status == "running" and self._claim_is_live(row[1:], now)):
+                    return False
+            values = {
+                "key": key,
+                "sweep": job.sweep,
+                "method": job.method,
+                "seed": int(job.seed),
+                "sparsity": sparsity,
+                "config": _dumps(job.spec),
+                "hyperparameters": _dumps(job.hyperparameters),
+                "git_commit": git_commit(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": now,
+            }
+            c.execute(
+                """INSERT INTO runs (key, sweep, method, seed, sparsity, config, hyperparameters,
+                                     git_commit, status, pid, host, started, attempts)
+                   VALUES (:key, :sweep, :method, :seed, :sparsity, :config, :hyperparameters,
+                           :git_commit, 'running', :pid, :host, :started, 1)
+                   ON CONFLICT (key) DO UPDATE SET
+                       sweep = excluded.sweep, method = excluded.method, seed = excluded.seed,
+                       sparsity = excluded.sparsity, config = excluded.config,
+                       hyperparameters = excluded.hyperparameters, git_commit = excluded.git_commit,
+                       status = 'running', pid = excluded.pid, host = excluded.host,
+                       started = excluded.started, finished = NULL, wall_seconds = NULL,
+                       epochs_used = NULL, error = NULL, attempts = runs.attempts + 1""",
+                values,
+            )
+        return True
+
+    def finish(
+        self, job_key: str, records: list[dict[str, Any]], epochs_used: int | None, wall_seconds: float
+    ) -> None:
+        """Write ``records`` (one per target sparsity) and mark the job done, in one transaction.
+
+        Any results already stored for ``job_key`` (a partial write from an earlier attempt) are replaced.
+        Each record needs a ``sparsity`` (the target) unless the job has one; ``achieved_sparsity``,
+        ``accuracy`` (test) and ``val_accuracy`` fill their columns, and the whole record is kept as JSON.
+        """
+        rows = []
+        with self._write() as c:
+            run = c.execute("SELECT method, seed, sparsity FROM runs WHERE key = ?", (job_key,)).fetchone()
+            if run is None:
+                raise KeyError(f"no run {job_key!r} in {self.path}: claim the job before finishing it")
+            method, seed, job_sparsity = run
+            seen: set[float] = set()
+            for record in records:
+                target = _float_or_none(record.get("sparsity", job_sparsity))
+                if target is None or math.isnan(target):
+                    raise ValueError(f"run {job_key}: a result record has no target 'sparsity'")
+                if target in seen:
+                    raise ValueError(f"run {job_key}: two result records for sparsity {target}")
+                seen.add(target)
+                rows.append(
+                    (
+                        job_key,
+                        method,
+                        seed,
+                        target,
+                        _float_or_none(record.get("achieved_sparsity")),
+                        _float_or_none(record.get("accuracy")),
+                        _float_or_none(record.get("val_accuracy")),
+                        _dumps(record),
+                    )
+                )
+            c.execute("DELETE FROM results WHERE run_key = ?", (job_key,))
+            c.executemany(
+                """INSERT INTO results (run_key, method, seed, sparsity, achieved_sparsity, accuracy,
+                                        val_accuracy, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                rows,
+            )
+            c.execute(
+                """UPDATE runs SET status = 'done', finished = ?, wall_seconds = ?, epochs_used = ?,
+                                   error = NULL WHERE key = ?""",
+                (
+                    time.time(),
+                    float(wall_seconds),
+                    None if epochs_used is None else int(epochs_used),
+                    job_key,
+                ),
+            )
+
+    def fail(self, job_key: str, error: str) -> None:
+        """Mark the job failed with a one-line ``error`` (a later sweep retries it)."""
+        line = " ".join(str(error).split())
+        with self._write() as c:
+            c.execute(
+                "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE key = ?",
+                (time.time(), line, job_key),
+            )
+
+    def release(self, job_key: str) -> None:
+        """Give a claimed job back (status 'pending'), e.g. after an interrupt in this process."""
+        with self._write() as c:
+            c.execute(
+                "UPDATE runs SET status = 'pending', pid = NULL WHERE key = ? AND status = 'running'",
+                (job_key,),
+            )
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def is_done(self, key: str) -> bool:
+        """Whether the job ``key`` finished and its results are stored."""
+        row = self.conn.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == "done"
+
+    def status(self, sweep: str | None = None) -> dict[str, int]:
+        """Number of jobs in each status (all four statuses present), optionally for one sweep."""
+        sql = "SELECT status, COUNT(*) FROM runs"
+        args: tuple[Any, ...] = ()
+        if sweep is not None:
+            sql += " WHERE sweep = ?"
+            args = (sweep,)
+        counts = dict.fromkeys(STATUSES, 0)
+        for status, n in self.conn.execute(sql + " GROUP BY status", args):
+            counts[status] = n
+        return counts
+
+    def run(self, key: str) -> dict[str, Any] | None:
+        """The ``runs`` row of ``key`` as a dict (config and hyperparameters parsed), or None."""
+        cur = self.conn.execute("SELECT * FROM runs WHERE key = ?", (key,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip([d[0] for d in cur.description], row, strict=True))
+        out["config"] = json.loads(out["config"])
+        out["hyperparameters"] = json.loads(out["hyperparameters"])
+        return out
+
+    def records(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        """Every stored result (finished runs only), ordered by sweep, method, seed and sparsity.
+
+        Each record is the job's metrics dict plus ``method``, ``seed``, ``sparsity``,
+        ``achieved_sparsity``, ``accuracy``, ``val_accuracy``, ``hyperparameters`` (parsed), ``sweep``,
+        ``run_key``, ``git_commit``, ``wall_seconds`` and ``epochs_used``.
+        """
+        sql = """SELECT r.metrics, r.method, r.seed, r.sparsity, r.achieved_sparsity, r.accuracy,
+                        r.val_accuracy, u.hyperparameters, u.sweep, r.run_key, u.git_commit,
+                        u.wall_seconds, u.epochs_used
+                 FROM results AS r JOIN runs AS u ON u.key = r.run_key
+                 WHERE u.status = 'done'"""
+        args: tuple[Any, ...] = ()
+        if sweep is not None:
+            sql += " AND u.sweep = ?"
+            args = (sweep,)
+        sql += " ORDER BY u.sweep, r.method, r.seed, r.sparsity, r.run_key"
+        out = []
+        for metrics, *rest in self.conn.execute(sql, args):
+            record = json.loads(metrics)
+            fields = dict(
+                zip(
+                    (
+                        "method",
+                        "seed",
+                        "sparsity",
+                        "achieved_sparsity",
+                        "accuracy",
+                        "val_accuracy",
+                        "hyperparameters",
+                        "sweep",
+                        "run_key",
+                        "git_commit",
+                        "wall_seconds",
+                        "epochs_used",
+                    ),
+                    rest,
+                    strict=True,
+                )
+            )
+            fields["hyperparameters"] = json.loads(fields["hyperparameters"])
+            record.update(fields)
+            out.append(record)
+        return out
