@@ -25,12 +25,15 @@ from .sweep import Job
 def load_sweep_config(
     path: str | Path, overrides: list[str] | None = None, quick: bool = False
 ) -> SweepConfig:
-    """Read a sweep config; ``quick`` applies its ``[quick]`` overrides (and a ``-quick`` name suffix)."""
+    """Read a sweep config; ``quick`` applies its ``[quick]`` overrides, keeps the first grid point of each
+    method and adds a ``-quick`` suffix to the sweep's name (so quick results never mix with full ones)."""
     cfg = load_config(SweepConfig, path, overrides)
     if not quick:
         return cfg
     data = apply_overrides(cfg.model_dump(), [f"{k}={json.dumps(v)}" for k, v in cfg.quick.items()])
     data["name"] = f"{cfg.name}-quick"
+    for method in data["methods"].values():  # the first grid point only
+        method["grid"] = method["grid"][:1]
     return validate(SweepConfig, data, f"{path} with --quick")
 
 
