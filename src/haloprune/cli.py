@@ -153,51 +153,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def _report(db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool, plots: bool = True) -> int:
-    from .plots import plot_sweep_accuracy
-    from .report import choose, chosen_table, summarize, sweep_table
+def _report(db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool) -> int:
     from .store import ResultStore
+    from .sweep_report import sweep_report
 
     if not Path(db).is_file():
         raise HaloPruneError(f"no results store at {db}: run `haloprune sweep CONFIG.toml` first")
+    everything = []
     with ResultStore(db) as store:
         names = (
             [sweep]
             if sweep
             else [r[0] for r in store.conn.execute("SELECT DISTINCT sweep FROM runs ORDER BY 1")]
         )
-        out_records = []
         for name in names:
-            records = store.records(name)
-            if keys is not None:
-                wanted = set(keys)
-                records = [r for r in records if r["run_key"] in wanted]
+            text, records = sweep_report(store, name, Path(db).parent / name, keys, figures=not as_json)
             if not records:
                 print(f"sweep {name}: no finished runs yet", file=sys.stderr)
-                continue
-            out_records += records
-            if as_json:
-                continue
-            chosen = choose(summarize(records))
-            text = (
-                f"## {name}: test accuracy (%), mean ± std over seeds, setting chosen on validation\n\n"
-                f"{sweep_table(chosen)}\n\n### Chosen settings\n\n{chosen_table(chosen)}\n"
-            )
-            print(text)
-            folder = Path(db).parent / name
-            folder.mkdir(parents=True, exist_ok=True)
-            from .checkpoint import save_json, save_text
-
-            save_text(f"# Sweep {name}\n\n" + text, folder / "report.md")
-            save_json(records, folder / "results.json")
-            if plots:
-                plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=name)
-                print(
-                    f"written: {folder / 'report.md'}, {folder / 'results.json'}, "
-                    f"{folder / 'accuracy_vs_sparsity.png'}"
-                )
+            elif not as_json:
+                print(text)
+            everything += records
     if as_json:
-        print(json.dumps(out_records, indent=2, default=str))
+        print(json.dumps(everything, indent=2, default=str))
     return 0
 
 

@@ -313,11 +313,13 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"cannot read config file {path}: {err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    cfg = validate(cls, data, source)
     if not overrides:
-        return cfg
-    # Overrides edit the resolved config, so `--set methods.l1.grid=[...]` keeps the other methods.
-    return validate(cls, apply_overrides(cfg.model_dump(), overrides), f"{source} with --set")
+        return validate(cls, data, source)
+    try:  # overrides edit the resolved config, so `--set methods.l1.grid=[...]` keeps the other methods
+        base = cls.model_validate(data).model_dump()
+    except ValidationError:  # incomplete without the overrides (a required key given by --set)
+        base = data
+    return validate(cls, apply_overrides(base, overrides), f"{source} with --set")
 
 
 def to_toml(cfg: BaseModel) -> str:

@@ -76,3 +76,61 @@ def _save(fig: Any, path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_layer_sparsity(per_method: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Grouped bars: the sparsity of each layer, one bar per method."""
+    import numpy as np
+
+    layers = list(dict.fromkeys(layer for d in per_method.values() for layer in d))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(layers) + 2), 4.0), dpi=120)
+    width = 0.8 / max(1, len(per_method))
+    x = np.arange(len(layers))
+    for i, (method, d) in enumerate(per_method.items()):
+        ax.bar(x + i * width, [100 * d.get(layer, 0.0) for layer in layers], width, label=method)
+    ax.set_xticks(x + 0.4 - width / 2, layers, rotation=20, fontsize=8)
+    ax.set_ylabel("sparsity (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_lambda(lam: Any, w: Any, path: str | Path, title: str = "") -> Path:
+    """HALO's learned λ: histogram, and |w| against λ."""
+    import numpy as np
+
+    lam, w = np.asarray(lam), np.asarray(w)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=120)
+    a1.hist(np.log10(lam), bins=80)
+    a1.set_xlabel("log10 λ")
+    a1.set_ylabel("weights")
+    idx = np.random.default_rng(0).choice(len(lam), size=min(len(lam), 20000), replace=False)
+    a2.scatter(lam[idx], np.maximum(w[idx], 1e-8), s=1, alpha=0.3)
+    a2.set_xscale("log")
+    a2.set_yscale("log")
+    a2.set_xlabel("λ")
+    a2.set_ylabel("|w| (floored at 1e-8)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_spectra(per_method: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Normalised, sorted activation-covariance eigenvalues per hidden layer, one line per method."""
+    layers = list(dict.fromkeys(layer for d in per_method.values() for layer in d))
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), dpi=120, squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for method, d in per_method.items():
+            if layer in d:
+                ev = d[layer]
+                ax.plot(range(1, len(ev) + 1), ev.clamp_min(1e-12), label=method, lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue index")
+        ax.set_title(layer, fontsize=9)
+    axes[0][0].set_ylabel("normalised eigenvalue")
+    axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

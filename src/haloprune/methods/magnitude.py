@@ -40,6 +40,18 @@ def cubic_sparsity(step: int, final: float, t0: int, t1: int, initial: float = 0
     return final + (initial - final) * (1.0 - (step - t0) / (t1 - t0)) ** 3
 
 
+@torch.no_grad()
+def rewind_(model: torch.nn.Module, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` (weights, biases, BatchNorm statistics; masks in it are ignored) into ``model`` and
+    attach ``masks``: the surviving weights equal the saved ones exactly, the pruned ones are zero."""
+    current = model.state_dict()
+    for k, v in state.items():
+        if not k.endswith("_mask"):
+            current[k].copy_(v)
+    for n, m in masks.items():
+        attach_mask(model, n, m)
+
+
 class FineTuneParams(Params):
     finetune_fraction: float = Field(0.25, gt=0, lt=1)  # share of the epochs spent fine-tuning
     finetune_lr: float = Field(0.01, gt=0)
@@ -158,12 +170,7 @@ class LotteryTicket(Method):
                 start = build_model(ctx.run.model.name).to(ctx.device).state_dict()
             else:
                 start = saved
-            with torch.no_grad():
-                for k, v in start.items():
-                    if not k.endswith("_mask"):
-                        model.state_dict()[k].copy_(v)
-            for n, m in masks.items():
-                attach_mask(model, n, m)
+            rewind_(model, start, masks)
             fit(
                 model,
                 ctx.data,

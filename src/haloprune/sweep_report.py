@@ -1,0 +1,97 @@
+"""``haloprune report``: results store → tables (markdown, JSON) and figures for each sweep.
+
+Per method and target sparsity the grid point with the best mean validation accuracy is chosen; the
+tables show its test accuracy, mean ± std over seeds. Figures (``runs/<sweep>/``): accuracy against
+sparsity with error bars; per-layer sparsity at ``focus`` sparsity; HALO's λ histogram and |w| against λ;
+the eigen-energy spectra of the pruned networks' hidden layers (first seed of each chosen setting).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .analysis import activation_spectra, lambda_and_weights, layer_sparsity, load_state_model
+from .checkpoint import save_json, save_text
+from .plots import plot_lambda, plot_layer_sparsity, plot_spectra, plot_sweep_accuracy
+from .report import choose, chosen_table, summarize, sweep_table
+from .store import ResultStore
+
+
+def sweep_report(
+    store: ResultStore, sweep: str, folder: Path, keys: list[str] | None = None, *, figures: bool = True
+) -> tuple[str, list[dict[str, Any]]]:
+    """Write ``report.md``, ``results.json`` and the figures of one sweep into ``folder``."""
+    records = store.records(sweep)
+    if keys is not None:
+        wanted = set(keys)
+        records = [r for r in records if r["run_key"] in wanted]
+    if not records:
+        return "", []
+    chosen = choose(summarize(records))
+    text = (
+        f"## {sweep}: test accuracy (%), mean ± std over seeds, setting chosen on validation\n\n"
+        f"{sweep_table(chosen)}\n\n### Chosen settings\n\n{chosen_table(chosen)}\n"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "report.md", folder / "results.json"]
+    if figures:
+        written += _figures(store, chosen, folder, sweep)
+        text += "\n### Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in written[2:]) + "\n"
+    save_text(f"# Sweep {sweep}\n\n{text}", folder / "report.md")
+    save_json(records, folder / "results.json")
+    return text + "\nwritten: " + ", ".join(str(p) for p in written) + "\n", records
+
+
+def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, sweep: str) -> list[Path]:
+    paths = [plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=sweep)]
+    sparsities = sorted({r["sparsity"] for r in chosen})
+    focus = 0.98 if 0.98 in sparsities else sparsities[-1]
+    layers: dict[str, dict[str, float]] = {}
+    spectra: dict[str, dict[str, Any]] = {}
+    data = None
+    for row in chosen:
+        if row["sparsity"] != focus:
+            continue
+        key = row["runs"][0]
+        state_path = folder / "states" / f"{key}.pt"
+        run = store.run(key)
+        if run is None or not state_path.is_file():
+            continue
+        spec = run["config"]
+        per_target = run["sparsity"] is not None
+        model, state = load_state_model(
+            state_path, spec["run"]["model"]["name"], None if per_target else focus
+        )
+        method = row["method"]
+        layers[method] = layer_sparsity(model)
+        if data is None:
+            data = _train_images(spec["run"]["data"], int(run["seed"]))
+        spectra[method] = activation_spectra(model, data)
+        if state.get("penalty") and "lam" in state["penalty"]:
+            unpruned, _ = load_state_model(state_path, spec["run"]["model"]["name"])
+            lam, w = lambda_and_weights(unpruned, state["penalty"])
+            paths.append(plot_lambda(lam, w, folder / f"lambda_{method}.png", title=f"{sweep}: {method}"))
+    if layers:
+        paths.append(
+            plot_layer_sparsity(
+                layers,
+                folder / "layer_sparsity.png",
+                title=f"{sweep}: per-layer sparsity at {100 * focus:g}%",
+            )
+        )
+        paths.append(
+            plot_spectra(
+                spectra,
+                folder / "eigen_spectrum.png",
+                title=f"{sweep}: activation spectra at {100 * focus:g}% sparsity",
+            )
+        )
+    return paths
+
+
+def _train_images(data_cfg: dict[str, Any], seed: int, n: int = 10000) -> Any:
+    from .harness import _data
+
+    return _data(json.dumps(data_cfg, sort_keys=True), seed, "cpu").x_train[:n]

@@ -1,0 +1,161 @@
+"""Pruning methods and the sweep harness: schedules, rewinding, scores, budgets, job expansion, tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from haloprune.config import RunConfig, SweepConfig, load_config
+from haloprune.data import SplitData
+from haloprune.data.datasets import DATASETS
+from haloprune.harness import expand, load_sweep_config
+from haloprune.masks import get_masks
+from haloprune.methods import METHODS, Context
+from haloprune.methods.at_init import snip_scores
+from haloprune.methods.magnitude import cubic_sparsity, rewind_
+from haloprune.models import build_model
+from haloprune.pruning import masks_from_scores
+from haloprune.report import choose, summarize, sweep_table
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "paper"
+
+
+def _tiny_data(n: int = 400) -> SplitData:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.randn(n, 1, 28, 28, generator=g) * 0.5
+    x[torch.arange(n), 0, y, y] += 4.0  # a learnable signal: a bright pixel on the diagonal per class
+    return SplitData(x[:300], y[:300], x[300:350], y[300:350], x[350:], y[350:], DATASETS["fashion-mnist"])
+
+
+def _ctx(epochs: int = 2) -> Context:
+    run = load_config(RunConfig, None, [f"optim.epochs={epochs}", "optim.batch_size=50"])
+    return Context(run=run, data=_tiny_data(), seed=0)
+
+
+def test_cubic_schedule_values() -> None:
+    assert cubic_sparsity(0, 0.9, 10, 110) == 0.0
+    assert cubic_sparsity(10, 0.9, 10, 110) == 0.0
+    assert cubic_sparsity(110, 0.9, 10, 110) == 0.9
+    assert cubic_sparsity(500, 0.9, 10, 110) == 0.9
+    assert cubic_sparsity(60, 0.9, 10, 110) == pytest.approx(0.9 * (1 - 0.5**3))
+    values = [cubic_sparsity(t, 0.98, 0, 100) for t in range(0, 101, 5)]
+    assert values == sorted(values)  # monotone
+
+
+def test_rewind_restores_saved_weights_exactly() -> None:
+    model = build_model("lenet-300-100")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    masks = masks_from_scores({"fc1.weight": saved["fc1.weight"].abs()}, 0.8)
+    rewind_(model, saved, masks)
+    kept = masks["fc1.weight"]
+    assert torch.equal(model.fc1.weight[kept], saved["fc1.weight"][kept])
+    assert (model.fc1.weight[~kept] == 0).all()
+    assert torch.equal(model.fc2.weight, saved["fc2.weight"]) and torch.equal(
+        model.fc3.bias, saved["fc3.bias"]
+    )
+
+
+def test_snip_scores_are_gradient_times_weight() -> None:
+    model = build_model("lenet-300-100")
+    x, y = torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    scores = snip_scores(model, x, y)
+    F.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(
+        scores["fc2.weight"], (model.fc2.weight.grad * model.fc2.weight).abs().detach()
+    )
+    assert set(scores) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+
+
+@pytest.mark.parametrize("kind", ["gmp", "imp", "snip", "random"])
+def test_per_sparsity_methods_hit_the_target_and_count_epochs(kind: str) -> None:
+    params = {"rounds": 1} if kind == "imp" else {}
+    outcome = METHODS[kind](**params).run(_ctx(epochs=2), [0.9])
+    (record,) = outcome.records
+    assert record["achieved_sparsity"] == pytest.approx(0.9, abs=1e-5)
+    assert outcome.epochs_used == 2
+    assert 0.0 <= record["accuracy"] <= 100.0 and "val_accuracy" in record
+
+
+def test_finetune_and_penalty_methods_report_every_target() -> None:
+    ctx = _ctx(epochs=4)
+    ft = METHODS["finetune"](finetune_fraction=0.25).run(ctx, [0.5, 0.9])
+    assert [r["sparsity"] for r in ft.records] == [0.5, 0.9] and ft.epochs_used == 4
+    assert all(r["finetune_epochs"] == 1 for r in ft.records)
+    pen = METHODS["penalty"](penalty={"name": "halo", "xi": 1e-6, "psi": 1e-3}).run(ctx, [0.5, 0.9])
+    assert [round(r["achieved_sparsity"], 4) for r in pen.records] == [0.5, 0.9]
+    assert pen.state["penalty"] is not None and "lam" in pen.state["penalty"]
+
+
+def test_imp_reinit_control_differs_from_rewinding() -> None:
+    a = METHODS["imp"](rounds=1).run(_ctx(epochs=2), [0.8])
+    b = METHODS["imp"](rounds=1, reinit=True).run(_ctx(epochs=2), [0.8])
+    assert not torch.equal(a.state["model"]["fc1.weight"], b.state["model"]["fc1.weight"])
+    assert set(get_masks_from_state(a.state["model"])) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+
+
+def get_masks_from_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    model = build_model("lenet-300-100")
+    from haloprune.masks import load_state_dict
+
+    load_state_dict(model, state)
+    return get_masks(model)
+
+
+def test_paper_config_expands_with_stable_unique_keys() -> None:
+    cfg = load_sweep_config(CONFIGS / "fmnist-lenet300.toml")
+    jobs = expand(cfg)
+    assert len({j.key for j in jobs}) == len(jobs)
+    assert [j.key for j in expand(cfg)] == [j.key for j in jobs]
+    per_target = {j.method for j in jobs if j.sparsity is not None}
+    assert per_target == {"gmp", "imp", "snip", "random"}
+    quick = load_sweep_config(CONFIGS / "fmnist-lenet300.toml", quick=True)
+    assert quick.name.endswith("-quick") and quick.optim.epochs == 2 and quick.seeds == [0]
+    assert all(len(m.grid) <= 1 for m in quick.methods.values())
+
+
+def test_sweep_config_validation_messages() -> None:
+    from haloprune.errors import ConfigError
+
+    base = ["methods={m={kind='penalty'}}"]
+    load_config(SweepConfig, None, base)
+    with pytest.raises(ConfigError, match="unknown method kind"):
+        load_config(SweepConfig, None, ["methods={m={kind='nope'}}"])
+    with pytest.raises(ConfigError, match="grid point 0"):
+        load_config(SweepConfig, None, ["methods={m={kind='gmp', grid=[{every=0}]}}"])
+    with pytest.raises(ConfigError, match="unknown penalty"):
+        load_config(SweepConfig, None, ["methods={m={kind='penalty', params={penalty={name='l7'}}}}"])
+
+
+def test_selection_uses_validation_and_table_marks_best() -> None:
+    def rec(method: str, hp: float, seed: int, val: float, acc: float) -> dict:
+        return {
+            "method": method,
+            "hyperparameters": {"xi": hp},
+            "sparsity": 0.9,
+            "seed": seed,
+            "val_accuracy": val,
+            "accuracy": acc,
+            "achieved_sparsity": 0.9,
+            "epochs": 20,
+        }
+
+    records = [
+        rec("a", 1, 0, 80, 70),
+        rec("a", 1, 1, 82, 72),  # better on validation
+        rec("a", 2, 0, 70, 90),
+        rec("a", 2, 1, 70, 90),  # better on test: must NOT be chosen
+        rec("b", 1, 0, 60, 75),
+        rec("b", 1, 1, 60, 77),
+    ]
+    chosen = choose(summarize(records))
+    a = next(r for r in chosen if r["method"] == "a")
+    assert a["hyperparameters"] == {"xi": 1} and a["accuracy_mean"] == 71.0
+    table = sweep_table(chosen)
+    assert "**76.00 ± 1.41**" in table and "71.00 ± 1.41" in table
