@@ -159,3 +159,10 @@ def test_selection_uses_validation_and_table_marks_best() -> None:
     assert a["hyperparameters"] == {"xi": 1} and a["accuracy_mean"] == 71.0
     table = sweep_table(chosen)
     assert "**76.00 ± 1.41**" in table and "71.00 ± 1.41" in table
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_paper_config_and_its_quick_scale_validate(path: Path) -> None:
+    full, quick = load_sweep_config(path), load_sweep_config(path, quick=True)
+    assert expand(full) and expand(quick)
+    assert quick.optim.epochs <= 2 < full.optim.epochs
