@@ -114,7 +114,7 @@ def test_paper_config_expands_with_stable_unique_keys() -> None:
     assert len({j.key for j in jobs}) == len(jobs)
     assert [j.key for j in expand(cfg)] == [j.key for j in jobs]
     per_target = {j.method for j in jobs if j.sparsity is not None}
-    assert per_target == {"gmp", "imp", "snip", "random"}
+    assert per_target == {"gmp", "imp", "imp-reinit", "snip", "random"}
     quick = load_sweep_config(CONFIGS / "fmnist-lenet300.toml", quick=True)
     assert quick.name.endswith("-quick") and quick.optim.epochs == 2 and quick.seeds == [0]
     assert all(len(m.grid) <= 1 for m in quick.methods.values())
