@@ -166,3 +166,10 @@ def test_every_paper_config_and_its_quick_scale_validate(path: Path) -> None:
     full, quick = load_sweep_config(path), load_sweep_config(path, quick=True)
     assert expand(full) and expand(quick)
     assert quick.optim.epochs <= 2 < full.optim.epochs
+
+
+def test_sparsevd_method_reports_targets_and_its_native_sparsity() -> None:
+    outcome = METHODS["sparsevd"](kl_warmup_epochs=1).run(_ctx(epochs=2), [0.5, 0.9])
+    assert [round(r["achieved_sparsity"], 4) for r in outcome.records] == [0.5, 0.9]
+    assert all(0.0 <= r["native_sparsity"] <= 1.0 for r in outcome.records)
+    assert any(k.endswith("weight_mask") for k in outcome.state["model"])

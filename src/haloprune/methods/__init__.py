@@ -14,6 +14,6 @@ from .base import Context, Method, Outcome, Params
 
 METHODS: Registry[Method] = Registry("method")
 
-from . import at_init, magnitude, penalty  # noqa: E402,F401  (register the methods)
+from . import at_init, magnitude, penalty, variational  # noqa: E402,F401  (register the methods)
 
 __all__ = ["METHODS", "Context", "Method", "Outcome", "Params"]
