@@ -260,7 +260,9 @@ def fit(
         seconds = time.perf_counter() - t0
         ce_sum, correct, seen = sums.tolist()
         with torch.no_grad():
-            w = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in prunable] or [torch.ones(1)])
+            w = torch.cat(
+                [model.get_parameter(n).detach().abs().flatten() for n in prunable] or [torch.ones(1)]
+            )
             pen_end = penalty().item() if penalty is not None else 0.0
         val = evaluate(model, data.x_val, data.y_val, optim.eval_batch_size)
         row = {
