@@ -57,6 +57,18 @@ class OptimConfig(Section):
     eval_batch_size: int = Field(1000, gt=0)
 
 
+M = TypeVar("M")
+
+
+def _check_method_names(methods: dict[str, M]) -> dict[str, M]:
+    if not methods:
+        raise ValueError("give at least one method")
+    for name in methods:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise ValueError(f"method name {name!r} may use only letters, digits, '.', '_' and '-'")
+    return methods
+
+
 class PenaltyConfig(Section):
     name: str = "none"  # "none" or a registered penalty (haloprune.penalties.PENALTIES)
     xi: float = Field(0.0, ge=0)
@@ -172,12 +184,7 @@ class CompareConfig(RunConfig):
     @field_validator("methods")
     @classmethod
     def _nonempty(cls, v: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
-        if not v:
-            raise ValueError("give at least one method")
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-                raise ValueError(f"method name {name!r} may use only letters, digits, '.', '_' and '-'")
-        return v
+        return _check_method_names(v)
 
     def train_config(self, run_name: str, penalty: PenaltyConfig) -> TrainConfig:
         """The training run of one candidate, stored under this job's folder."""
@@ -240,12 +247,7 @@ class SweepConfig(RunConfig):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: dict[str, SweepMethodConfig]) -> dict[str, SweepMethodConfig]:
-        if not v:
-            raise ValueError("give at least one method")
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-                raise ValueError(f"method name {name!r} may use only letters, digits, '.', '_' and '-'")
-        return v
+        return _check_method_names(v)
 
     def run_part(self) -> dict[str, Any]:
         """What every job of the sweep shares (data, model, optimiser, device)."""

@@ -13,34 +13,18 @@ import matplotlib.pyplot as plt
 
 
 def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Test accuracy against sparsity, one line per method (x axis: fraction of weights kept, log scale)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in records):
-        rows = sorted((r for r in records if r["method"] == method), key=lambda r: r["sparsity"])
-        kept = [100 * (1 - r["sparsity"]) for r in rows]
-        ax.plot(kept, [r["accuracy"] for r in rows], marker="o", label=method)
-    ax.set_xscale("log")
-    ticks = sorted({100 * (1 - r["sparsity"]) for r in records}, reverse=True)
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.invert_xaxis()
-    ax.set_xlabel("weights kept (%)  ← sparser")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    """Test accuracy against sparsity, one line per method (one seed: no error bars)."""
+    rows = [{**r, "accuracy_mean": r["accuracy"], "accuracy_std": 0.0} for r in records]
+    return plot_sweep_accuracy(rows, path, title=title, ylabel="test accuracy (%)")
 
 
-def plot_sweep_accuracy(chosen: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Mean test accuracy ± std over seeds against sparsity, one line per method."""
+def plot_sweep_accuracy(
+    chosen: Sequence[dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    ylabel: str = "test accuracy (%), mean ± std over seeds",
+) -> Path:
+    """Mean test accuracy ± std against sparsity, one line per method (x: weights kept, log scale)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for method in dict.fromkeys(r["method"] for r in chosen):
         rows = sorted((r for r in chosen if r["method"] == method), key=lambda r: r["sparsity"])
@@ -59,7 +43,7 @@ def plot_sweep_accuracy(chosen: Sequence[dict[str, Any]], path: str | Path, titl
     ax.minorticks_off()
     ax.invert_xaxis()
     ax.set_xlabel("weights kept (%)  ← sparser")
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
