@@ -27,7 +27,9 @@ class AdaptiveLasso(Penalty):
     The coefficients are one flat buffer ``self.coef`` (penalised-parameter order, each tensor flattened,
     like HALO's ``lam``), so they are in the ``state_dict`` but not trained. :meth:`refresh_` recomputes
     them from a model or a reference dict. They are computed in float64 and capped at the largest finite
-    value of the weights' dtype (only reachable with a tiny ``eps`` and a large γ), so they stay finite.
+    value of the weights' dtype, so they stay finite. ``eps`` (default 1e-3) bounds the largest coefficient
+    at ``eps^-γ``: after a first fit many weights sit near zero, and an unbounded 1/|ŵ| makes the
+    subgradient steps of SGD on those weights explode (seen with eps = 1e-8: NaN within 50 steps).
     """
 
     def __init__(
@@ -36,7 +38,7 @@ class AdaptiveLasso(Penalty):
         xi: float,
         gamma: float = 1.0,
         reference: Mapping[str, torch.Tensor] | None = None,
-        eps: float = 1e-8,
+        eps: float = 1e-3,
         *,
         scope: Scope = "all",
         include_bias: bool = False,
