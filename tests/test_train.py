@@ -67,3 +67,10 @@ def test_lambda_param_group_and_schedules() -> None:
     assert cos(0) == 1.0 and abs(cos(50) - 0.5) < 1e-12 and cos(100) == 0.0
     step = LRSchedule("step", steps_per_epoch=10, total_steps=100, milestones=[3, 6], gamma=0.1)
     assert step(29) == 1.0 and abs(step(30) - 0.1) < 1e-12 and abs(step(60) - 0.01) < 1e-12
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
+    from haloprune.checkpoint import save_json
+
+    save_json({"a": 1}, tmp_path / "x.json")
+    assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044  # readable by group/others (umask 022)

@@ -25,8 +25,11 @@ def plot_sweep_accuracy(
     ylabel: str = "test accuracy (%), mean ± std over seeds",
 ) -> Path:
     """Mean test accuracy ± std against sparsity, one line per method (x: weights kept, log scale)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in chosen):
+    methods = list(dict.fromkeys(r["method"] for r in chosen))
+    many = len(methods) > 8
+    fig, ax = plt.subplots(figsize=(8.4 if many else 6.4, 4.6 if many else 4.2), dpi=120)
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors
+    for i, method in enumerate(methods):
         rows = sorted((r for r in chosen if r["method"] == method), key=lambda r: r["sparsity"])
         kept = [100 * (1 - r["sparsity"]) for r in rows]
         ax.errorbar(
@@ -36,6 +39,7 @@ def plot_sweep_accuracy(
             marker="o",
             capsize=3,
             label=method,
+            color=colors[i % len(colors)],
         )
     ax.set_xscale("log")
     ticks = sorted({100 * (1 - r["sparsity"]) for r in chosen}, reverse=True)
@@ -45,7 +49,10 @@ def plot_sweep_accuracy(
     ax.set_xlabel("weights kept (%)  ← sparser")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
@@ -67,15 +74,17 @@ def plot_layer_sparsity(per_method: dict[str, dict[str, float]], path: str | Pat
     import numpy as np
 
     layers = list(dict.fromkeys(layer for d in per_method.values() for layer in d))
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(layers) + 2), 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(layers) + 2) + 1.6, 4.0), dpi=120)
     width = 0.8 / max(1, len(per_method))
     x = np.arange(len(layers))
+    colors = plt.get_cmap("tab20" if len(per_method) > 10 else "tab10").colors
     for i, (method, d) in enumerate(per_method.items()):
-        ax.bar(x + i * width, [100 * d.get(layer, 0.0) for layer in layers], width, label=method)
+        values = [100 * d.get(layer, 0.0) for layer in layers]
+        ax.bar(x + i * width, values, width, label=method, color=colors[i % len(colors)])
     ax.set_xticks(x + 0.4 - width / 2, layers, rotation=20, fontsize=8)
     ax.set_ylabel("sparsity (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)

@@ -71,7 +71,10 @@ def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, swe
         spectra[method] = activation_spectra(model, data)
         if state.get("penalty") and "lam" in state["penalty"]:
             unpruned, _ = load_state_model(state_path, spec["run"]["model"]["name"])
-            lam, w = lambda_and_weights(unpruned, state["penalty"])
+            try:
+                lam, w = lambda_and_weights(unpruned, state["penalty"])
+            except ValueError:  # not one λ per weight (sws, layer-halo)
+                continue
             paths.append(plot_lambda(lam, w, folder / f"lambda_{method}.png", title=f"{sweep}: {method}"))
     if layers:
         paths.append(
