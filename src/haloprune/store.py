@@ -179,7 +179,16 @@ class ResultStore:
             raise HaloPruneError(f"{where}: {e}; pick a writable path") from None
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            # Switching to WAL needs a moment of exclusive access and SQLite may answer "locked" without
+            # waiting for the busy timeout while another process opens the same store: retry.
+            for attempt in range(600):
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or attempt == 599:
+                        raise
+                    time.sleep(0.1)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._conn = conn
