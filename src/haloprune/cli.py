@@ -66,8 +66,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, load_config
     from .train import train
 
-    cfg = load_config(TrainConfig, args.config, _overrides(args))
-    result = train(cfg, progress=False if args.quiet else None)
+    if args.resume is not None:
+        if args.config is not None or _overrides(args):
+            raise HaloPruneError("--resume takes the run's own config.toml: give no --config/--set with it")
+        cfg = load_config(TrainConfig, args.resume / "config.toml")
+        if cfg.run_dir.resolve() != args.resume.resolve():  # the folder was moved: follow it
+            cfg = cfg.model_copy(update={"out_dir": str(args.resume.parent), "name": args.resume.name})
+    else:
+        cfg = load_config(TrainConfig, args.config, _overrides(args))
+    result = train(cfg, progress=False if args.quiet else None, resume=args.resume is not None)
     last = result.history[-1]
     print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
     return 0
@@ -202,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model (optionally with a penalty) into runs/<name>/")
     _config_args(p)
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_torch, save_json, save_text, save_torch
+from .checkpoint import load_torch, load_verified, save_json, save_text, save_torch, save_verified
 from .config import OptimConfig, PenaltyConfig, TrainConfig, to_toml
 from .data import SplitData, iterate_batches, load_dataset
 from .errors import ConfigError, HaloPruneError
-from .masks import apply_masks_
+from .masks import apply_masks_, load_state_dict
 from .models import build_model
 from .penalties import Penalty, build_penalty
 from .selection import select_parameters
@@ -120,14 +120,18 @@ def _check_finite(step: int, loss: torch.Tensor, model: nn.Module, penalty: Pena
     raise TrainingDiverged(f"loss became {loss.item()} at step {step}{where}; lower the lr, xi or psi")
 
 
-def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True) -> tuple[Path, bool]:
+def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True, resume: bool = False) -> tuple[Path, bool]:
     """Create ``runs/<name>/`` with the resolved config; returns (dir, already_finished).
 
-    A directory holding a run with a *different* config is never overwritten: that is an error.
+    Never destroys work: a directory holding a run with a *different* config is an error, and so is an
+    unfinished run with checkpoints unless ``resume`` (or it would be started over). ``resume`` needs
+    an existing run directory.
     """
     run_dir = cfg.run_dir
     config_file = run_dir / "config.toml"
     text = to_toml(cfg)
+    if resume and not config_file.exists():
+        raise HaloPruneError(f"nothing to resume: {run_dir} has no config.toml")
     if config_file.exists():
         if config_file.read_text() != text:
             raise ConfigError(
@@ -136,12 +140,20 @@ def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True) -> tuple[Path, bool
             )
         if reuse and (run_dir / "model.pt").exists():
             return run_dir, True
+        if not resume and _has_checkpoint(run_dir):
+            raise HaloPruneError(
+                f"{run_dir} holds an unfinished run; continue it with `haloprune train --resume {run_dir}`, "
+                "or choose another name"
+            )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_text(text, config_file)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if not resume:
+            save_text(text, config_file)
     except OSError as err:
-        raise HaloPruneError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        raise HaloPruneError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
     return run_dir, False
 
 
@@ -176,7 +188,6 @@ def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig,
         raise HaloPruneError(f"{run_dir} has no model.pt: the run did not finish")
     state = load_torch(run_dir / "model.pt", map_location=device)
     model, penalty = build(cfg, device)
-    from .masks import load_state_dict
 
     load_state_dict(model, state["model"])
     if penalty is not None and state.get("penalty") is not None:
@@ -198,6 +209,7 @@ def fit(
     extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None,
     on_step: Callable[[int], None] | None = None,
     on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` (and ``penalty``) in place for ``epochs`` (default ``optim.epochs``) epochs.
 
@@ -206,6 +218,8 @@ def fit(
     → ``on_step(step)``. Per epoch: evaluate on the validation split, one metrics row, then
     ``on_epoch(epoch, row, state)`` where ``state`` holds the optimizer, scheduler and generator (for
     checkpoints). Returns the metrics rows. Batches are drawn with a generator seeded by ``seed``.
+    ``resume`` (a checkpoint written at the end of an epoch) restores the optimizer, scheduler, batch
+    generator and RNG states and continues with the next epoch, exactly as if never interrupted.
     """
     device = next(model.parameters()).device
     epochs = optim.epochs if epochs is None else epochs
@@ -221,8 +235,14 @@ def fit(
     scope = penalty_cfg.scope if penalty_cfg is not None else "all"
     prunable = select_parameters(model, scope=scope)
     history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(1, epochs + 1):
+    step, first_epoch = 0, 1
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        step, first_epoch = int(resume["step"]), int(resume["epoch"]) + 1
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, device=device)  # ce, correct, seen
@@ -293,40 +313,54 @@ def fit(
 
 
 def train(
-    cfg: TrainConfig, *, data: SplitData | None = None, save: bool = True, progress: bool | None = None
+    cfg: TrainConfig,
+    *,
+    data: SplitData | None = None,
+    save: bool = True,
+    progress: bool | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``."""
+    """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``.
+
+    ``resume`` continues an interrupted run from its last verified end-of-epoch checkpoint; the result is
+    bit-identical to an uninterrupted run on CPU.
+    """
     device = torch.device(cfg.device)
     run_dir = None
     if save:
-        run_dir, finished = prepare_run_dir(cfg)
+        run_dir, finished = prepare_run_dir(cfg, resume=resume)
         if finished:
             _, model, penalty = load_trained(run_dir, cfg.device)
             history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             return TrainResult(model, penalty, history, run_dir, data or _data_for(cfg, device))
     data = data if data is not None else _data_for(cfg, device)
     model, penalty = build(cfg, device)
+    state, history = None, []
+    if run_dir is not None and resume and _has_checkpoint(run_dir):
+        state = load_verified(run_dir / "checkpoint.pt", map_location=device)
+        load_state_dict(model, state["model"])
+        if penalty is not None:
+            penalty.load_state_dict(state["penalty"])
+    if run_dir is not None:  # metrics written after the checkpoint we resume from are replayed
+        lines = (
+            (run_dir / "metrics.jsonl").read_text().splitlines()
+            if (run_dir / "metrics.jsonl").exists()
+            else []
+        )
+        history = [json.loads(line) for line in lines[: state["epoch"] if state else 0]]
+        save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
 
-    def checkpoint(epoch: int, row: dict[str, Any], state: dict[str, Any]) -> None:
+    def checkpoint(epoch: int, row: dict[str, Any], st: dict[str, Any]) -> None:
         if run_dir is None:
             return
         with (run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        save_torch(
-            _state(
-                cfg,
-                model,
-                penalty,
-                state["optimizer"],
-                state["scheduler"],
-                state["generator"],
-                epoch,
-                state["step"],
-            ),
+        save_verified(
+            _state(cfg, model, penalty, st["optimizer"], st["scheduler"], st["generator"], epoch, st["step"]),
             run_dir / "checkpoint.pt",
         )
 
-    history = fit(
+    history += fit(
         model,
         data,
         cfg.optim,
@@ -336,6 +370,7 @@ def train(
         name=cfg.name,
         progress=progress,
         on_epoch=checkpoint,
+        resume=state,
     )
     if run_dir is not None:
         final = {
@@ -346,6 +381,10 @@ def train(
         save_torch(final, run_dir / "model.pt")
         save_json(history[-1], run_dir / "final_metrics.json")
     return TrainResult(model, penalty, history, run_dir, data)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt"))
 
 
 def _state(cfg, model, penalty, opt, sched, gen, epoch, step) -> dict[str, Any]:
