@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from haloprune.checkpoint import load_torch, load_verified, save_verified
 from haloprune.cli import main
@@ -150,3 +152,81 @@ def test_unwritable_run_directory_fails_before_training(
 def test_resume_needs_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "--resume", str(tmp_path / "nothing")])
     assert (code == 2 and "nothing to resume" in capsys.readouterr().err) or code == 2
+
+
+def test_divergence_stops_with_the_step_and_exit_2(
+    tmp_path: Path, real_fmnist: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train",
+            "--name",
+            "boom",
+            "--set",
+            f"out_dir='{tmp_path}'",
+            "--set",
+            "optim.lr=1e12",
+            "--set",
+            "optim.schedule='constant'",
+            "--set",
+            "data.train_subset=6000",
+            "--set",
+            "data.val_size=500",
+            "--epochs",
+            "2",
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "loss became" in err and "at step" in err and err.count("\n") == 1
+    assert not (tmp_path / "boom" / "model.pt").exists()
+
+
+_KEYS = [
+    "name",
+    "seed",
+    "optim.epochs",
+    "optim.lr",
+    "optim.momentum",
+    "optim.schedule",
+    "penalty.name",
+    "penalty.xi",
+    "penalty.psi",
+    "penalty.form",
+    "prune.sparsities",
+    "data.val_size",
+    "model.name",
+    "bogus",
+    "optim.bogus",
+    "penalty",
+]
+_VALUES = [
+    "0",
+    "-1",
+    "1e-3",
+    "1.5",
+    "'x'",
+    "true",
+    "[]",
+    "[0.5, 1.0]",
+    "[-0.1]",
+    "{a=1}",
+    "'halo'",
+    "'l2'",
+    "nan",
+    "inf",
+    "99999999999999999999",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_KEYS), st.sampled_from(_VALUES)), max_size=4))
+def test_fuzzed_configs_are_valid_or_one_clear_config_error(pairs: list[tuple[str, str]]) -> None:
+    from haloprune.config import TrainConfig, load_config
+    from haloprune.errors import ConfigError
+
+    try:
+        load_config(TrainConfig, None, [f"{k}={v}" for k, v in pairs])
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err)

@@ -116,7 +116,7 @@ class RunConfig(Section):
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
     out_dir: str = "runs"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed takes 64-bit seeds
     device: str = "cpu"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -231,7 +231,7 @@ class SweepConfig(RunConfig):
     """A comparison: methods x grid points x seeds (x target sparsities), run by ``haloprune sweep``."""
 
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0, 1, 2])
     sparsities: list[Sparsity] = Field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
     methods: dict[str, SweepMethodConfig]
     db: str = "runs/results.sqlite"
