@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,14 @@ class _SVDOMixin(nn.Module):
         self.threshold = float(threshold)
 
     @property
+    @torch.no_grad()
+    def _copy_from(self, layer: nn.Module) -> Any:
+        """Take θ and the bias from the plain layer being replaced; returns ``self``."""
+        self.weight.copy_(layer.weight)
+        if layer.bias is not None and self.bias is not None:
+            self.bias.copy_(layer.bias)
+        return self
+
     def log_alpha(self) -> torch.Tensor:
         """``clip(log σ² − log θ², −10, 10)`` per weight (differentiable)."""
         la = self.log_sigma2 - 2.0 * torch.log(1e-16 + self.weight.abs())
@@ -158,11 +167,7 @@ class LinearSVDO(_SVDOMixin):
             device=w.device,
             dtype=w.dtype,
         )
-        with torch.no_grad():
-            new.weight.copy_(w)
-            if layer.bias is not None and new.bias is not None:
-                new.bias.copy_(layer.bias)
-        return new
+        return new._copy_from(layer)
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, weight, bias)
@@ -243,11 +248,7 @@ class Conv2dSVDO(_SVDOMixin):
             device=w.device,
             dtype=w.dtype,
         )
-        with torch.no_grad():
-            new.weight.copy_(w)
-            if layer.bias is not None and new.bias is not None:
-                new.bias.copy_(layer.bias)
-        return new
+        return new._copy_from(layer)
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
