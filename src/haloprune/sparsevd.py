@@ -78,7 +78,6 @@ class _SVDOMixin(nn.Module):
             self.register_parameter("bias", None)
         self.threshold = float(threshold)
 
-    @property
     @torch.no_grad()
     def _copy_from(self, layer: nn.Module) -> Any:
         """Take θ and the bias from the plain layer being replaced; returns ``self``."""
@@ -87,6 +86,7 @@ class _SVDOMixin(nn.Module):
             self.bias.copy_(layer.bias)
         return self
 
+    @property
     def log_alpha(self) -> torch.Tensor:
         """``clip(log σ² − log θ², −10, 10)`` per weight (differentiable)."""
         la = self.log_sigma2 - 2.0 * torch.log(1e-16 + self.weight.abs())
