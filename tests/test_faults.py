@@ -1,4 +1,17 @@
-"""Faults: exact resume after SIGKILL, verified checkpoints, never losing a run, untrusted files."""
+"""Faults: exact resume after SIGKILL, verified checkpoints, never losing a run, untrusted files.
+
+Where each guarantee of the README's reliability list is tested:
+1. exact resume after SIGKILL — here (training); a killed sweep — tests/test_sweep_store.py
+2. atomic, checksummed checkpoints with fallback — here
+3. NaN/inf stops with the step named, exit 2 — here; λ positive under any step — tests/test_penalties.py,
+   tests/test_penalty_family.py, tests/test_fused.py
+4. fuzzed configs — here; damaged data files — tests/test_data.py, tests/test_config_cli.py
+5. masks and λ through state_dict / deepcopy / pickle / compile / training — tests/test_pruning.py,
+   tests/test_penalties.py, tests/test_fused.py
+6. bit-identical reruns — tests/test_train.py; seeds in every record — tests/test_sweep_e2e.py
+7. unwritable run directory fails before training — here
+8. crafted pickle, crafted tar, archive checksums — here
+"""
 
 from __future__ import annotations
 
