@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,6 +145,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise HaloPruneError(f"--jobs must be >= 1, got {args.jobs}")
     cfg = load_sweep_config(args.config, args.overrides, quick=args.quick)
     jobs = expand(cfg)
+    os.environ["HALOPRUNE_PROGRESS"] = "0" if args.quiet else "1"  # per-run bars in the workers
     with ResultStore(cfg.db) as store:
         print(
             f"sweep {cfg.name}: {len(jobs)} jobs ({len(cfg.methods)} methods, seeds {cfg.seeds}), "

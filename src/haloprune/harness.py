@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from .config import RunConfig, SweepConfig, apply_overrides, load_config, valida
 from .data import SplitData, load_dataset
 from .methods import METHODS, Context
 from .sweep import Job
+from .train import set_bar_slot
 
 
 def load_sweep_config(
@@ -79,13 +82,15 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
     spec = job.spec
     run = RunConfig.model_validate({**spec["run"], "seed": job.seed})
     torch.set_num_threads(threads)
+    set_bar_slot(max(1, (multiprocessing.current_process()._identity or (1,))[0]))
+    progress = False if os.environ.get("HALOPRUNE_PROGRESS") == "0" else None
     data = _data(json.dumps(spec["run"]["data"], sort_keys=True), job.seed, run.device)
     ctx = Context(
         run=run,
         data=data,
         seed=job.seed,
         device=torch.device(run.device),
-        progress=False,
+        progress=progress,
         name=f"{job.method}/s{job.seed}",
     )
     method = METHODS[spec["kind"]](**spec["params"])

@@ -31,6 +31,14 @@ from .models import build_model
 from .penalties import Penalty, build_penalty
 from .selection import select_parameters
 
+_BAR_SLOT: int | None = None  # in sweep workers: where the per-run bar sits under the sweep's bar
+
+
+def set_bar_slot(slot: int | None) -> None:
+    """Stack this process's per-run progress bars at ``slot`` (and drop the per-epoch lines)."""
+    global _BAR_SLOT
+    _BAR_SLOT = slot
+
 
 class TrainingDiverged(HaloPruneError):
     """The loss or a parameter became NaN/inf."""
@@ -252,6 +260,7 @@ def fit(
             leave=False,
             disable=None if progress is None else not progress,
             unit="batch",
+            position=_BAR_SLOT,
         )
         for xb, yb in iterate_batches(
             data.x_train, data.y_train, optim.batch_size, shuffle=True, generator=gen
@@ -301,7 +310,7 @@ def fit(
         if penalty is not None:
             row.update(penalty.stats())
         history.append(row)
-        if progress is not False:
+        if progress is True or (progress is None and _BAR_SLOT is None):
             tqdm.write(
                 f"[{name}] epoch {epoch}/{epochs}  ce {row['train_ce']:.4f}  "
                 f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
