@@ -56,6 +56,14 @@ def test_main_job_small_slice(tmp_path: Path, real_fmnist: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert "fc1.weight" in out and "| 90% |" in out
 
+    # ... and export it compactly; the file loads back into the same network.
+    assert main(["export", str(tmp_path / "main" / "dense"), "--sparsity", "0.98"]) == 0
+    exported = tmp_path / "main" / "dense" / "model-0.98.safetensors"
+    assert "% of the dense fp32 parameters" in capsys.readouterr().out
+    import haloprune
+
+    assert haloprune.sparsity_report(haloprune.load(exported))[-1].sparsity == pytest.approx(0.98, abs=1e-4)
+
     # Running the same job again reuses the finished runs instead of training again.
     mtime = (tmp_path / "main" / "dense" / "model.pt").stat().st_mtime_ns
     _run_main(

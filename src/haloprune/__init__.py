@@ -5,6 +5,7 @@ from haloprune import HALO, global_magnitude_prune, sparsity_report
 
 from __future__ import annotations
 
+from .export import load, save_sparse
 from .masks import apply_masks_, keep_masked, load_state_dict
 from .models import MODELS, build_model
 from .penalties import HALO, L1, PENALTIES, Penalty, build_penalty
@@ -31,6 +32,8 @@ __all__ = [
     "global_magnitude_prune",
     "keep_masked",
     "layerwise_magnitude_prune",
+    "load",
     "load_state_dict",
+    "save_sparse",
     "sparsity_report",
 ]

@@ -119,6 +119,28 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import save_sparse
+    from .pruning import global_magnitude_prune
+    from .train import load_trained
+
+    if not 0.0 <= args.sparsity < 1.0:
+        raise HaloPruneError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    cfg, model, _ = load_trained(args.run_dir)
+    global_magnitude_prune(model, args.sparsity)
+    out = args.out or Path(args.run_dir) / f"model-{args.sparsity:g}.safetensors"
+    save_sparse(
+        model,
+        out,
+        architecture={"name": cfg.model.name, "kwargs": {}},
+        extra={"run": str(args.run_dir), "dataset": cfg.data.name},
+    )
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    size = Path(out).stat().st_size
+    print(f"{out}: {size:,} bytes ({100 * size / dense:.1f}% of the dense fp32 parameters, {dense:,} bytes)")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from .data import download, load_dataset
     from .data.datasets import default_cache_dir
@@ -241,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="results store (default runs/results.sqlite)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="prune a trained run once and write it compactly (safetensors)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--sparsity", type=float, required=True)
+    p.add_argument("--format", choices=["safetensors"], default="safetensors")
+    p.add_argument("--out", type=Path, help="output file (default RUN_DIR/model-<sparsity>.safetensors)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="check or download a dataset")
     p.add_argument("action", choices=["check", "download"])
