@@ -9,6 +9,16 @@ import pytest
 
 from haloprune.cli import main
 
+SMALL = [
+    "--epochs",
+    "2",
+    "--set",
+    "data.train_subset=4000",
+    "--set",
+    "data.val_size=1000",
+    "--set",
+    "data.test_subset=2000",
+]
 METHODS = [
     "--set",
     "methods.l1.grid=[{xi=1e-4}]",
@@ -34,16 +44,7 @@ def _run_main(tmp_path: Path, extra: list[str]) -> list[dict]:
 def test_main_job_small_slice(tmp_path: Path, real_fmnist: Path, capsys: pytest.CaptureFixture[str]) -> None:
     records = _run_main(
         tmp_path,
-        [
-            "--epochs",
-            "2",
-            "--set",
-            "data.train_subset=4000",
-            "--set",
-            "data.val_size=1000",
-            "--set",
-            "data.test_subset=2000",
-        ],
+        SMALL,
     )
     acc = {(r["method"], r["sparsity"]): r["accuracy"] for r in records}
     assert acc[("dense", 0.5)] > 60.0  # chance is 10%
@@ -68,16 +69,7 @@ def test_main_job_small_slice(tmp_path: Path, real_fmnist: Path, capsys: pytest.
     mtime = (tmp_path / "main" / "dense" / "model.pt").stat().st_mtime_ns
     _run_main(
         tmp_path,
-        [
-            "--epochs",
-            "2",
-            "--set",
-            "data.train_subset=4000",
-            "--set",
-            "data.val_size=1000",
-            "--set",
-            "data.test_subset=2000",
-        ],
+        SMALL,
     )
     assert (tmp_path / "main" / "dense" / "model.pt").stat().st_mtime_ns == mtime
 
