@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import Penalty, Scope
+from .base import ChecksParameterNames, Penalty, Scope
 
 
 @PENALTIES.register("adaptive-lasso")
-class AdaptiveLasso(Penalty):
+class AdaptiveLasso(ChecksParameterNames, Penalty):
     """``ξ · Σ_j c_j |w_j|`` with ``c_j = 1 / (|ŵ_j| + eps)^γ`` fixed from reference weights ``ŵ``.
 
     ``reference`` maps parameter names to the first fit's tensors (``model.state_dict()`` of the trained
@@ -92,16 +92,6 @@ class AdaptiveLasso(Penalty):
     def stats(self) -> dict[str, float]:
         c = self.coef.detach()
         return {"coef_mean": c.mean().item(), "coef_median": c.median().item(), "coef_max": c.max().item()}
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"param_names": list(self.param_names), "shapes": [list(s) for s in self.shapes]}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        names, shapes = state["param_names"], [tuple(s) for s in state["shapes"]]
-        if names != self.param_names or shapes != self.shapes:
-            raise ValueError(
-                "this AdaptiveLasso state_dict was saved for a model with different penalised parameters"
-            )
 
     def extra_repr(self) -> str:
         return f"xi={self.xi:g}, gamma={self.gamma:g}, eps={self.eps:g}, penalized={self.num_penalized}"

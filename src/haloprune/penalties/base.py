@@ -77,3 +77,22 @@ class Penalty(nn.Module):
     def stats(self) -> dict[str, float]:
         """Scalars worth logging once per epoch (e.g. λ statistics)."""
         return {}
+
+
+class ChecksParameterNames:
+    """Mixin for penalties with their own state: the ``state_dict`` records which parameters it was built
+    for, and loading it into a penalty built for other parameters is an error (not a silent mismatch)."""
+
+    param_names: list[str]
+    shapes: list[tuple[int, ...]]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"param_names": list(self.param_names), "shapes": [list(s) for s in self.shapes]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        names, shapes = state["param_names"], [tuple(s) for s in state["shapes"]]
+        if names != self.param_names or shapes != self.shapes:
+            raise ValueError(
+                f"this {type(self).__name__} state_dict was saved for a model with different penalised "
+                "parameters"
+            )

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import Penalty, Scope
+from .base import ChecksParameterNames, Penalty, Scope
 
 
 @PENALTIES.register("l1")
@@ -31,7 +31,7 @@ class L1(Penalty):
 
 
 @PENALTIES.register("halo")
-class HALO(Penalty):
+class HALO(ChecksParameterNames, Penalty):
     """Hierarchical Adaptive Lasso (Seto, Wells & Zhang, SDM 2021).
 
     ``ξ · Σ_j |w_j| / λ_j²  +  ψ · | Σ_j |λ_j| − p |``  (``form="l2"`` squares the last term),
@@ -264,14 +264,6 @@ class HALO(Penalty):
             "lambda_p99": q[2],
             "lambda_at_floor": (lam <= self.lambda_min).float().mean().item(),
         }
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"param_names": list(self.param_names), "shapes": [list(s) for s in self.shapes]}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        names, shapes = state["param_names"], [tuple(s) for s in state["shapes"]]
-        if names != self.param_names or shapes != self.shapes:
-            raise ValueError("this HALO state_dict was saved for a model with different penalised parameters")
 
     def extra_repr(self) -> str:
         return (

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import Penalty, Scope
+from .base import ChecksParameterNames, Penalty, Scope
 
 
-class _LearnedScale(Penalty):
+class _LearnedScale(ChecksParameterNames, Penalty):
     """Shared plumbing: ξ/ψ/λ checks, λ's floor, and the penalised-parameter check on load."""
 
     def __init__(
@@ -56,17 +56,6 @@ class _LearnedScale(Penalty):
     @torch.no_grad()
     def project_(self) -> None:
         self.lam.clamp_(min=self.lambda_min)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"param_names": list(self.param_names), "shapes": [list(s) for s in self.shapes]}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        names, shapes = state["param_names"], [tuple(s) for s in state["shapes"]]
-        if names != self.param_names or shapes != self.shapes:
-            raise ValueError(
-                f"this {type(self).__name__} state_dict was saved for a model with different penalised "
-                "parameters"
-            )
 
 
 @PENALTIES.register("sws")
