@@ -23,6 +23,27 @@ from .pruning import global_magnitude_prune, layerwise_magnitude_prune, sparsity
 from .train import TrainResult, evaluate, train
 
 
+def pruned_record(
+    model: nn.Module,
+    data: SplitData,
+    target: float,
+    *,
+    batch_size: int = 1000,
+    splits: Sequence[str] = ("val", "test"),
+) -> dict[str, Any]:
+    """One result row for an already pruned model: target and achieved sparsity, nonzeros, accuracies.
+
+    ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty).
+    """
+    total = sparsity_report(model)[-1]
+    row: dict[str, Any] = {"sparsity": target, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
+    for split in splits:
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        row[f"{split}_accuracy"] = evaluate(model, x, y, batch_size)["accuracy"]
+    row["accuracy"] = row.get("test_accuracy", float("nan"))
+    return row
+
+
 def prune_and_evaluate(
     model: nn.Module,
     data: SplitData,
@@ -38,14 +59,7 @@ def prune_and_evaluate(
     for s in sparsities:
         pruned = copy.deepcopy(model)
         prune(pruned, s)
-        total = sparsity_report(pruned)[-1]
-        row: dict[str, Any] = {"sparsity": s, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
-        for split in splits:
-            x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-            if len(y):
-                row[f"{split}_accuracy"] = evaluate(pruned, x, y, batch_size)["accuracy"]
-        row["accuracy"] = row.get("test_accuracy", float("nan"))
-        rows.append(row)
+        rows.append(pruned_record(pruned, data, s, batch_size=batch_size, splits=splits))
     return rows
 
 

@@ -21,9 +21,10 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import SplitData
+from ..experiment import pruned_record
 from ..models import build_model
-from ..pruning import global_magnitude_prune, sparsity_report
-from ..train import evaluate, seed_everything
+from ..pruning import global_magnitude_prune
+from ..train import seed_everything
 
 
 class Params(BaseModel):
@@ -48,15 +49,7 @@ class Context:
 
     def record(self, model: nn.Module, target: float, **extra: Any) -> dict[str, Any]:
         """Evaluate a (pruned) model: achieved sparsity, validation and test accuracy, nonzeros."""
-        total = sparsity_report(model)[-1]
-        bs = self.run.optim.eval_batch_size
-        row = {
-            "sparsity": target,
-            "achieved_sparsity": total.sparsity,
-            "nonzero": total.nonzero,
-            "val_accuracy": evaluate(model, self.data.x_val, self.data.y_val, bs)["accuracy"],
-            "accuracy": evaluate(model, self.data.x_test, self.data.y_test, bs)["accuracy"],
-        }
+        row = pruned_record(model, self.data, target, batch_size=self.run.optim.eval_batch_size)
         row.update(extra)
         return row
 
