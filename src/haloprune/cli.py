@@ -92,7 +92,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         sparsity_report,
     )
     from .report import sparsity_table
-    from .train import _data_for, load_trained
+    from .train import load_data, load_trained
 
     for s in args.sparsity:
         if not 0.0 <= s < 1.0:
@@ -100,7 +100,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     cfg, model, _ = load_trained(args.run_dir)
     if args.data_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(args.data_dir)})})
-    data = _data_for(cfg, "cpu")
+    data = load_data(cfg.data, cfg.seed, "cpu")
     rows = prune_and_evaluate(model, data, sorted(set(args.sparsity)), per_layer=args.per_layer)
     records = [{"method": cfg.name, **r} for r in rows]
     if args.json:

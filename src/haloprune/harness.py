@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from .checkpoint import save_torch
-from .config import RunConfig, SweepConfig, apply_overrides, load_config, validate
-from .data import SplitData, load_dataset
+from .config import DataConfig, RunConfig, SweepConfig, apply_overrides, load_config, validate
+from .data import SplitData
 from .methods import METHODS, Context
 from .sweep import Job
-from .train import set_bar_slot
+from .train import load_data, set_bar_slot
 
 
 def load_sweep_config(
@@ -64,17 +64,9 @@ def expand(cfg: SweepConfig) -> list[Job]:
 
 
 @functools.lru_cache(maxsize=4)
-def _data(data_json: str, seed: int, device: str) -> SplitData:
-    d = json.loads(data_json)
-    split = load_dataset(
-        d["name"],
-        d.get("dir"),
-        val_size=d["val_size"],
-        seed=seed,
-        train_subset=d.get("train_subset"),
-        test_subset=d.get("test_subset"),
-    )
-    return split.to(device)
+def _data(data: DataConfig, seed: int, device: str) -> SplitData:
+    """Per worker process: the jobs of one seed share their dataset."""
+    return load_data(data, seed, device)
 
 
 def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
@@ -84,7 +76,7 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
     torch.set_num_threads(threads)
     set_bar_slot(max(1, (multiprocessing.current_process()._identity or (1,))[0]))
     progress = False if os.environ.get("HALOPRUNE_PROGRESS") == "0" else None
-    data = _data(json.dumps(spec["run"]["data"], sort_keys=True), job.seed, run.device)
+    data = _data(run.data, job.seed, run.device)
     ctx = Context(
         run=run,
         data=data,

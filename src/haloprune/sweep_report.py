@@ -8,7 +8,6 @@ the eigen-energy spectra of the pruned networks' hidden layers (first seed of ea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +94,7 @@ def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, swe
 
 
 def _train_images(data_cfg: dict[str, Any], seed: int, n: int = 10000) -> Any:
-    from .harness import _data
+    from .config import DataConfig
+    from .train import load_data
 
-    return _data(json.dumps(data_cfg, sort_keys=True), seed, "cpu").x_train[:n]
+    return load_data(DataConfig.model_validate(data_cfg), seed).x_train[:n]

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_torch, load_verified, save_json, save_text, save_torch, save_verified
-from .config import OptimConfig, PenaltyConfig, TrainConfig, to_toml
+from .config import DataConfig, OptimConfig, PenaltyConfig, TrainConfig, to_toml
 from .data import SplitData, iterate_batches, load_dataset
 from .errors import ConfigError, HaloPruneError
 from .masks import apply_masks_, load_state_dict
@@ -104,17 +104,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"loss": loss / len(y), "accuracy": 100.0 * correct / len(y)}
 
 
-def _data_for(cfg: TrainConfig, device: torch.device) -> SplitData:
-    d = cfg.data
-    data = load_dataset(
-        d.name,
-        d.dir,
-        val_size=d.val_size,
-        seed=cfg.seed,
-        train_subset=d.train_subset,
-        test_subset=d.test_subset,
+def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -> SplitData:
+    """The dataset a config section describes, split with ``seed``, as tensors on ``device``."""
+    split = load_dataset(
+        data.name,
+        data.dir,
+        val_size=data.val_size,
+        seed=seed,
+        train_subset=data.train_subset,
+        test_subset=data.test_subset,
     )
-    return data.to(device)
+    return split.to(device)
 
 
 def _check_finite(step: int, loss: torch.Tensor, model: nn.Module, penalty: Penalty | None) -> None:
@@ -341,8 +341,10 @@ def train(
         if finished:
             _, model, penalty = load_trained(run_dir, cfg.device)
             history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-            return TrainResult(model, penalty, history, run_dir, data or _data_for(cfg, device))
-    data = data if data is not None else _data_for(cfg, device)
+            return TrainResult(
+                model, penalty, history, run_dir, data or load_data(cfg.data, cfg.seed, device)
+            )
+    data = data if data is not None else load_data(cfg.data, cfg.seed, device)
     model, penalty = build(cfg, device)
     state, history = None, []
     if run_dir is not None and resume and _has_checkpoint(run_dir):
