@@ -22,6 +22,7 @@ from .group import GroupLasso  # noqa: E402
 from .lasso import HALO, L1  # noqa: E402
 from .nonconvex import MCP, SCAD  # noqa: E402
 from .shared import LayerHALO, SharedHALO  # noqa: E402
+from .structured import GroupHALO  # noqa: E402
 
 __all__ = [
     "HALO",
@@ -30,6 +31,7 @@ __all__ = [
     "PENALTIES",
     "SCAD",
     "AdaptiveLasso",
+    "GroupHALO",
     "GroupLasso",
     "LayerHALO",
     "Penalty",
