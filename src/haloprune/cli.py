@@ -101,7 +101,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(args.data_dir)})})
     data = load_data(cfg.data, cfg.seed, "cpu")
-    rows = prune_and_evaluate(model, data, sorted(set(args.sparsity)), per_layer=args.per_layer)
+    scope = cfg.prune.scope
+    rows = prune_and_evaluate(model, data, sorted(set(args.sparsity)), per_layer=args.per_layer, scope=scope)
     records = [{"method": cfg.name, **r} for r in rows]
     if args.json:
         print(json.dumps(records, indent=2))
@@ -111,8 +112,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         prune = layerwise_magnitude_prune if args.per_layer else global_magnitude_prune
         for s in sorted(set(args.sparsity)):
             pruned = copy.deepcopy(model)
-            prune(pruned, s)
-            print(f"\nper-layer sparsity at {100 * s:g}%:\n{format_sparsity_report(sparsity_report(pruned))}")
+            prune(pruned, s, scope=scope)
+            report = format_sparsity_report(sparsity_report(pruned, scope=scope))
+            print(f"\nper-layer sparsity at {100 * s:g}%:\n{report}")
     from .checkpoint import save_json
 
     save_json(records, Path(args.run_dir) / "prune_results.json")
@@ -122,17 +124,17 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import save_sparse
     from .pruning import global_magnitude_prune
-    from .train import load_trained
+    from .train import load_trained, network_kwargs
 
     if not 0.0 <= args.sparsity < 1.0:
         raise HaloPruneError(f"--sparsity must be in [0, 1), got {args.sparsity}")
     cfg, model, _ = load_trained(args.run_dir)
-    global_magnitude_prune(model, args.sparsity)
+    global_magnitude_prune(model, args.sparsity, scope=cfg.prune.scope)
     out = args.out or Path(args.run_dir) / f"model-{args.sparsity:g}.safetensors"
     save_sparse(
         model,
         out,
-        architecture={"name": cfg.model.name, "kwargs": {}},
+        architecture={"name": cfg.model.name, "kwargs": network_kwargs(cfg)},
         extra={"run": str(args.run_dir), "dataset": cfg.data.name},
     )
     dense = sum(p.numel() * p.element_size() for p in model.parameters())

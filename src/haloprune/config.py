@@ -18,20 +18,35 @@ from .errors import ConfigError
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
+def _added(default: Any, **kwargs: Any) -> Any:
+    """A field added after results were stored: left out of dumps while at its default, so the TOML of old
+    runs and the keys of finished sweep jobs stay the same."""
+    return Field(default, exclude_if=lambda v: v == default, **kwargs)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataConfig(Section):
-    name: Literal["fashion-mnist", "mnist"] = "fashion-mnist"
+    name: Literal["fashion-mnist", "mnist", "cifar10", "cifar100"] = "fashion-mnist"
     dir: str | None = None  # default: HALOPRUNE_DATA, then the system/cached copies
     val_size: int = Field(5000, ge=0)  # carved from the training set (seeded), for choosing hyperparameters
     train_subset: int | None = Field(None, gt=0)  # use only this many training images (fast tests)
     test_subset: int | None = Field(None, gt=0)
+    # random 4-pixel-padded crop + horizontal flip per training batch; None: on for CIFAR, off otherwise
+    augment: bool | None = _added(None)
+    pad_to: int | None = _added(None, gt=0)  # zero-pad images to this side (28x28 Fashion-MNIST -> 32)
+
+    @property
+    def augmented(self) -> bool:
+        """Whether training batches are augmented (the default depends on the dataset)."""
+        return self.name.startswith("cifar") if self.augment is None else self.augment
 
 
 class ModelConfig(Section):
     name: str = "lenet-300-100"
+    width: float = _added(1.0, gt=0)  # channel multiplier of the conv nets (vgg16-bn, resnet*)
 
     @field_validator("name")
     @classmethod
@@ -55,6 +70,9 @@ class OptimConfig(Section):
     milestones: list[int] = Field(default_factory=list)  # epochs at which "step" multiplies lr by gamma
     gamma: float = Field(0.1, gt=0, le=1)
     eval_batch_size: int = Field(1000, gt=0)
+    amp: Literal["none", "bf16"] = _added("none")  # bf16 autocast of forward/loss; params and HALO stay fp32
+    # channels_last memory format for conv nets; None: on for CUDA, off on CPU
+    channels_last: bool | None = _added(None)
 
 
 M = TypeVar("M")
@@ -102,6 +120,9 @@ class PenaltyConfig(Section):
 class PruneConfig(Section):
     sparsities: list[Sparsity] = Field(default_factory=lambda: [0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
     per_layer: bool = False  # False: global magnitude pruning (the paper's); True: same fraction per layer
+    # which layers are pruned (and penalised: a penalty's scope must match); the reference prunes
+    # only the convolutions of its CIFAR networks
+    scope: Literal["all", "conv", "linear"] = _added("all")
 
     @field_validator("sparsities")
     @classmethod
@@ -132,6 +153,22 @@ class TrainConfig(RunConfig):
     """One training run (``haloprune train``)."""
 
     penalty: PenaltyConfig = PenaltyConfig()
+
+    @model_validator(mode="after")
+    def _same_scope(self) -> TrainConfig:
+        _check_scope(self.penalty.model_dump(), self.prune.scope, "penalty.scope")
+        return self
+
+
+def _check_scope(penalty: dict[str, Any], prune_scope: str, where: str) -> None:
+    """A penalty acts on the layers that are pruned: its scope must be ``prune.scope``."""
+    if penalty.get("name", "none") == "none":
+        return
+    scope = penalty.get("scope", "all")
+    if scope != prune_scope:
+        raise ValueError(
+            f"{where} is {scope!r} but prune.scope is {prune_scope!r}: set both to the layers to prune"
+        )
 
 
 class MethodConfig(Section):
@@ -249,9 +286,20 @@ class SweepConfig(RunConfig):
     def _methods(cls, v: dict[str, SweepMethodConfig]) -> dict[str, SweepMethodConfig]:
         return _check_method_names(v)
 
+    @model_validator(mode="after")
+    def _same_scope(self) -> SweepConfig:
+        for name, method in self.methods.items():
+            for params in method.points():
+                if isinstance(params.get("penalty"), dict):
+                    _check_scope(params["penalty"], self.prune.scope, f"methods.{name}: penalty.scope")
+        return self
+
     def run_part(self) -> dict[str, Any]:
-        """What every job of the sweep shares (data, model, optimiser, device)."""
-        return self.model_dump(mode="json", include={"data", "model", "optim", "device"})
+        """What every job of the sweep shares (data, model, optimiser, device; the pruning scope if set)."""
+        part = self.model_dump(mode="json", include={"data", "model", "optim", "device"})
+        if self.prune.scope != "all":  # only when set: the keys of earlier jobs stay the same
+            part["prune"] = {"scope": self.prune.scope}
+        return part
 
 
 C = TypeVar("C", bound=BaseModel)

@@ -20,6 +20,7 @@ from .checkpoint import save_json, save_text
 from .config import CompareConfig, MethodConfig, to_toml
 from .data import SplitData
 from .pruning import global_magnitude_prune, layerwise_magnitude_prune, sparsity_report
+from .selection import Scope
 from .train import TrainResult, evaluate, train
 
 
@@ -30,12 +31,14 @@ def pruned_record(
     *,
     batch_size: int = 1000,
     splits: Sequence[str] = ("val", "test"),
+    scope: Scope = "all",
 ) -> dict[str, Any]:
-    """One result row for an already pruned model: target and achieved sparsity, nonzeros, accuracies.
+    """One result row for an already pruned model: target and achieved sparsity (over the layers in
+    ``scope``), nonzeros, accuracies.
 
     ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty).
     """
-    total = sparsity_report(model)[-1]
+    total = sparsity_report(model, scope=scope)[-1]
     row: dict[str, Any] = {"sparsity": target, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
     for split in splits:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
@@ -52,14 +55,16 @@ def prune_and_evaluate(
     per_layer: bool = False,
     batch_size: int = 1000,
     splits: Sequence[str] = ("val", "test"),
+    scope: Scope = "all",
 ) -> list[dict[str, Any]]:
-    """For each sparsity: prune a copy of ``model`` once by magnitude, evaluate it, no fine-tuning."""
+    """For each sparsity: prune a copy of ``model`` once by magnitude (the layers in ``scope``), evaluate
+    it, no fine-tuning."""
     prune = layerwise_magnitude_prune if per_layer else global_magnitude_prune
     rows = []
     for s in sparsities:
         pruned = copy.deepcopy(model)
-        prune(pruned, s)
-        rows.append(pruned_record(pruned, data, s, batch_size=batch_size, splits=splits))
+        prune(pruned, s, scope=scope)
+        rows.append(pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, scope=scope))
     return rows
 
 
@@ -76,7 +81,12 @@ def _select(
         score = float("nan")
         if len(spec.grid) > 1:
             rows = prune_and_evaluate(
-                res.model, data, cfg.select_sparsities, splits=("val",), batch_size=cfg.optim.eval_batch_size
+                res.model,
+                data,
+                cfg.select_sparsities,
+                splits=("val",),
+                batch_size=cfg.optim.eval_batch_size,
+                scope=cfg.prune.scope,
             )
             score = sum(r["val_accuracy"] for r in rows) / len(rows)
         log.append(
@@ -118,7 +128,7 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
         selection += log
         per_epoch = statistics.median(r["seconds"] for r in res.history)  # robust to compile warm-up
         unpruned = evaluate(res.model, data.x_test, data.y_test, cfg.optim.eval_batch_size)["accuracy"]
-        own = sparsity_report(res.model)[-1]
+        own = sparsity_report(res.model, scope=cfg.prune.scope)[-1]
         base = {
             "method": method,
             "model": cfg.model.name,
@@ -138,6 +148,7 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
             cfg.prune.sparsities,
             per_layer=cfg.prune.per_layer,
             batch_size=cfg.optim.eval_batch_size,
+            scope=cfg.prune.scope,
         ):
             records.append({**base, **row})
     summary = {

@@ -7,6 +7,7 @@ keep pruned weights at zero. Per epoch: evaluate on the validation split, log on
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -23,11 +24,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_torch, load_verified, save_json, save_text, save_torch, save_verified
-from .config import DataConfig, OptimConfig, PenaltyConfig, TrainConfig, to_toml
+from .config import DataConfig, OptimConfig, PenaltyConfig, RunConfig, TrainConfig, to_toml
 from .data import SplitData, iterate_batches, load_dataset
+from .data.datasets import get_spec
 from .errors import ConfigError, HaloPruneError
 from .masks import apply_masks_, load_state_dict
-from .models import build_model
+from .models import MODELS, build_model
 from .penalties import Penalty, build_penalty
 from .selection import select_parameters
 
@@ -67,6 +69,11 @@ class LRSchedule:
             epoch = step // self.steps_per_epoch
             return self.gamma ** sum(epoch >= m for m in self.milestones)
         return 1.0
+
+    def step_budget(self, lr: float, momentum: float) -> float:
+        """``B = Σ_t lr_t / (1 − momentum)`` over the whole run: how far SGD with momentum can move a
+        parameter per unit of steady gradient. Penalties in step-budget units (target-sparsity HALO) use it."""
+        return lr * sum(self(t) for t in range(self.total_steps)) / (1.0 - momentum)
 
 
 def build_optimizer(
@@ -113,6 +120,7 @@ def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -
         seed=seed,
         train_subset=data.train_subset,
         test_subset=data.test_subset,
+        pad_to=data.pad_to,
     )
     return split.to(device)
 
@@ -174,10 +182,32 @@ class TrainResult:
     data: SplitData
 
 
+def network_kwargs(run: RunConfig) -> dict[str, Any]:
+    """The constructor arguments of the network ``run.model`` names, shaped for ``run.data``: input
+    channels, image side (after ``data.pad_to``) and classes from the dataset, ``width`` from the model."""
+    spec = get_spec(run.data.name)
+    channels, side, _ = spec.image_shape
+    kwargs: dict[str, Any] = {
+        "in_channels": channels,
+        "image_size": run.data.pad_to or side,
+        "num_classes": spec.num_classes,
+    }
+    if run.model.width != 1.0:
+        if "width" not in inspect.signature(MODELS[run.model.name]).parameters:
+            raise ConfigError(f"model.width: {run.model.name} has no width multiplier (leave it at 1)")
+        kwargs["width"] = run.model.width
+    return kwargs
+
+
+def build_network(run: RunConfig) -> nn.Module:
+    """The (untrained) network a run config describes (see :func:`network_kwargs`)."""
+    return build_model(run.model.name, **network_kwargs(run))
+
+
 def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Penalty | None]:
     """The model and penalty a config describes, freshly initialised from ``cfg.seed``."""
     seed_everything(cfg.seed)
-    model = build_model(cfg.model.name).to(device)
+    model = build_network(cfg).to(device)
     penalty = None
     if cfg.penalty.name != "none":
         penalty = build_penalty(cfg.penalty.name, model, **cfg.penalty.kwargs()).to(device)
@@ -239,6 +269,8 @@ def fit(
         optim.schedule, steps_per_epoch, steps_per_epoch * epochs, list(optim.milestones), optim.gamma
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    if penalty is not None:
+        penalty.begin_training(schedule.step_budget(optim.lr, optim.momentum))
     gen = torch.Generator().manual_seed(seed)
     scope = penalty_cfg.scope if penalty_cfg is not None else "all"
     prunable = select_parameters(model, scope=scope)

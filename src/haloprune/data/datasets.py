@@ -62,8 +62,8 @@ class DatasetSpec:
     image_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = 10
     class_names: tuple[str, ...] = ()
-    mean: float = 0.5
-    std: float = 0.5
+    mean: float | tuple[float, ...] = 0.5  # per channel, or one value for all
+    std: float | tuple[float, ...] = 0.5
 
     def __post_init__(self) -> None:
         missing = [r for r in ROLES if r not in self.files]
@@ -253,10 +253,17 @@ class SplitData:
         return SplitData(**moved)
 
 
-def _to_float(images: np.ndarray, spec: DatasetSpec) -> torch.Tensor:
+def _to_float(images: np.ndarray, spec: DatasetSpec, pad_to: int | None = None) -> torch.Tensor:
+    """uint8 images → normalised float32 ``(N, C, H, W)``, zero-padded (black, before normalising) to
+    ``pad_to`` x ``pad_to`` when given."""
     x = torch.from_numpy(images.astype(np.float32))  # astype copies: writable, owned by torch
-    x = x.reshape(len(images), *spec.image_shape)
-    return x.div_(255.0).sub_(spec.mean).div_(spec.std)
+    x = x.reshape(len(images), *spec.image_shape).div_(255.0)
+    if pad_to is not None:
+        dh, dw = pad_to - x.shape[-2], pad_to - x.shape[-1]
+        x = torch.nn.functional.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+    mean = torch.tensor(spec.mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).reshape(-1, 1, 1)
+    return x.sub_(mean).div_(std)
 
 
 def _check_pair(
@@ -293,14 +300,19 @@ def load_dataset(
     test_subset: int | None = None,
     verify: bool = True,
     specs: Mapping[str, DatasetSpec] | None = None,
+    pad_to: int | None = None,
 ) -> SplitData:
     """Load ``name`` as normalised tensors with a seeded validation split carved from train.
 
     ``verify`` checks every file against the known sha256 (use ``verify=False`` for custom IDX
     data). ``train_subset`` draws that many seeded samples from what is left after the validation
-    split; ``test_subset`` keeps the first n test samples. Parsed files are cached in-process.
+    split; ``test_subset`` keeps the first n test samples. ``pad_to`` zero-pads every image to that
+    side (e.g. 28x28 Fashion-MNIST to CIFAR's 32x32). Parsed files are cached in-process.
     """
     spec = get_spec(name, specs)
+    side = spec.image_shape[-1]
+    if pad_to is not None and pad_to < max(spec.image_shape[1:]):
+        raise DataError(f"pad_to={pad_to} is smaller than {name}'s {side}x{side} images")
     folder = find_data_dir(name, data_dir, specs=specs)
     hint = f"replace it (`haloprune data download {name}`) or point --data-dir / {ENV_VAR} at good files"
     if verify:
@@ -342,11 +354,11 @@ def load_dataset(
     images, labels = arrays["train_images"], arrays["train_labels"]
     n_te = n_test if test_subset is None else test_subset
     return SplitData(
-        x_train=_to_float(images[tr], spec),
+        x_train=_to_float(images[tr], spec, pad_to),
         y_train=torch.from_numpy(labels[tr].astype(np.int64)),
-        x_val=_to_float(images[va], spec),
+        x_val=_to_float(images[va], spec, pad_to),
         y_val=torch.from_numpy(labels[va].astype(np.int64)),
-        x_test=_to_float(arrays["test_images"][:n_te], spec),
+        x_test=_to_float(arrays["test_images"][:n_te], spec, pad_to),
         y_test=torch.from_numpy(arrays["test_labels"][:n_te].astype(np.int64)),
         spec=spec,
         train_indices=train_idx,

@@ -22,9 +22,8 @@ from torch import nn
 from ..config import RunConfig
 from ..data import SplitData
 from ..experiment import pruned_record
-from ..models import build_model
 from ..pruning import global_magnitude_prune
-from ..train import seed_everything
+from ..train import build_network, seed_everything
 
 
 class Params(BaseModel):
@@ -42,20 +41,22 @@ class Context:
     progress: bool | None = False
     name: str = "run"
 
-    def new_model(self) -> nn.Module:
-        """A freshly initialised model (seeded by the context's seed)."""
-        seed_everything(self.seed)
-        return build_model(self.run.model.name).to(self.device)
+    def new_model(self, seed: int | None = None) -> nn.Module:
+        """A freshly initialised model, shaped for the data (seeded by ``seed``, default the context's)."""
+        seed_everything(self.seed if seed is None else seed)
+        return build_network(self.run).to(self.device)
 
     def record(self, model: nn.Module, target: float, **extra: Any) -> dict[str, Any]:
         """Evaluate a (pruned) model: achieved sparsity, validation and test accuracy, nonzeros."""
-        row = pruned_record(model, self.data, target, batch_size=self.run.optim.eval_batch_size)
+        row = pruned_record(
+            model, self.data, target, batch_size=self.run.optim.eval_batch_size, scope=self.run.prune.scope
+        )
         row.update(extra)
         return row
 
     def prune_copy(self, model: nn.Module, target: float) -> nn.Module:
         pruned = copy.deepcopy(model)
-        global_magnitude_prune(pruned, target)
+        global_magnitude_prune(pruned, target, scope=self.run.prune.scope)
         return pruned
 
 

@@ -23,10 +23,9 @@ import torch
 from pydantic import Field
 
 from ..masks import attach_mask, get_masks
-from ..models import build_model
 from ..pruning import global_magnitude_prune, magnitude_scores, masks_from_scores
 from ..selection import select_parameters
-from ..train import fit, seed_everything
+from ..train import fit
 from . import METHODS
 from .base import Context, Method, Outcome, Params
 
@@ -165,11 +164,8 @@ class LotteryTicket(Method):
         for r in range(1, rounds + 1):
             sparsity = 1.0 - keep_per_round**r if r < rounds else target
             masks = masks_from_scores(magnitude_scores(model, names), sparsity)
-            if self.params.reinit:  # control: a fresh random initialisation instead of the rewound weights
-                seed_everything(ctx.seed + 7919 * r)
-                start = build_model(ctx.run.model.name).to(ctx.device).state_dict()
-            else:
-                start = saved
+            # control: a fresh random initialisation instead of the rewound weights
+            start = ctx.new_model(seed=ctx.seed + 7919 * r).state_dict() if self.params.reinit else saved
             rewind_(model, start, masks)
             fit(
                 model,

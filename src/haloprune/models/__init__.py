@@ -14,6 +14,6 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-from . import lenet, vgg  # noqa: E402,F401  (registers the models)
+from . import lenet, resnet, vgg  # noqa: E402,F401  (registers the models)
 
 __all__ = ["MODELS", "build_model"]
