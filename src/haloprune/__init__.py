@@ -10,11 +10,14 @@ from .masks import apply_masks_, keep_masked, load_state_dict
 from .models import MODELS, build_model
 from .penalties import HALO, L1, PENALTIES, Penalty, build_penalty
 from .pruning import (
+    count_cost,
     format_sparsity_report,
     global_magnitude_prune,
+    group_prune,
     layerwise_magnitude_prune,
     sparsity_report,
 )
+from .slim import slim
 
 __version__ = "0.1.0"
 
@@ -28,12 +31,15 @@ __all__ = [
     "apply_masks_",
     "build_model",
     "build_penalty",
+    "count_cost",
     "format_sparsity_report",
     "global_magnitude_prune",
+    "group_prune",
     "keep_masked",
     "layerwise_magnitude_prune",
     "load",
     "load_state_dict",
     "save_sparse",
+    "slim",
     "sparsity_report",
 ]
