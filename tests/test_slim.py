@@ -26,22 +26,25 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-MODELS = {
-    "lenet-300-100": {},
-    "lenet-5": {},
-    "lenet-5-caffe": {},
-    "vgg16-bn": {"width": 0.125},
+MODELS = {  # name: (kwargs, one input's shape)
+    "lenet-300-100": ({}, (1, 28, 28)),
+    "lenet-5": ({}, (1, 28, 28)),
+    "lenet-5-caffe": ({}, (1, 28, 28)),
+    "vgg16-bn": ({"width": 0.125}, (1, 28, 28)),
+    "resnet18": ({"width": 0.125}, (3, 32, 32)),
+    "resnet50": ({"width": 0.0625}, (3, 32, 32)),
 }
 
 
-def _trained_like(name: str, kwargs: dict) -> nn.Module:
-    """A model with nontrivial BatchNorm statistics and some dead units whose bias is nonzero."""
+def _trained_like(name: str) -> nn.Module:
+    """A model with nontrivial BatchNorm statistics and biases."""
+    kwargs, shape = MODELS[name]
     torch.manual_seed(0)
-    model = build_model(name, **kwargs)
+    model = build_model(name, **kwargs, in_channels=shape[0], image_size=shape[1])
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(16, 1, 28, 28))
+            model(torch.randn(16, *shape))
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5)
@@ -57,35 +60,37 @@ def _assert_same(a: nn.Module, b: nn.Module, shape=(8, 1, 28, 28)) -> None:
         assert (a(x) - b(x)).abs().max().item() <= 1e-5
 
 
-def _weights(model: nn.Module) -> int:
-    return count_cost(model, torch.zeros(1, 1, 28, 28), nonzero_only=False).params
+def _weights(model: nn.Module, shape=(1, 28, 28)) -> int:
+    return count_cost(model, torch.zeros(1, *shape), nonzero_only=False).params
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.98])
 def test_slimmed_unstructured_model_matches_masked_model(name: str, sparsity: float) -> None:
-    model = _trained_like(name, MODELS[name])
+    model = _trained_like(name)
+    shape = MODELS[name][1]
     global_magnitude_prune(model, sparsity)
-    small = slim(model, torch.zeros(1, 1, 28, 28))
-    _assert_same(model, small)
+    small = slim(model, torch.zeros(1, *shape))
+    _assert_same(model, small, (8, *shape))
     assert not get_masks(small) and get_masks(model)  # the copy is dense, the model untouched
-    assert _weights(small) <= _weights(model)
+    assert _weights(small, shape) <= _weights(model, shape)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_slimmed_group_pruned_model_matches_and_is_smaller(name: str) -> None:
-    model = _trained_like(name, MODELS[name])
-    x = torch.zeros(1, 1, 28, 28)
+    model = _trained_like(name)
+    kwargs, shape = MODELS[name]
+    x = torch.zeros(1, *shape)
     dense = count_cost(model, x, nonzero_only=False)
     group_prune(model, x, params=dense.params // 4)
     small = slim(model, x)
-    _assert_same(model, small)
+    _assert_same(model, small, (8, *shape))
     cost = count_cost(small, x, nonzero_only=False)
     assert cost.params <= dense.params // 4 and cost.macs < dense.macs
     # a state_dict with the group masks loads into a fresh model and slims to the same thing
-    fresh = build_model(name, **MODELS[name])
+    fresh = build_model(name, **kwargs, in_channels=shape[0], image_size=shape[1])
     haloprune.load_state_dict(fresh, model.state_dict())
-    _assert_same(slim(fresh.eval(), x), small)
+    _assert_same(slim(fresh.eval(), x), small, (8, *shape))
 
 
 def test_lenet300_dead_neurons_and_pixels_are_removed_and_biases_folded() -> None:
@@ -238,3 +243,27 @@ def test_count_cost_counts_weights_and_macs() -> None:
     sparse = count_cost(pruned, x)
     assert sparse.params == round(0.1 * dense.params) and sparse.macs < dense.macs
     assert count_cost(pruned, x, nonzero_only=False) == dense
+
+
+def test_flatten_whose_features_are_all_unread_still_matches_its_input() -> None:
+    """Regression: a flatten nobody reads keeps one feature; its channel must then be kept upstream too."""
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.f1 = nn.Linear(4 * 6 * 6, 3)
+            self.f2 = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.conv(x))
+            return self.f1(h.flatten(1)) + self.f2(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+    model = TwoHeads().eval()
+    attach_mask(model, "f1.weight", torch.zeros(3, 144, dtype=torch.bool))
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[:, 0] = False
+    attach_mask(model, "f2.weight", mask)
+    small = slim(model, torch.zeros(1, 1, 8, 8))
+    _assert_same(model, small, (4, 1, 8, 8))
+    assert small.conv.out_channels == 4 and small.f1.in_features == 1 and small.f2.in_features == 3

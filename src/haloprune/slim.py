@@ -243,9 +243,9 @@ class _Analysis:
             changed = False
             for n in reversed(self.nodes):
                 changed |= self._backward(n)
-        for need in self.need.values():
-            if not need.any():  # never a zero-width tensor: keep one (exact either way)
-                need[0] = True
+            for need in self.need.values():
+                if not need.any():  # never a zero-width tensor: keep one (exact either way)
+                    need[0] = changed = True
 
     def _forward(self, n: fx.Node) -> None:
         kind, c = self.kind[n], self._channels(n)
