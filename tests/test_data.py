@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import socket
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -336,27 +333,13 @@ def test_iterate_batches() -> None:
 # ----------------------------------------------------------------------------------------- downloader
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def server(tmp_path: Path):
-    """Serve a folder of small gz IDX files on 127.0.0.1; yields (base_url, arrays)."""
+def server(tmp_path: Path, serve_dir):
+    """Serve a folder of small gz IDX files on 127.0.0.1; returns (base_url, arrays)."""
     root = tmp_path / "www"
     arrays = _tiny_arrays(n_train=12, n_test=6, seed=2)
     _write_dataset(root, arrays)
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", arrays
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    return serve_dir(root), arrays
 
 
 def _dead_url() -> str:

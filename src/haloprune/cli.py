@@ -75,9 +75,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"out_dir": str(args.resume.parent), "name": args.resume.name})
     else:
         cfg = load_config(TrainConfig, args.config, _overrides(args))
-    result = train(cfg, progress=False if args.quiet else None, resume=args.resume is not None)
-    last = result.history[-1]
-    print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
+    from .distributed import teardown, world
+
+    try:
+        result = train(cfg, progress=False if args.quiet else None, resume=args.resume is not None)
+        if world().is_main:
+            last = result.history[-1]
+            print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
+    finally:
+        teardown()  # under torchrun: leave the process group
     return 0
 
 
@@ -275,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="check or download a dataset")
     p.add_argument("action", choices=["check", "download"])
-    p.add_argument("dataset", choices=["fashion-mnist", "mnist"])
+    p.add_argument("dataset", choices=["fashion-mnist", "mnist", "cifar10", "cifar100"])
     p.add_argument("--data-dir", type=Path, help="(check) folder to read")
     p.add_argument("--dest", type=Path, help="(download) target folder; default ~/.cache/haloprune/<dataset>")
     p.set_defaults(func=_cmd_data)

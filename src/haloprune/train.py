@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_torch, load_verified, save_json, save_text, save_torch, save_verified
 from .config import DataConfig, OptimConfig, PenaltyConfig, RunConfig, TrainConfig, to_toml
 from .data import SplitData, iterate_batches, load_dataset
+from .data.augment import CropFlip
 from .data.datasets import get_spec
 from .errors import ConfigError, HaloPruneError
 from .masks import apply_masks_, load_state_dict
@@ -122,7 +124,42 @@ def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -
         test_subset=data.test_subset,
         pad_to=data.pad_to,
     )
+    split.augment = data.augmented
     return split.to(device)
+
+
+def train_batches(
+    data: SplitData, batch_size: int, gen: torch.Generator, world: distributed.World
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """One epoch of training batches ``(xb, yb, global_batch_size)``, for this rank.
+
+    The order (and, with ``data.augment``, each image's crop and flip) is drawn from ``gen`` for the
+    whole global batch, so every rank draws the same numbers; each takes its slice (see
+    :mod:`haloprune.distributed`). A trailing global batch too small to give each rank two images is
+    skipped in multi-process training (BatchNorm needs more than one value per channel).
+    """
+    x, y = data.x_train, data.y_train
+    n = len(y)
+    aug = CropFlip.for_dataset(data.spec.mean, data.spec.std, x.shape[1]) if data.augment else None
+    order = torch.randperm(n, generator=gen).to(x.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        params = aug.draw(len(idx), gen) if aug is not None else None
+        if world.distributed:
+            if len(idx) < 2 * world.size:
+                continue
+            part = distributed.shard(len(idx), world)
+            idx, params = idx[part], params[part] if params is not None else None
+        xb = x[idx]
+        if aug is not None:
+            xb = aug.apply(xb, params)
+        yield xb, y[idx.to(y.device)], len(order[start : start + batch_size])
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU, so a timing covers the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _check_finite(step: int, loss: torch.Tensor, model: nn.Module, penalty: Penalty | None) -> None:
@@ -258,13 +295,27 @@ def fit(
     checkpoints). Returns the metrics rows. Batches are drawn with a generator seeded by ``seed``.
     ``resume`` (a checkpoint written at the end of an epoch) restores the optimizer, scheduler, batch
     generator and RNG states and continues with the next epoch, exactly as if never interrupted.
+
+    Under ``torchrun`` (a process group set up by :func:`haloprune.distributed.setup`) the model is
+    trained data-parallel: ``optim.batch_size`` is the global batch, split across ranks. ``optim.amp``
+    runs forward and loss under bf16 autocast (parameters, gradients and HALO's update stay fp32);
+    ``optim.channels_last`` (default: on CUDA) stores conv nets' activations and weights NHWC.
     """
     device = next(model.parameters()).device
     epochs = optim.epochs if epochs is None else epochs
+    world = distributed.world()
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = conv and (device.type == "cuda" if optim.channels_last is None else optim.channels_last)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the same Parameter objects
+    net = distributed.wrap(model, device, world)
+    amp = optim.amp == "bf16"
+    if not world.is_main:
+        progress = False
     opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
     if penalty is not None:
         penalty.attach(opt)
-    steps_per_epoch = math.ceil(len(data.y_train) / optim.batch_size)
+    steps_per_epoch = math.ceil(len(data.y_train) / optim.batch_size)  # global batches
     schedule = LRSchedule(
         optim.schedule, steps_per_epoch, steps_per_epoch * epochs, list(optim.milestones), optim.gamma
     )
@@ -294,12 +345,15 @@ def fit(
             unit="batch",
             position=_BAR_SLOT,
         )
-        for xb, yb in iterate_batches(
-            data.x_train, data.y_train, optim.batch_size, shuffle=True, generator=gen
-        ):
-            out = model(xb)
-            ce = F.cross_entropy(out, yb)
-            loss = ce + penalty() if penalty is not None and penalty.in_loss else ce
+        for xb, yb, n_global in train_batches(data, optim.batch_size, gen, world):
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = net(xb)
+                ce = F.cross_entropy(out, yb)
+            # across ranks DDP averages gradients: weight each rank's mean by its share of the global batch
+            task = ce * (len(yb) * world.size / n_global) if world.distributed else ce
+            loss = task + penalty() if penalty is not None and penalty.in_loss else task
             if extra_loss is not None:
                 loss = loss + extra_loss(model, step)
             opt.zero_grad(set_to_none=True)
@@ -318,7 +372,11 @@ def fit(
                 bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{100 * sums[1].item() / sums[2].item():.1f}")
             bar.update()
         bar.close()
+        _sync(device)
         seconds = time.perf_counter() - t0
+        if world.distributed:
+            torch.distributed.all_reduce(sums)
+            distributed.broadcast_buffers(model, world)  # one set of BatchNorm statistics
         ce_sum, correct, seen = sums.tolist()
         with torch.no_grad():
             w = torch.cat(
@@ -365,13 +423,16 @@ def train(
 
     ``resume`` continues an interrupted run from its last verified end-of-epoch checkpoint; the result is
     bit-identical to an uninterrupted run on CPU.
+
+    Started by ``torchrun``, every rank trains its share of each global batch (see
+    :mod:`haloprune.distributed`) and only rank 0 writes the run directory.
     """
-    device = torch.device(cfg.device)
+    world, device = distributed.setup(cfg.device)
     run_dir = None
     if save:
-        run_dir, finished = prepare_run_dir(cfg, resume=resume)
+        run_dir, finished = distributed.on_main(world, lambda: prepare_run_dir(cfg, resume=resume))
         if finished:
-            _, model, penalty = load_trained(run_dir, cfg.device)
+            _, model, penalty = load_trained(run_dir, str(device))
             history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             return TrainResult(
                 model, penalty, history, run_dir, data or load_data(cfg.data, cfg.seed, device)
@@ -391,10 +452,12 @@ def train(
             else []
         )
         history = [json.loads(line) for line in lines[: state["epoch"] if state else 0]]
-        save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
+        distributed.barrier(world)  # every rank has read it before rank 0 rewrites it
+        if world.is_main:
+            save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
 
     def checkpoint(epoch: int, row: dict[str, Any], st: dict[str, Any]) -> None:
-        if run_dir is None:
+        if run_dir is None or not world.is_main:
             return
         with (run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -415,7 +478,7 @@ def train(
         on_epoch=checkpoint,
         resume=state,
     )
-    if run_dir is not None:
+    if run_dir is not None and world.is_main:
         final = {
             "model": model.state_dict(),
             "penalty": penalty.state_dict() if penalty is not None else None,
@@ -423,6 +486,7 @@ def train(
         }
         save_torch(final, run_dir / "model.pt")
         save_json(history[-1], run_dir / "final_metrics.json")
+    distributed.barrier(world)  # the run is complete on disk when any rank returns
     return TrainResult(model, penalty, history, run_dir, data)
 
 

@@ -1,6 +1,8 @@
 """Dataset registry, data-folder discovery, loading with a seeded validation split, and batching.
 
-Data is looked for, in order: an explicit ``data_dir``; ``$HALOPRUNE_DATA`` (or its ``<name>``
+Two on-disk formats: the 4 IDX files of MNIST / Fashion-MNIST, and the python-pickle batches of
+CIFAR-10 / CIFAR-100 (:mod:`haloprune.data.cifar`, chosen by a spec's ``layout``). Data is looked for,
+in order: an explicit ``data_dir``; ``$HALOPRUNE_DATA`` (or its ``<name>``
 subfolder); the Debian system folder (``apt-get install dataset-fashion-mnist``); the user cache
 ``~/.cache/haloprune/<name>`` filled by ``haloprune data download <name>``.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from haloprune.data import cifar
 from haloprune.data.idx import read_idx
 from haloprune.errors import DataError
 
@@ -52,6 +55,8 @@ class DatasetSpec:
     may hold either ``name.gz`` or ``name``. ``payload_sha256`` holds the sha256 of the
     decompressed IDX bytes per role, ``archive_sha256`` (optional) that of the ``.gz`` archive
     served by the mirrors. Mirrors are base URLs; a file's URL is ``mirror + name + ".gz"``.
+    A python-format CIFAR dataset has no IDX ``files`` but a ``layout`` (its files, its one archive
+    ``mirror + layout.archive`` and that archive's checksums).
     """
 
     name: str
@@ -64,8 +69,11 @@ class DatasetSpec:
     class_names: tuple[str, ...] = ()
     mean: float | tuple[float, ...] = 0.5  # per channel, or one value for all
     std: float | tuple[float, ...] = 0.5
+    layout: cifar.PickleLayout | None = None
 
     def __post_init__(self) -> None:
+        if self.layout is not None:
+            return
         missing = [r for r in ROLES if r not in self.files]
         if missing:
             raise ValueError(f"DatasetSpec {self.name!r} lacks files for roles {missing}")
@@ -133,6 +141,61 @@ DATASETS: dict[str, DatasetSpec] = {
         mean=0.1307,
         std=0.3081,
     ),
+    # channel mean / std of the 50,000 training images
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        files={},
+        payload_sha256={},
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        image_shape=(3, 32, 32),
+        num_classes=10,
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        layout=cifar.PickleLayout(
+            folder="cifar-10-batches-py",
+            train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+            test=("test_batch",),
+            meta="batches.meta",
+            label_key=b"labels",
+            names_key=b"label_names",
+            archive="cifar-10-python.tar.gz",
+            archive_md5="c58f30108f718f92721af3b95e74349a",
+            archive_sha256="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        ),
+    ),
+    "cifar100": DatasetSpec(
+        name="cifar100",
+        files={},
+        payload_sha256={},
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        image_shape=(3, 32, 32),
+        num_classes=100,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        layout=cifar.PickleLayout(
+            folder="cifar-100-python",
+            train=("train",),
+            test=("test",),
+            meta="meta",
+            label_key=b"fine_labels",
+            names_key=b"fine_label_names",
+            archive="cifar-100-python.tar.gz",
+            archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
+            archive_sha256="85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
+        ),
+    ),
 }
 
 
@@ -160,6 +223,8 @@ def resolve_file(folder: Path, filename: str) -> Path | None:
 
 
 def _missing_files(folder: Path, spec: DatasetSpec) -> list[str]:
+    if spec.layout is not None:
+        return cifar.missing_files(folder, spec.layout)
     return [f"{fname}[.gz]" for fname in spec.files.values() if resolve_file(folder, fname) is None]
 
 
@@ -169,9 +234,11 @@ def _complete(folder: Path, spec: DatasetSpec) -> bool:
 
 def _fix_hint(name: str) -> str:
     apt = "install it with `apt-get install dataset-fashion-mnist`, " if name == "fashion-mnist" else ""
+    layout = DATASETS[name].layout if name in DATASETS else None
+    files = f"the extracted {layout.archive}" if layout is not None else "the 4 IDX files"
     return (
         f"{apt}run `haloprune data download {name}`, or pass --data-dir / set {ENV_VAR} "
-        f"to a folder with the 4 IDX files"
+        f"to a folder with {files}"
     )
 
 
@@ -231,6 +298,7 @@ class SplitData:
     """Normalised float32 images ``(N, C, H, W)`` and int64 labels for train / val / test.
 
     ``train_indices`` / ``val_indices`` are the rows of the original training file in each split.
+    ``augment``: training batches get a random padded crop and flip (:mod:`haloprune.data.augment`).
     """
 
     x_train: torch.Tensor
@@ -242,6 +310,7 @@ class SplitData:
     spec: DatasetSpec
     train_indices: torch.Tensor | None = None
     val_indices: torch.Tensor | None = None
+    augment: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -315,14 +384,17 @@ def load_dataset(
         raise DataError(f"pad_to={pad_to} is smaller than {name}'s {side}x{side} images")
     folder = find_data_dir(name, data_dir, specs=specs)
     hint = f"replace it (`haloprune data download {name}`) or point --data-dir / {ENV_VAR} at good files"
-    if verify:
+    if verify and spec.layout is None:
         hint += " (for custom IDX data, load with verify=False)"
-    arrays: dict[str, np.ndarray] = {}
-    for role in ROLES:
-        path = resolve_file(folder, spec.files[role])
-        if path is None:  # raced with a deletion since find_data_dir
-            raise DataError(f"{spec.files[role]}[.gz] in {folder} does not exist; {_fix_hint(name)}")
-        arrays[role] = _read(path, spec.payload_sha256.get(role) if verify else None, hint)
+    if spec.layout is not None:  # the archive was verified when downloaded; the files' format is checked
+        arrays = cifar.read_arrays(folder, spec.layout, spec.num_classes, hint)
+    else:
+        arrays = {}
+        for role in ROLES:
+            path = resolve_file(folder, spec.files[role])
+            if path is None:  # raced with a deletion since find_data_dir
+                raise DataError(f"{spec.files[role]}[.gz] in {folder} does not exist; {_fix_hint(name)}")
+            arrays[role] = _read(path, spec.payload_sha256.get(role) if verify else None, hint)
 
     _check_pair(arrays["train_images"], arrays["train_labels"], spec, "train", folder, hint)
     _check_pair(arrays["test_images"], arrays["test_labels"], spec, "test", folder, hint)

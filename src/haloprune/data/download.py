@@ -143,6 +143,10 @@ def download(
         raise DataError(
             f"cannot create download folder {dest} ({exc.strerror or exc}); choose a writable folder"
         ) from None
+    if spec.layout is not None:  # one archive (CIFAR), verified and extracted
+        from haloprune.data.cifar import download_archive
+
+        return download_archive(spec, dest, urls, timeout)
     for role in ROLES:
         existing = resolve_file(dest, spec.files[role])
         if existing is not None and _is_verified(existing, spec.payload_sha256.get(role)):
