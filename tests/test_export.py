@@ -1,4 +1,5 @@
-"""Compact export of pruned models: bit-exact round trip, small files, clear errors."""
+"""Export of pruned models: compact safetensors (bit-exact round trip, small files), slimmed ONNX (onnxruntime
+agrees with torch), the CLI, clear errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import haloprune
 from haloprune import build_model, global_magnitude_prune, save_sparse
 from haloprune.errors import HaloPruneError
 from haloprune.masks import get_masks
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small layers on a busy 2-core machine run far faster with 1 thread than with 2."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5", "vgg16-bn"])
@@ -52,3 +62,111 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(HaloPruneError, match="not a haloprune export"):
         haloprune.load(junk)
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+ONNX_MODELS = {  # name: (kwargs, one input's shape)
+    "lenet-300-100": ({}, (1, 28, 28)),
+    "lenet-5": ({}, (1, 28, 28)),
+    "vgg16-bn": ({"width": 0.125}, (1, 28, 28)),
+    "resnet18": ({"width": 0.125}, (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "structured"),
+    [
+        ("lenet-300-100", False),
+        ("lenet-5", True),
+        ("resnet18", True),
+        pytest.param("lenet-300-100", True, marks=pytest.mark.slow),
+        pytest.param("lenet-5", False, marks=pytest.mark.slow),
+        pytest.param("vgg16-bn", False, marks=pytest.mark.slow),
+        pytest.param("vgg16-bn", True, marks=pytest.mark.slow),
+        pytest.param("resnet18", False, marks=pytest.mark.slow),
+    ],
+)
+def test_onnx_export_of_the_slimmed_model_matches_torch(tmp_path: Path, name: str, structured: bool) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    kwargs, shape = ONNX_MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs, in_channels=shape[0], image_size=shape[1])
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, *shape))  # BatchNorm statistics
+    model.eval()
+    x1 = torch.zeros(1, *shape)
+    if structured:
+        haloprune.group_prune(model, x1, params=haloprune.count_cost(model, x1).params // 5)
+    else:
+        global_magnitude_prune(model, 0.9)
+    path = haloprune.export.export_onnx(model, tmp_path / "m.onnx", x1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):  # the batch dimension is dynamic
+        x = torch.randn(batch, *shape)
+        (out,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert out.shape == expected.shape
+        assert abs(out - expected).max() <= 1e-5
+
+
+def _finished_run(tmp_path: Path, name: str = "lenet-300-100") -> Path:
+    """A run directory as `haloprune train` leaves it (random weights: no training needed here)."""
+    from haloprune.checkpoint import save_text, save_torch
+    from haloprune.config import TrainConfig, to_toml
+    from haloprune.train import build
+
+    cfg = TrainConfig.model_validate({"name": "run", "out_dir": str(tmp_path), "model": {"name": name}})
+    model, _ = build(cfg)
+    cfg.run_dir.mkdir(parents=True)
+    save_text(to_toml(cfg), cfg.run_dir / "config.toml")
+    save_torch({"model": model.state_dict(), "penalty": None, "epoch": 1}, cfg.run_dir / "model.pt")
+    return cfg.run_dir
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_cli_exports_onnx_and_reports_sizes(
+    tmp_path: Path, structured: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from haloprune.cli import main
+
+    run = _finished_run(tmp_path)
+    args = ["export", str(run), "--sparsity", "0.9", "--format", "onnx"]
+    assert main(args + (["--structured"] if structured else [])) == 0
+    out = capsys.readouterr().out
+    path = run / "model-0.9.onnx"
+    assert str(path) in out and "slimmed (dense layers)" in out and "MACs per input" in out
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": torch.zeros(2, 1, 28, 28).numpy()})
+    assert logits.shape == (2, 10)
+    if structured:  # 10% of the 266,200 weights, counted on the slimmed model
+        small = int(out.split("slimmed (dense layers)")[1].split("weights")[0].replace(",", ""))
+        assert small <= 26_620
+
+
+def test_cli_export_without_onnx_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from haloprune.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnx" else real(n, *a))
+    run = _finished_run(tmp_path)
+    assert main(["export", str(run), "--sparsity", "0.9", "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'haloprune[onnx]'" in err
+    assert not (run / "model-0.9.onnx").exists() and (run / "model.pt").exists()
+
+
+def test_cli_export_rejects_bad_sparsity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from haloprune.cli import main
+
+    run = _finished_run(tmp_path)
+    assert main(["export", str(run), "--sparsity", "1.5", "--format", "onnx"]) == 2
+    assert "--sparsity must be in [0, 1)" in capsys.readouterr().err

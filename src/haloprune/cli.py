@@ -128,24 +128,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import save_sparse
-    from .pruning import global_magnitude_prune
-    from .train import load_trained, network_kwargs
+    from .export import export_run
 
-    if not 0.0 <= args.sparsity < 1.0:
-        raise HaloPruneError(f"--sparsity must be in [0, 1), got {args.sparsity}")
-    cfg, model, _ = load_trained(args.run_dir)
-    global_magnitude_prune(model, args.sparsity, scope=cfg.prune.scope)
-    out = args.out or Path(args.run_dir) / f"model-{args.sparsity:g}.safetensors"
-    save_sparse(
-        model,
-        out,
-        architecture={"name": cfg.model.name, "kwargs": network_kwargs(cfg)},
-        extra={"run": str(args.run_dir), "dataset": cfg.data.name},
+    _, summary = export_run(
+        args.run_dir, args.sparsity, fmt=args.format, out=args.out, structured=args.structured
     )
-    dense = sum(p.numel() * p.element_size() for p in model.parameters())
-    size = Path(out).stat().st_size
-    print(f"{out}: {size:,} bytes ({100 * size / dense:.1f}% of the dense fp32 parameters, {dense:,} bytes)")
+    print(summary)
     return 0
 
 
@@ -272,11 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("export", help="prune a trained run once and write it compactly (safetensors)")
+    p = sub.add_parser(
+        "export", help="prune a trained run once and write it (compact safetensors, or slimmed ONNX)"
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--sparsity", type=float, required=True)
-    p.add_argument("--format", choices=["safetensors"], default="safetensors")
-    p.add_argument("--out", type=Path, help="output file (default RUN_DIR/model-<sparsity>.safetensors)")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help="safetensors: surviving weights + masks, bit-exact; onnx: the slimmed dense model",
+    )
+    p.add_argument(
+        "--structured",
+        action="store_true",
+        help="prune whole neurons/filters (to the weight count of --sparsity) instead of single weights",
+    )
+    p.add_argument("--out", type=Path, help="output file (default RUN_DIR/model-<sparsity>.<format>)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="check or download a dataset")

@@ -1,4 +1,4 @@
-"""Compact files for pruned models: only the surviving weights, rebuilt bit-exactly.
+"""Files for pruned models: compact safetensors (bit-exact, masks kept) or a slimmed ONNX graph.
 
 ``save_sparse(model, path, ...)`` writes a safetensors file in which every masked weight is stored as its
 nonzero values plus either a bitmask (1 bit per weight) or the flat positions of the survivors (uint16 or
@@ -6,6 +6,11 @@ int32), whichever is smaller for that tensor; everything else (biases, BatchNorm
 densely. The file's metadata says which model to build (registry name and arguments), the sparsity and the
 haloprune version. ``load(path)`` rebuilds the model with identical weights and its masks attached.
 Files are read with safetensors, which stores plain tensors only: loading one cannot run code.
+
+``export_onnx(model, path, example_input)`` writes the *slimmed* model (:func:`haloprune.slim.slim`: dead
+neurons and filters physically removed, plain dense layers) as an ONNX graph with a dynamic batch
+dimension, for onnxruntime and other runtimes; it needs the ``onnx`` extra (``pip install
+'haloprune[onnx]'``). :func:`export_run` is what ``haloprune export`` does with a finished run.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from torch import nn
 from .errors import HaloPruneError
 from .masks import SUFFIX, attach_mask, get_masks
 from .models import build_model
+from .pruning import Cost, count_cost, global_magnitude_prune, group_prune
 from .selection import unwrap
+from .slim import slim
 
 FORMAT = "haloprune-sparse/1"
 
@@ -123,3 +130,105 @@ def load(path: str | Path) -> nn.Module:
         raise HaloPruneError(f"{path} lacks {sorted(missing)[:3]} for model {arch['name']!r}")
     model.load_state_dict({**model.state_dict(), **state})
     return model.eval()
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, example_input: torch.Tensor, *, opset: int | None = None
+) -> Path:
+    """Slim ``model`` (eval mode) and write it to ``path`` as one self-contained ONNX file.
+
+    The batch dimension (input ``input``, output ``output``) is dynamic; ``example_input`` fixes the other
+    dimensions. Raises :class:`HaloPruneError` if the ``onnx`` extra is not installed.
+    """
+    import importlib.util
+    import logging
+    import warnings
+
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise HaloPruneError(f"ONNX export needs {' and '.join(missing)}: pip install 'haloprune[onnx]'")
+    small = slim(model, example_input)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            small,
+            (example_input,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    tmp.replace(path)
+    return path
+
+
+FORMATS = ("safetensors", "onnx")
+
+
+def export_run(
+    run_dir: str | Path,
+    sparsity: float,
+    *,
+    fmt: str = "safetensors",
+    out: str | Path | None = None,
+    structured: bool = False,
+) -> tuple[Path, str]:
+    """Prune a finished run once and write it (``haloprune export``); returns the file and a summary.
+
+    Unstructured (default): global magnitude pruning at ``sparsity`` (the prunable weights of the run's
+    ``prune.scope``). ``structured``: whole neurons/filters (:func:`~haloprune.pruning.group_prune`) until
+    the slimmed model has no more weights than the unstructured one would keep. ``fmt="safetensors"``
+    keeps the masks (:func:`save_sparse`); ``fmt="onnx"`` writes the slimmed model (:func:`export_onnx`).
+    """
+    from .pruning import sparsity_report
+    from .train import load_trained, network_kwargs
+
+    if not 0.0 <= sparsity < 1.0:
+        raise HaloPruneError(f"--sparsity must be in [0, 1), got {sparsity}")
+    if fmt not in FORMATS:
+        raise HaloPruneError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    cfg, model, _ = load_trained(run_dir)
+    model.eval()
+    kwargs = network_kwargs(cfg)
+    x = torch.zeros(1, kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
+    dense = count_cost(model, x, nonzero_only=False)
+    scope = cfg.prune.scope
+    if structured:
+        in_scope = sparsity_report(model, scope=scope)[-1].params
+        try:
+            group_prune(model, x, params=dense.params - round(sparsity * in_scope), scope=scope)
+        except ValueError as err:
+            raise HaloPruneError(str(err)) from None
+    else:
+        global_magnitude_prune(model, sparsity, scope=scope)
+    out = Path(out) if out is not None else Path(run_dir) / f"model-{sparsity:g}.{fmt}"
+    if fmt == "onnx":
+        export_onnx(model, out, x)
+    else:
+        save_sparse(
+            model,
+            out,
+            architecture={"name": cfg.model.name, "kwargs": kwargs},
+            extra={"run": str(run_dir), "dataset": cfg.data.name},
+        )
+    masked = count_cost(model, x)
+    small = count_cost(slim(model, x), x, nonzero_only=False)
+    dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    size = out.stat().st_size
+    summary = (
+        f"{out}: {size:,} bytes ({100 * size / dense_bytes:.1f}% of the dense fp32 parameters, "
+        f"{dense_bytes:,} bytes)\n{_cost_line('dense', dense)}\n{_cost_line('pruned (nonzero)', masked)}\n"
+        f"{_cost_line('slimmed (dense layers)', small)}"
+    )
+    return out, summary
+
+
+def _cost_line(label: str, cost: Cost) -> str:
+    return f"  {label:<24} {cost.params:>12,} weights {cost.macs:>14,} MACs per input"
