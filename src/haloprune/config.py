@@ -102,6 +102,13 @@ class PenaltyConfig(Section):
     lambda_weight_decay: float | None = Field(None, ge=0)  # None: same as the weights (reference)
     gamma: float = Field(1.0, gt=0)  # adaptive lasso: weights 1/|ŵ|^gamma
     a: float = Field(3.7, gt=2)  # SCAD's shape parameter (Fan & Li 2001)
+    lambda_max: float = _added(1e3, gt=0)  # HALO: λ is kept in [lambda_min, lambda_max]
+    # HALO target-sparsity mode: ξ and ψ are set from the step budget B = Σ lr_t/(1 − momentum) and
+    # steered during training so that this fraction of the weights ends exactly at zero
+    target_sparsity: float | None = _added(None, gt=0, lt=1)
+    psi_hat: float = _added(5.0, gt=0)  # ψ·B: how far λ can travel over the run
+    ramp_end: float = _added(0.5, gt=0, le=1)  # fraction of B by which the target density is reached
+    prox: bool = _added(False)  # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
 
     @field_validator("name")
     @classmethod

@@ -74,6 +74,10 @@ class Penalty(nn.Module):
         """Call :meth:`project_` after every ``optimizer.step()``. Returns the removable hook handle."""
         return optimizer.register_step_post_hook(lambda *_: self.project_())
 
+    def begin_training(self, step_budget: float) -> None:
+        """Called once before training with ``B = Σ_t lr_t / (1 − momentum)``, the run's step budget
+        (penalties whose strength is given in step-budget units need it; no-op here)."""
+
     def stats(self) -> dict[str, float]:
         """Scalars worth logging once per epoch (e.g. λ statistics)."""
         return {}

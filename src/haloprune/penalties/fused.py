@@ -35,8 +35,9 @@ def halo_sgd_step(
     lam_bufs: Tensors,
     hp: torch.Tensor,
     lam_sum_term: torch.Tensor,
-    xi: float,
+    xi: torch.Tensor,
     lambda_min: float,
+    lambda_max: float,
     momentum: float,
     dampening: float,
     nesterov: bool,
@@ -44,6 +45,7 @@ def halo_sgd_step(
     others: Tensors,
     other_grads: Tensors,
     other_bufs: Tensors,
+    prox: bool = False,
 ) -> None:
     """Update ``ws``, ``lams`` and their momentum buffers in place, and take a plain SGD step for ``others``
     (the optimizer's remaining parameters, e.g. biases), so that ``optimizer.step()`` has nothing left to do.
@@ -52,17 +54,25 @@ def halo_sgd_step(
     ``hp[len(ws) + j] = (lr, wd, ·, ·)`` for ``others[j]``;
     ``lam_sum_term`` is ``ψ·s`` (see module doc). With ``first``, the momentum buffers are initialised to
     the gradient, as ``torch.optim.SGD`` does (with zero-initialised buffers and no dampening that is the
-    same thing, so callers pass ``False`` then). The penalty's value is not computed here: a reduction
-    would cost a second pass over the weights (``HALO()`` computes it when asked).
+    same thing, so callers pass ``False`` then). ``xi`` is a 0-dim tensor, so a controller can change it
+    between steps without recompiling. λ stays in ``[lambda_min, lambda_max]``.
+
+    ``prox``: the shrinkage term ``ξ|w|/λ²`` is applied by its proximal map (soft-thresholding by
+    ``lr·ξ/λ²`` after the SGD step on the task loss) instead of its subgradient, so weights the penalty
+    wins over become exactly zero instead of oscillating around it, and the momentum buffers hold only
+    the task gradient. Same objective, a different (proximal) optimizer.
+    The penalty's value is not computed here: a reduction would cost a second pass over the weights
+    (``HALO()`` computes it when asked).
     """
     for i in range(len(ws)):
         w, g, lam = ws[i], grads[i], lams[i]
         lr_w, wd_w, lr_l, wd_l = hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3]
         # λ is kept >= λ_min between steps; clamping here makes any value set from outside count as projected.
-        lam = torch.clamp_min(lam, lambda_min)
+        lam = torch.clamp(lam, lambda_min, lambda_max)
         inv = torch.reciprocal(lam)
         inv2 = inv * inv
-        g_w = g + (xi * inv2) * torch.sign(w) + wd_w * w
+        shrink = xi * inv2
+        g_w = g + wd_w * w if prox else g + shrink * torch.sign(w) + wd_w * w
         g_l = (-2.0 * xi) * w.abs() * (inv2 * inv) + (lam_sum_term + wd_l * lam)  # sign(λ) = 1
         if momentum != 0.0:
             if first:
@@ -80,8 +90,11 @@ def halo_sgd_step(
                 g_l = g_l + momentum * b_l
             else:
                 g_w, g_l = b_w, b_l
-        w.copy_(w - lr_w * g_w)
-        lams[i].copy_(torch.clamp_min(lam - lr_l * g_l, lambda_min))
+        w_new = w - lr_w * g_w
+        if prox:
+            w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - lr_w * shrink, 0.0)
+        w.copy_(w_new)
+        lams[i].copy_(torch.clamp(lam - lr_l * g_l, lambda_min, lambda_max))
     for i in range(len(others)):
         p = others[i]
         lr, wd = hp[len(ws) + i, 0], hp[len(ws) + i, 1]

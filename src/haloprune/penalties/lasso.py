@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from . import PENALTIES
 from .base import ChecksParameterNames, Penalty, Scope
+from .target import SparsityController
 
 
 @PENALTIES.register("l1")
@@ -51,18 +53,34 @@ class HALO(ChecksParameterNames, Penalty):
       returns the penalty's value (detached), for logging.
     * ``fused=False`` (the reference formulation): add ``halo()`` to the loss, give ``halo.parameters()``
       to the optimizer, and ``attach`` it so λ is clamped back into range after each step.
+
+    λ lives in ``[lambda_min, lambda_max]`` whatever the step size: it can neither step through zero
+    (large ψ, tiny ξ) nor blow up (a weight regrowing while its λ sits at the floor).
+
+    **Target sparsity** (``target_sparsity=0.98``, fused path): instead of ξ and ψ, give the sparsity you
+    want; ``ψ = psi_hat / B`` and ``ξ = c³/ψ²`` with ``c`` steered during training from the measured
+    density (:class:`~haloprune.penalties.target.SparsityController`), where ``B = Σ lr_t/(1 − momentum)``
+    is the run's step budget (``fit`` passes it via :meth:`begin_training`; library users call it once
+    before training). The shrinkage is applied by its proximal map (``prox=True``), so pruned-to-be
+    weights end exactly at zero and the achieved sparsity is the fraction of exact zeros.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        xi: float,
-        psi: float,
+        xi: float | None = None,
+        psi: float | None = None,
         p: float = 0.0,
         form: Literal["l1", "l2"] = "l1",
         lambda_init: float = 1.0,
         lambda_min: float = 1e-3,
         *,
+        lambda_max: float = 1e3,
+        target_sparsity: float | None = None,
+        psi_hat: float = 5.0,
+        ramp_end: float = 0.5,
+        step_budget: float | None = None,
+        prox: bool = False,
         fused: bool = True,
         lambda_lr_scale: float = 1.0,
         lambda_weight_decay: float | None = None,
@@ -70,15 +88,38 @@ class HALO(ChecksParameterNames, Penalty):
         include_bias: bool = False,
         **_: Any,
     ) -> None:
+        self.controller: SparsityController | None = None
+        if target_sparsity is not None:
+            if xi or psi:
+                raise ValueError(
+                    "target_sparsity sets xi and psi itself (from psi_hat and the step budget); "
+                    "leave xi and psi unset"
+                )
+            if not fused:
+                raise ValueError("target_sparsity needs the fused path (fused=True, torch.optim.SGD)")
+            if psi_hat <= 0:
+                raise ValueError(f"psi_hat must be > 0, got {psi_hat}")
+            self.controller = SparsityController(float(target_sparsity), ramp_end=float(ramp_end))
+            xi, psi, prox = 0.0, 0.0, True
+        elif xi is None or psi is None:
+            raise ValueError("give xi and psi, or target_sparsity")
         if xi < 0 or psi < 0 or p < 0:
             raise ValueError(f"xi, psi and p must be >= 0, got xi={xi}, psi={psi}, p={p}")
         if form not in ("l1", "l2"):
             raise ValueError(f"form must be 'l1' or 'l2', got {form!r}")
-        if not 0 < lambda_min <= lambda_init:
-            raise ValueError(f"need 0 < lambda_min <= lambda_init, got {lambda_min} and {lambda_init}")
+        if not 0 < lambda_min <= lambda_init <= lambda_max:
+            raise ValueError(
+                "need 0 < lambda_min <= lambda_init <= lambda_max, got "
+                f"{lambda_min}, {lambda_init} and {lambda_max}"
+            )
+        if prox and not fused:
+            raise ValueError("prox=True is a fused-path update (fused=True, torch.optim.SGD)")
         super().__init__(model, scope=scope, include_bias=include_bias)
         self.xi, self.psi, self.p, self.form = float(xi), float(psi), float(p), form
-        self.lambda_min = float(lambda_min)
+        self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
+        self.psi_hat = float(psi_hat)
+        self.prox = prox
+        self.step_budget: float | None = None
         self.fused = fused
         self.lambda_lr_scale = float(lambda_lr_scale)
         self.lambda_weight_decay = lambda_weight_decay
@@ -89,6 +130,41 @@ class HALO(ChecksParameterNames, Penalty):
         # Set once the fused path has made a step (matters only for SGD with dampening).
         self.register_buffer("fused_steps", torch.zeros((), dtype=torch.int64, device=device))
         self._attached: list[Any] = []
+        if step_budget is not None:
+            self.begin_training(step_budget)
+
+    def begin_training(self, step_budget: float) -> None:
+        """Tell the penalty the run's step budget ``B = Σ_t lr_t / (1 − momentum)`` (target mode needs it)."""
+        if self.controller is None:
+            return
+        if not step_budget > 0 or not math.isfinite(step_budget):
+            raise ValueError(f"step budget must be a positive number, got {step_budget}")
+        self.step_budget = float(step_budget)
+        self.psi = self.psi_hat / self.step_budget
+        self._set_xi()
+
+    def _set_xi(self) -> None:
+        """ξ = c³/ψ² for the controller's current c."""
+        assert self.controller is not None and self.step_budget is not None
+        self.xi = self.controller.c(self.step_budget) ** 3 / self.psi**2
+        plan = self.__dict__.get("_plan")
+        if plan is not None:
+            plan["xi"].fill_(self.xi)
+            plan["psi"].fill_(self.psi)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        state = super().get_extra_state()
+        if self.controller is not None:
+            state["controller"] = self.controller.state()
+            state["step_budget"] = self.step_budget
+        return state
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        if self.controller is not None and "controller" in state:
+            self.controller.load(state["controller"])
+            if state.get("step_budget") is not None:
+                self.begin_training(state["step_budget"])
 
     def lambdas(self) -> dict[str, torch.Tensor]:
         """λ per penalised parameter, shaped like it (views into ``self.lam``)."""
@@ -113,7 +189,7 @@ class HALO(ChecksParameterNames, Penalty):
     def _value(self, model: nn.Module | None) -> torch.Tensor:
         """The reference formula, through autograd."""
         w_abs = torch.cat([w.abs().flatten() for w in self.weights(model)])
-        lam = self.lam.clamp_min(self.lambda_min)
+        lam = self.lam.clamp(self.lambda_min, self.lambda_max)
         shrink = (w_abs / lam.square()).sum()
         return self.xi * shrink + self.psi * self._budget(self.lam.abs().sum())
 
@@ -123,7 +199,7 @@ class HALO(ChecksParameterNames, Penalty):
 
     @torch.no_grad()
     def project_(self) -> None:
-        self.lam.clamp_(min=self.lambda_min)
+        self.lam.clamp_(self.lambda_min, self.lambda_max)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Hook HALO into ``optimizer.step()``; returns the removable hook handle.
@@ -180,6 +256,9 @@ class HALO(ChecksParameterNames, Penalty):
             "psi": torch.tensor(
                 self.psi, dtype=torch.promote_types(lam.dtype, torch.float32), device=lam.device
             ),
+            "xi": torch.tensor(
+                self.xi, dtype=torch.promote_types(lam.dtype, torch.float32), device=lam.device
+            ),
         }
         self.__dict__["_plan"] = plan
         return plan
@@ -192,6 +271,17 @@ class HALO(ChecksParameterNames, Penalty):
         ws, groups, lam_group = plan["ws"], plan["groups"], plan["lam_group"]
         g0 = groups[0]
         momentum, dampening, nesterov = float(g0["momentum"]), float(g0["dampening"]), bool(g0["nesterov"])
+        ctrl = self.controller
+        if ctrl is not None:
+            if self.step_budget is None:
+                raise RuntimeError(
+                    "target_sparsity: call halo.begin_training(step_budget) before training "
+                    "(step_budget = Σ over steps of lr / (1 − momentum))"
+                )
+            if ctrl.step(float(g0["lr"]) / (1.0 - momentum), self.step_budget):
+                nonzero = sum(int(torch.count_nonzero(w)) for w in ws)
+                ctrl.update(nonzero / self.num_penalized, self.step_budget)
+                self._set_xi()
         grads, w_bufs, hp = [], [], []
         for w, g in zip(ws, groups, strict=True):
             grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
@@ -237,8 +327,9 @@ class HALO(ChecksParameterNames, Penalty):
             plan["bufs"] if momentum != 0.0 else plan["lams"],
             torch.tensor(hp, dtype=dtype, device=device),
             term,
-            self.xi,
+            plan["xi"],
             self.lambda_min,
+            self.lambda_max,
             momentum,
             dampening,
             nesterov,
@@ -246,6 +337,7 @@ class HALO(ChecksParameterNames, Penalty):
             others,
             o_grads,
             o_bufs or o_grads,
+            self.prox,
         )
         if first:
             self.fused_steps.fill_(1)
@@ -263,10 +355,26 @@ class HALO(ChecksParameterNames, Penalty):
             "lambda_median": q[1],
             "lambda_p99": q[2],
             "lambda_at_floor": (lam <= self.lambda_min).float().mean().item(),
+            **self._target_stats(),
+        }
+
+    def _target_stats(self) -> dict[str, float]:
+        ctrl = self.controller
+        if ctrl is None or self.step_budget is None:
+            return {}
+        return {
+            "xi": self.xi,
+            "psi": self.psi,
+            "c_hat": math.exp(ctrl.log_c_hat),
+            "density": ctrl.density,
+            "target_density": ctrl.target_density(ctrl.spent / self.step_budget),
+            "budget_spent": ctrl.spent / self.step_budget,
         }
 
     def extra_repr(self) -> str:
         return (
             f"xi={self.xi:g}, psi={self.psi:g}, p={self.p:g}, form={self.form!r}, "
-            f"lambda_min={self.lambda_min:g}, fused={self.fused}, penalized={self.num_penalized}"
+            f"lambda_min={self.lambda_min:g}, lambda_max={self.lambda_max:g}, fused={self.fused}, "
+            f"prox={self.prox}, target_sparsity="
+            f"{self.controller.sparsity if self.controller else None}, penalized={self.num_penalized}"
         )
