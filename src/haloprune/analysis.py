@@ -21,14 +21,25 @@ from .selection import select_parameters
 
 
 def load_state_model(
-    path: str | Path, model_name: str, sparsity: float | None = None
+    path: str | Path, run: str | dict[str, Any], sparsity: float | None = None
 ) -> tuple[nn.Module, dict]:
-    """A model rebuilt from a sweep job's saved state (masks included), pruned to ``sparsity`` if given."""
+    """A model rebuilt from a sweep job's saved state (masks included), pruned to ``sparsity`` if given.
+
+    ``run`` is the job's run part (data, model: the network is shaped for the data and pruned in
+    ``prune.scope``), or just a model name for a model built with its defaults."""
     state = load_torch(path)
-    model = build_model(model_name)
+    scope = "all"
+    if isinstance(run, str):
+        model = build_model(run)
+    else:
+        from .config import RunConfig
+        from .train import build_network
+
+        cfg = RunConfig.model_validate(run)
+        model, scope = build_network(cfg), cfg.prune.scope
     load_state_dict(model, state["model"])
     if sparsity is not None:
-        global_magnitude_prune(model, sparsity)
+        global_magnitude_prune(model, sparsity, scope=scope)
     model.eval()
     return model, state
 

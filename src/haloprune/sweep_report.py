@@ -60,16 +60,14 @@ def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, swe
             continue
         spec = run["config"]
         per_target = run["sparsity"] is not None
-        model, state = load_state_model(
-            state_path, spec["run"]["model"]["name"], None if per_target else focus
-        )
+        model, state = load_state_model(state_path, spec["run"], None if per_target else focus)
         method = row["method"]
         layers[method] = layer_sparsity(model)
         if data is None:
             data = _train_images(spec["run"]["data"], int(run["seed"]))
         spectra[method] = activation_spectra(model, data)
         if state.get("penalty") and "lam" in state["penalty"]:
-            unpruned, _ = load_state_model(state_path, spec["run"]["model"]["name"])
+            unpruned, _ = load_state_model(state_path, spec["run"])
             try:
                 lam, w = lambda_and_weights(unpruned, state["penalty"])
             except ValueError:  # not one λ per weight (sws, layer-halo)
