@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -116,3 +119,30 @@ def test_two_ranks_stay_identical(tmp_path: Path) -> None:
     saved = torch.load(run / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(saved[k], r0["trained"][k]) for k in saved)
     assert json.loads((run / "final_metrics.json").read_text())["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_cli(tmp_path: Path) -> None:
+    """The documented command: ``torchrun --nproc_per_node=2 -m haloprune train --config ...`` (gloo)."""
+    from test_cifar import write_cifar
+
+    write_cifar(tmp_path / "data", "cifar10")
+    config = Path(__file__).resolve().parent.parent / "configs" / "halo-cifar10-vgg16.toml"
+    sets = ["device=cpu", 'optim.amp="none"', "model.width=0.0625", "optim.epochs=2", "optim.batch_size=16"]
+    sets += ["data.val_size=20", f"out_dir='{tmp_path}'"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+    ]
+    cmd += ["-m", "haloprune", "train", "--config", str(config), "--data-dir", str(tmp_path / "data")]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "HALOPRUNE_COMPILE": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("val accuracy") == 1  # rank 0 reports, once
+    run = tmp_path / "halo-cifar10-vgg16"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (run / "model.pt").is_file()

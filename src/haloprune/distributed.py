@@ -16,8 +16,8 @@ How a run stays identical on every rank:
   batch even when the last batch does not split evenly.
 * BatchNorm: on CUDA the model's BatchNorm layers become ``SyncBatchNorm`` (batch statistics over the
   global batch, as in single-process training; without it each GPU normalises with its small local
-  batch). On the CPU (gloo) SyncBatchNorm is not available: statistics are per rank, and DDP's
-  ``broadcast_buffers`` hands rank 0's running statistics to every rank at each forward; at the end of
+  batch). On the CPU (gloo) SyncBatchNorm is not available: statistics are per rank, and DDP (by
+  default) hands rank 0's running statistics to every rank at each forward; at the end of
   every epoch all buffers are broadcast from rank 0 explicitly, so evaluation, checkpoints and pruning
   see one model.
 * files: only rank 0 writes (run directory, metrics, checkpoints, results); the others wait at a barrier.
@@ -101,7 +101,8 @@ def wrap(model: nn.Module, device: torch.device, w: World) -> nn.Module:
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    # buffers (BatchNorm statistics) are synced from rank 0 at every forward: DDP's default
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 @torch.no_grad()
