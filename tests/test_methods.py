@@ -15,10 +15,11 @@ from haloprune.harness import expand, load_sweep_config
 from haloprune.masks import get_masks
 from haloprune.methods import METHODS, Context
 from haloprune.methods.at_init import snip_scores
-from haloprune.methods.magnitude import cubic_sparsity, rewind_
+from haloprune.methods.magnitude import rewind_
 from haloprune.models import build_model
 from haloprune.pruning import masks_from_scores
 from haloprune.report import choose, summarize, sweep_table
+from haloprune.schedules import cubic_sparsity
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "paper"
 
@@ -91,6 +92,16 @@ def test_finetune_and_penalty_methods_report_every_target() -> None:
     pen = METHODS["penalty"](penalty={"name": "halo", "xi": 1e-6, "psi": 1e-3}).run(ctx, [0.5, 0.9])
     assert [round(r["achieved_sparsity"], 4) for r in pen.records] == [0.5, 0.9]
     assert pen.state["penalty"] is not None and "lam" in pen.state["penalty"]
+
+
+def test_target_method_records_asked_and_got() -> None:
+    """``target``: HALO told the target; the record says how sparse training left it and the accuracy
+    before pruning, next to the pruned network's."""
+    outcome = METHODS["target"](penalty={"name": "halo"}).run(_ctx(epochs=2), [0.9])
+    (record,) = outcome.records
+    assert record["sparsity"] == 0.9 and record["achieved_sparsity"] >= 0.9 - 1e-5
+    assert 0.0 <= record["trained_sparsity"] <= 1.0 and 0.0 <= record["unpruned_accuracy"] <= 100.0
+    assert METHODS["target"].per_sparsity and outcome.epochs_used == 2
 
 
 def test_imp_reinit_control_differs_from_rewinding() -> None:

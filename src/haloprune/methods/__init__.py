@@ -1,7 +1,8 @@
 """Ways of getting a sparse network, by kind: ``METHODS["gmp"](**params).run(ctx, sparsities)``.
 
 Kinds: ``penalty`` (train with a penalty — none, L1, HALO, … — then prune once at every sparsity, no
-fine-tuning), ``finetune`` (one-shot magnitude pruning of a dense network, then fine-tuning; Han et al.
+fine-tuning), ``target`` (a penalty told its target sparsity: HALO's target mode, one run per
+target), ``finetune`` (one-shot magnitude pruning of a dense network, then fine-tuning; Han et al.
 2015), ``gmp`` (gradual magnitude pruning, cubic schedule; Zhu & Gupta 2017), ``imp`` (lottery-ticket
 iterative magnitude pruning with rewinding; Frankle et al. 2019), ``snip`` (Lee et al. 2019) and
 ``random`` (pruning at initialisation), ``sparsevd`` (sparse variational dropout; Molchanov et al. 2017).

@@ -24,19 +24,11 @@ from pydantic import Field
 
 from ..masks import attach_mask, get_masks
 from ..pruning import global_magnitude_prune, magnitude_scores, masks_from_scores
+from ..schedules import cubic_sparsity
 from ..selection import select_parameters
 from ..train import fit
 from . import METHODS
 from .base import Context, Method, Outcome, Params
-
-
-def cubic_sparsity(step: int, final: float, t0: int, t1: int, initial: float = 0.0) -> float:
-    """Zhu & Gupta's schedule: ``initial`` before ``t0``, ``final`` after ``t1``, cubic in between."""
-    if step <= t0:
-        return initial
-    if step >= t1:
-        return final
-    return final + (initial - final) * (1.0 - (step - t0) / (t1 - t0)) ** 3
 
 
 @torch.no_grad()

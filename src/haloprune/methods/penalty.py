@@ -1,5 +1,9 @@
 """Train once with a sparsity-inducing penalty (or none), then prune once at every sparsity, no fine-tuning.
 
+``target`` (HALO's target-sparsity mode) is run once per target: ``penalty.target_sparsity`` is set to it,
+and the record also holds how many weights training itself left at exactly zero (``trained_sparsity``) and
+the accuracy before pruning, so "asked for" and "got" sit side by side.
+
 ``penalty.name = "none"`` is the dense baseline: one-shot global magnitude pruning after dense training.
 ``adaptive-lasso`` (Zou 2006) needs a first fit: the first ``first_fit_fraction`` of the epochs train with
 L1 (ξ as given), the adaptive weights 1/|ŵ|^γ are taken from that fit, and the rest of the epochs train
@@ -9,11 +13,13 @@ with the adaptive penalty; both stages count towards the budget.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from pydantic import Field
 
 from ..config import PenaltyConfig
-from ..penalties import build_penalty
+from ..penalties import Penalty, build_penalty
 from ..train import fit
 from . import METHODS
 from .base import Context, Method, Outcome, Params
@@ -29,7 +35,21 @@ class PenaltyMethod(Method):
     Params = PenaltyParams
 
     def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:
-        pen_cfg: PenaltyConfig = self.params.penalty
+        model, penalty, history = self.train(ctx, self.params.penalty)
+        records = [ctx.record(ctx.prune_copy(model, s), s) for s in sparsities]
+        extra = {"weights_below_1e-3": history[-1]["frac_weights_below_1e-3"]}
+        for r in records:
+            r.update(extra)
+        state = {
+            "model": model.state_dict(),
+            "penalty": penalty.state_dict() if penalty is not None else None,
+        }
+        return Outcome(records, ctx.run.optim.epochs, state)
+
+    def train(
+        self, ctx: Context, pen_cfg: PenaltyConfig
+    ) -> tuple[torch.nn.Module, Penalty | None, list[dict[str, Any]]]:
+        """The trained model, its penalty and the metrics rows (the whole budget is spent here)."""
         optim = ctx.run.optim
         model = ctx.new_model()
         epochs = optim.epochs
@@ -61,12 +81,25 @@ class PenaltyMethod(Method):
             name=ctx.name,
             progress=ctx.progress,
         )
-        records = [ctx.record(ctx.prune_copy(model, s), s) for s in sparsities]
-        extra = {"weights_below_1e-3": history[-1]["frac_weights_below_1e-3"]}
-        for r in records:
-            r.update(extra)
-        state = {
-            "model": model.state_dict(),
-            "penalty": penalty.state_dict() if penalty is not None else None,
-        }
-        return Outcome(records, optim.epochs, state)
+        return model, penalty, history
+
+@METHODS.register("target")
+class TargetPenaltyMethod(PenaltyMethod):
+    """A penalty told the sparsity it must reach (HALO ``target_sparsity``): one training run per target."""
+
+    per_sparsity = True
+
+    def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:
+        (target,) = sparsities
+        pen_cfg = self.params.penalty.model_copy(update={"target_sparsity": target})
+        model, penalty, _ = self.train(ctx, pen_cfg)
+        trained = ctx.record(model, target)
+        record = ctx.record(
+            ctx.prune_copy(model, target),
+            target,
+            trained_sparsity=trained["achieved_sparsity"],
+            unpruned_accuracy=trained["accuracy"],
+            unpruned_val_accuracy=trained["val_accuracy"],
+        )
+        state = {"model": model.state_dict(), "penalty": penalty.state_dict() if penalty else None}
+        return Outcome([record], ctx.run.optim.epochs, state)

@@ -26,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..schedules import cubic_sparsity
+
 
 @dataclass
 class SparsityController:
@@ -35,6 +37,8 @@ class SparsityController:
     ramp_end: float = 0.5  # fraction of the step budget by which the target density is reached
     ki: float = 20.0  # integral gain: change of log c per unit of budget, per unit of log(d / d_target)
     kp: float = 1.0  # proportional gain
+    too_sparse: float = 5.0  # gains are multiplied by this when the density is below target (weights die
+    # much more easily than they regrow, so overshoot is corrected harder than undershoot)
     every: int = 10  # steps between updates
     c_hat_init: float = 0.02  # c·B at the start: weak, the controller raises it
     # state (saved in the penalty's state_dict)
@@ -57,9 +61,7 @@ class SparsityController:
 
     def target_density(self, progress: float) -> float:
         """Density asked for when ``progress`` (fraction of the step budget) is spent: a cubic ramp."""
-        final = 1.0 - self.sparsity
-        t = min(max(progress / self.ramp_end, 0.0), 1.0)
-        return final + (1.0 - final) * (1.0 - t) ** 3
+        return 1.0 - cubic_sparsity(progress, self.sparsity, 0.0, self.ramp_end)
 
     def step(self, step_size: float, budget: float) -> bool:
         """Account for one optimizer step of size ``lr / (1 − momentum)``; True when it is time to measure."""
@@ -72,6 +74,8 @@ class SparsityController:
         self.density = density
         wanted = self.target_density(self.spent / budget)
         error = math.log(max(density, 1e-12) / wanted)
+        if error < 0:
+            error *= self.too_sparse
         elapsed = (self.spent - self.last_spent) / budget
         self.last_spent = self.spent
         self.integral = min(self.integral + self.ki * error * elapsed, math.log(1e6))
