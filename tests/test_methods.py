@@ -131,6 +131,19 @@ def test_paper_config_expands_with_stable_unique_keys() -> None:
     assert all(len(m.grid) <= 1 for m in quick.methods.values())
 
 
+def test_a_method_can_have_its_own_epoch_budget() -> None:
+    """``epochs`` on one method (equal wall-clock comparisons) changes only that method's jobs."""
+    path = CONFIGS / "fmnist-lenet300-target.toml"
+    base = {j.method: j for j in expand(load_sweep_config(path))}
+    longer = expand(load_sweep_config(path, ["methods.gmp.epochs=22"]))
+    for job in longer:
+        if job.method == "gmp":
+            assert job.spec["run"]["optim"]["epochs"] == 22 and job.key != base["gmp"].key
+        else:
+            assert job.spec["run"]["optim"]["epochs"] == 20
+    assert {j.key for j in longer if j.method != "gmp"} <= {j.key for j in expand(load_sweep_config(path))}
+
+
 def test_sweep_config_validation_messages() -> None:
     from haloprune.errors import ConfigError
 

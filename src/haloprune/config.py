@@ -251,6 +251,8 @@ class SweepMethodConfig(Section):
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
     grid: list[dict[str, Any]] = Field(default_factory=list)  # each point is merged into params
+    # this method's budget in epochs instead of optim.epochs (e.g. equal wall-clock instead of equal epochs)
+    epochs: int | None = _added(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> SweepMethodConfig:

@@ -18,7 +18,15 @@ from typing import Any
 import torch
 
 from .checkpoint import save_torch
-from .config import DataConfig, RunConfig, SweepConfig, apply_overrides, load_config, validate
+from .config import (
+    DataConfig,
+    RunConfig,
+    SweepConfig,
+    apply_overrides,
+    deep_merge,
+    load_config,
+    validate,
+)
 from .data import SplitData
 from .methods import METHODS, Context
 from .sweep import Job
@@ -47,13 +55,14 @@ def expand(cfg: SweepConfig) -> list[Job]:
     states = str(Path(cfg.db).parent / cfg.name / "states")
     for method, spec in cfg.methods.items():
         per_sparsity = METHODS[spec.kind].per_sparsity
+        budget = run if spec.epochs is None else deep_merge(run, {"optim": {"epochs": spec.epochs}})
         for i, params in enumerate(spec.points()):
             hyper = spec.grid[i] if spec.grid else {}
             for seed in cfg.seeds:
                 targets: list[float | None] = list(cfg.sparsities) if per_sparsity else [None]
                 for s in targets:
                     job_spec = {
-                        "run": run,
+                        "run": budget,
                         "kind": spec.kind,
                         "params": params,
                         "sparsities": list(cfg.sparsities),
