@@ -115,11 +115,21 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                 "val_accuracy_mean": statistics.fmean(val),
                 "achieved_sparsity_mean": statistics.fmean(r["achieved_sparsity"] for r in rows),
+                # left at exactly zero by training itself (target-sparsity methods), before pruning
+                "trained_sparsity_mean": _mean_of(rows, "trained_sparsity"),
+                "wall_seconds_mean": _mean_of(rows, "wall_seconds"),
                 "epochs": max(int(r.get("epochs") or 0) for r in rows),
                 "runs": sorted({str(r.get("run_key", "")) for r in rows}),
             }
         )
     return out
+
+
+def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    import statistics
+
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def choose(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -160,16 +170,22 @@ def sweep_table(chosen: Sequence[dict[str, Any]], methods: Sequence[str] | None 
 
 
 def chosen_table(chosen: Sequence[dict[str, Any]]) -> str:
-    """The setting each method ended up with, per sparsity, with seeds and achieved sparsity."""
+    """The setting each method ended up with, per sparsity: seeds, achieved sparsity, the sparsity training
+    itself reached before pruning (target-sparsity methods) and the mean wall time of a run."""
     lines = [
-        "| method | sparsity | chosen setting | val acc. | achieved sparsity | seeds |",
-        "|---|---:|---|---:|---:|---|",
+        "| method | sparsity | chosen setting | val acc. | achieved sparsity | zeros before pruning "
+        "| s/run | seeds |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in sorted(chosen, key=lambda r: (r["method"], r["sparsity"])):
         hp = ", ".join(f"{k}={v}" for k, v in _flatten(r["hyperparameters"]).items()) or "—"
+        trained = r.get("trained_sparsity_mean")
+        wall = r.get("wall_seconds_mean")
         lines.append(
             f"| {r['method']} | {100 * r['sparsity']:g}% | {hp} | {r['val_accuracy_mean']:.2f} | "
-            f"{100 * r['achieved_sparsity_mean']:.2f}% | {','.join(map(str, r['seeds']))} |"
+            f"{100 * r['achieved_sparsity_mean']:.2f}% | "
+            f"{'—' if trained is None else f'{100 * trained:.2f}%'} | "
+            f"{'—' if wall is None else f'{wall:.0f}'} | {','.join(map(str, r['seeds']))} |"
         )
     return "\n".join(lines)
 
