@@ -12,8 +12,8 @@ Trains (or reuses, if finished) these runs, each exactly what ``haloprune train`
 for each budget of multiply-accumulates (dense / 10, / 20, / 40 by default):
 
 * every group-halo network is pruned by whole neurons (:func:`haloprune.group_prune`, RMS group norms)
-  until its *slimmed* model (:func:`haloprune.slim`) fits the budget; the grid point with the best
-  **validation** accuracy at the first budget is the one reported (never chosen on the test set);
+  until its *slimmed* model (:func:`haloprune.slim`) fits the budget; for each budget the grid point
+  with the best **validation** accuracy is the one reported (never chosen on the test set);
 * the unstructured HALO network and the dense network are pruned by global magnitude to the *same number
   of weights* as that slimmed model, and the dense network is also group-pruned to the budget.
 
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default="runs/structured")
     parser.add_argument(
         "--grid",
-        default="3e-3:1e-3,1e-2:1e-3,3e-2:1e-3,3e-3:1e-2,1e-2:1e-2,3e-2:1e-2",
+        default="3e-3:1e-3,1e-2:1e-3,3e-2:1e-3,1e-1:1e-3,3e-3:1e-2,1e-2:1e-2,3e-2:1e-2,1e-1:1e-2",
         help="group-halo (ξ:ψ) points, comma-separated",
     )
     parser.add_argument("--divisors", default="10,20,40", help="MAC budgets: dense MACs / each")
@@ -131,34 +131,35 @@ def main() -> None:
         f"{_scores(halo.model, data)['test']:.2f}"
     )
 
-    print(f"\n### group-halo grid: validation accuracy (%) after group pruning to {budgets[0]:,} MACs\n")
-    print("| ξ | ψ | val | widths (fc1, fc2, fc3) |")
-    print("|---:|---:|---:|---|")
-    grid_rows = {}
+    print("\n### group-halo grid: validation accuracy (%) after group pruning to each budget (MACs)\n")
+    print("| ξ | ψ | " + " | ".join(f"{b:,} (widths)" for b in budgets) + " |")
+    print("|---:|---:|" + "---|" * len(budgets))
+    grid_rows: dict[tuple[float, float], list[dict[str, Any]]] = {}
     for (xi, psi), res in ghalo.items():
-        row = _structured(res.model, data, x, budgets[0])
-        grid_rows[(xi, psi)] = row
-        print(f"| {xi:g} | {psi:g} | {row['val']:.2f} | {row['widths']} |", flush=True)
-    best = max(grid_rows, key=lambda k: grid_rows[k]["val"])
-    print(f"\nchosen on validation: ξ={best[0]:g}, ψ={best[1]:g}")
+        grid_rows[(xi, psi)] = [_structured(res.model, data, x, b) for b in budgets]
+        cells = " | ".join(f"{r['val']:.2f} {r['widths']}" for r in grid_rows[(xi, psi)])
+        print(f"| {xi:g} | {psi:g} | {cells} |", flush=True)
 
     print("\n### at equal weight counts (test accuracy %, val in brackets)\n")
     print(
-        "| MAC budget | group-halo slimmed: weights / MACs / test | HALO unstructured, same weights: "
-        "test / MACs (sparse) / MACs after slim | dense, same weights: test | dense group-pruned: test |"
+        "| MAC budget | group-halo (ξ, ψ) chosen on val | slimmed: widths / weights / MACs | test (val) "
+        "| HALO unstructured, same weights: test (val) | its MACs: sparse / dense after slim "
+        "| dense net, same weights: test | dense net group-pruned: test |"
     )
-    print("|---:|---|---|---:|---:|")
+    print("|---:|---|---|---:|---:|---|---:|---:|")
     table = []
-    for b in budgets:
-        s = _structured(ghalo[best].model, data, x, b)
+    for i, b in enumerate(budgets):
+        best = max(grid_rows, key=lambda k: grid_rows[k][i]["val"])
+        s = grid_rows[best][i]
         u = _unstructured(halo.model, data, x, s["params"])
         d = _unstructured(dense.model, data, x, s["params"])
         ds = _structured(dense.model, data, x, b)
-        table.append({"budget": b, "group_halo": s, "halo": u, "dense": d, "dense_group": ds})
+        table.append({"budget": b, "chosen": best, "group_halo": s, "halo": u, "dense": d, "dense_group": ds})
         print(
-            f"| {b:,} ({full.macs / s['macs']:.1f}x fewer) | {s['params']:,} / {s['macs']:,} / "
-            f"**{s['test']:.2f}** ({s['val']:.2f}) {s['widths']} | **{u['test']:.2f}** ({u['val']:.2f}) / "
-            f"{u['macs']:,} / {u['slim_macs']:,} | {d['test']:.2f} | {ds['test']:.2f} |",
+            f"| {b:,} | ξ={best[0]:g}, ψ={best[1]:g} | {s['widths']} / {s['params']:,} / {s['macs']:,} "
+            f"({full.macs / s['macs']:.1f}x fewer) | **{s['test']:.2f}** ({s['val']:.2f}) "
+            f"| **{u['test']:.2f}** ({u['val']:.2f}) | {u['macs']:,} / {u['slim_macs']:,} "
+            f"| {d['test']:.2f} | {ds['test']:.2f} |",
             flush=True,
         )
     out = Path(out_dir) / "structured.json"
@@ -166,8 +167,8 @@ def main() -> None:
         json.dumps(
             {
                 "dense": {"params": full.params, "macs": full.macs},
-                "grid": [{"xi": k[0], "psi": k[1], **v} for k, v in grid_rows.items()],
-                "chosen": {"xi": best[0], "psi": best[1]},
+                "budgets": budgets,
+                "grid": [{"xi": k[0], "psi": k[1], "per_budget": v} for k, v in grid_rows.items()],
                 "table": table,
             },
             indent=2,
