@@ -107,7 +107,7 @@ class PenaltyConfig(Section):
     # steered during training so that this fraction of the weights ends exactly at zero
     target_sparsity: float | None = _added(None, gt=0, lt=1)
     psi_hat: float = _added(5.0, gt=0)  # ψ·B: how far λ can travel over the run
-    ramp_end: float = _added(0.5, gt=0, le=1)  # fraction of B by which the target density is reached
+    ramp_end: float = _added(0.75, gt=0, le=1)  # fraction of B by which the target density is reached
     prox: bool = _added(False)  # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
 
     @field_validator("name")

@@ -78,7 +78,7 @@ class HALO(ChecksParameterNames, Penalty):
         lambda_max: float = 1e3,
         target_sparsity: float | None = None,
         psi_hat: float = 5.0,
-        ramp_end: float = 0.5,
+        ramp_end: float = 0.75,
         step_budget: float | None = None,
         prox: bool = False,
         fused: bool = True,

@@ -34,7 +34,7 @@ class SparsityController:
     """Steers HALO's strength ``c`` so that the trained network has ``sparsity`` exactly-zero weights."""
 
     sparsity: float
-    ramp_end: float = 0.5  # fraction of the step budget by which the target density is reached
+    ramp_end: float = 0.75  # fraction of the step budget by which the target density is reached
     ki: float = 20.0  # integral gain: change of log c per unit of budget, per unit of log(d / d_target)
     kp: float = 1.0  # proportional gain
     too_sparse: float = 5.0  # gains are multiplied by this when the density is below target (weights die
