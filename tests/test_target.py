@@ -167,6 +167,12 @@ def test_target_mode_refuses_conflicting_settings() -> None:
     model(torch.randn(2, 8)).sum().backward()
     with pytest.raises(RuntimeError, match="begin_training"):
         opt.step()
-    with pytest.raises(ConfigError):
-        load_config(TrainConfig, None, ["penalty.name=halo", "penalty.target_sparsity=1.5"])
+    for bad, message in [
+        (["penalty.name=halo", "penalty.target_sparsity=1.5"], "less than 1"),
+        (["penalty.name=l1", "penalty.target_sparsity=0.9"], "mode of the halo penalty"),
+        (["penalty.name=halo", "penalty.target_sparsity=0.9", "penalty.xi=1e-7"], "leave them at 0"),
+        (["penalty.name=halo", "penalty.target_sparsity=0.9", "penalty.fused=false"], "fused path"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(TrainConfig, None, bad)
     assert PenaltyConfig(name="halo", target_sparsity=0.98).kwargs()["target_sparsity"] == 0.98

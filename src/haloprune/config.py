@@ -119,6 +119,18 @@ class PenaltyConfig(Section):
             raise ValueError(f"unknown penalty {v!r}; known: none, {', '.join(PENALTIES.names())}")
         return v
 
+    @model_validator(mode="after")
+    def _target(self) -> PenaltyConfig:
+        if self.target_sparsity is None:
+            return self
+        if self.name != "halo":
+            raise ValueError(f"target_sparsity is a mode of the halo penalty, not of {self.name!r}")
+        if self.xi or self.psi:
+            raise ValueError("target_sparsity sets xi and psi itself: leave them at 0 (tune psi_hat instead)")
+        if not self.fused:
+            raise ValueError("target_sparsity needs the fused path (fused = true, optimizer sgd)")
+        return self
+
     def kwargs(self) -> dict[str, Any]:
         """Arguments for the penalty's constructor."""
         return self.model_dump(exclude={"name", "lambda_lr_scale", "lambda_weight_decay"})
