@@ -83,6 +83,7 @@ class PenaltyMethod(Method):
         )
         return model, penalty, history
 
+
 @METHODS.register("target")
 class TargetPenaltyMethod(PenaltyMethod):
     """A penalty told the sparsity it must reach (HALO ``target_sparsity``): one training run per target."""
