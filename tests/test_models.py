@@ -79,3 +79,25 @@ def test_new_fields_at_defaults_leave_old_dumps_unchanged() -> None:
     assert "prune" not in sweep.run_part() and "width" not in sweep.run_part()["model"]
     conv = load_config(SweepConfig, None, ['methods.d={kind="penalty"}', 'prune.scope="conv"'])
     assert conv.run_part()["prune"] == {"scope": "conv"}
+
+
+def test_saved_state_rebuilds_for_its_data_and_scope(tmp_path) -> None:
+    """Sweep reports rebuild a job's network from its run part (was: the model name only, so any
+    non-default width, dataset or scope failed to load or was pruned in the wrong layers)."""
+    from haloprune.analysis import load_state_model
+
+    sets = [
+        'methods.d={kind="penalty"}',
+        'data.name="cifar100"',
+        'model.name="resnet18"',
+        "model.width=0.125",
+    ]
+    cfg = load_config(SweepConfig, None, [*sets, 'prune.scope="conv"'])
+    net = build_network(cfg)
+    torch.save({"model": net.state_dict()}, tmp_path / "s.pt")
+    model, _ = load_state_model(tmp_path / "s.pt", cfg.run_part(), sparsity=0.9)
+    assert model.classifier.out_features == 100
+    assert torch.count_nonzero(model.classifier.weight) == model.classifier.weight.numel()  # not in scope
+    conv = [model.get_parameter(n) for n in select_parameters(model, scope="conv")]
+    zeros = sum(int((p == 0).sum()) for p in conv)
+    assert zeros == round(0.9 * sum(p.numel() for p in conv))
