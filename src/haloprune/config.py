@@ -61,7 +61,7 @@ class ModelConfig(Section):
 class OptimConfig(Section):
     optimizer: Literal["sgd", "adam"] = "sgd"  # HALO's fused path needs SGD
     epochs: int = Field(20, gt=0)
-    batch_size: int = Field(100, gt=0)
+    batch_size: int = Field(100, gt=0)  # the GLOBAL batch: under torchrun each process takes its share
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
