@@ -170,3 +170,26 @@ def test_cli_export_rejects_bad_sparsity(tmp_path: Path, capsys: pytest.CaptureF
     run = _finished_run(tmp_path)
     assert main(["export", str(run), "--sparsity", "1.5", "--format", "onnx"]) == 2
     assert "--sparsity must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_inference_benchmark_quick_ends_with_the_summary_line(tmp_path: Path, real_fmnist: Path) -> None:
+    """benchmarks/inference.py --quick runs end to end on real data and ends with its one summary line."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "inference.py"
+    args = ["--quick", "--models", "lenet-300-100", "--sparsities", "0.98", "--out-dir", str(tmp_path / "b")]
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HALOPRUNE_DATA": str(real_fmnist)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"size_ratio=\d+\.\d+ speedup_batch1=\d+\.\d+", last), last
+    assert 0 < float(last.split()[0].split("=")[1]) < 1
