@@ -15,6 +15,7 @@ a target number of parameters or multiply-accumulates of the slimmed model (:fun
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -25,6 +26,7 @@ from torch import nn
 from .masks import attach_mask, get_masks
 from .penalties.group import OutputGroups
 from .selection import Scope, select_parameters, unwrap
+from .slim import slim
 
 
 def _check_sparsity(sparsity: float) -> None:
@@ -256,8 +258,6 @@ def group_prune(
     Returns the masks of the pruned layers' weights. Raises ``ValueError`` if no such pruning reaches the
     budget.
     """
-    from .slim import slim
-
     if params is None and macs is None:
         raise ValueError("give a budget: params=..., macs=... or both")
     if (params is not None and params < 0) or (macs is not None and macs < 0):
@@ -304,8 +304,6 @@ def group_prune(
 
 
 def _copy_with_masks(model: nn.Module, groups: OutputGroups, keep: list[torch.Tensor]) -> nn.Module:
-    import copy
-
     trial = copy.deepcopy(model)
     _attach_group_masks(trial, groups, keep)
     return trial
