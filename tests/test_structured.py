@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import haloprune
 from haloprune import build_model
 from haloprune.config import PenaltyConfig
 from haloprune.masks import get_masks, load_state_dict
@@ -163,7 +165,9 @@ def test_group_prune_hits_the_smallest_pruning_within_a_parameter_budget() -> No
     assert _slim_cost(trial).params > budget
 
 
-def test_group_prune_to_a_flops_budget_and_masks_survive_state_dict_and_deepcopy() -> None:
+def test_group_prune_to_a_flops_budget_and_masks_survive_state_dict_deepcopy_and_export(
+    tmp_path: Path,
+) -> None:
     model = build_model("lenet-5").eval()
     x = torch.zeros(1, 1, 28, 28)
     dense = count_cost(model, x, nonzero_only=False)
@@ -172,7 +176,10 @@ def test_group_prune_to_a_flops_budget_and_masks_survive_state_dict_and_deepcopy
     twin = copy.deepcopy(model)
     fresh = build_model("lenet-5")
     load_state_dict(fresh, model.state_dict())
-    for m in (twin, fresh):
+    exported = haloprune.load(
+        haloprune.save_sparse(model, tmp_path / "m.safetensors", architecture={"name": "lenet-5"})
+    )
+    for m in (twin, fresh, exported):
         assert get_masks(m).keys() == get_masks(model).keys()
         for n, mask in get_masks(model).items():
             assert torch.equal(get_masks(m)[n], mask)
