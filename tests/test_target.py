@@ -32,17 +32,31 @@ def test_target_density_is_a_cubic_ramp_in_budget_units() -> None:
 
 
 def test_controller_raises_c_when_too_dense_and_lowers_it_when_too_sparse() -> None:
-    ctrl = SparsityController(0.9, ramp_end=0.5, ki=10.0, kp=0.5, too_sparse=3.0)
+    ctrl = SparsityController(0.9, ramp_end=0.5, ki=0.5, kp=0.5, too_sparse=3.0)
     start = ctrl.integral
     ctrl.spent = 60.0  # past the ramp of a budget of 100: target density 0.1
     ctrl.update(density=0.4, budget=100.0)  # too dense: e = log 4, 0.6 of the budget elapsed
-    assert ctrl.integral == pytest.approx(start + 10.0 * math.log(4.0) * 0.6)
+    assert ctrl.integral == pytest.approx(start + 0.5 * math.log(4.0) * 0.6)
     assert ctrl.log_c_hat == pytest.approx(ctrl.integral + 0.5 * math.log(4.0))
     before = ctrl.integral
     ctrl.spent = 70.0
     ctrl.update(density=0.05, budget=100.0)  # too sparse: e = log 0.5, corrected 3x harder
-    assert ctrl.integral == pytest.approx(before + 10.0 * 3.0 * math.log(0.5) * 0.1)
+    assert ctrl.integral == pytest.approx(before + 0.5 * 3.0 * math.log(0.5) * 0.1)
     assert ctrl.log_c_hat < ctrl.integral
+
+
+def test_controller_cannot_swing_c_in_a_short_run() -> None:
+    """A run with a handful of updates: one update moves log c by at most 0.5 (plus the bounded
+    proportional part), however large the error and the budget elapsed."""
+    ctrl = SparsityController(0.99, ramp_end=0.5, too_sparse=5.0)
+    start = ctrl.integral
+    ctrl.spent = 90.0
+    ctrl.update(density=1.0, budget=100.0)  # e = log 100, 0.9 of the budget in one update
+    assert ctrl.integral == pytest.approx(start + 0.5)
+    ctrl.spent = 95.0
+    ctrl.update(density=0.0, budget=100.0)  # everything dead
+    assert ctrl.integral == pytest.approx(start)
+    assert ctrl.log_c_hat == pytest.approx(start - ctrl.kp * 3.0 * 5.0)
 
 
 def test_step_budget_of_a_schedule() -> None:
@@ -176,3 +190,40 @@ def test_target_mode_refuses_conflicting_settings() -> None:
         with pytest.raises(ConfigError, match=message):
             load_config(TrainConfig, None, bad)
     assert PenaltyConfig(name="halo", target_sparsity=0.98).kwargs()["target_sparsity"] == 0.98
+
+
+@pytest.mark.slow
+def test_target_run_resumes_bit_identically(tmp_path, real_fmnist) -> None:
+    """The controller's state (c, budget spent, step count) is in the checkpoint: resuming after epoch 1
+    gives the same weights, λ and controller as the uninterrupted run."""
+    import warnings
+
+    from haloprune.train import train
+
+    def cfg(name: str) -> TrainConfig:
+        return load_config(
+            TrainConfig,
+            None,
+            [
+                "penalty.name=halo",
+                "penalty.target_sparsity=0.9",
+                "data.train_subset=1500",
+                "data.val_size=200",
+                "data.test_subset=200",
+                "optim.epochs=2",
+                f"out_dir='{tmp_path}'",
+                f"name={name}",
+            ],
+        )
+
+    full = train(cfg("full"), progress=False)
+    for name in ("model.pt", "checkpoint.pt", "checkpoint.pt.sha256"):  # back to the end of epoch 1
+        (tmp_path / "full" / name).unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "falling back to the previous checkpoint"
+        resumed = train(cfg("full"), resume=True, progress=False)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert torch.equal(resumed.penalty.lam, full.penalty.lam)
+    assert resumed.penalty.controller.state() == full.penalty.controller.state()
+    assert full.penalty.controller.steps == 2 * 15 and full.history[-1]["density"] < 1.0

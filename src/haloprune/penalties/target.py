@@ -29,6 +29,11 @@ from typing import Any
 from ..schedules import cubic_sparsity
 
 
+_MAX_ERROR = 3.0  # |log(d / d_target)| counted at most (a factor e³ ≈ 20 in density)
+_MAX_STEP = 0.5  # most the integral part of log c moves in one update
+_MAX_RANGE = 15.0  # the integral part stays within e^±15 of its start
+
+
 @dataclass
 class SparsityController:
     """Steers HALO's strength ``c`` so that the trained network has ``sparsity`` exactly-zero weights."""
@@ -73,12 +78,16 @@ class SparsityController:
         """One control step from the measured ``density``."""
         self.density = density
         wanted = self.target_density(self.spent / budget)
-        error = math.log(max(density, 1e-12) / wanted)
+        error = min(max(math.log(max(density, 1e-12) / wanted), -_MAX_ERROR), _MAX_ERROR)
         if error < 0:
             error *= self.too_sparse
         elapsed = (self.spent - self.last_spent) / budget
         self.last_spent = self.spent
-        self.integral = min(self.integral + self.ki * error * elapsed, math.log(1e6))
+        # Rate and range limits: inert in a run with many updates, they keep a run with only a handful
+        # (a few dozen steps) from swinging c by orders of magnitude in one update.
+        step = min(max(self.ki * error * elapsed, -_MAX_STEP), _MAX_STEP)
+        home = math.log(self.c_hat_init)
+        self.integral = min(max(self.integral + step, home - _MAX_RANGE), home + _MAX_RANGE)
         self.log_c_hat = self.integral + self.kp * error
 
     def c(self, budget: float) -> float:
