@@ -55,7 +55,7 @@ def test_main_job_small_slice(tmp_path: Path, real_fmnist: Path, capsys: pytest.
     # The trained runs are ordinary run directories: prune one again from the CLI.
     assert main(["prune", str(tmp_path / "main" / "dense"), "--sparsity", "0.9", "--layers"]) == 0
     out = capsys.readouterr().out
-    assert "fc1.weight" in out and "| 90% |" in out
+    assert "fc1.weight" in out and "| 90% |" in out and "per-layer sparsity at 90%" in out
 
     # ... and export it compactly; the file loads back into the same network.
     assert main(["export", str(tmp_path / "main" / "dense"), "--sparsity", "0.98"]) == 0

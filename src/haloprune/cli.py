@@ -88,15 +88,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    import copy
+    from torch import nn
 
     from .experiment import prune_and_evaluate
-    from .pruning import (
-        format_sparsity_report,
-        global_magnitude_prune,
-        layerwise_magnitude_prune,
-        sparsity_report,
-    )
+    from .pruning import format_sparsity_report, sparsity_report
     from .report import sparsity_table
     from .train import load_data, load_trained
 
@@ -108,19 +103,27 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(args.data_dir)})})
     data = load_data(cfg.data, cfg.seed, "cpu")
     scope = cfg.prune.scope
-    rows = prune_and_evaluate(model, data, sorted(set(args.sparsity)), per_layer=args.per_layer, scope=scope)
+    layer_reports: list[str] = []
+
+    def report_layers(s: float, pruned: nn.Module) -> None:
+        report = format_sparsity_report(sparsity_report(pruned, scope=scope))
+        layer_reports.append(f"\nper-layer sparsity at {100 * s:g}%:\n{report}")
+
+    rows = prune_and_evaluate(
+        model,
+        data,
+        sorted(set(args.sparsity)),
+        per_layer=args.per_layer,
+        scope=scope,
+        on_pruned=report_layers if args.layers else None,
+    )
     records = [{"method": cfg.name, **r} for r in rows]
     if args.json:
         print(json.dumps(records, indent=2))
     else:
         print(sparsity_table(records))
-    if args.layers:
-        prune = layerwise_magnitude_prune if args.per_layer else global_magnitude_prune
-        for s in sorted(set(args.sparsity)):
-            pruned = copy.deepcopy(model)
-            prune(pruned, s, scope=scope)
-            report = format_sparsity_report(sparsity_report(pruned, scope=scope))
-            print(f"\nper-layer sparsity at {100 * s:g}%:\n{report}")
+    for report in layer_reports:
+        print(report)
     from .checkpoint import save_json
 
     save_json(records, Path(args.run_dir) / "prune_results.json")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -56,15 +56,19 @@ def prune_and_evaluate(
     batch_size: int = 1000,
     splits: Sequence[str] = ("val", "test"),
     scope: Scope = "all",
+    on_pruned: Callable[[float, nn.Module], None] | None = None,
 ) -> list[dict[str, Any]]:
     """For each sparsity: prune a copy of ``model`` once by magnitude (the layers in ``scope``), evaluate
-    it, no fine-tuning."""
+    it, no fine-tuning. ``on_pruned(sparsity, pruned_copy)`` sees each pruned copy (e.g. to report its
+    layers)."""
     prune = layerwise_magnitude_prune if per_layer else global_magnitude_prune
     rows = []
     for s in sparsities:
         pruned = copy.deepcopy(model)
         prune(pruned, s, scope=scope)
         rows.append(pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, scope=scope))
+        if on_pruned is not None:
+            on_pruned(s, pruned)
     return rows
 
 
