@@ -100,3 +100,22 @@ class ChecksParameterNames:
                 f"this {type(self).__name__} state_dict was saved for a model with different penalised "
                 "parameters"
             )
+
+
+class BudgetTerm:
+    """ψ's term of the HALO family on the learned scales: ``|Σ|λ| − p|`` (form ``"l1"``, the paper's
+    default with ``p = 0``) or ``(Σ|λ| − p)²`` (form ``"l2"``)."""
+
+    p: float
+    form: str
+
+    def _init_budget(self, p: float, form: str) -> None:
+        if p < 0:
+            raise ValueError(f"p must be >= 0, got {p}")
+        if form not in ("l1", "l2"):
+            raise ValueError(f"form must be 'l1' or 'l2', got {form!r}")
+        self.p, self.form = float(p), form
+
+    def budget_term(self, lam_abs_sum: torch.Tensor) -> torch.Tensor:
+        d = lam_abs_sum - self.p
+        return d.square() if self.form == "l2" else d.abs()

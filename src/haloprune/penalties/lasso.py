@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import ChecksParameterNames, Penalty, Scope
+from .base import BudgetTerm, ChecksParameterNames, Penalty, Scope
 from .target import SparsityController
 
 
@@ -33,7 +33,7 @@ class L1(Penalty):
 
 
 @PENALTIES.register("halo")
-class HALO(ChecksParameterNames, Penalty):
+class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     """Hierarchical Adaptive Lasso (Seto, Wells & Zhang, SDM 2021).
 
     ``ξ · Σ_j |w_j| / λ_j²  +  ψ · | Σ_j |λ_j| − p |``  (``form="l2"`` squares the last term),
@@ -103,10 +103,9 @@ class HALO(ChecksParameterNames, Penalty):
             xi, psi, prox = 0.0, 0.0, True
         elif xi is None or psi is None:
             raise ValueError("give xi and psi, or target_sparsity")
-        if xi < 0 or psi < 0 or p < 0:
-            raise ValueError(f"xi, psi and p must be >= 0, got xi={xi}, psi={psi}, p={p}")
-        if form not in ("l1", "l2"):
-            raise ValueError(f"form must be 'l1' or 'l2', got {form!r}")
+        if xi < 0 or psi < 0:
+            raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
+        self._init_budget(p, form)
         if not 0 < lambda_min <= lambda_init <= lambda_max:
             raise ValueError(
                 "need 0 < lambda_min <= lambda_init <= lambda_max, got "
@@ -115,7 +114,7 @@ class HALO(ChecksParameterNames, Penalty):
         if prox and not fused:
             raise ValueError("prox=True is a fused-path update (fused=True, torch.optim.SGD)")
         super().__init__(model, scope=scope, include_bias=include_bias)
-        self.xi, self.psi, self.p, self.form = float(xi), float(psi), float(p), form
+        self.xi, self.psi = float(xi), float(psi)
         self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
         self.psi_hat = float(psi_hat)
         self.prox = prox
@@ -191,11 +190,7 @@ class HALO(ChecksParameterNames, Penalty):
         w_abs = torch.cat([w.abs().flatten() for w in self.weights(model)])
         lam = self.lam.clamp(self.lambda_min, self.lambda_max)
         shrink = (w_abs / lam.square()).sum()
-        return self.xi * shrink + self.psi * self._budget(self.lam.abs().sum())
-
-    def _budget(self, lam_abs_sum: torch.Tensor) -> torch.Tensor:
-        budget = lam_abs_sum - self.p
-        return budget.square() if self.form == "l2" else budget.abs()
+        return self.xi * shrink + self.psi * self.budget_term(self.lam.abs().sum())
 
     @torch.no_grad()
     def project_(self) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import ChecksParameterNames, Penalty, Scope
+from .base import BudgetTerm, ChecksParameterNames, Penalty, Scope
 
 
 class _LearnedScale(ChecksParameterNames, Penalty):
@@ -97,7 +97,7 @@ class SharedHALO(_LearnedScale):
 
 
 @PENALTIES.register("layer-halo")
-class LayerHALO(_LearnedScale):
+class LayerHALO(BudgetTerm, _LearnedScale):
     """HALO with one trainable scale per penalised tensor (layer).
 
     ``ξ · Σ_l ||w_l||_1 / λ_l²  +  ψ · | Σ_l |λ_l| − p |`` (``form="l2"``: the last term squared), with
@@ -118,14 +118,10 @@ class LayerHALO(_LearnedScale):
         include_bias: bool = False,
         **_: Any,
     ) -> None:
-        if p < 0:
-            raise ValueError(f"p must be >= 0, got {p}")
-        if form not in ("l1", "l2"):
-            raise ValueError(f"form must be 'l1' or 'l2', got {form!r}")
+        self._init_budget(p, form)
         super().__init__(
             model, xi, psi, lambda_init, lambda_min, per_tensor=True, scope=scope, include_bias=include_bias
         )
-        self.p, self.form = float(p), form
 
     def lambdas(self) -> dict[str, torch.Tensor]:
         """λ per penalised parameter (0-dim views into ``self.lam``)."""
@@ -135,8 +131,7 @@ class LayerHALO(_LearnedScale):
         ws = self.weights(model)
         l1 = torch.stack([w.abs().sum() for w in ws]).to(self.lam.dtype)
         shrink = (l1 / self._lam().square()).sum()
-        budget = self.lam.abs().sum() - self.p
-        return self.xi * shrink + self.psi * (budget.square() if self.form == "l2" else budget.abs())
+        return self.xi * shrink + self.psi * self.budget_term(self.lam.abs().sum())
 
     def stats(self) -> dict[str, float]:
         lam = self.lam.detach()

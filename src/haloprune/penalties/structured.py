@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import Scope
+from .base import BudgetTerm, Scope
 from .group import OutputGroups
 from .shared import _LearnedScale
 
 
 @PENALTIES.register("group-halo")
-class GroupHALO(_LearnedScale):
+class GroupHALO(BudgetTerm, _LearnedScale):
     """HALO over output units: ``ξ · Σ_g ||w_g||_2 / λ_g² + ψ · |Σ_g |λ_g| − p|`` (``form="l2"`` squares).
 
     ``self.lam`` has one entry per group, in the order of :attr:`groups` (layers in module order, then
@@ -49,14 +49,10 @@ class GroupHALO(_LearnedScale):
         include_bias: bool = False,
         **_: Any,
     ) -> None:
-        if p < 0:
-            raise ValueError(f"p must be >= 0, got {p}")
-        if form not in ("l1", "l2"):
-            raise ValueError(f"form must be 'l1' or 'l2', got {form!r}")
+        self._init_budget(p, form)
         super().__init__(
             model, xi, psi, lambda_init, lambda_min, per_tensor=False, scope=scope, include_bias=include_bias
         )
-        self.p, self.form = float(p), form
         self.groups = OutputGroups(self.param_names, self.shapes)
         w0 = self.lam
         self.lam = nn.Parameter(
@@ -79,8 +75,7 @@ class GroupHALO(_LearnedScale):
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:
         norms = self.group_norms(model).to(self.lam.dtype)
         shrink = (norms / self._lam().square()).sum()
-        budget = self.lam.abs().sum() - self.p
-        return self.xi * shrink + self.psi * (budget.square() if self.form == "l2" else budget.abs())
+        return self.xi * shrink + self.psi * self.budget_term(self.lam.abs().sum())
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:

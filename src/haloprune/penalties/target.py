@@ -28,7 +28,6 @@ from typing import Any
 
 from ..schedules import cubic_sparsity
 
-
 _MAX_ERROR = 3.0  # |log(d / d_target)| counted at most (a factor e³ ≈ 20 in density)
 _MAX_STEP = 0.5  # most the integral part of log c moves in one update
 _MAX_RANGE = 15.0  # the integral part stays within e^±15 of its start
