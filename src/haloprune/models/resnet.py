@@ -93,16 +93,12 @@ class ResNet(nn.Module):
 
 
 @MODELS.register("resnet18")
-def resnet18(
-    in_channels: int = 3, image_size: int = 32, num_classes: int = 10, width: float = 1.0
-) -> ResNet:
+def resnet18(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, width: float = 1.0) -> ResNet:
     """ResNet-18 (BasicBlock x [2, 2, 2, 2]), CIFAR stem; ``image_size`` is accepted for a uniform API."""
     return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, num_classes, width)
 
 
 @MODELS.register("resnet50")
-def resnet50(
-    in_channels: int = 3, image_size: int = 32, num_classes: int = 10, width: float = 1.0
-) -> ResNet:
+def resnet50(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, width: float = 1.0) -> ResNet:
     """ResNet-50 (Bottleneck x [3, 4, 6, 3]), CIFAR stem; ``image_size`` is accepted for a uniform API."""
     return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, num_classes, width)
