@@ -13,14 +13,7 @@ from haloprune import build_model, global_magnitude_prune, save_sparse
 from haloprune.errors import HaloPruneError
 from haloprune.masks import get_masks
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small layers on a busy 2-core machine run far faster with 1 thread than with 2."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5", "vgg16-bn"])
@@ -170,6 +163,51 @@ def test_cli_export_rejects_bad_sparsity(tmp_path: Path, capsys: pytest.CaptureF
     run = _finished_run(tmp_path)
     assert main(["export", str(run), "--sparsity", "1.5", "--format", "onnx"]) == 2
     assert "--sparsity must be in [0, 1)" in capsys.readouterr().err
+
+
+def _inference_benchmark():
+    """benchmarks/inference.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("inference_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_inference_benchmark_runners_match_the_slimmed_model(tmp_path: Path) -> None:
+    """The benchmark's deployment forms compute what the model computes: onnxruntime with and without
+    I/O binding (a result the caller owns, per batch size), CSR layers and torch.compile, under
+    inference_mode as they are timed."""
+    pytest.importorskip("onnxruntime")
+    bench = _inference_benchmark()
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100").eval()
+    global_magnitude_prune(model, 0.98)
+    x1 = torch.zeros(1, 1, 28, 28)
+    small = haloprune.slim(model, x1)
+    path = haloprune.export.export_onnx(model, tmp_path / "m.onnx", x1)
+    runners = {
+        "ort": bench.ort_runner(path),
+        "ort-iob": bench.ort_runner(path, io_binding=True),
+        "csr": bench.to_csr(model),
+    }
+    with torch.inference_mode():
+        for batch in (1, 3, 1):
+            x, y = torch.randn(batch, 1, 28, 28), torch.randn(batch, 1, 28, 28)
+            for name, fn in runners.items():
+                first = fn(x)
+                fn(y)  # a later call must not overwrite an earlier result
+                assert (first - small(x)).abs().max() <= 1e-5, name
+    fn = bench.compiled(small, torch.randn(1, 1, 28, 28), torch.randn(2, 1, 28, 28))
+    if fn is None:
+        pytest.skip("torch.compile cannot compile here (no C++ compiler)")
+    with torch.inference_mode():
+        x = torch.randn(5, 1, 28, 28)
+        assert (fn(x) - small(x)).abs().max() <= 1e-5
 
 
 @pytest.mark.slow

@@ -16,14 +16,7 @@ from haloprune.masks import attach_mask, get_masks
 from haloprune.pruning import count_cost, group_prune
 from haloprune.slim import AddConstant, SelectFeatures, slim
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs on a busy 2-core machine are 100x slower with 2 threads than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODELS = {  # name: (kwargs, one input's shape)

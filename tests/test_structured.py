@@ -19,14 +19,7 @@ from haloprune.penalties import PENALTIES, GroupHALO, build_penalty
 from haloprune.pruning import Cost, _attach_group_masks, count_cost, group_prune, group_scores
 from haloprune.slim import slim
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small layers on a busy 2-core machine run far faster with 1 thread than with 2."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net() -> nn.Module:
