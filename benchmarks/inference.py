@@ -4,6 +4,10 @@ For LeNet-300-100 and LeNet-5 on Fashion-MNIST, trained with HALO (unstructured)
 (structured), pruned once at 90 / 95 / 98% sparsity, each network in these forms:
 
 * ``dense``       the unpruned HALO network, fp32, eager PyTorch (the reference: "no pruning")
+* ``dense-compiled``  the same, ``torch.compile`` (inductor, default mode), file: as ``dense``
+* ``dense-ort-iob``   the same exported to ONNX, run by onnxruntime with I/O binding (as ``slim-ort-iob``);
+                  file: that ONNX file. These two are extra baselines: the dense network in the runtimes
+                  the slimmed one gets, so that a speedup from the runtime is not taken for one from pruning
 * ``masked``      pruned weights set to zero in the full-size layers (what pruning gives by itself); file:
                   haloprune's compact safetensors (surviving values + bitmask/positions)
 * ``csr``         every ``Linear`` as a ``torch.sparse_csr`` matrix (int32 indices) through ``F.linear``;
@@ -11,22 +15,28 @@ For LeNet-300-100 and LeNet-5 on Fashion-MNIST, trained with HALO (unstructured)
                   of the CSR tensors and the remaining dense parameters
 * ``slim``        :func:`haloprune.slim` of the masked network: dead neurons, filters and input pixels
                   physically removed, plain dense layers, eager PyTorch; file: its ONNX export
-* ``slim-ort``    the same ONNX file run by onnxruntime
+* ``slim-compiled``  the slimmed network through ``torch.compile``; file: the same ONNX export (the
+                  compiled code is built from the network at load time and has no file of its own)
+* ``slim-ort``    the same ONNX file run by onnxruntime (``session.run``: numpy in, a new array out)
+* ``slim-ort-iob``  the same ONNX file, onnxruntime with ``IOBinding``: a persistent input and output
+                  buffer per input shape, bound once; each call copies its input in and the output out
 * ``group-slim``  the group-halo network pruned by whole neurons/filters to the same number of weights,
                   slimmed (eager PyTorch); file: its ONNX export
 * ``group-ort``   the same ONNX file run by onnxruntime
 
 Latency: medians over interleaved rounds (every form timed once per round, in turn), batch 1 and batch 256,
-with ``torch.set_num_threads(1)`` and onnxruntime limited to 1 thread, after warm-up. The tables show the
-process's CPU time per call, which on an idle core is the latency and on a shared machine leaves out the
-waits for a core; wall-clock medians are in the JSON too. Accuracy: the
+with ``torch.set_num_threads(1)`` and onnxruntime limited to 1 thread (all graph optimisations, sequential
+execution), after warm-up (compilation included), every call under ``torch.inference_mode()``. The tables
+show the process's CPU time per call, which on an idle core is the latency and on a shared machine leaves
+out the waits for a core; wall-clock medians are in the JSON too. Accuracy: the
 Fashion-MNIST test set (10,000 images). The networks are trained here (``--epochs``, default 10, stored
 under ``--out-dir`` and reused on the next call) unless given as finished run directories.
 
 The last line is ``size_ratio=<X> speedup_batch1=<Y>``: for the 98% LeNet-300-100, the fastest form at
-batch 1 among those within 0.5 points of the masked network's test accuracy; ``size_ratio`` is its file
-size over the dense fp32 parameter bytes (smaller is better), ``speedup_batch1`` the dense batch-1 latency
-over its own, in CPU time (larger is better).
+batch 1 among the pruned ones (not ``dense*``) within 0.5 points of the masked network's test accuracy;
+``size_ratio`` is its file size (for a form without a file of its own, the file it is built from, as listed
+above) over the dense fp32 parameter bytes (smaller is better), ``speedup_batch1`` the batch-1 latency of
+``dense`` (fp32, eager PyTorch) over its own, in CPU time (larger is better).
 
     python benchmarks/inference.py                 # ~10 min on 2 CPU cores
     python benchmarks/inference.py --quick         # 1 epoch on 10k images, fewer rounds: a smoke test
@@ -83,8 +93,12 @@ class CSRLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+@torch.inference_mode()
 def to_csr(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Linear`` replaced by a :class:`CSRLinear`."""
+    """A copy of ``model`` with every ``nn.Linear`` replaced by a :class:`CSRLinear`.
+
+    Built under ``inference_mode``: in torch 2.13 ``F.linear`` with a CSR weight made outside it fails
+    inside it ("Cannot set version_counter for inference tensor"), and every form is timed inside it."""
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear):
@@ -108,20 +122,63 @@ def csr_bytes(model: nn.Module) -> int:
     return buf.getbuffer().nbytes
 
 
-def ort_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def ort_runner(path: Path, io_binding: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """onnxruntime on one CPU thread, all graph optimisations, sequential execution.
+
+    ``io_binding``: instead of ``session.run`` (numpy in, a newly allocated numpy array out), bind a
+    persistent input and output buffer per input shape once (``IOBinding``), copy each input into its
+    buffer and return a copy of the output buffer, so that the caller owns the result as with every other
+    form; the copies are in the timings."""
+    import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if not io_binding:
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
-    return run
+        return run
+
+    out_meta = session.get_outputs()[0]
+    bound: dict[torch.Size, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+
+    def run_bound(x: torch.Tensor) -> torch.Tensor:
+        if x.shape not in bound:
+            inp = torch.empty(x.shape)
+            out = torch.empty(x.shape[0], *out_meta.shape[1:])
+            binding = session.io_binding()
+            binding.bind_input("input", "cpu", 0, np.float32, tuple(inp.shape), inp.data_ptr())
+            binding.bind_output(out_meta.name, "cpu", 0, np.float32, tuple(out.shape), out.data_ptr())
+            bound[x.shape] = (binding, inp, out)
+        binding, inp, out = bound[x.shape]
+        inp.copy_(x)
+        session.run_with_iobinding(binding)
+        return out.clone()
+
+    return run_bound
 
 
-@torch.no_grad()
+def compiled(model: nn.Module, *examples: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``torch.compile`` (inductor, default mode) of a copy of ``model``, warmed up under
+    ``inference_mode`` on every example shape (batch 1 is specialised; a second batch size makes the batch
+    dimension dynamic for the others); None, with a note, where it cannot compile (no C++ compiler)."""
+    fn = torch.compile(copy.deepcopy(model).eval())
+    try:
+        with torch.inference_mode():
+            for x in examples:
+                fn(x)
+    except Exception as e:  # inductor raises many kinds; the form is then left out
+        print(f"  torch.compile left out: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+        return None
+    return fn
+
+
+@torch.inference_mode()
 def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
     correct = 0
     for i in range(0, len(y), 1000):
@@ -129,7 +186,7 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     return 100.0 * correct / len(y)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def latencies(
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int, budget_s: float
 ) -> dict[str, dict[str, float]]:
@@ -240,6 +297,10 @@ def main() -> None:
         inputs = {1: x_test[:1].clone(), 256: x_test[:256].clone()}
         dense_bytes = sum(p.numel() * p.element_size() for p in halo.parameters())
         dense_cost = count_cost(halo, x1, nonzero_only=False)
+        # the dense network in the same runtimes as the slimmed one: fair extra baselines
+        dense_compiled = compiled(halo, inputs[1], inputs[256])
+        dense_onnx = export_onnx(halo, files / f"{model_name}-dense.onnx", x1)
+        dense_ort = ort_runner(dense_onnx, io_binding=True)
         for s in sparsities:
             masked = copy.deepcopy(halo)
             global_magnitude_prune(masked, s)
@@ -254,15 +315,22 @@ def main() -> None:
             group_small = slim(grouped, x1)
             group_path = export_onnx(grouped, files / f"{model_name}-{s:g}-group.onnx", x1)
             csr = to_csr(masked)
-            forms: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int, nn.Module | None]] = {
+            small_compiled = compiled(small, inputs[1], inputs[256])
+            onnx_bytes = onnx_path.stat().st_size
+            forms: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor] | None, int, nn.Module | None]] = {
                 "dense": (halo, dense_bytes, halo),
+                "dense-compiled": (dense_compiled, dense_bytes, halo),
+                "dense-ort-iob": (dense_ort, dense_onnx.stat().st_size, halo),
                 "masked": (masked, sparse_path.stat().st_size, masked),
                 "csr": (csr, csr_bytes(csr), None),
-                "slim": (small, onnx_path.stat().st_size, small),
-                "slim-ort": (ort_runner(onnx_path), onnx_path.stat().st_size, small),
+                "slim": (small, onnx_bytes, small),
+                "slim-compiled": (small_compiled, onnx_bytes, small),
+                "slim-ort": (ort_runner(onnx_path), onnx_bytes, small),
+                "slim-ort-iob": (ort_runner(onnx_path, io_binding=True), onnx_bytes, small),
                 "group-slim": (group_small, group_path.stat().st_size, group_small),
                 "group-ort": (ort_runner(group_path), group_path.stat().st_size, group_small),
             }
+            forms = {k: v for k, v in forms.items() if v[0] is not None}  # torch.compile unavailable
             fns = {k: v[0] for k, v in forms.items()}
             lat = {b: latencies(fns, inputs[b], args.rounds, 0.01) for b in inputs}
             masked_acc = None
@@ -277,7 +345,7 @@ def main() -> None:
                 masked_acc = acc if name == "masked" else masked_acc
                 if module is None:
                     cost = count_cost(masked, x1)  # CSR: the nonzeros are what it stores and multiplies
-                elif name in ("dense", "masked"):
+                elif name.startswith("dense") or name == "masked":
                     cost = dense_cost
                 else:
                     cost = count_cost(module, x1, nonzero_only=False)
@@ -309,7 +377,7 @@ def main() -> None:
                 ok = [
                     r
                     for r in rows[-len(forms) :]
-                    if r["accuracy"] >= masked_acc - 0.5 and r["form"] != "dense"
+                    if r["accuracy"] >= masked_acc - 0.5 and not r["form"].startswith("dense")
                 ]
                 final = max(ok, key=lambda r: r["speedup_batch1"])
     (Path(args.out_dir) / "inference.json").write_text(json.dumps(rows, indent=2))
