@@ -17,26 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_gpu_path import SMALL
 
 from haloprune.config import TrainConfig, load_config
 from haloprune.distributed import World, shard
 
-CFG = [
-    'data.name="cifar10"',
-    "data.val_size=20",
-    'model.name="vgg16-bn"',
-    "model.width=0.0625",
-    "optim.epochs=2",
-    "optim.batch_size=16",
-    "optim.lr=0.05",
-    "optim.eval_batch_size=64",
-    'prune.scope="conv"',
-    "penalty.name=halo",
-    "penalty.xi=1e-4",
-    "penalty.psi=1e-2",
-    'penalty.scope="conv"',
-    "name=ddp",
-]
+CFG = [*SMALL, "optim.eval_batch_size=64", "name=ddp"]  # the tiny CIFAR-format VGG + HALO run
 
 
 def _free_port() -> int:
