@@ -96,13 +96,10 @@ class SharedHALO(_LearnedScale):
         )
 
 
-@PENALTIES.register("layer-halo")
-class LayerHALO(BudgetTerm, _LearnedScale):
-    """HALO with one trainable scale per penalised tensor (layer).
-
-    ``ξ · Σ_l ||w_l||_1 / λ_l²  +  ψ · | Σ_l |λ_l| − p |`` (``form="l2"``: the last term squared), with
-    ``self.lam`` of shape ``(number of penalised tensors,)`` in penalised-parameter order.
-    """
+class _GroupedScale(BudgetTerm, _LearnedScale):
+    """One trainable λ per group of weights: ``ξ · Σ_g m_g / λ_g²  +  ψ · | Σ_g |λ_g| − p |`` (``form="l2"``
+    squares the last term), where ``m_g`` is the group's magnitude (:meth:`group_magnitudes`) and ``self.lam``
+    has one entry per group. Subclasses say what a group is."""
 
     def __init__(
         self,
@@ -122,30 +119,62 @@ class LayerHALO(BudgetTerm, _LearnedScale):
         super().__init__(
             model, xi, psi, lambda_init, lambda_min, per_tensor=True, scope=scope, include_bias=include_bias
         )
+        num_groups = self._setup_groups()
+        if num_groups != self.lam.numel():
+            w0 = self.lam
+            self.lam = nn.Parameter(
+                torch.full((num_groups,), float(lambda_init), dtype=w0.dtype, device=w0.device)
+            )
 
-    def lambdas(self) -> dict[str, torch.Tensor]:
-        """λ per penalised parameter (0-dim views into ``self.lam``)."""
-        return {n: self.lam[i] for i, n in enumerate(self.param_names)}
+    def _setup_groups(self) -> int:
+        """Set up whatever defines the groups; return how many there are (here: one per tensor)."""
+        return len(self.param_names)
+
+    def group_magnitudes(self, model: nn.Module | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
 
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:
-        ws = self.weights(model)
-        l1 = torch.stack([w.abs().sum() for w in ws]).to(self.lam.dtype)
-        shrink = (l1 / self._lam().square()).sum()
+        shrink = (self.group_magnitudes(model).to(self.lam.dtype) / self._lam().square()).sum()
         return self.xi * shrink + self.psi * self.budget_term(self.lam.abs().sum())
 
-    def stats(self) -> dict[str, float]:
+    def _lambda_stats(self) -> dict[str, float]:
         lam = self.lam.detach()
-        out = {
+        return {
             "lambda_mean": lam.mean().item(),
             "lambda_min": lam.min().item(),
             "lambda_max": lam.max().item(),
             "lambda_at_floor": (lam <= self.lambda_min).double().mean().item(),
         }
-        out.update({f"lambda/{n}": v.item() for n, v in zip(self.param_names, lam, strict=True)})
+
+    def _repr(self, groups: str) -> str:
+        return (
+            f"xi={self.xi:g}, psi={self.psi:g}, p={self.p:g}, form={self.form!r}, "
+            f"lambda_min={self.lambda_min:g}, {groups}, penalized={self.num_penalized}"
+        )
+
+
+@PENALTIES.register("layer-halo")
+class LayerHALO(_GroupedScale):
+    """HALO with one trainable scale per penalised tensor (layer).
+
+    ``ξ · Σ_l ||w_l||_1 / λ_l²  +  ψ · | Σ_l |λ_l| − p |`` (``form="l2"``: the last term squared), with
+    ``self.lam`` of shape ``(number of penalised tensors,)`` in penalised-parameter order.
+    """
+
+    def lambdas(self) -> dict[str, torch.Tensor]:
+        """λ per penalised parameter (0-dim views into ``self.lam``)."""
+        return {n: self.lam[i] for i, n in enumerate(self.param_names)}
+
+    def group_magnitudes(self, model: nn.Module | None = None) -> torch.Tensor:
+        """``||w_l||_1`` of every penalised tensor."""
+        return torch.stack([w.abs().sum() for w in self.weights(model)])
+
+    def stats(self) -> dict[str, float]:
+        out = self._lambda_stats()
+        out.update(
+            {f"lambda/{n}": v.item() for n, v in zip(self.param_names, self.lam.detach(), strict=True)}
+        )
         return out
 
     def extra_repr(self) -> str:
-        return (
-            f"xi={self.xi:g}, psi={self.psi:g}, p={self.p:g}, form={self.form!r}, "
-            f"lambda_min={self.lambda_min:g}, layers={len(self.param_names)}, penalized={self.num_penalized}"
-        )
+        return self._repr(f"layers={len(self.param_names)}")

@@ -16,48 +16,25 @@ is clamped back to ``[lambda_min, ∞)`` after every step. The shrinkage term re
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import BudgetTerm, Scope
 from .group import OutputGroups
-from .shared import _LearnedScale
+from .shared import _GroupedScale
 
 
 @PENALTIES.register("group-halo")
-class GroupHALO(BudgetTerm, _LearnedScale):
+class GroupHALO(_GroupedScale):
     """HALO over output units: ``ξ · Σ_g ||w_g||_2 / λ_g² + ψ · |Σ_g |λ_g| − p|`` (``form="l2"`` squares).
 
     ``self.lam`` has one entry per group, in the order of :attr:`groups` (layers in module order, then
     output units). With ``include_bias=True`` a unit's bias joins its group.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        xi: float,
-        psi: float,
-        p: float = 0.0,
-        form: Literal["l1", "l2"] = "l1",
-        lambda_init: float = 1.0,
-        lambda_min: float = 1e-3,
-        *,
-        scope: Scope = "all",
-        include_bias: bool = False,
-        **_: Any,
-    ) -> None:
-        self._init_budget(p, form)
-        super().__init__(
-            model, xi, psi, lambda_init, lambda_min, per_tensor=False, scope=scope, include_bias=include_bias
-        )
+    def _setup_groups(self) -> int:
         self.groups = OutputGroups(self.param_names, self.shapes)
-        w0 = self.lam
-        self.lam = nn.Parameter(
-            torch.full((self.groups.num_groups,), float(lambda_init), dtype=w0.dtype, device=w0.device)
-        )
+        return self.groups.num_groups
 
     @property
     def num_groups(self) -> int:
@@ -67,29 +44,19 @@ class GroupHALO(BudgetTerm, _LearnedScale):
         """``||w_g||_2`` of every group, flat, in the order of ``self.lam``."""
         return torch.cat(self.groups.norms(self.weights(model)))
 
+    group_magnitudes = group_norms
+
     def lambdas(self) -> dict[str, torch.Tensor]:
         """λ per penalised weight tensor: one entry per output unit (views into ``self.lam``)."""
         chunks = self.lam.split(self.groups.counts)
         return dict(zip(self.groups.weight_names(), chunks, strict=True))
 
-    def forward(self, model: nn.Module | None = None) -> torch.Tensor:
-        norms = self.group_norms(model).to(self.lam.dtype)
-        shrink = (norms / self._lam().square()).sum()
-        return self.xi * shrink + self.psi * self.budget_term(self.lam.abs().sum())
-
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        lam = self.lam.detach()
         return {
-            "lambda_mean": lam.mean().item(),
-            "lambda_min": lam.min().item(),
-            "lambda_max": lam.max().item(),
-            "lambda_at_floor": (lam <= self.lambda_min).double().mean().item(),
+            **self._lambda_stats(),
             "groups_zero_fraction": (self.group_norms() == 0).double().mean().item(),
         }
 
     def extra_repr(self) -> str:
-        return (
-            f"xi={self.xi:g}, psi={self.psi:g}, p={self.p:g}, form={self.form!r}, "
-            f"lambda_min={self.lambda_min:g}, groups={self.num_groups}, penalized={self.num_penalized}"
-        )
+        return self._repr(f"groups={self.num_groups}")
