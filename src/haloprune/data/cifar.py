@@ -27,7 +27,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,15 +203,14 @@ def download_archive(spec: DatasetSpec, dest: Path, mirrors: Sequence[str], time
     extract it safely and move its folder into place; returns ``dest``. Nothing is left on failure."""
     from haloprune.data.download import _RETRY as RETRY
     from haloprune.data.download import _fetch as fetch
-    from haloprune.data.download import _MirrorFailed as MirrorFailed
+    from haloprune.data.download import try_mirrors
 
     layout = spec.layout
     assert layout is not None
     if not missing_files(dest, layout):
         return dest
-    failures: list[str] = []
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + "/" + urllib.parse.quote(layout.archive)
+
+    def attempt(url: str) -> Path:
         work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".part", dir=dest))
         try:
             archive = work / layout.archive
@@ -237,12 +235,8 @@ def download_archive(spec: DatasetSpec, dest: Path, mirrors: Sequence[str], time
                 shutil.rmtree(target)
             os.replace(extracted, target)
             return dest
-        except MirrorFailed as exc:
-            failures.append(f"{url}: {exc}")
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(work)
-    raise DataError(
-        f"could not download {layout.archive} for {spec.name} from any mirror ({'; '.join(failures)}); "
-        "check your network or proxy, or extract the archive yourself and pass --data-dir"
-    )
+
+    return try_mirrors(layout.archive, spec.name, mirrors, attempt, "extract the archive yourself")

@@ -16,8 +16,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from haloprune.data.datasets import ROLES, DatasetSpec, get_spec, resolve_file
 from haloprune.data.idx import GZIP_MAGIC, read_idx
@@ -68,15 +69,36 @@ def _fetch(url: str, out, timeout: float) -> str:
     return digest.hexdigest()
 
 
+T = TypeVar("T")
+
+
+def try_mirrors(
+    name: str, dataset: str, mirrors: Sequence[str], attempt: Callable[[str], T], do_it_yourself: str
+) -> T:
+    """``attempt(url)`` for ``name`` on each mirror in turn until one succeeds; a mirror that cannot deliver
+    (``_MirrorFailed``) is noted and the next one tried. ``attempt`` verifies what it fetched and leaves
+    nothing behind on failure; a verification failure (``DataError``) ends the download at once."""
+    failures: list[str] = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + urllib.parse.quote(name)
+        try:
+            return attempt(url)
+        except _MirrorFailed as exc:
+            failures.append(f"{url}: {exc}")
+    raise DataError(
+        f"could not download {name} for {dataset} from any mirror ({'; '.join(failures)}); "
+        f"check your network or proxy, or {do_it_yourself} and pass --data-dir"
+    )
+
+
 def _download_one(spec: DatasetSpec, role: str, dest: Path, mirrors: Sequence[str], timeout: float) -> Path:
     fname = spec.files[role]
     archive = f"{fname}.gz"
     target = dest / archive
     payload_sha = spec.payload_sha256.get(role)
     archive_sha = (spec.archive_sha256 or {}).get(role)
-    failures: list[str] = []
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + "/" + urllib.parse.quote(archive)
+
+    def attempt(url: str) -> Path:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{archive}.", suffix=".part", dir=dest)
         tmp = Path(tmp_name)
         try:
@@ -100,15 +122,11 @@ def _download_one(spec: DatasetSpec, role: str, dest: Path, mirrors: Sequence[st
                 )
             os.replace(tmp, target)
             return target
-        except _MirrorFailed as exc:
-            failures.append(f"{url}: {exc}")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-    raise DataError(
-        f"could not download {archive} for {spec.name} from any mirror ({'; '.join(failures)}); "
-        f"check your network or proxy, or install the files yourself and pass --data-dir"
-    )
+
+    return try_mirrors(archive, spec.name, mirrors, attempt, "install the files yourself")
 
 
 def _payload_sha(path: Path) -> str:
