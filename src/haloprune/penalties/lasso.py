@@ -273,7 +273,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                     "target_sparsity: call halo.begin_training(step_budget) before training "
                     "(step_budget = Σ over steps of lr / (1 − momentum))"
                 )
-            if ctrl.step(float(g0["lr"]) / (1.0 - momentum), self.step_budget):
+            if ctrl.step(float(g0["lr"]) / (1.0 - momentum)):
                 nonzero = sum(int(torch.count_nonzero(w)) for w in ws)
                 ctrl.update(nonzero / self.num_penalized, self.step_budget)
                 self._set_xi()

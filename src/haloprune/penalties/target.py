@@ -67,7 +67,7 @@ class SparsityController:
         """Density asked for when ``progress`` (fraction of the step budget) is spent: a cubic ramp."""
         return 1.0 - cubic_sparsity(progress, self.sparsity, 0.0, self.ramp_end)
 
-    def step(self, step_size: float, budget: float) -> bool:
+    def step(self, step_size: float) -> bool:
         """Account for one optimizer step of size ``lr / (1 − momentum)``; True when it is time to measure."""
         self.spent += step_size
         self.steps += 1
