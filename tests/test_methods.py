@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,24 @@ def test_sparsevd_method_reports_targets_and_its_native_sparsity() -> None:
     assert [round(r["achieved_sparsity"], 4) for r in outcome.records] == [0.5, 0.9]
     assert all(0.0 <= r["native_sparsity"] <= 1.0 for r in outcome.records)
     assert any(k.endswith("weight_mask") for k in outcome.state["model"])
+
+
+def test_two_sweep_configs_share_a_per_target_job_and_its_state(tmp_path: Path) -> None:
+    from haloprune.harness import copy_state
+
+    five = {j.method + str(j.sparsity): j for j in expand(load_sweep_config(CONFIGS / "fmnist-lenet5.toml"))}
+    target = {
+        j.method + str(j.sparsity): j
+        for j in expand(load_sweep_config(CONFIGS / "fmnist-lenet5-target.toml"))
+    }
+    a, b = five["gmp0.98"], target["gmp0.98"]
+    assert a.key != b.key and a.result_spec() == b.result_spec()
+    # a job that serves every target evaluates the sweep's list: not the same job
+    assert five["magnitudeNone"].result_spec() != target["magnitudeNone"].result_spec()
+
+    src = tmp_path / "a" / "states"
+    src.mkdir(parents=True)
+    (src / "k.pt").write_bytes(b"state")
+    job = dataclasses.replace(b, spec={**b.spec, "states": str(tmp_path / "b" / "states")})
+    copy_state(job, {"key": "k", "config": {"states": str(src)}})
+    assert (tmp_path / "b" / "states" / f"{job.key}.pt").read_bytes() == b"state"

@@ -20,6 +20,7 @@ import pytest
 from haloprune.errors import HaloPruneError
 from haloprune.store import ResultStore, git_commit
 from haloprune.sweep import Job, run_sweep, worker_threads
+from haloprune.sweep_report import sweep_report
 
 SPARSITIES = [0.5, 0.9]
 _calls = 0
@@ -254,3 +255,98 @@ def test_job_key_stable_and_sensitive_to_each_field() -> None:
     assert dataclasses.replace(job, sparsity=0.9).key != job.key
     with pytest.raises(TypeError, match="JSON-able"):
         Job("s", "halo", 0, None, {"x": object()}, {})
+
+
+def per_target_jobs(sweep: str, method: str, sparsities: list[float], **hyper: Any) -> list[Job]:
+    """One job per target, as the harness makes them: the list and the state folder do not count."""
+    spec = {"kind": "k", "sparsities": sparsities, "states": f"runs/{sweep}/states"}
+    return [
+        Job(sweep, method, 0, s, spec, {"lr": 0.1, **hyper}, ("states", "sparsities")) for s in sparsities
+    ]
+
+
+def test_a_job_done_by_another_sweep_is_taken_over_not_rerun(store: ResultStore) -> None:
+    first = per_target_jobs("a", "gmp", [0.5, 0.9])
+    assert run_sweep(first, fake_job, store, progress=False)["done"] == 2
+
+    seen: list[tuple[str, str]] = []
+    second = per_target_jobs("b", "gmp-cubic", [0.5, 0.9, 0.99])
+    summary = run_sweep(
+        second, fake_job, store, progress=False, adopted=lambda j, src: seen.append((j.key, src["key"]))
+    )
+    assert (summary["reused"], summary["done"], summary["skipped"]) == (2, 1, 0)
+    assert seen == [(second[0].key, first[0].key), (second[1].key, first[1].key)]
+
+    a, b = store.records("a"), store.records("b")
+    assert [r["method"] for r in b] == ["gmp-cubic"] * 3
+    for ra, rb in zip(a, b[:2], strict=True):
+        assert rb["accuracy"] == ra["accuracy"] and rb["pid"] == ra["pid"]  # copied, not recomputed
+        assert rb["reused_from"] == ra["run_key"] and rb["git_commit"] == ra["git_commit"]
+    assert b[2]["reused_from"] is None and ra["reused_from"] is None
+    run = store.run(second[0].key)
+    assert run is not None and run["sweep"] == "b" and run["attempts"] == 0 and run["status"] == "done"
+    text, _ = sweep_report(store, "b", store.path.parent / "b", figures=False)
+    assert "2 of 3 runs were identical jobs already run by sweep a" in text
+
+    # a third sweep taking over from the second names the run that computed the results
+    third = per_target_jobs("c", "gmp", [0.5])
+    assert run_sweep(third, fake_job, store, progress=False)["reused"] == 1
+    assert store.records("c")[0]["reused_from"] == first[0].key
+    assert run_sweep(second + third, fake_job, store, progress=False)["skipped"] == 4
+
+
+def test_reuse_needs_equal_results_and_can_be_switched_off(store: ResultStore) -> None:
+    run_sweep(per_target_jobs("a", "gmp", [0.5]), fake_job, store, progress=False)
+    other_lr = per_target_jobs("b", "gmp", [0.5], lr=0.2)
+    assert run_sweep(other_lr, fake_job, store, progress=False)["done"] == 1
+    other_spec = [
+        dataclasses.replace(j, sweep="c", spec={**j.spec, "kind": "k2"})
+        for j in per_target_jobs("c", "gmp", [0.5])
+    ]
+    assert run_sweep(other_spec, fake_job, store, progress=False)["done"] == 1
+    multi = make_jobs("d", n_seeds=1)  # "sparsities" counts for jobs that serve every target
+    run_sweep(multi, fake_job, store, progress=False)
+    changed = [
+        dataclasses.replace(j, sweep="e", spec={**j.spec, "sparsities": [0.5, 0.9, 0.99]}) for j in multi
+    ]
+    assert run_sweep(changed, fake_job, store, progress=False)["done"] == 2
+    off = per_target_jobs("f", "gmp", [0.5])
+    summary = run_sweep(off, fake_job, store, progress=False, reuse=False)
+    assert (summary["reused"], summary["done"]) == (0, 1)
+
+
+def test_a_failed_run_is_never_taken_over(store: ResultStore) -> None:
+    failing = [
+        dataclasses.replace(j, spec={**j.spec, "fail": True}) for j in per_target_jobs("a", "gmp", [0.5])
+    ]
+    run_sweep(failing, fake_job, store, progress=False)
+    again = [dataclasses.replace(j, sweep="b") for j in failing]
+    summary = run_sweep(again, fake_job, store, progress=False)
+    assert summary["reused"] == 0 and len(summary["failed"]) == 1
+
+
+def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old_schema = """CREATE TABLE runs (key TEXT PRIMARY KEY, sweep TEXT NOT NULL, method TEXT NOT NULL,
+        seed INTEGER NOT NULL, sparsity REAL, config TEXT NOT NULL, hyperparameters TEXT NOT NULL,
+        git_commit TEXT, status TEXT NOT NULL, pid INTEGER, host TEXT, started REAL, finished REAL,
+        wall_seconds REAL, epochs_used INTEGER, error TEXT, attempts INTEGER NOT NULL DEFAULT 0)"""
+    sql(path, old_schema)
+    sql(
+        path,
+        "CREATE TABLE results (run_key TEXT NOT NULL, method TEXT NOT NULL, seed INTEGER NOT NULL, "
+        "sparsity REAL NOT NULL, achieved_sparsity REAL, accuracy REAL, val_accuracy REAL, "
+        "metrics TEXT NOT NULL, UNIQUE (run_key, sparsity))",
+    )
+    sql(
+        path,
+        "INSERT INTO runs VALUES ('k', 's', 'm', 0, NULL, '{}', '{}', 'c', 'done', 1, 'h', 0, 1, 1, 2, "
+        "NULL, 1)",
+    )
+    sql(path, "INSERT INTO results VALUES ('k', 'm', 0, 0.5, 0.5, 0.8, 0.81, '{}')")
+    sql(path, "PRAGMA user_version = 1")
+    with ResultStore(path) as s:
+        assert s.is_done("k")
+        (record,) = s.records("s")
+        assert record["accuracy"] == 0.8 and record["reused_from"] is None
+    assert sql(path, "PRAGMA user_version")[0][0] == 2

@@ -158,7 +158,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .harness import expand, load_sweep_config, run_job
+    from .harness import copy_state, expand, load_sweep_config, run_job
     from .store import ResultStore
     from .sweep import run_sweep
 
@@ -172,9 +172,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             f"sweep {cfg.name}: {len(jobs)} jobs ({len(cfg.methods)} methods, seeds {cfg.seeds}), "
             f"store {cfg.db}"
         )
-        summary = run_sweep(jobs, run_job, store, n_jobs=args.jobs, progress=False if args.quiet else None)
+        summary = run_sweep(
+            jobs,
+            run_job,
+            store,
+            n_jobs=args.jobs,
+            progress=False if args.quiet else None,
+            reuse=not args.no_reuse,
+            adopted=copy_state,
+        )
     print(
         f"done {summary['done']}, skipped {summary['skipped']} (already done), "
+        f"reused {summary['reused']} (done by another sweep), "
         f"failed {len(summary['failed'])}, {summary['wall_seconds']:.0f} s"
     )
     for key, error in summary["failed"]:
@@ -252,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="apply the config's [quick] scale (CI-sized)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="run every job, even one that another sweep in the store has already run identically",
+    )
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="tables and plots of the sweeps in the results store")

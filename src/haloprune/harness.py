@@ -3,7 +3,9 @@
 Every (method, grid point, seed) is a job; methods whose procedure depends on the target sparsity
 (``per_sparsity``) get one job per target. A job's key hashes everything that defines it, so changing the
 config makes new jobs while finished ones are skipped on a rerun. Each finished job also saves its final
-state (``runs/<sweep>/states/<key>.pt``) for the report's plots.
+state (``runs/<sweep>/states/<key>.pt``) for the report's plots. A job that another sweep in the same
+store has already run (same method kind, parameters, run config, seed and target) takes over its
+results and state instead of running again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import json
 import multiprocessing
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +71,19 @@ def expand(cfg: SweepConfig) -> list[Job]:
                         "sparsities": list(cfg.sparsities),
                         "states": states,
                     }
-                    jobs.append(Job(cfg.name, method, seed, s, job_spec, hyper))
+                    # Where the state goes never changes a result; a per-target job reads only its own target.
+                    ignored = ("states", "sparsities") if per_sparsity else ("states",)
+                    jobs.append(Job(cfg.name, method, seed, s, job_spec, hyper, ignored))
     return jobs
+
+
+def copy_state(job: Job, source: dict[str, Any]) -> None:
+    """After ``job`` took over ``source``'s results: copy the source's saved state next to the job's."""
+    src = Path(source["config"]["states"]) / f"{source['key']}.pt"
+    if src.is_file():
+        dst = Path(job.spec["states"]) / f"{job.key}.pt"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
 
 
 @functools.lru_cache(maxsize=4)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = Path("runs/results.sqlite")
 STATUSES = ("pending", "running", "done", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.reused_from
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_seconds REAL,
     epochs_used INTEGER,
     error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reused_from TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep);
 CREATE TABLE IF NOT EXISTS results (
@@ -201,6 +202,9 @@ class ResultStore:
                     raise HaloPruneError(
                         f"{where}: it was written by a newer haloprune (schema {version}); upgrade haloprune"
                     )
+                columns = {row[1] for row in c.execute("PRAGMA table_info(runs)")}
+                if "reused_from" not in columns:  # a schema-1 store: results are kept, nothing reruns
+                    c.execute("ALTER TABLE runs ADD COLUMN reused_from TEXT")
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             conn.close()
@@ -353,6 +357,80 @@ class ResultStore:
                 ),
             )
 
+    def adopt(self, job: Job) -> dict[str, Any] | None:
+        """Take over the results of a finished job that computes the same as ``job``, from any sweep.
+
+        Equal means: same seed, target sparsity and hyperparameters, and the same spec up to
+        ``job.not_in_result`` (the sweep's and the method's names do not count). The results are copied
+        under ``job``'s key and method name, which is marked done with ``reused_from`` naming the run that
+        computed them (its git commit, wall time and epochs are kept). Returns that run (as :meth:`run`),
+        or None when there is none or ``job`` is already done or running in a live process.
+        """
+        wanted = job.result_spec()
+        now = time.time()
+        with self._write() as c:
+            row = c.execute(
+                "SELECT status, pid, host, started FROM runs WHERE key = ?", (job.key,)
+            ).fetchone()
+            if row is not None and (
+                row[0] == "done" or (row[0] == "running" and self._claim_is_live(row[1:], now))
+            ):
+                return None
+            candidates = c.execute(
+                """SELECT key, config, reused_from FROM runs WHERE status = 'done' AND key != ?
+                   AND seed = ? AND sparsity IS ? AND hyperparameters = ? ORDER BY finished""",
+                (job.key, int(job.seed), _float_or_none(job.sparsity), _dumps(job.hyperparameters)),
+            ).fetchall()
+            source = next((k for k, cfg, _ in candidates if job.result_spec(json.loads(cfg)) == wanted), None)
+            if source is None:
+                return None
+            origin = next(r for k, _, r in candidates if k == source) or source
+            c.execute(
+                """INSERT INTO runs (key, sweep, method, seed, sparsity, config, hyperparameters, git_commit,
+                                     status, host, started, finished, wall_seconds, epochs_used, attempts,
+                                     reused_from)
+                   SELECT :key, :sweep, :method, seed, sparsity, :config, hyperparameters, git_commit,
+                          'done', host, started, :now, wall_seconds, epochs_used, 0, :origin
+                   FROM runs WHERE key = :source
+                   ON CONFLICT (key) DO UPDATE SET
+                       sweep = excluded.sweep, method = excluded.method, config = excluded.config,
+                       git_commit = excluded.git_commit, status = 'done', pid = NULL, host = excluded.host,
+                       started = excluded.started, finished = excluded.finished,
+                       wall_seconds = excluded.wall_seconds, epochs_used = excluded.epochs_used,
+                       error = NULL, reused_from = excluded.reused_from""",
+                {
+                    "key": job.key,
+                    "sweep": job.sweep,
+                    "method": job.method,
+                    "config": _dumps(job.spec),
+                    "now": now,
+                    "origin": origin,
+                    "source": source,
+                },
+            )
+            c.execute("DELETE FROM results WHERE run_key = ?", (job.key,))
+            for sparsity, achieved, accuracy, val_accuracy, metrics in c.execute(
+                """SELECT sparsity, achieved_sparsity, accuracy, val_accuracy, metrics FROM results
+                   WHERE run_key = ?""",
+                (source,),
+            ).fetchall():
+                record = {**json.loads(metrics), "method": job.method}
+                c.execute(
+                    """INSERT INTO results (run_key, method, seed, sparsity, achieved_sparsity, accuracy,
+                                            val_accuracy, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        job.key,
+                        job.method,
+                        int(job.seed),
+                        sparsity,
+                        achieved,
+                        accuracy,
+                        val_accuracy,
+                        _dumps(record),
+                    ),
+                )
+        return self.run(source)
+
     def fail(self, job_key: str, error: str) -> None:
         """Mark the job failed with a one-line ``error`` (a later sweep retries it)."""
         line = " ".join(str(error).split())
@@ -405,11 +483,12 @@ class ResultStore:
 
         Each record is the job's metrics dict plus ``method``, ``seed``, ``sparsity``,
         ``achieved_sparsity``, ``accuracy``, ``val_accuracy``, ``hyperparameters`` (parsed), ``sweep``,
-        ``run_key``, ``git_commit``, ``wall_seconds`` and ``epochs_used``.
+        ``run_key``, ``git_commit``, ``wall_seconds``, ``epochs_used`` and ``reused_from`` (the run whose
+        results these are, when taken over from another sweep, else None).
         """
         sql = """SELECT r.metrics, r.method, r.seed, r.sparsity, r.achieved_sparsity, r.accuracy,
                         r.val_accuracy, u.hyperparameters, u.sweep, r.run_key, u.git_commit,
-                        u.wall_seconds, u.epochs_used
+                        u.wall_seconds, u.epochs_used, u.reused_from
                  FROM results AS r JOIN runs AS u ON u.key = r.run_key
                  WHERE u.status = 'done'"""
         args: tuple[Any, ...] = ()
@@ -435,6 +514,7 @@ class ResultStore:
                         "git_commit",
                         "wall_seconds",
                         "epochs_used",
+                        "reused_from",
                     ),
                     rest,
                     strict=True,

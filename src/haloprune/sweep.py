@@ -37,6 +37,9 @@ class Job:
     """One independent unit of a sweep; ``spec`` and ``hyperparameters`` must be JSON-able.
 
     ``sparsity`` is None when one run serves every sparsity (its records then carry their own).
+    ``not_in_result`` names the ``spec`` entries that do not change the job's results (where its outputs
+    go, a list it does not read): two jobs equal up to those entries, the sweep and the method's name
+    compute the same thing, so a sweep can take over the other's results (:meth:`ResultStore.adopt`).
     """
 
     sweep: str
@@ -45,6 +48,7 @@ class Job:
     sparsity: float | None
     spec: dict[str, Any]
     hyperparameters: dict[str, Any]
+    not_in_result: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -64,6 +68,11 @@ class Job:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+    def result_spec(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``spec`` (default: this job's) without the entries that do not change the results."""
+        spec = self.spec if spec is None else spec
+        return {k: v for k, v in spec.items() if k not in self.not_in_result}
 
 
 def worker_threads(n_jobs: int) -> int:
@@ -125,6 +134,8 @@ def run_sweep(
     *,
     n_jobs: int = 1,
     progress: bool | None = None,
+    reuse: bool = True,
+    adopted: Callable[[Job, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run every job not yet done in ``store``, ``n_jobs`` at a time; returns a summary.
 
@@ -133,24 +144,40 @@ def run_sweep(
     job that raises is recorded failed and the sweep goes on; a later sweep retries it. Ctrl-C stops
     the sweep (KeyboardInterrupt is re-raised); jobs cut short are run again by the next sweep.
 
-    Summary: ``done`` (jobs run to completion now), ``skipped`` (already done), ``busy`` (running in
-    another live process), ``failed`` (list of (key, error)) and ``wall_seconds``.
+    With ``reuse``, a job that computes the same as one already done in another sweep of the store takes
+    over its results instead of running (:meth:`ResultStore.adopt`); ``adopted(job, source_run)`` is then
+    called, e.g. to copy files the source wrote.
+
+    Summary: ``done`` (jobs run to completion now), ``skipped`` (already done), ``reused`` (taken over
+    from another sweep), ``busy`` (running in another live process), ``failed`` (list of (key, error))
+    and ``wall_seconds``.
     """
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
     start = time.perf_counter()
     unique = list({job.key: job for job in jobs}.values())
     todo = [job for job in unique if not store.is_done(job.key)]
+    skipped = len(unique) - len(todo)
+    reused = 0
+    if reuse:
+        for job in list(todo):
+            source = store.adopt(job)
+            if source is not None:
+                if adopted is not None:
+                    adopted(job, source)
+                todo.remove(job)
+                reused += 1
     summary: dict[str, Any] = {
         "done": 0,
-        "skipped": len(unique) - len(todo),
+        "skipped": skipped,
+        "reused": reused,
         "busy": 0,
         "failed": [],
         "wall_seconds": 0.0,
     }
     threads = worker_threads(n_jobs)
     disable = None if progress is None else not progress
-    bar = tqdm(total=len(unique), initial=summary["skipped"], desc="sweep", unit="job", disable=disable)
+    bar = tqdm(total=len(unique), initial=skipped + reused, desc="sweep", unit="job", disable=disable)
 
     def tally(outcome: str, key: str, error: str | None) -> None:
         if outcome == "ran":

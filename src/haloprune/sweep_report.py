@@ -33,6 +33,15 @@ def sweep_report(
         f"## {sweep}: test accuracy (%), mean ± std over seeds, setting chosen on validation\n\n"
         f"{sweep_table(chosen)}\n\n### Chosen settings\n\n{chosen_table(chosen)}\n"
     )
+    runs = {r["run_key"]: r["reused_from"] for r in records}
+    sources = [src for src in runs.values() if src]
+    if sources:
+        reused = sorted({run["sweep"] for src in set(sources) if (run := store.run(src))})
+        n = len(sources)
+        text += (
+            f"\n{n} of {len(runs)} runs were identical jobs already run by sweep {', '.join(reused)}: "
+            "their results were taken over (`reused_from` in results.json).\n"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "report.md", folder / "results.json"]
     if figures:
