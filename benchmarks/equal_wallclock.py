@@ -1,12 +1,12 @@
 """Seconds per training epoch of each method's regime, side by side, and the epochs each baseline gets at
 the wall-clock of target-sparsity HALO's 20 epochs.
 
-Regimes (one epoch of ``haloprune.train.fit`` on real Fashion-MNIST, LeNet-300-100, batch 100, each in
+Regimes (one epoch of ``haloprune.train.fit`` on real Fashion-MNIST, LeNet-300-100 or LeNet-5, batch 100, each in
 interleaved rounds, medians): ``dense`` (what magnitude pruning, fine-tuning and IMP train with), ``masked``
 (a pruned network trained with its mask: GMP after its first prune, fine-tuning, IMP rounds), ``l1``
 (penalty through autograd), ``halo-target`` (fused proximal HALO with its controller).
 
-    python benchmarks/equal_wallclock.py [--rounds 5] [--threads 1] [--epochs 20]
+    python benchmarks/equal_wallclock.py [--model lenet-5] [--rounds 5] [--threads 1] [--epochs 20]
 
 The last line is ``epochs_at_equal_wallclock=<regime>:<epochs>,...`` (rounded to whole epochs).
 """
@@ -26,9 +26,9 @@ from haloprune.penalties import L1
 from haloprune.train import fit, load_data
 
 
-def one_epoch(regime: str, data, optim: OptimConfig) -> float:
+def one_epoch(regime: str, data, optim: OptimConfig, arch: str) -> float:
     torch.manual_seed(0)
-    model = build_model("lenet-300-100")
+    model = build_model(arch)
     penalty, pen_cfg = None, None
     if regime == "masked":
         global_magnitude_prune(model, 0.98)
@@ -44,6 +44,7 @@ def one_epoch(regime: str, data, optim: OptimConfig) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lenet-300-100", choices=["lenet-300-100", "lenet-5"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=20, help="target-sparsity HALO's budget in epochs")
@@ -53,11 +54,11 @@ def main() -> None:
     optim = OptimConfig(epochs=args.epochs)
     regimes = ["dense", "masked", "l1", "halo-target"]
     for r in regimes:  # warm-up (compilation of the fused step, allocator)
-        one_epoch(r, data, optim)
+        one_epoch(r, data, optim, args.model)
     times: dict[str, list[float]] = {r: [] for r in regimes}
     for _ in range(args.rounds):
         for r in regimes:
-            times[r].append(one_epoch(r, data, optim))
+            times[r].append(one_epoch(r, data, optim, args.model))
     med = {r: statistics.median(v) for r, v in times.items()}
     print(f"threads={args.threads} rounds={args.rounds} (seconds per epoch incl. validation; medians)")
     print("| regime | s/epoch | vs halo-target | epochs at equal wall-clock |")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from haloprune.config import RunConfig, SweepConfig, load_config
 from haloprune.data import SplitData
 from haloprune.data.datasets import DATASETS
+from haloprune.errors import HaloPruneError
 from haloprune.harness import expand, load_sweep_config
 from haloprune.masks import get_masks
 from haloprune.methods import METHODS, Context
@@ -219,3 +220,26 @@ def test_two_sweep_configs_share_a_per_target_job_and_its_state(tmp_path: Path) 
     job = dataclasses.replace(b, spec={**b.spec, "states": str(tmp_path / "b" / "states")})
     copy_state(job, {"key": "k", "config": {"states": str(src)}})
     assert (tmp_path / "b" / "states" / f"{job.key}.pt").read_bytes() == b"state"
+
+
+@pytest.mark.parametrize("kind", ["gmp", "imp", "snip", "random"])
+def test_per_sparsity_methods_prune_only_the_layers_in_scope(kind: str) -> None:
+    params = {"rounds": 1} if kind == "imp" else {}
+    run = load_config(
+        RunConfig, None, ["optim.epochs=2", "optim.batch_size=50", "model.name=lenet-5", "prune.scope=conv"]
+    )
+    outcome = METHODS[kind](**params).run(Context(run=run, data=_tiny_data(), seed=0), [0.9])
+    state = outcome.state["model"]
+    masked = {k.removesuffix("_mask") for k in state if k.endswith("_mask")}
+    convs = {k for k, v in state.items() if k.endswith(".weight") and v.dim() == 4}
+    assert masked == convs
+    kept = sum(int(state[f"{n}_mask"].sum()) for n in convs)
+    assert 1 - kept / sum(state[n].numel() for n in convs) == pytest.approx(0.9, abs=1e-3)
+    assert outcome.records[0]["achieved_sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_sparsevd_in_a_sweep_needs_every_layer_in_scope() -> None:
+    with pytest.raises(HaloPruneError, match="sparsevd learns a dropout rate for every layer"):
+        load_sweep_config(
+            CONFIGS / "fmnist-lenet5.toml", ["prune.scope=conv", 'methods={vd={kind="sparsevd"}}']
+        )

@@ -313,6 +313,11 @@ class SweepConfig(RunConfig):
             for params in method.points():
                 if isinstance(params.get("penalty"), dict):
                     _check_scope(params["penalty"], self.prune.scope, f"methods.{name}: penalty.scope")
+            if method.kind == "sparsevd" and self.prune.scope != "all":  # its noise is on every layer
+                raise ValueError(
+                    f"methods.{name}: sparsevd learns a dropout rate for every layer, so it needs "
+                    f"prune.scope = 'all' (got {self.prune.scope!r}); drop it from this sweep"
+                )
         return self
 
     def run_part(self) -> dict[str, Any]:

@@ -22,9 +22,12 @@ from . import METHODS
 from .base import Context, Method, Outcome, Params
 
 
-def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """SNIP's connection sensitivity ``|g ⊙ w|`` for every prunable weight (one batch)."""
-    names = select_parameters(model)
+def snip_scores(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """SNIP's connection sensitivity ``|g ⊙ w|`` of the weights ``names`` (default: every prunable
+    weight), on one batch."""
+    names = select_parameters(model) if names is None else names
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     scores = {n: (model.get_parameter(n).grad * model.get_parameter(n)).detach().abs() for n in names}
@@ -46,7 +49,7 @@ class Snip(Method):
         model = ctx.new_model()
         g = torch.Generator().manual_seed(ctx.seed)
         idx = torch.randperm(len(ctx.data.y_train), generator=g)[: self.params.samples].to(ctx.device)
-        scores = snip_scores(model, ctx.data.x_train[idx], ctx.data.y_train[idx])
+        scores = snip_scores(model, ctx.data.x_train[idx], ctx.data.y_train[idx], ctx.prunable(model))
         return _train_masked(ctx, model, masks_from_scores(scores, target), target)
 
 
@@ -63,7 +66,7 @@ class RandomPruning(Method):
         (target,) = sparsities
         model = ctx.new_model()
         g = torch.Generator().manual_seed(ctx.seed + 12345)
-        scores = {n: torch.rand(model.get_parameter(n).shape, generator=g) for n in select_parameters(model)}
+        scores = {n: torch.rand(model.get_parameter(n).shape, generator=g) for n in ctx.prunable(model)}
         return _train_masked(ctx, model, masks_from_scores(scores, target), target)
 
 

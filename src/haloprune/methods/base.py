@@ -23,6 +23,7 @@ from ..config import RunConfig
 from ..data import SplitData
 from ..experiment import pruned_record
 from ..pruning import global_magnitude_prune
+from ..selection import select_parameters
 from ..train import build_network, seed_everything
 
 
@@ -54,9 +55,17 @@ class Context:
         row.update(extra)
         return row
 
+    def prunable(self, model: nn.Module) -> list[str]:
+        """The weights this run prunes: those of the layers in ``prune.scope``."""
+        return select_parameters(model, scope=self.run.prune.scope)
+
+    def prune(self, model: nn.Module, target: float) -> dict[str, torch.Tensor]:
+        """Global magnitude pruning of the layers in ``prune.scope``, in place; returns the masks."""
+        return global_magnitude_prune(model, target, scope=self.run.prune.scope)
+
     def prune_copy(self, model: nn.Module, target: float) -> nn.Module:
         pruned = copy.deepcopy(model)
-        global_magnitude_prune(pruned, target, scope=self.run.prune.scope)
+        self.prune(pruned, target)
         return pruned
 
 

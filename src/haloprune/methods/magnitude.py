@@ -23,9 +23,8 @@ import torch
 from pydantic import Field
 
 from ..masks import attach_mask, get_masks
-from ..pruning import global_magnitude_prune, magnitude_scores, masks_from_scores
+from ..pruning import magnitude_scores, masks_from_scores
 from ..schedules import cubic_sparsity
-from ..selection import select_parameters
 from ..train import fit
 from . import METHODS
 from .base import Context, Method, Outcome, Params
@@ -106,10 +105,10 @@ class GradualMagnitude(Method):
 
         def on_step(step: int) -> None:
             if t0 <= step <= t1 and ((step - t0) % every == 0 or step == t1):
-                global_magnitude_prune(model, cubic_sparsity(step, target, t0, t1))
+                ctx.prune(model, cubic_sparsity(step, target, t0, t1))
 
         fit(model, ctx.data, optim, seed=ctx.seed, name=ctx.name, progress=ctx.progress, on_step=on_step)
-        global_magnitude_prune(model, target)  # no-op unless training ended before t1
+        ctx.prune(model, target)  # no-op unless training ended before t1
         return Outcome([ctx.record(model, target)], optim.epochs, {"model": model.state_dict()})
 
 
@@ -151,7 +150,7 @@ class LotteryTicket(Method):
             progress=ctx.progress,
             on_step=keep_early,
         )
-        names = select_parameters(model)
+        names = ctx.prunable(model)
         keep_per_round = (1.0 - target) ** (1.0 / rounds)
         for r in range(1, rounds + 1):
             sparsity = 1.0 - keep_per_round**r if r < rounds else target
