@@ -128,3 +128,5 @@ def test_cli_prune_on_non_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 2 and "not a haloprune run directory" in err
     code, err = _run_cli(["prune", str(tmp_path), "--sparsity", "1.5"], capsys)
     assert code == 2 and "[0, 1)" in err
+    code, err = _run_cli(["prune", str(tmp_path), "--sparsity", "0.9", "--recalibrate-bn", "-5"], capsys)
+    assert code == 2 and "--recalibrate-bn must be >= 0" in err

@@ -56,6 +56,11 @@ def test_main_job_small_slice(tmp_path: Path, real_fmnist: Path, capsys: pytest.
     assert main(["prune", str(tmp_path / "main" / "dense"), "--sparsity", "0.9", "--layers"]) == 0
     out = capsys.readouterr().out
     assert "fc1.weight" in out and "| 90% |" in out and "per-layer sparsity at 90%" in out
+    # a second prune at other settings adds to the run's prune results, it does not replace them
+    assert main(["prune", str(tmp_path / "main" / "dense"), "--sparsity", "0.5", "0.9", "--per-layer"]) == 0
+    saved = json.loads((tmp_path / "main" / "dense" / "prune_results.json").read_text())
+    assert sorted((r["sparsity"], r["per_layer"]) for r in saved) == [(0.5, True), (0.9, False), (0.9, True)]
+    capsys.readouterr()
 
     # ... and export it compactly; the file loads back into the same network.
     assert main(["export", str(tmp_path / "main" / "dense"), "--sparsity", "0.98"]) == 0

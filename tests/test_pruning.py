@@ -22,7 +22,7 @@ from haloprune import (
     sparsity_report,
 )
 from haloprune.masks import apply_masks_, get_masks, remove_masks
-from haloprune.pruning import format_sparsity_report, masks_from_scores
+from haloprune.pruning import format_sparsity_report, masks_from_scores, recalibrate_batchnorm
 
 
 def _zeros(model: nn.Module) -> int:
@@ -159,3 +159,34 @@ def test_sparsity_report_rows_and_table() -> None:
     assert rows[-1].sparsity == pytest.approx(0.9, abs=1e-6)
     table = format_sparsity_report(rows)
     assert "fc1.weight" in table and "90.00%" in table
+
+
+def test_batchnorm_recalibration_matches_the_pruned_networks_statistics() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.LazyLinear(3)
+    )
+    x = torch.randn(64, 1, 6, 6)
+    model(x)  # materialise the lazy layer
+    model.train()
+    for _ in range(3):  # dense statistics
+        model(torch.randn(32, 1, 6, 6) * 3 + 1)
+    model.eval()
+    global_magnitude_prune(model, 0.7)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+
+    conv_out = model[0](x).detach()  # the pruned convolution's outputs on every image
+    bn = model[1]
+    assert recalibrate_batchnorm(model, x, images=64, batch_size=16) == 1  # an exact average of 4 batches
+    torch.testing.assert_close(bn.running_mean, conv_out.mean(dim=(0, 2, 3)))
+    assert recalibrate_batchnorm(model, x, images=64, batch_size=64) == 1
+    torch.testing.assert_close(bn.running_var, conv_out.transpose(0, 1).flatten(1).var(dim=1))
+    assert bn.momentum == 0.1 and not model.training and not model[3].training  # all restored
+    after = {k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(after[k], weights[k]) for k in after)  # weights and masks untouched
+
+    plain = build_model("lenet-300-100")
+    before = copy.deepcopy(plain.state_dict())
+    assert recalibrate_batchnorm(plain, torch.randn(8, 1, 28, 28)) == 0  # no BatchNorm: nothing to do
+    assert recalibrate_batchnorm(model, x, images=0) == 0
+    assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())

@@ -15,6 +15,7 @@ from .pruning import (
     global_magnitude_prune,
     group_prune,
     layerwise_magnitude_prune,
+    recalibrate_batchnorm,
     sparsity_report,
 )
 from .slim import slim
@@ -39,6 +40,7 @@ __all__ = [
     "layerwise_magnitude_prune",
     "load",
     "load_state_dict",
+    "recalibrate_batchnorm",
     "save_sparse",
     "slim",
     "sparsity_report",

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import HaloPruneError
 
@@ -98,6 +99,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     for s in args.sparsity:
         if not 0.0 <= s < 1.0:
             raise HaloPruneError(f"--sparsity values must be in [0, 1), got {s}")
+    if args.recalibrate_bn is not None and args.recalibrate_bn < 0:
+        raise HaloPruneError(f"--recalibrate-bn must be >= 0 images, got {args.recalibrate_bn}")
     cfg, model, _ = load_trained(args.run_dir)
     if args.data_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(args.data_dir)})})
@@ -115,19 +118,38 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         sorted(set(args.sparsity)),
         per_layer=args.per_layer,
         scope=scope,
+        recalibrate_bn=cfg.prune.recalibrate_bn if args.recalibrate_bn is None else args.recalibrate_bn,
         on_pruned=report_layers if args.layers else None,
     )
-    records = [{"method": cfg.name, **r} for r in rows]
+    records = [{"method": cfg.name, "per_layer": args.per_layer, **r} for r in rows]
     if args.json:
         print(json.dumps(records, indent=2))
     else:
         print(sparsity_table(records))
     for report in layer_reports:
         print(report)
+    _merge_prune_results(Path(args.run_dir) / "prune_results.json", records)
+    return 0
+
+
+def _merge_prune_results(path: Path, records: list[dict[str, Any]]) -> None:
+    """Add ``records`` to the run's ``prune_results.json``, replacing only rows of the same settings
+    (sparsity, per-layer, BatchNorm recalibration): earlier results at other settings are kept."""
     from .checkpoint import save_json
 
-    save_json(records, Path(args.run_dir) / "prune_results.json")
-    return 0
+    def setting(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r.get("sparsity"), bool(r.get("per_layer")), r.get("bn_recalibrated_images", 0))
+
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, list):  # unreadable: keep it aside, never overwrite it
+        path.rename(path.with_name(path.name + ".unreadable"))
+        old = []
+    new = {setting(r) for r in records}
+    merged = [r for r in old if isinstance(r, dict) and setting(r) not in new] + records
+    save_json(sorted(merged, key=setting), path)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -251,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, nargs="+", required=True, help="fractions of weights to remove")
     p.add_argument("--per-layer", action="store_true", help="same fraction per layer instead of global")
     p.add_argument("--layers", action="store_true", help="also print per-layer sparsity")
+    p.add_argument(
+        "--recalibrate-bn",
+        type=int,
+        metavar="N",
+        help="re-estimate BatchNorm statistics on N training images after pruning (default: the run's "
+        "prune.recalibrate_bn, 0 = off)",
+    )
     p.add_argument("--json", action="store_true", help="print records as JSON")
     p.add_argument("--data-dir", type=Path)
     p.set_defaults(func=_cmd_prune)

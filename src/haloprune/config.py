@@ -142,6 +142,9 @@ class PruneConfig(Section):
     # which layers are pruned (and penalised: a penalty's scope must match); the reference prunes
     # only the convolutions of its CIFAR networks
     scope: Literal["all", "conv", "linear"] = _added("all")
+    # training images whose forward passes re-estimate BatchNorm statistics after each one-shot pruning
+    # (no weight changes); 0: off, as in the paper
+    recalibrate_bn: int = _added(0, ge=0)
 
     @field_validator("sparsities")
     @classmethod
@@ -323,8 +326,9 @@ class SweepConfig(RunConfig):
     def run_part(self) -> dict[str, Any]:
         """What every job of the sweep shares (data, model, optimiser, device; the pruning scope if set)."""
         part = self.model_dump(mode="json", include={"data", "model", "optim", "device"})
-        if self.prune.scope != "all":  # only when set: the keys of earlier jobs stay the same
-            part["prune"] = {"scope": self.prune.scope}
+        prune = self.prune.model_dump(mode="json", include={"scope", "recalibrate_bn"})
+        if prune:  # only what is set (defaults are left out): the keys of earlier jobs stay the same
+            part["prune"] = prune
         return part
 
 

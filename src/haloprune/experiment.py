@@ -19,7 +19,12 @@ from torch import nn
 from .checkpoint import save_json, save_text
 from .config import CompareConfig, MethodConfig, to_toml
 from .data import SplitData
-from .pruning import global_magnitude_prune, layerwise_magnitude_prune, sparsity_report
+from .pruning import (
+    global_magnitude_prune,
+    layerwise_magnitude_prune,
+    recalibrate_batchnorm,
+    sparsity_report,
+)
 from .selection import Scope
 from .train import TrainResult, evaluate, train
 
@@ -56,17 +61,25 @@ def prune_and_evaluate(
     batch_size: int = 1000,
     splits: Sequence[str] = ("val", "test"),
     scope: Scope = "all",
+    recalibrate_bn: int = 0,
     on_pruned: Callable[[float, nn.Module], None] | None = None,
 ) -> list[dict[str, Any]]:
     """For each sparsity: prune a copy of ``model`` once by magnitude (the layers in ``scope``), evaluate
-    it, no fine-tuning. ``on_pruned(sparsity, pruned_copy)`` sees each pruned copy (e.g. to report its
+    it, no fine-tuning. ``recalibrate_bn``: training images to re-estimate BatchNorm statistics on after
+    pruning (0: off). ``on_pruned(sparsity, pruned_copy)`` sees each pruned copy (e.g. to report its
     layers)."""
     prune = layerwise_magnitude_prune if per_layer else global_magnitude_prune
     rows = []
     for s in sparsities:
         pruned = copy.deepcopy(model)
         prune(pruned, s, scope=scope)
-        rows.append(pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, scope=scope))
+        recalibrated = recalibrate_batchnorm(
+            pruned, data.x_train, images=recalibrate_bn, batch_size=batch_size
+        )
+        row = pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, scope=scope)
+        if recalibrated:
+            row["bn_recalibrated_images"] = min(recalibrate_bn, len(data.x_train))
+        rows.append(row)
         if on_pruned is not None:
             on_pruned(s, pruned)
     return rows
@@ -91,6 +104,7 @@ def _select(
                 splits=("val",),
                 batch_size=cfg.optim.eval_batch_size,
                 scope=cfg.prune.scope,
+                recalibrate_bn=cfg.prune.recalibrate_bn,
             )
             score = sum(r["val_accuracy"] for r in rows) / len(rows)
         log.append(
@@ -153,6 +167,7 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
             per_layer=cfg.prune.per_layer,
             batch_size=cfg.optim.eval_batch_size,
             scope=cfg.prune.scope,
+            recalibrate_bn=cfg.prune.recalibrate_bn,
         ):
             records.append({**base, **row})
     summary = {

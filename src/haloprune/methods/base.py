@@ -22,7 +22,7 @@ from torch import nn
 from ..config import RunConfig
 from ..data import SplitData
 from ..experiment import pruned_record
-from ..pruning import global_magnitude_prune
+from ..pruning import global_magnitude_prune, recalibrate_batchnorm
 from ..selection import select_parameters
 from ..train import build_network, seed_everything
 
@@ -64,8 +64,15 @@ class Context:
         return global_magnitude_prune(model, target, scope=self.run.prune.scope)
 
     def prune_copy(self, model: nn.Module, target: float) -> nn.Module:
+        """A pruned copy of ``model`` (BatchNorm statistics recalibrated if ``prune.recalibrate_bn``)."""
         pruned = copy.deepcopy(model)
         self.prune(pruned, target)
+        recalibrate_batchnorm(
+            pruned,
+            self.data.x_train,
+            images=self.run.prune.recalibrate_bn,
+            batch_size=self.run.optim.eval_batch_size,
+        )
         return pruned
 
 
