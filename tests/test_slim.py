@@ -176,6 +176,8 @@ def test_residual_add_keeps_a_channel_alive_in_any_input_and_drops_dead_ones() -
     _assert_same(model, small)
     assert small.a2.out_channels == 7 and small.stem.out_channels == 7 and small.a1.in_channels == 7
     assert any(isinstance(m, AddConstant) for m in small.modules())  # BN constants into padded convs
+    with pytest.raises(ValueError, match="runs only at the image size of the example"):
+        small(torch.zeros(1, 1, 32, 32))  # another size: a clear error, never a silent broadcast
     assert small.a1.out_channels == 4 and small.b1.out_channels == 7
     assert small.b2.out_channels == 10 and small.short.out_channels == 10 and small.fc.in_features == 10
     assert small.bn4.running_mean.shape == (10,)

@@ -90,6 +90,12 @@ class AddConstant(nn.Module):
         self.register_buffer("value", value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != self.value.shape[-2:]:
+            raise ValueError(
+                f"this slimmed model folded constant channels into {tuple(self.value.shape[-2:])} feature "
+                f"maps, got {tuple(x.shape[-2:])}: it runs only at the image size "
+                "of the example it was slimmed with (slim again with an example of the new size)"
+            )
         return x + self.value
 
     def extra_repr(self) -> str:
