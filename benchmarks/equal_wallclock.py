@@ -1,10 +1,10 @@
 """Seconds per training epoch of each method's regime, side by side, and the epochs each baseline gets at
 the wall-clock of target-sparsity HALO's 20 epochs.
 
-Regimes (one epoch of ``haloprune.train.fit`` on real Fashion-MNIST, LeNet-300-100 or LeNet-5, batch 100, each in
-interleaved rounds, medians): ``dense`` (what magnitude pruning, fine-tuning and IMP train with), ``masked``
-(a pruned network trained with its mask: GMP after its first prune, fine-tuning, IMP rounds), ``l1``
-(penalty through autograd), ``halo-target`` (fused proximal HALO with its controller).
+Regimes (one epoch of ``haloprune.train.fit`` on real Fashion-MNIST, LeNet-300-100 or LeNet-5, batch 100,
+each in interleaved rounds, medians): ``dense`` (what magnitude pruning, fine-tuning and IMP train with),
+``masked`` (a pruned network trained with its mask: GMP after its first prune, fine-tuning, IMP rounds),
+``l1`` (penalty through autograd), ``halo-target`` (fused proximal HALO with its controller).
 
     python benchmarks/equal_wallclock.py [--model lenet-5] [--rounds 5] [--threads 1] [--epochs 20]
 
