@@ -243,3 +243,15 @@ def test_sparsevd_in_a_sweep_needs_every_layer_in_scope() -> None:
         load_sweep_config(
             CONFIGS / "fmnist-lenet5.toml", ["prune.scope=conv", 'methods={vd={kind="sparsevd"}}']
         )
+
+
+def test_batchnorm_recalibration_reaches_the_jobs_and_keeps_default_keys() -> None:
+    path = CONFIGS / "fmnist-lenet5.toml"
+    plain, recal = (
+        expand(load_sweep_config(path)),
+        expand(load_sweep_config(path, ["prune.recalibrate_bn=512"])),
+    )
+    assert "prune" not in plain[0].spec["run"]  # the default leaves the keys of finished jobs alone
+    assert {j.key for j in plain}.isdisjoint(j.key for j in recal)
+    run = RunConfig.model_validate({**recal[0].spec["run"], "seed": 0})
+    assert run.prune.recalibrate_bn == 512
