@@ -52,6 +52,26 @@ def pruned_record(
     return row
 
 
+def pruned_copy(
+    model: nn.Module,
+    sparsity: float,
+    data: SplitData,
+    *,
+    per_layer: bool = False,
+    scope: Scope = "all",
+    recalibrate_bn: int = 0,
+    batch_size: int = 1000,
+) -> tuple[nn.Module, int]:
+    """A copy of ``model`` pruned once by magnitude (the layers in ``scope``), its BatchNorm statistics
+    re-estimated on ``recalibrate_bn`` training images (0: off); returns it and the number of images the
+    statistics were re-estimated on (0: none, e.g. a network without BatchNorm)."""
+    pruned = copy.deepcopy(model)
+    (layerwise_magnitude_prune if per_layer else global_magnitude_prune)(pruned, sparsity, scope=scope)
+    if recalibrate_batchnorm(pruned, data.x_train, images=recalibrate_bn, batch_size=batch_size):
+        return pruned, min(recalibrate_bn, len(data.x_train))
+    return pruned, 0
+
+
 def prune_and_evaluate(
     model: nn.Module,
     data: SplitData,
@@ -68,17 +88,20 @@ def prune_and_evaluate(
     it, no fine-tuning. ``recalibrate_bn``: training images to re-estimate BatchNorm statistics on after
     pruning (0: off). ``on_pruned(sparsity, pruned_copy)`` sees each pruned copy (e.g. to report its
     layers)."""
-    prune = layerwise_magnitude_prune if per_layer else global_magnitude_prune
     rows = []
     for s in sparsities:
-        pruned = copy.deepcopy(model)
-        prune(pruned, s, scope=scope)
-        recalibrated = recalibrate_batchnorm(
-            pruned, data.x_train, images=recalibrate_bn, batch_size=batch_size
+        pruned, recalibrated = pruned_copy(
+            model,
+            s,
+            data,
+            per_layer=per_layer,
+            scope=scope,
+            recalibrate_bn=recalibrate_bn,
+            batch_size=batch_size,
         )
         row = pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, scope=scope)
         if recalibrated:
-            row["bn_recalibrated_images"] = min(recalibrate_bn, len(data.x_train))
+            row["bn_recalibrated_images"] = recalibrated
         rows.append(row)
         if on_pruned is not None:
             on_pruned(s, pruned)

@@ -10,7 +10,6 @@ per target; the others (train once, prune at every sparsity) see all targets at 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,8 +20,8 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import SplitData
-from ..experiment import pruned_record
-from ..pruning import global_magnitude_prune, recalibrate_batchnorm
+from ..experiment import pruned_copy, pruned_record
+from ..pruning import global_magnitude_prune
 from ..selection import select_parameters
 from ..train import build_network, seed_everything
 
@@ -65,12 +64,12 @@ class Context:
 
     def prune_copy(self, model: nn.Module, target: float) -> nn.Module:
         """A pruned copy of ``model`` (BatchNorm statistics recalibrated if ``prune.recalibrate_bn``)."""
-        pruned = copy.deepcopy(model)
-        self.prune(pruned, target)
-        recalibrate_batchnorm(
-            pruned,
-            self.data.x_train,
-            images=self.run.prune.recalibrate_bn,
+        pruned, _ = pruned_copy(
+            model,
+            target,
+            self.data,
+            scope=self.run.prune.scope,
+            recalibrate_bn=self.run.prune.recalibrate_bn,
             batch_size=self.run.optim.eval_batch_size,
         )
         return pruned
