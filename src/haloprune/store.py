@@ -265,17 +265,21 @@ class ResultStore:
             return started is not None and now - started < self.stale_after
         return pid is not None and pid_alive(int(pid), since=started)
 
+    def _done_or_running(self, c: sqlite3.Connection, key: str, now: float) -> bool:
+        """Whether job ``key`` is done or claimed by a live process (call inside a write transaction)."""
+        row = c.execute("SELECT status, pid, host, started FROM runs WHERE key = ?", (key,)).fetchone()
+        return row is not None and (
+            row[0] == "done" or (row[0] == "running" and self._claim_is_live(row[1:], now))
+        )
+
     def claim(self, job: Job) -> bool:
         """Mark ``job`` running under this process; False if it is done or running in a live process."""
         key = job.key
         now = time.time()
         sparsity = _float_or_none(job.sparsity)
         with self._write() as c:
-            row = c.execute("SELECT status, pid, host, started FROM runs WHERE key = ?", (key,)).fetchone()
-            if row is not None:
-                status = row[0]
-                if status == "done" or (status == "running" and self._claim_is_live(row[1:], now)):
-                    return False
+            if self._done_or_running(c, key, now):
+                return False
             values = {
                 "key": key,
                 "sweep": job.sweep,
@@ -369,22 +373,19 @@ class ResultStore:
         wanted = job.result_spec()
         now = time.time()
         with self._write() as c:
-            row = c.execute(
-                "SELECT status, pid, host, started FROM runs WHERE key = ?", (job.key,)
-            ).fetchone()
-            if row is not None and (
-                row[0] == "done" or (row[0] == "running" and self._claim_is_live(row[1:], now))
-            ):
+            if self._done_or_running(c, job.key, now):
                 return None
             candidates = c.execute(
                 """SELECT key, config, reused_from FROM runs WHERE status = 'done' AND key != ?
                    AND seed = ? AND sparsity IS ? AND hyperparameters = ? ORDER BY finished""",
                 (job.key, int(job.seed), _float_or_none(job.sparsity), _dumps(job.hyperparameters)),
             ).fetchall()
-            source = next((k for k, cfg, _ in candidates if job.result_spec(json.loads(cfg)) == wanted), None)
-            if source is None:
+            match = next(
+                ((k, r) for k, cfg, r in candidates if job.result_spec(json.loads(cfg)) == wanted), None
+            )
+            if match is None:
                 return None
-            origin = next(r for k, _, r in candidates if k == source) or source
+            source, origin = match[0], match[1] or match[0]
             c.execute(
                 """INSERT INTO runs (key, sweep, method, seed, sparsity, config, hyperparameters, git_commit,
                                      status, host, started, finished, wall_seconds, epochs_used, attempts,

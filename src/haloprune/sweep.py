@@ -158,15 +158,15 @@ def run_sweep(
     unique = list({job.key: job for job in jobs}.values())
     todo = [job for job in unique if not store.is_done(job.key)]
     skipped = len(unique) - len(todo)
-    reused = 0
     if reuse:
-        for job in list(todo):
+        waiting, todo = todo, []
+        for job in waiting:
             source = store.adopt(job)
-            if source is not None:
-                if adopted is not None:
-                    adopted(job, source)
-                todo.remove(job)
-                reused += 1
+            if source is None:
+                todo.append(job)
+            elif adopted is not None:
+                adopted(job, source)
+    reused = len(unique) - skipped - len(todo)
     summary: dict[str, Any] = {
         "done": 0,
         "skipped": skipped,
