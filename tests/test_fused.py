@@ -119,15 +119,18 @@ def test_floor_is_reached_in_the_adversarial_case(monkeypatch: pytest.MonkeyPatc
     assert (fast.lam == 0.05).any()
 
 
-def test_fused_needs_attach_and_sgd() -> None:
+def test_unattached_halo_is_an_ordinary_differentiable_penalty() -> None:
     model = build_model("lenet-300-100")
     halo = HALO(model, xi=1e-6, psi=1e-3)
-    with pytest.raises(RuntimeError, match="attach"):
-        halo()
-    with pytest.raises(TypeError, match="SGD"):
-        halo.attach(torch.optim.Adam(model.parameters()))
+    value = halo()  # not attached: in the loss, through autograd
+    assert value.requires_grad
+    value.backward()
+    assert halo.lam.grad is not None and all(w.grad is not None for w in halo.weights())
+    with pytest.raises(TypeError, match=r"supports torch\.optim\.SGD, torch\.optim\.Adam, torch\.optim\.AdamW, not RMSprop"):
+        halo.attach(torch.optim.RMSprop(model.parameters()))
+    assert not halo.attached
     halo.attach(torch.optim.SGD(model.parameters(), lr=0.1))
-    assert halo().requires_grad is False
+    assert halo.attached and halo().requires_grad is False
 
 
 def test_fused_value_matches_reference_value() -> None:

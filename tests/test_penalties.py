@@ -14,6 +14,7 @@ from torch import nn
 from haloprune import HALO as FusedHALO
 from haloprune import L1, build_model, build_penalty
 from haloprune.penalties import PENALTIES
+from haloprune.penalties.base import valid_keywords
 
 HALO = functools.partial(FusedHALO, fused=False)
 
@@ -149,7 +150,8 @@ def test_penalty_reads_weights_through_torch_compile_wrapper() -> None:
 def test_registry_builds_every_penalty_with_the_shared_interface() -> None:
     model = build_model("lenet-300-100")
     for name in PENALTIES:
-        pen = build_penalty(name, model, xi=1e-6, psi=1e-3)
+        own = valid_keywords(PENALTIES[name])
+        pen = build_penalty(name, model, **{k: v for k, v in {"xi": 1e-6, "psi": 1e-3}.items() if k in own})
         pen.attach(torch.optim.SGD([*model.parameters(), *pen.parameters()], lr=0.1, momentum=0.9))
         value = pen()
         assert value.ndim == 0 and torch.isfinite(value)

@@ -23,6 +23,7 @@ from haloprune.penalties import (
     SharedHALO,
     build_penalty,
 )
+from haloprune.penalties.base import valid_keywords
 from haloprune.penalties.nonconvex import mcp, scad
 
 NAMES = ["0.weight", "3.weight", "5.weight"]
@@ -410,7 +411,9 @@ def test_invalid_arguments_are_rejected(make) -> None:
 
 @pytest.mark.parametrize("name", PENALTIES.names())
 def test_every_registered_penalty_builds_from_config_and_roundtrips(name: str) -> None:
-    kwargs = PenaltyConfig(name=name, xi=1e-3, psi=2.0).kwargs()
+    own = valid_keywords(PENALTIES[name])
+    given = {k: v for k, v in {"xi": 1e-3, "psi": 2.0}.items() if k in own}
+    kwargs = PenaltyConfig(name=name, **given).kwargs()
     model = _net()
     pen = build_penalty(name, model, **kwargs)
     assert isinstance(pen, nn.Module) and repr(pen)

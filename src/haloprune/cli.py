@@ -105,11 +105,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(args.data_dir)})})
     data = load_data(cfg.data, cfg.seed, "cpu")
-    scope = cfg.prune.scope
+    selection = cfg.prune.selection()
     layer_reports: list[str] = []
 
     def report_layers(s: float, pruned: nn.Module) -> None:
-        report = format_sparsity_report(sparsity_report(pruned, scope=scope))
+        report = format_sparsity_report(sparsity_report(pruned, **selection))
         layer_reports.append(f"\nper-layer sparsity at {100 * s:g}%:\n{report}")
 
     rows = prune_and_evaluate(
@@ -117,9 +117,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         data,
         sorted(set(args.sparsity)),
         per_layer=args.per_layer,
-        scope=scope,
         recalibrate_bn=cfg.prune.recalibrate_bn if args.recalibrate_bn is None else args.recalibrate_bn,
         on_pruned=report_layers if args.layers else None,
+        **selection,
     )
     records = [{"method": cfg.name, "per_layer": args.per_layer, **r} for r in rows]
     if args.json:

@@ -59,12 +59,12 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
-    optimizer: Literal["sgd", "adam"] = "sgd"  # HALO's fused path needs SGD
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # HALO's fused path takes all three
     epochs: int = Field(20, gt=0)
     batch_size: int = Field(100, gt=0)  # the GLOBAL batch: under torchrun each process takes its share
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
+    nesterov: bool = False  # SGD only
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     milestones: list[int] = Field(default_factory=list)  # epochs at which "step" multiplies lr by gamma
@@ -73,6 +73,20 @@ class OptimConfig(Section):
     amp: Literal["none", "bf16"] = _added("none")  # bf16 autocast of forward/loss; params and HALO stay fp32
     # channels_last memory format for conv nets; None: on for CUDA, off on CPU
     channels_last: bool | None = _added(None)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = _added(
+        (0.9, 0.999)
+    )  # Adam/AdamW only
+    eps: float = _added(1e-8, gt=0)  # Adam/AdamW only
+
+    @model_validator(mode="after")
+    def _applies(self) -> OptimConfig:
+        if self.optimizer == "sgd":
+            for key, default in (("betas", (0.9, 0.999)), ("eps", 1e-8)):
+                if getattr(self, key) != default:
+                    raise ValueError(f"{key} is an Adam/AdamW setting; optimizer is 'sgd'")
+        elif self.nesterov:
+            raise ValueError(f"nesterov is an SGD setting; optimizer is {self.optimizer!r}")
+        return self
 
 
 M = TypeVar("M")
@@ -109,6 +123,11 @@ class PenaltyConfig(Section):
     psi_hat: float = _added(5.0, gt=0)  # ψ·B: how far λ can travel over the run
     ramp_end: float = _added(0.75, gt=0, le=1)  # fraction of B by which the target density is reached
     prox: bool = _added(False)  # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
+    # HALO with Adam/AdamW: "decoupled" (default) or "coupled" (through Adam's normalisation)
+    coupling: Literal["coupled", "decoupled"] | None = _added(None)
+    # extra parameters by dotted-name glob (e.g. ["tok_emb.weight"]) / default ones left out
+    include: list[str] | None = _added(None)
+    exclude: list[str] | None = _added(None)
 
     @field_validator("name")
     @classmethod
@@ -128,12 +147,48 @@ class PenaltyConfig(Section):
         if self.xi or self.psi:
             raise ValueError("target_sparsity sets xi and psi itself: leave them at 0 (tune psi_hat instead)")
         if not self.fused:
-            raise ValueError("target_sparsity needs the fused path (fused = true, optimizer sgd)")
+            raise ValueError("target_sparsity needs the fused path (fused = true)")
         return self
 
+    @model_validator(mode="after")
+    def _applies(self) -> PenaltyConfig:
+        if self.name == "none":
+            return self
+        valid = _penalty_keys(self.name)
+        for key, field in PenaltyConfig.model_fields.items():
+            if key != "name" and key not in valid and getattr(self, key) != field.get_default():
+                raise ValueError(
+                    f"{key} does not apply to penalty {self.name!r} "
+                    f"(its settings: {', '.join(sorted(valid))})"
+                )
+        return self
+
+    def selection(self) -> dict[str, Any]:
+        """The parameters the penalty acts on, as keyword arguments (scope, include_bias, include,
+        exclude)."""
+        return {k: getattr(self, k) for k in ("scope", "include_bias", "include", "exclude")}
+
     def kwargs(self) -> dict[str, Any]:
-        """Arguments for the penalty's constructor."""
-        return self.model_dump(exclude={"name", "lambda_lr_scale", "lambda_weight_decay"})
+        """Arguments for the penalty's constructor: the settings that apply to it."""
+        valid = _penalty_keys(self.name) - {"lambda_lr_scale", "lambda_weight_decay"}
+        from .penalties import PENALTIES
+        from .penalties.base import valid_keywords
+
+        own = valid_keywords(PENALTIES[self.name])
+        return {k: v for k, v in self.model_dump().items() if k in valid and k in own}
+
+
+def _penalty_keys(name: str) -> set[str]:
+    """The config keys that apply to a registered penalty: its constructor's keyword arguments, plus λ's
+    optimizer settings for penalties with learned parameters."""
+    from .penalties import PENALTIES
+    from .penalties.base import valid_keywords
+
+    cls = PENALTIES[name]
+    keys = valid_keywords(cls) & set(PenaltyConfig.model_fields)
+    if cls.learns:
+        keys |= {"lambda_lr_scale", "lambda_weight_decay"}
+    return keys
 
 
 class PruneConfig(Section):
@@ -145,6 +200,14 @@ class PruneConfig(Section):
     # training images whose forward passes re-estimate BatchNorm statistics after each one-shot pruning
     # (no weight changes); 0: off, as in the paper
     recalibrate_bn: int = _added(0, ge=0)
+    # parameters pruned besides (include) or instead of (exclude) the default ones, by dotted-name glob;
+    # a penalty must name the same
+    include: list[str] | None = _added(None)
+    exclude: list[str] | None = _added(None)
+
+    def selection(self) -> dict[str, Any]:
+        """The pruned parameters as keyword arguments (scope, include, exclude)."""
+        return {"scope": self.scope, "include": self.include, "exclude": self.exclude}
 
     @field_validator("sparsities")
     @classmethod
@@ -178,19 +241,22 @@ class TrainConfig(RunConfig):
 
     @model_validator(mode="after")
     def _same_scope(self) -> TrainConfig:
-        _check_scope(self.penalty.model_dump(), self.prune.scope, "penalty.scope")
+        _check_scope(self.penalty.model_dump(), self.prune, "penalty")
         return self
 
 
-def _check_scope(penalty: dict[str, Any], prune_scope: str, where: str) -> None:
-    """A penalty acts on the layers that are pruned: its scope must be ``prune.scope``."""
+def _check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> None:
+    """A penalty acts on the parameters that are pruned: its scope, include and exclude must be
+    ``prune``'s."""
     if penalty.get("name", "none") == "none":
         return
-    scope = penalty.get("scope", "all")
-    if scope != prune_scope:
-        raise ValueError(
-            f"{where} is {scope!r} but prune.scope is {prune_scope!r}: set both to the layers to prune"
-        )
+    for key, default in (("scope", "all"), ("include", None), ("exclude", None)):
+        mine, theirs = penalty.get(key, default), getattr(prune, key)
+        if mine != theirs:
+            raise ValueError(
+                f"{where}.{key} is {mine!r} but prune.{key} is {theirs!r}: set both to the parameters "
+                "to prune"
+            )
 
 
 class MethodConfig(Section):
@@ -315,7 +381,7 @@ class SweepConfig(RunConfig):
         for name, method in self.methods.items():
             for params in method.points():
                 if isinstance(params.get("penalty"), dict):
-                    _check_scope(params["penalty"], self.prune.scope, f"methods.{name}: penalty.scope")
+                    _check_scope(params["penalty"], self.prune, f"methods.{name}: penalty")
             if method.kind == "sparsevd" and self.prune.scope != "all":  # its noise is on every layer
                 raise ValueError(
                     f"methods.{name}: sparsevd learns a dropout rate for every layer, so it needs "

@@ -12,7 +12,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from torch import nn
 
@@ -25,7 +25,7 @@ from .pruning import (
     recalibrate_batchnorm,
     sparsity_report,
 )
-from .selection import Scope
+from .selection import SelectionArgs
 from .train import TrainResult, evaluate, train
 
 
@@ -36,14 +36,14 @@ def pruned_record(
     *,
     batch_size: int = 1000,
     splits: Sequence[str] = ("val", "test"),
-    scope: Scope = "all",
+    **selection: Unpack[SelectionArgs],
 ) -> dict[str, Any]:
     """One result row for an already pruned model: target and achieved sparsity (over the layers in
     ``scope``), nonzeros, accuracies.
 
     ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty).
     """
-    total = sparsity_report(model, scope=scope)[-1]
+    total = sparsity_report(model, **selection)[-1]
     row: dict[str, Any] = {"sparsity": target, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
     for split in splits:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
@@ -58,15 +58,15 @@ def pruned_copy(
     data: SplitData,
     *,
     per_layer: bool = False,
-    scope: Scope = "all",
     recalibrate_bn: int = 0,
     batch_size: int = 1000,
+    **selection: Unpack[SelectionArgs],
 ) -> tuple[nn.Module, int]:
     """A copy of ``model`` pruned once by magnitude (the layers in ``scope``), its BatchNorm statistics
     re-estimated on ``recalibrate_bn`` training images (0: off); returns it and the number of images the
     statistics were re-estimated on (0: none, e.g. a network without BatchNorm)."""
     pruned = copy.deepcopy(model)
-    (layerwise_magnitude_prune if per_layer else global_magnitude_prune)(pruned, sparsity, scope=scope)
+    (layerwise_magnitude_prune if per_layer else global_magnitude_prune)(pruned, sparsity, **selection)
     if recalibrate_batchnorm(pruned, data.x_train, images=recalibrate_bn, batch_size=batch_size):
         return pruned, min(recalibrate_bn, len(data.x_train))
     return pruned, 0
@@ -80,9 +80,9 @@ def prune_and_evaluate(
     per_layer: bool = False,
     batch_size: int = 1000,
     splits: Sequence[str] = ("val", "test"),
-    scope: Scope = "all",
     recalibrate_bn: int = 0,
     on_pruned: Callable[[float, nn.Module], None] | None = None,
+    **selection: Unpack[SelectionArgs],
 ) -> list[dict[str, Any]]:
     """For each sparsity: prune a copy of ``model`` once by magnitude (the layers in ``scope``), evaluate
     it, no fine-tuning. ``recalibrate_bn``: training images to re-estimate BatchNorm statistics on after
@@ -95,11 +95,11 @@ def prune_and_evaluate(
             s,
             data,
             per_layer=per_layer,
-            scope=scope,
             recalibrate_bn=recalibrate_bn,
             batch_size=batch_size,
+            **selection,
         )
-        row = pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, scope=scope)
+        row = pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, **selection)
         if recalibrated:
             row["bn_recalibrated_images"] = recalibrated
         rows.append(row)
@@ -126,7 +126,7 @@ def _select(
                 cfg.select_sparsities,
                 splits=("val",),
                 batch_size=cfg.optim.eval_batch_size,
-                scope=cfg.prune.scope,
+                **cfg.prune.selection(),
                 recalibrate_bn=cfg.prune.recalibrate_bn,
             )
             score = sum(r["val_accuracy"] for r in rows) / len(rows)
@@ -169,7 +169,7 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
         selection += log
         per_epoch = statistics.median(r["seconds"] for r in res.history)  # robust to compile warm-up
         unpruned = evaluate(res.model, data.x_test, data.y_test, cfg.optim.eval_batch_size)["accuracy"]
-        own = sparsity_report(res.model, scope=cfg.prune.scope)[-1]
+        own = sparsity_report(res.model, **cfg.prune.selection())[-1]
         base = {
             "method": method,
             "model": cfg.model.name,
@@ -189,7 +189,7 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
             cfg.prune.sparsities,
             per_layer=cfg.prune.per_layer,
             batch_size=cfg.optim.eval_batch_size,
-            scope=cfg.prune.scope,
+            **cfg.prune.selection(),
             recalibrate_bn=cfg.prune.recalibrate_bn,
         ):
             records.append({**base, **row})

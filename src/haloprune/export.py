@@ -199,15 +199,15 @@ def export_run(
     kwargs = network_kwargs(cfg)
     x = torch.zeros(1, kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
     dense = count_cost(model, x, nonzero_only=False)
-    scope = cfg.prune.scope
+    selection = cfg.prune.selection()
     if structured:
-        in_scope = sparsity_report(model, scope=scope)[-1].params
+        in_scope = sparsity_report(model, **selection)[-1].params
         try:
-            group_prune(model, x, params=dense.params - round(sparsity * in_scope), scope=scope)
+            group_prune(model, x, params=dense.params - round(sparsity * in_scope), scope=selection["scope"])
         except ValueError as err:
             raise HaloPruneError(str(err)) from None
     else:
-        global_magnitude_prune(model, sparsity, scope=scope)
+        global_magnitude_prune(model, sparsity, **selection)
     out = Path(out) if out is not None else Path(run_dir) / f"model-{sparsity:g}.{fmt}"
     if fmt == "onnx":
         export_onnx(model, out, x)

@@ -1,29 +1,79 @@
-"""The one place that knows how a pruning mask is stored.
+"""The one place that knows how a pruning mask is stored, and what keeps pruned weights at zero.
 
 A mask is a boolean buffer named ``<param>_mask`` on the module that owns the parameter (``fc1.weight``
-→ buffer ``fc1.weight_mask``), and the pruned entries of the parameter itself are zero. Nothing else:
-no forward hooks and no parametrizations, so a masked model
+→ buffer ``fc1.weight_mask``), and the pruned entries of the parameter itself are zero. No forward hooks
+and no parametrizations, so a masked model keeps its masks in ``state_dict()``, ``copy.deepcopy``,
+``pickle`` / ``torch.save(model)``, runs at dense speed and compiles with ``torch.compile`` like the plain
+model.
 
-* keeps its masks in ``state_dict()``, ``copy.deepcopy``, ``pickle`` / ``torch.save(model)``;
-* runs at dense speed and compiles with ``torch.compile`` like the plain model;
-* keeps pruned weights at exactly zero while training continues, provided :func:`apply_masks_` runs after
-  each optimizer step (the trainer does it; in your own loop call :func:`keep_masked` once).
+**Pruned weights stay pruned, with no call from you.** Importing haloprune installs one global
+optimizer step post-hook (:func:`torch.optim.optimizer.register_optimizer_step_post_hook`): after every
+``step()`` of *any* ``torch.optim`` optimizer, each masked parameter it holds is multiplied by its mask,
+so momentum and Adam moments from before the pruning, weight decay, a new optimizer, HALO's fused step —
+none of them can revive a pruned weight. A masked parameter carries a small link to its owning module
+(``param._haloprune_mask``), kept across ``copy.deepcopy``, pickling and ``.to(device)``; the hook reads
+the mask buffer through it, so the mask in ``state_dict`` is always the one enforced. The hook costs
+nothing for optimizers without masked parameters (see ``benchmarks/mask_enforcement.py`` for the cost
+with them).
 
 To load a pruned ``state_dict`` into a fresh, unpruned model use :func:`load_state_dict`, which attaches
-the masks first.
+the masks first. :func:`keep_masked` is kept for code that called it; it is no longer needed.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .selection import unwrap
 
 SUFFIX = "_mask"
+_LINK = "_haloprune_mask"  # parameter attribute: (MaskOwner, attribute name)
+_OWNER = "_haloprune_mask_owner"  # module attribute: its MaskOwner
+_generation = 0  # bumped whenever a mask is attached or removed (invalidates the hook's per-optimizer cache)
+
+
+class MaskOwner:
+    """Ties a module's masked parameters to their mask buffers, across deepcopy and pickling.
+
+    ``nn.Parameter.__deepcopy__`` drops a parameter's Python attributes, so the link of each masked
+    parameter is re-made by the module's owner object when the module is deep-copied (the module's
+    parameters and buffers are copied before its other attributes, so the copies are in ``memo``).
+    Pickling keeps parameter attributes; the owner pickles as a reference to its module.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        global _generation
+        self._module = weakref.ref(module)
+        _generation += 1  # new masked parameters (also when unpickled or deep-copied)
+
+    @property
+    def module(self) -> nn.Module | None:
+        return self._module()
+
+    def mask(self, attr: str) -> torch.Tensor | None:
+        module = self._module()
+        return None if module is None else module._buffers.get(attr + SUFFIX)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MaskOwner:
+        old = self._module()
+        new_module = memo.get(id(old)) if old is not None else None
+        if new_module is None:  # only the owner is being copied: it cannot stand for any module
+            return self
+        new = MaskOwner(new_module)
+        for attr, param in old._parameters.items():
+            copy = memo.get(id(param))
+            if param is not None and copy is not None and getattr(param, _LINK, None) is not None:
+                setattr(copy, _LINK, (new, attr))
+        return new
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MaskOwner, (self._module(),))
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -31,21 +81,32 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(mod_name) if mod_name else model), attr
 
 
+def _link(module: nn.Module, attr: str) -> None:
+    owner = module.__dict__.get(_OWNER)
+    if not isinstance(owner, MaskOwner) or owner.module is not module:
+        owner = MaskOwner(module)
+        module.__dict__[_OWNER] = owner
+    setattr(module._parameters[attr], _LINK, (owner, attr))
+
+
 @torch.no_grad()
 def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     """Set (or replace, in place) the mask of parameter ``name`` and zero its pruned entries."""
+    global _generation
     model = unwrap(model)
     module, attr = _owner(model, name)
     param = getattr(module, attr)
     if mask.shape != param.shape:
         raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter {tuple(param.shape)}")
     mask = mask.to(device=param.device, dtype=torch.bool)
-    existing = getattr(module, attr + SUFFIX, None)
-    if isinstance(existing, torch.Tensor):
+    existing = module._buffers.get(attr + SUFFIX)
+    if isinstance(existing, torch.Tensor) and existing.shape == mask.shape:
         existing.copy_(mask)
     else:
         module.register_buffer(attr + SUFFIX, mask.clone())
     param.mul_(mask)
+    _link(module, attr)
+    _generation += 1
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -54,7 +115,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     masks = {}
     for name, _ in model.named_parameters():
         module, attr = _owner(model, name)
-        mask = getattr(module, attr + SUFFIX, None)
+        mask = module._buffers.get(attr + SUFFIX)
         if isinstance(mask, torch.Tensor):
             masks[name] = mask
     return masks
@@ -62,7 +123,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def apply_masks_(model: nn.Module) -> None:
-    """Zero the pruned entries of every masked parameter (call after each optimizer step)."""
+    """Zero the pruned entries of every masked parameter (the optimizer hook does this after each step)."""
     model = unwrap(model)
     for name, mask in get_masks(model).items():
         model.get_parameter(name).mul_(mask)
@@ -70,14 +131,23 @@ def apply_masks_(model: nn.Module) -> None:
 
 def remove_masks(model: nn.Module) -> None:
     """Drop the mask buffers; the pruned weights stay zero but are free to grow back if trained."""
+    global _generation
     model = unwrap(model)
     for name in list(get_masks(model)):
         module, attr = _owner(model, name)
         delattr(module, attr + SUFFIX)
+        param = module._parameters[attr]
+        if param is not None and _LINK in param.__dict__:
+            delattr(param, _LINK)
+    _generation += 1
 
 
 def keep_masked(optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
-    """Re-apply the masks after every ``optimizer.step()``; returns the removable hook handle."""
+    """Re-apply the masks of ``model`` after every ``optimizer.step()``; returns the removable handle.
+
+    No longer needed: every optimizer keeps masked weights at zero by itself (see the module doc). Kept
+    for code written against earlier versions; it re-applies the same masks a second time.
+    """
     return optimizer.register_step_post_hook(lambda *_: apply_masks_(model))
 
 
@@ -91,3 +161,39 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], st
     result = model.load_state_dict(state_dict, strict=strict)
     apply_masks_(model)
     return result
+
+
+# ------------------------------------------------------------------------------ the optimizer hook
+
+_plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[Any, list[tuple[torch.Tensor, Any, str]]]]
+_plans = weakref.WeakKeyDictionary()
+
+
+def _masked_params(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, Any, str]]:
+    """``(param, owner, attr)`` for the masked parameters ``optimizer`` holds (cached until a mask or the
+    optimizer's parameter list changes)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    key = (_generation, len(params), id(optimizer.param_groups[0]["params"]) if params else 0)
+    cached = _plans.get(optimizer)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    out = []
+    for p in params:
+        link = p.__dict__.get(_LINK)
+        if link is not None:
+            out.append((p, link[0], link[1]))
+    _plans[optimizer] = (key, out)
+    return out
+
+
+def _enforce_masks(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+    if _generation == 0:  # no mask was ever attached in this process
+        return
+    with torch.no_grad():
+        for p, owner, attr in _masked_params(optimizer):
+            mask = owner.mask(attr)
+            if mask is not None and mask.shape == p.shape:
+                p.mul_(mask if mask.device == p.device else mask.to(p.device))
+
+
+register_optimizer_step_post_hook(_enforce_masks)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -111,8 +111,8 @@ def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, *, per_l
     return out
 
 
-def _prune(model: nn.Module, sparsity: float, per_layer: bool, scope: Scope, include_bias: bool):
-    names = select_parameters(model, scope=scope, include_bias=include_bias)
+def _prune(model: nn.Module, sparsity: float, per_layer: bool, **selection: Any):
+    names = select_parameters(model, **selection)
     masks = masks_from_scores(magnitude_scores(model, names), sparsity, per_layer=per_layer)
     for n, m in masks.items():
         attach_mask(model, n, m)
@@ -120,17 +120,37 @@ def _prune(model: nn.Module, sparsity: float, per_layer: bool, scope: Scope, inc
 
 
 def global_magnitude_prune(
-    model: nn.Module, sparsity: float, *, scope: Scope = "all", include_bias: bool = False
+    model: nn.Module,
+    sparsity: float,
+    *,
+    scope: Scope = "all",
+    include_bias: bool = False,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Prune the smallest-|w| weights across all prunable layers together, in place; returns the masks."""
-    return _prune(model, sparsity, False, scope, include_bias)
+    """Prune the smallest-|w| weights across all prunable layers together, in place; returns the masks.
+
+    Prunable: see :mod:`haloprune.selection` (Linear, Conv and attention weights by default; ``include``
+    / ``exclude`` add or remove parameters by dotted-name glob). A parameter shared by several modules
+    is pruned once."""
+    return _prune(
+        model, sparsity, False, scope=scope, include_bias=include_bias, include=include, exclude=exclude
+    )
 
 
 def layerwise_magnitude_prune(
-    model: nn.Module, sparsity: float, *, scope: Scope = "all", include_bias: bool = False
+    model: nn.Module,
+    sparsity: float,
+    *,
+    scope: Scope = "all",
+    include_bias: bool = False,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Prune the same fraction of smallest-|w| weights in every prunable layer, in place."""
-    return _prune(model, sparsity, True, scope, include_bias)
+    """Prune the same fraction of smallest-|w| weights in every prunable tensor, in place."""
+    return _prune(
+        model, sparsity, True, scope=scope, include_bias=include_bias, include=include, exclude=exclude
+    )
 
 
 @dataclass(frozen=True)
@@ -149,12 +169,19 @@ class LayerSparsity:
 
 
 def sparsity_report(
-    model: nn.Module, *, scope: Scope = "all", include_bias: bool = False
+    model: nn.Module,
+    *,
+    scope: Scope = "all",
+    include_bias: bool = False,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> list[LayerSparsity]:
-    """Per-layer parameters / nonzeros / sparsity of the prunable weights, then a ``total`` row."""
+    """Per-tensor parameters / nonzeros / sparsity of the prunable weights, then a ``total`` row (a
+    parameter shared by several modules is one row, counted once)."""
     model = unwrap(model)
     rows = []
-    for n in select_parameters(model, scope=scope, include_bias=include_bias):
+    names = select_parameters(model, scope=scope, include_bias=include_bias, include=include, exclude=exclude)
+    for n in names:
         p = model.get_parameter(n)
         rows.append(LayerSparsity(n, tuple(p.shape), p.numel(), int(torch.count_nonzero(p).item())))
     rows.append(LayerSparsity("total", (), sum(r.params for r in rows), sum(r.nonzero for r in rows)))
@@ -206,8 +233,8 @@ def count_cost(model: nn.Module, example_input: torch.Tensor, *, nonzero_only: b
         units = w.shape[0]
         positions = out.numel() // (batch * units)
         macs += counted * positions
-        if id(module) not in seen:
-            seen.add(id(module))
+        if id(w) not in seen:  # a weight shared by several layers is counted once
+            seen.add(id(w))
             params += counted
 
     for m in model.modules():

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,13 @@ from .data import SplitData, iterate_batches, load_dataset
 from .data.augment import CropFlip
 from .data.datasets import get_spec
 from .errors import ConfigError, HaloPruneError
-from .masks import apply_masks_, load_state_dict
+from .masks import load_state_dict
 from .models import MODELS, build_model
 from .penalties import Penalty, build_penalty
 from .selection import select_parameters
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 _BAR_SLOT: int | None = None  # in sweep workers: where the per-run bar sits under the sweep's bar
 
@@ -82,8 +85,8 @@ class LRSchedule:
 def build_optimizer(
     model: nn.Module, penalty: Penalty | None, optim: OptimConfig, pen: PenaltyConfig
 ) -> torch.optim.Optimizer:
-    """SGD with momentum (or Adam); the penalty's own parameters (λ) get their own group (reference: same
-    lr and weight decay as the weights)."""
+    """SGD with momentum, Adam or AdamW (``optim.optimizer``); the penalty's own parameters (λ) get their
+    own group (reference: same lr and weight decay as the weights)."""
     groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "name": "model"}]
     extra = list(penalty.parameters()) if penalty is not None else []
     if extra:
@@ -91,8 +94,9 @@ def build_optimizer(
         groups.append(
             {"params": extra, "name": "penalty", "lr": optim.lr * pen.lambda_lr_scale, "weight_decay": wd}
         )
-    if optim.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    if optim.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+        return cls(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
     return torch.optim.SGD(
         groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
     )
@@ -101,17 +105,43 @@ def build_optimizer(
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
     """Mean cross-entropy and accuracy (%) of ``model`` on ``(x, y)``."""
-    if len(y) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
+    return evaluate_batches(model, iterate_batches(x, y, batch_size, shuffle=False, generator=None))
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn = F.cross_entropy,
+) -> dict[str, float]:
+    """Mean loss (``loss_fn``, per example) and, for class logits, accuracy (%) over ``(x, y)`` batches."""
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, 0
-    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False, generator=None):
-        out = model(xb)
-        loss += F.cross_entropy(out, yb, reduction="sum").item()
-        correct += int((out.argmax(1) == yb).sum().item())
-    model.train(was_training)
-    return {"loss": loss / len(y), "accuracy": 100.0 * correct / len(y)}
+    device = _device_of(model)
+    loss, correct, seen, classified = 0.0, 0, 0, True
+    try:
+        for xb, yb in batches:
+            xb, yb = xb.to(device), yb.to(device)
+            out = model(xb)
+            loss += loss_fn(out, yb).item() * len(yb)
+            seen += len(yb)
+            if _is_classification(out, yb):
+                correct += int((out.argmax(1) == yb).sum().item())
+            else:
+                classified = False
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    return {"loss": loss / seen, "accuracy": 100.0 * correct / seen if classified else float("nan")}
+
+
+def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
+    return out.dim() == 2 and y.dim() == 1 and not y.is_floating_point() and len(y) == len(out)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -> SplitData:
@@ -273,8 +303,8 @@ def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig,
 
 def fit(
     model: nn.Module,
-    data: SplitData,
-    optim: OptimConfig,
+    data: SplitData | Batches,
+    optim: OptimConfig | None = None,
     *,
     epochs: int | None = None,
     penalty: Penalty | None = None,
@@ -286,25 +316,44 @@ def fit(
     on_step: Callable[[int], None] | None = None,
     on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    val_data: Batches | None = None,
+    steps_per_epoch: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` (and ``penalty``) in place for ``epochs`` (default ``optim.epochs``) epochs.
 
+    ``data`` is a :class:`~haloprune.data.SplitData` (the library's datasets: batches drawn with a
+    generator seeded by ``seed``, validation on its validation split) or **any re-iterable of ``(x, y)``
+    batches** — a ``torch.utils.data.DataLoader``, a list — moved to the model's device as they come;
+    ``val_data`` (the same kind) is then evaluated after each epoch, and ``steps_per_epoch`` is needed
+    only if ``data`` has no ``len()``. ``loss_fn(output, y)`` is the task loss (default cross-entropy);
+    accuracies are reported when outputs are class logits. ``optim`` defaults to ``OptimConfig()``
+    (SGD, lr 0.1, momentum 0.9, cosine).
+
     Per step: forward → task loss (+ penalty if it goes in the loss, + ``extra_loss(model, step)``) →
-    backward → optimizer step (a fused penalty applies itself there) → lr schedule → masks re-applied
-    → ``on_step(step)``. Per epoch: evaluate on the validation split, one metrics row, then
-    ``on_epoch(epoch, row, state)`` where ``state`` holds the optimizer, scheduler and generator (for
-    checkpoints). Returns the metrics rows. Batches are drawn with a generator seeded by ``seed``.
-    ``resume`` (a checkpoint written at the end of an epoch) restores the optimizer, scheduler, batch
-    generator and RNG states and continues with the next epoch, exactly as if never interrupted.
+    backward → optimizer step (an attached penalty applies itself there; masked weights stay zero) → lr
+    schedule → ``on_step(step)``. Per epoch: evaluate, one metrics row, then ``on_epoch(epoch, row,
+    state)`` where ``state`` holds the optimizer, scheduler and generator (for checkpoints). Returns the
+    metrics rows. ``resume`` (a checkpoint written at the end of an epoch) restores the optimizer,
+    scheduler, batch generator and RNG states and continues with the next epoch, exactly as if never
+    interrupted (``SplitData`` only).
 
     Under ``torchrun`` (a process group set up by :func:`haloprune.distributed.setup`) the model is
     trained data-parallel: ``optim.batch_size`` is the global batch, split across ranks. ``optim.amp``
     runs forward and loss under bf16 autocast (parameters, gradients and HALO's update stay fp32);
     ``optim.channels_last`` (default: on CUDA) stores conv nets' activations and weights NHWC.
     """
-    device = next(model.parameters()).device
+    optim = optim if optim is not None else OptimConfig()
+    device = _device_of(model)
     epochs = optim.epochs if epochs is None else epochs
     world = distributed.world()
+    own_data = isinstance(data, SplitData)
+    if own_data:
+        steps_per_epoch = math.ceil(len(data.y_train) / optim.batch_size)  # global batches
+    else:
+        steps_per_epoch = _steps_per_epoch(data, steps_per_epoch, epochs)
+        if resume is not None:
+            raise ValueError("resume needs the library's SplitData (the batch order of your data is yours)")
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = conv and (device.type == "cuda" if optim.channels_last is None else optim.channels_last)
     if channels_last:
@@ -314,18 +363,15 @@ def fit(
     if not world.is_main:
         progress = False
     opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
-    if penalty is not None:
-        penalty.attach(opt)
-    steps_per_epoch = math.ceil(len(data.y_train) / optim.batch_size)  # global batches
     schedule = LRSchedule(
         optim.schedule, steps_per_epoch, steps_per_epoch * epochs, list(optim.milestones), optim.gamma
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     if penalty is not None:
-        penalty.begin_training(schedule.step_budget(optim.lr, optim.momentum))
+        penalty.attach(opt, total_steps=steps_per_epoch * epochs, scheduler=sched)
     gen = torch.Generator().manual_seed(seed)
-    scope = penalty_cfg.scope if penalty_cfg is not None else "all"
-    prunable = select_parameters(model, scope=scope)
+    selection = penalty_cfg.selection() if penalty_cfg is not None else {}
+    prunable = select_parameters(model, **selection)
     history: list[dict[str, Any]] = []
     step, first_epoch = 0, 1
     if resume is not None:
@@ -337,7 +383,8 @@ def fit(
     for epoch in range(first_epoch, epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        sums = torch.zeros(3, device=device)  # ce, correct, seen
+        sums = torch.zeros(3, device=device)  # loss, correct, seen
+        classified = True
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"{name} {epoch}/{epochs}",
@@ -346,31 +393,40 @@ def fit(
             unit="batch",
             position=_BAR_SLOT,
         )
-        for xb, yb, n_global in train_batches(data, optim.batch_size, gen, world):
+        batches = (
+            train_batches(data, optim.batch_size, gen, world)
+            if own_data
+            else ((xb.to(device), yb.to(device), len(yb)) for xb, yb in data)
+        )
+        for xb, yb, n_global in batches:
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = net(xb)
-                ce = F.cross_entropy(out, yb)
+                ce = loss_fn(out, yb)
             # across ranks DDP averages gradients: weight each rank's mean by its share of the global batch
-            task = ce * (len(yb) * world.size / n_global) if world.distributed else ce
+            task = ce * (len(yb) * world.size / n_global) if world.distributed and own_data else ce
             loss = task + penalty() if penalty is not None and penalty.in_loss else task
             if extra_loss is not None:
                 loss = loss + extra_loss(model, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()  # a fused penalty applies itself here
+            opt.step()  # an attached penalty applies itself here; masked weights are kept at zero
             sched.step()
-            apply_masks_(model)
             step += 1
             if on_step is not None:
                 on_step(step)
             with torch.no_grad():
                 batch = torch.tensor(float(len(yb)), device=device)
-                sums += torch.stack([ce.detach() * batch, (out.argmax(1) == yb).sum().float(), batch])
+                if _is_classification(out, yb):
+                    hits = (out.argmax(1) == yb).sum().float()
+                else:
+                    hits, classified = torch.zeros((), device=device), False
+                sums += torch.stack([ce.detach().float() * batch, hits, batch])
             if step % 50 == 0 or step % steps_per_epoch == 0:
                 _check_finite(step, loss.detach(), model, penalty)
-                bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{100 * sums[1].item() / sums[2].item():.1f}")
+                shown = f"{100 * sums[1].item() / sums[2].item():.1f}" if classified else "-"
+                bar.set_postfix(loss=f"{loss.item():.4f}", acc=shown)
             bar.update()
         bar.close()
         _sync(device)
@@ -379,19 +435,26 @@ def fit(
             torch.distributed.all_reduce(sums)
             distributed.broadcast_buffers(model, world)  # one set of BatchNorm statistics
         ce_sum, correct, seen = sums.tolist()
+        if seen == 0:
+            raise ValueError(f"epoch {epoch} had no training batches: the data is empty or exhausted")
         with torch.no_grad():
             w = torch.cat(
                 [model.get_parameter(n).detach().abs().flatten() for n in prunable] or [torch.ones(1)]
             )
             pen_end = penalty().item() if penalty is not None else 0.0
-        val = evaluate(model, data.x_val, data.y_val, optim.eval_batch_size)
+        if own_data:
+            val = evaluate(model, data.x_val, data.y_val, optim.eval_batch_size)
+        elif val_data is not None:
+            val = evaluate_batches(model, val_data, loss_fn)
+        else:
+            val = {"loss": float("nan"), "accuracy": float("nan")}
         row = {
             "epoch": epoch,
             "step": step,
             "lr": opt.param_groups[0]["lr"],
             "train_ce": ce_sum / seen,
             "penalty_end_of_epoch": pen_end,
-            "train_accuracy": 100 * correct / seen,
+            "train_accuracy": 100 * correct / seen if classified else float("nan"),
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
@@ -403,13 +466,32 @@ def fit(
         history.append(row)
         if progress is True or (progress is None and _BAR_SLOT is None):
             tqdm.write(
-                f"[{name}] epoch {epoch}/{epochs}  ce {row['train_ce']:.4f}  "
+                f"[{name}] epoch {epoch}/{epochs}  loss {row['train_ce']:.4f}  "
                 f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
                 f"|w|<1e-3: {100 * row['frac_weights_below_1e-3']:.1f}%  {seconds:.1f}s"
             )
         if on_epoch is not None:
             on_epoch(epoch, row, {"optimizer": opt, "scheduler": sched, "generator": gen, "step": step})
     return history
+
+
+def _steps_per_epoch(data: Any, given: int | None, epochs: int) -> int:
+    """Batches per epoch of a user's iterable (its ``len``, else ``given``); it must be re-iterable."""
+    if isinstance(data, Iterator) and epochs > 1:
+        raise ValueError(
+            "data is an iterator, which is exhausted after one epoch: give a DataLoader or a list of batches"
+        )
+    if given is not None:
+        if given <= 0:
+            raise ValueError(f"steps_per_epoch must be > 0, got {given}")
+        return given
+    try:
+        n = len(data)
+    except TypeError:
+        raise ValueError("data has no len(): give steps_per_epoch=") from None
+    if n == 0:
+        raise ValueError("data has no batches")
+    return n
 
 
 def train(

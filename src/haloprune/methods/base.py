@@ -49,18 +49,18 @@ class Context:
     def record(self, model: nn.Module, target: float, **extra: Any) -> dict[str, Any]:
         """Evaluate a (pruned) model: achieved sparsity, validation and test accuracy, nonzeros."""
         row = pruned_record(
-            model, self.data, target, batch_size=self.run.optim.eval_batch_size, scope=self.run.prune.scope
+            model, self.data, target, batch_size=self.run.optim.eval_batch_size, **self.run.prune.selection()
         )
         row.update(extra)
         return row
 
     def prunable(self, model: nn.Module) -> list[str]:
         """The weights this run prunes: those of the layers in ``prune.scope``."""
-        return select_parameters(model, scope=self.run.prune.scope)
+        return select_parameters(model, **self.run.prune.selection())
 
     def prune(self, model: nn.Module, target: float) -> dict[str, torch.Tensor]:
         """Global magnitude pruning of the layers in ``prune.scope``, in place; returns the masks."""
-        return global_magnitude_prune(model, target, scope=self.run.prune.scope)
+        return global_magnitude_prune(model, target, **self.run.prune.selection())
 
     def prune_copy(self, model: nn.Module, target: float) -> nn.Module:
         """A pruned copy of ``model`` (BatchNorm statistics recalibrated if ``prune.recalibrate_bn``)."""
@@ -68,7 +68,7 @@ class Context:
             model,
             target,
             self.data,
-            scope=self.run.prune.scope,
+            **self.run.prune.selection(),
             recalibrate_bn=self.run.prune.recalibrate_bn,
             batch_size=self.run.optim.eval_batch_size,
         )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import ChecksParameterNames, Penalty, Scope
+from .base import ChecksParameterNames, Penalty, SelectionArgs
 
 
 @PENALTIES.register("adaptive-lasso")
@@ -39,10 +39,7 @@ class AdaptiveLasso(ChecksParameterNames, Penalty):
         gamma: float = 1.0,
         reference: Mapping[str, torch.Tensor] | None = None,
         eps: float = 1e-3,
-        *,
-        scope: Scope = "all",
-        include_bias: bool = False,
-        **_: Any,
+        **selection: Unpack[SelectionArgs],
     ) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
@@ -50,7 +47,7 @@ class AdaptiveLasso(ChecksParameterNames, Penalty):
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")
-        super().__init__(model, scope=scope, include_bias=include_bias)
+        super().__init__(model, **selection)
         self.xi, self.gamma, self.eps = float(xi), float(gamma), float(eps)
         w0 = self.weights()[0]
         dtype = w0.dtype if w0.is_floating_point() else torch.get_default_dtype()

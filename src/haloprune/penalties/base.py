@@ -16,23 +16,61 @@ with the same parameter names (for example a ``torch.compile`` d or DDP-wrapped 
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import inspect
+from typing import Any, ClassVar, Unpack
 
 import torch
 from torch import nn
 
-from ..selection import Scope, select_parameters, unwrap
+from ..selection import SELECTION_KEYS, Scope, SelectionArgs, select_parameters, unwrap
+
+__all__ = ["BudgetTerm", "ChecksParameterNames", "Penalty", "Scope", "SelectionArgs"]
+
+
+def check_keywords(cls: type, given: dict[str, Any]) -> None:
+    """Raise ``TypeError`` naming the valid keyword arguments of ``cls`` if ``given`` holds others than
+    the selection keys (a typo such as ``lamda_min`` is never swallowed)."""
+    unknown = sorted(set(given) - SELECTION_KEYS)
+    if not unknown:
+        return
+    valid = sorted(valid_keywords(cls))
+    key = unknown[0]
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise TypeError(
+        f"{cls.__name__}() got an unexpected keyword argument {key!r}{hint}; valid: {', '.join(valid)}"
+    )
+
+
+def valid_keywords(cls: type) -> set[str]:
+    """The keyword arguments a penalty class takes: its constructor's own, plus the selection keys."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    own = {
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "model")
+    }
+    return own | SELECTION_KEYS
 
 
 class Penalty(nn.Module):
-    """Base class: resolves and remembers the penalised parameters by dotted name."""
+    """Base class: resolves and remembers the penalised parameters by dotted name.
 
-    def __init__(self, model: nn.Module, *, scope: Scope = "all", include_bias: bool = False) -> None:
+    ``**selection`` (:class:`~haloprune.selection.SelectionArgs`: ``scope``, ``include_bias``,
+    ``include``, ``exclude``) says which parameters are penalised; any other keyword is a ``TypeError``.
+    """
+
+    #: True for penalties with learned parameters of their own (λ), which get their own optimizer group.
+    learns: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, **selection: Unpack[SelectionArgs]) -> None:
+        check_keywords(type(self), dict(selection))
         super().__init__()
         model = unwrap(model)
-        self.param_names: list[str] = select_parameters(model, scope=scope, include_bias=include_bias)
+        self.param_names: list[str] = select_parameters(model, **selection)
         if not self.param_names:
-            raise ValueError("the model has no Linear or Conv parameters to penalise in this scope")
+            raise ValueError("the model has no parameters to penalise in this selection (scope/include)")
         params = dict(model.named_parameters())
         self.shapes: list[tuple[int, ...]] = [tuple(params[n].shape) for n in self.param_names]
         self.numels: list[int] = [params[n].numel() for n in self.param_names]
@@ -70,8 +108,13 @@ class Penalty(nn.Module):
     def project_(self) -> None:
         """Restore the constraints on the learned parameters after an optimizer step (no-op here)."""
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Call :meth:`project_` after every ``optimizer.step()``. Returns the removable hook handle."""
+    def attach(
+        self, optimizer: torch.optim.Optimizer, *, total_steps: int | None = None, scheduler: Any = None
+    ) -> Any:
+        """Call :meth:`project_` after every ``optimizer.step()``. Returns the removable hook handle.
+
+        ``total_steps``/``scheduler`` (the run's length and lr schedule) matter to penalties whose
+        strength is given in step-budget units (target-sparsity HALO); the others ignore them."""
         return optimizer.register_step_post_hook(lambda *_: self.project_())
 
     def begin_training(self, step_budget: float) -> None:

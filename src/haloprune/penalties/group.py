@@ -8,13 +8,13 @@ pruning (:func:`haloprune.pruning.group_prune`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import Penalty, Scope
+from .base import Penalty, SelectionArgs
 
 
 class OutputGroups:
@@ -86,12 +86,10 @@ class GroupLasso(Penalty):
     ``include_bias=True`` a unit's bias joins its group); ``n_g`` is the group's size.
     """
 
-    def __init__(
-        self, model: nn.Module, xi: float, *, scope: Scope = "all", include_bias: bool = False, **_: Any
-    ) -> None:
+    def __init__(self, model: nn.Module, xi: float, **selection: Unpack[SelectionArgs]) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
-        super().__init__(model, scope=scope, include_bias=include_bias)
+        super().__init__(model, **selection)
         self.xi = float(xi)
         self.groups = OutputGroups(self.param_names, self.shapes)
 

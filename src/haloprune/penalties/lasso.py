@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import BudgetTerm, ChecksParameterNames, Penalty, Scope
-from .target import SparsityController
+from .base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
+from .target import SparsityController, step_budget
 
 
 @PENALTIES.register("l1")
 class L1(Penalty):
     """Lasso: ``ξ · Σ_j |w_j|`` with a fixed, shared coefficient (HALO with λ frozen at 1)."""
 
-    def __init__(
-        self, model: nn.Module, xi: float, *, scope: Scope = "all", include_bias: bool = False, **_: Any
-    ) -> None:
+    def __init__(self, model: nn.Module, xi: float, **selection: Unpack[SelectionArgs]) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
-        super().__init__(model, scope=scope, include_bias=include_bias)
+        super().__init__(model, **selection)
         self.xi = float(xi)
 
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:
@@ -32,6 +30,14 @@ class L1(Penalty):
         return f"xi={self.xi:g}, penalized={self.num_penalized}"
 
 
+Coupling = Literal["coupled", "decoupled"]
+
+#: How HALO combines with Adam/AdamW when not told (chosen on Fashion-MNIST: docs/results/adam.md).
+DEFAULT_COUPLING: Coupling = "decoupled"
+
+_SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
 @PENALTIES.register("halo")
 class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     """Hierarchical Adaptive Lasso (Seto, Wells & Zhang, SDM 2021).
@@ -39,31 +45,37 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     ``ξ · Σ_j |w_j| / λ_j²  +  ψ · | Σ_j |λ_j| − p |``  (``form="l2"`` squares the last term),
 
     with one trainable ``λ_j`` per penalised weight, all in one flat parameter ``self.lam`` (in penalised
-    parameter order, each tensor flattened). λ is kept in ``[lambda_min, ∞)``; the penalty reads
-    ``max(λ, lambda_min)``, so it stays finite whatever happens. Inside that range value and gradients
-    are exactly the paper's.
+    parameter order, each tensor flattened). Inside ``[lambda_min, lambda_max]`` value and gradients are
+    exactly the paper's; λ is kept in that box, and the penalty reads λ clamped into it, so it stays
+    finite whatever happens.
 
-    Two ways to apply it, same result up to round-off:
+    One penalty, two ways to use it (no flag to choose):
 
-    * ``fused=True`` (default, fast): ``halo.attach(optimizer)`` (an ``torch.optim.SGD``) makes every
-      ``optimizer.step()`` add HALO's analytic gradients and update the penalised weights and λ — and
-      take the optimizer's ordinary SGD step for its other parameters — in one fused pass (see
-      :mod:`haloprune.penalties.fused`); the loss is just the task loss. Gradients of the parameters it
-      updated are ``None`` after the step. ``halo()`` still
-      returns the penalty's value (detached), for logging.
-    * ``fused=False`` (the reference formulation): add ``halo()`` to the loss, give ``halo.parameters()``
-      to the optimizer, and ``attach`` it so λ is clamped back into range after each step.
+    * **In the loss** (as every PyTorch regulariser): ``loss = task + halo()`` and ``halo.parameters()``
+      in any optimizer. λ is brought back into its box at the next ``halo()`` call by itself.
+    * **Attached**: ``halo.attach(optimizer)`` (``torch.optim.SGD``, ``Adam`` or ``AdamW``) makes every
+      ``optimizer.step()`` apply HALO's analytic gradients and the optimizer's own update of the
+      penalised weights, λ and their buffers — and of the optimizer's other parameters — in one compiled
+      pass (:mod:`haloprune.penalties.fused`); the loss is just the task loss, and ``halo()`` returns the
+      penalty's value, detached, for logging. Gradients of the parameters it updated are ``None`` after
+      the step. With SGD the result equals the in-loss formulation up to round-off. With Adam/AdamW,
+      ``coupling="coupled"`` is exactly Adam on ``task + halo()`` (λ with its own Adam moments);
+      ``"decoupled"`` (the default, :data:`DEFAULT_COUPLING`) applies HALO's shrinkage and λ's update as
+      plain gradient steps of size lr next to Adam's step on the task loss, as AdamW does with weight
+      decay. ``fused=False`` makes ``attach`` only keep λ in its box (the reference formulation, any
+      optimizer).
 
-    λ lives in ``[lambda_min, lambda_max]`` whatever the step size: it can neither step through zero
-    (large ψ, tiny ξ) nor blow up (a weight regrowing while its λ sits at the floor).
-
-    **Target sparsity** (``target_sparsity=0.98``, fused path): instead of ξ and ψ, give the sparsity you
+    **Target sparsity** (``target_sparsity=0.98``, attached): instead of ξ and ψ, give the sparsity you
     want; ``ψ = psi_hat / B`` and ``ξ = c³/ψ²`` with ``c`` steered during training from the measured
-    density (:class:`~haloprune.penalties.target.SparsityController`), where ``B = Σ lr_t/(1 − momentum)``
-    is the run's step budget (``fit`` passes it via :meth:`begin_training`; library users call it once
-    before training). The shrinkage is applied by its proximal map (``prox=True``), so pruned-to-be
-    weights end exactly at zero and the achieved sparsity is the fraction of exact zeros.
+    density (:class:`~haloprune.penalties.target.SparsityController`), where ``B`` is the run's step
+    budget: ``Σ_t lr_t / (1 − momentum)`` with SGD, ``Σ_t lr_t`` with Adam/AdamW (decoupled: HALO's step
+    is a plain one of size lr). ``halo.attach(optimizer, total_steps=N, scheduler=sched)`` computes it;
+    :meth:`begin_training` takes it directly. The shrinkage is applied by its proximal map
+    (``prox=True``), so pruned-to-be weights end exactly at zero and the achieved sparsity is the
+    fraction of exact zeros.
     """
+
+    learns = True
 
     def __init__(
         self,
@@ -82,11 +94,10 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         step_budget: float | None = None,
         prox: bool = False,
         fused: bool = True,
+        coupling: Coupling | None = None,
         lambda_lr_scale: float = 1.0,
         lambda_weight_decay: float | None = None,
-        scope: Scope = "all",
-        include_bias: bool = False,
-        **_: Any,
+        **selection: Unpack[SelectionArgs],
     ) -> None:
         self.controller: SparsityController | None = None
         if target_sparsity is not None:
@@ -96,7 +107,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                     "leave xi and psi unset"
                 )
             if not fused:
-                raise ValueError("target_sparsity needs the fused path (fused=True, torch.optim.SGD)")
+                raise ValueError("target_sparsity needs the fused path (fused=True, halo.attach(optimizer))")
             if psi_hat <= 0:
                 raise ValueError(f"psi_hat must be > 0, got {psi_hat}")
             self.controller = SparsityController(float(target_sparsity), ramp_end=float(ramp_end))
@@ -112,28 +123,38 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 f"{lambda_min}, {lambda_init} and {lambda_max}"
             )
         if prox and not fused:
-            raise ValueError("prox=True is a fused-path update (fused=True, torch.optim.SGD)")
-        super().__init__(model, scope=scope, include_bias=include_bias)
+            raise ValueError("prox=True is a fused-path update (fused=True, halo.attach(optimizer))")
+        if coupling not in (None, "coupled", "decoupled"):
+            raise ValueError(f"coupling must be 'coupled' or 'decoupled', got {coupling!r}")
+        super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
         self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
         self.psi_hat = float(psi_hat)
         self.prox = prox
         self.step_budget: float | None = None
         self.fused = fused
+        self.coupling = coupling
         self.lambda_lr_scale = float(lambda_lr_scale)
         self.lambda_weight_decay = lambda_weight_decay
         device = self.weights()[0].device
         self.lam = nn.Parameter(torch.full((self.num_penalized,), float(lambda_init), device=device))
-        # λ's momentum on the fused path (the optimizer keeps it on the reference path).
+        # λ's momentum (SGD) or first Adam moment (coupled Adam) on the fused path; the optimizer keeps
+        # them on the in-loss path.
         self.register_buffer("lam_momentum", torch.zeros_like(self.lam, requires_grad=False))
-        # Set once the fused path has made a step (matters only for SGD with dampening).
+        # λ's second Adam moment (coupled Adam only: empty until then).
+        self.register_buffer("lam_exp_avg_sq", torch.zeros(0, device=device))
+        # Fused steps taken (λ's Adam step count; SGD with dampening initialises buffers on the first).
         self.register_buffer("fused_steps", torch.zeros((), dtype=torch.int64, device=device))
-        self._attached: list[Any] = []
+        self._kind: str | None = None  # the attached optimizer family: "sgd" or "adam"; None: in the loss
+        self._coupled = True
         if step_budget is not None:
             self.begin_training(step_budget)
 
+    # ----------------------------------------------------------------------------- target mode
+
     def begin_training(self, step_budget: float) -> None:
-        """Tell the penalty the run's step budget ``B = Σ_t lr_t / (1 − momentum)`` (target mode needs it)."""
+        """Tell the penalty the run's step budget ``B`` (target mode needs it): ``Σ_t lr_t / (1 − momentum)``
+        with SGD, ``Σ_t lr_t`` with Adam/AdamW. ``attach(optimizer, total_steps=N)`` calls it for you."""
         if self.controller is None:
             return
         if not step_budget > 0 or not math.isfinite(step_budget):
@@ -165,179 +186,126 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             if state.get("step_budget") is not None:
                 self.begin_training(state["step_budget"])
 
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        sq = state_dict.get(prefix + "lam_exp_avg_sq")
+        if sq is not None and sq.shape != self.lam_exp_avg_sq.shape:  # saved by a coupled-Adam run
+            self.lam_exp_avg_sq = torch.zeros_like(self.lam_momentum)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------------------- the penalty
+
     def lambdas(self) -> dict[str, torch.Tensor]:
         """λ per penalised parameter, shaped like it (views into ``self.lam``)."""
         chunks = self.lam.split(self.numels)
         return {n: c.view(s) for n, c, s in zip(self.param_names, chunks, self.shapes, strict=True)}
 
     @property
+    def attached(self) -> bool:
+        """True once :meth:`attach` has hooked the fused update into an optimizer."""
+        return self._kind is not None
+
+    @property
     def in_loss(self) -> bool:
-        return not self.fused
+        return not self.attached
 
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:
-        if self.fused:
-            if not self._attached:
-                raise RuntimeError(
-                    "fused HALO applies itself inside optimizer.step(): call halo.attach(optimizer) first "
-                    "(or build HALO(..., fused=False) and add halo() to the loss)"
-                )
+        if self.attached:
             with torch.no_grad():
                 return self._value(model)
+        if self.controller is not None or self.prox:
+            raise RuntimeError(
+                "target_sparsity and prox are HALO updates inside optimizer.step(): call "
+                "halo.attach(optimizer) (target mode: halo.attach(optimizer, total_steps=N)) first"
+            )
+        if torch.is_grad_enabled():
+            self._project_if_needed()
         return self._value(model)
 
     def _value(self, model: nn.Module | None) -> torch.Tensor:
-        """The reference formula, through autograd."""
+        """The paper's formula, through autograd."""
         w_abs = torch.cat([w.abs().flatten() for w in self.weights(model)])
         lam = self.lam.clamp(self.lambda_min, self.lambda_max)
-        shrink = (w_abs / lam.square()).sum()
+        shrink = (w_abs.to(lam.dtype) / lam.square()).sum()
         return self.xi * shrink + self.psi * self.budget_term(self.lam.abs().sum())
+
+    @torch.no_grad()
+    def _project_if_needed(self) -> None:
+        """In the loss, λ is stepped by the user's optimizer: put it back into its box before it is read
+        (only when it left it, so a graph built from the current λ stays valid)."""
+        lo, hi = torch.aminmax(self.lam.detach())
+        if lo.item() < self.lambda_min or hi.item() > self.lambda_max:
+            self.project_()
 
     @torch.no_grad()
     def project_(self) -> None:
         self.lam.clamp_(self.lambda_min, self.lambda_max)
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+    # ----------------------------------------------------------------------------- attaching
+
+    def attach(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        total_steps: int | None = None,
+        scheduler: Any = None,
+    ) -> Any:
         """Hook HALO into ``optimizer.step()``; returns the removable hook handle.
 
-        Fused: a pre-step hook performs HALO's fused update of the penalised weights and λ (the optimizer
-        then updates everything else). Reference: a post-step hook clamps λ back into range.
+        Fused (default): a pre-step hook performs HALO's update of the penalised weights and λ together
+        with the optimizer's own (SGD, Adam or AdamW), and that of the optimizer's other parameters.
+        ``fused=False``: a post-step hook only clamps λ back into range (any optimizer; add ``halo()``
+        to the loss and ``halo.parameters()`` to the optimizer).
+
+        ``total_steps`` (with the ``scheduler`` that sets the lr per step, if any): the optimizer steps of
+        the run still to come, from which the target mode's step budget is computed (the scheduler is
+        stepped on a copy of its state and restored).
         """
+        if scheduler is not None and total_steps is None:
+            raise ValueError("scheduler= needs total_steps= (the number of optimizer steps of the run)")
         if not self.fused:
             handle = super().attach(optimizer)
         else:
-            if type(optimizer) is not torch.optim.SGD:
-                raise TypeError(
-                    f"fused HALO works with torch.optim.SGD, not {type(optimizer).__name__}; "
-                    "use HALO(..., fused=False) with other optimizers"
-                )
-            if any(g.get("maximize") for g in optimizer.param_groups):
-                raise ValueError("fused HALO does not support SGD(maximize=True)")
+            from .fused import check_optimizer
+
+            self._kind = check_optimizer(optimizer, _SUPPORTED)
+            self._coupled = self._resolve_coupling()
+            if self._kind == "adam" and self._coupled and self.lam_exp_avg_sq.numel() == 0:
+                self.lam_exp_avg_sq = torch.zeros_like(self.lam_momentum)
             self.project_()
             handle = optimizer.register_step_pre_hook(lambda opt, *_: self._fused_step(opt))
-        self._attached.append(handle)
+        if total_steps is not None and self.controller is not None:
+            w0 = self.weights()[0]
+            self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, self._momentum(optimizer)))
         return handle
 
-    def _fused_plan(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """What the fused step needs that does not change from step to step (cached per optimizer)."""
-        key = (id(optimizer), len(optimizer.param_groups), self.lam.data_ptr())
-        plan = self.__dict__.get("_plan")
-        if plan is not None and plan["key"] == key:
-            return plan
-        ws = self.weights()
-        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-        groups = [group_of.get(id(w)) for w in ws]
-        if any(g is None for g in groups):
-            raise ValueError(
-                "fused HALO: the penalised weights are not all in the optimizer it is attached to"
-            )
-        if len({(g["momentum"], g["dampening"], g["nesterov"]) for g in groups}) != 1:
-            raise ValueError(
-                "fused HALO needs the same momentum/dampening/nesterov for all penalised weights"
-            )
-        lam = self.lam.detach()
-        penalised = {id(w) for w in ws} | {id(self.lam)}
-        others = [(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised]
-        plan = {
-            "key": key,
-            "others": others,
-            "ws": ws,
-            "groups": groups,
-            "lam_group": group_of.get(id(self.lam)),
-            "lams": [c.view(s) for c, s in zip(lam.split(self.numels), self.shapes, strict=True)],
-            "bufs": [
-                c.view(s) for c, s in zip(self.lam_momentum.split(self.numels), self.shapes, strict=True)
-            ],
-            "dtype": torch.promote_types(lam.dtype, torch.float32),
-            "psi": torch.tensor(
-                self.psi, dtype=torch.promote_types(lam.dtype, torch.float32), device=lam.device
-            ),
-            "xi": torch.tensor(
-                self.xi, dtype=torch.promote_types(lam.dtype, torch.float32), device=lam.device
-            ),
-        }
-        self.__dict__["_plan"] = plan
-        return plan
-
-    @torch.no_grad()
-    def _fused_step(self, optimizer: torch.optim.Optimizer) -> None:
-        from .fused import get_step_fn
-
-        plan = self._fused_plan(optimizer)
-        ws, groups, lam_group = plan["ws"], plan["groups"], plan["lam_group"]
-        g0 = groups[0]
-        momentum, dampening, nesterov = float(g0["momentum"]), float(g0["dampening"]), bool(g0["nesterov"])
-        ctrl = self.controller
-        if ctrl is not None:
-            if self.step_budget is None:
-                raise RuntimeError(
-                    "target_sparsity: call halo.begin_training(step_budget) before training "
-                    "(step_budget = Σ over steps of lr / (1 − momentum))"
+    def _resolve_coupling(self) -> bool:
+        if self._kind == "sgd":
+            if self.coupling is not None:
+                raise ValueError(
+                    "coupling applies to Adam/AdamW; with SGD HALO's gradient goes through SGD's momentum "
+                    "as in the paper (leave coupling unset)"
                 )
-            if ctrl.step(float(g0["lr"]) / (1.0 - momentum)):
-                nonzero = sum(int(torch.count_nonzero(w)) for w in ws)
-                ctrl.update(nonzero / self.num_penalized, self.step_budget)
-                self._set_xi()
-        grads, w_bufs, hp = [], [], []
-        for w, g in zip(ws, groups, strict=True):
-            grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
-            if momentum != 0.0:
-                state = optimizer.state[w]
-                if state.get("momentum_buffer") is None:
-                    state["momentum_buffer"] = torch.zeros_like(w)
-                w_bufs.append(state["momentum_buffer"])
-            if lam_group is not None:  # λ is in the optimizer: its group (and scheduler) rules
-                lr_l, wd_l = lam_group["lr"], lam_group["weight_decay"]
-            else:
-                lr_l = g["lr"] * self.lambda_lr_scale
-                wd_l = g["weight_decay"] if self.lambda_weight_decay is None else self.lambda_weight_decay
-            hp.append((g["lr"], g["weight_decay"], lr_l, wd_l))
-        device = self.lam.device
-        if self.form == "l1" and self.p == 0.0:
-            term = plan["psi"]  # ψ·sign(Σ|λ|) with every λ > 0
-        else:
-            d = self.lam.detach().abs().sum() - self.p
-            term = self.psi * (2.0 * d if self.form == "l2" else torch.sign(d))
-        # The optimizer's other parameters (biases, ...) get their plain SGD step in the same call.
-        others, o_grads, o_bufs = [], [], []
-        for p, g in plan["others"]:
-            if p.grad is None or p.grad.is_sparse:
-                continue
-            if (g["momentum"], g["dampening"], g["nesterov"]) != (momentum, dampening, nesterov):
-                continue  # left to optimizer.step()
-            others.append(p)
-            o_grads.append(p.grad)
-            if momentum != 0.0:
-                state = optimizer.state[p]
-                if state.get("momentum_buffer") is None:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                o_bufs.append(state["momentum_buffer"])
-            hp.append((g["lr"], g["weight_decay"], 0.0, 0.0))
-        first = dampening != 0.0 and int(self.fused_steps) == 0
-        dtype = plan["dtype"]
-        get_step_fn(device.type)(
-            ws,
-            grads,
-            w_bufs or grads,
-            plan["lams"],
-            plan["bufs"] if momentum != 0.0 else plan["lams"],
-            torch.tensor(hp, dtype=dtype, device=device),
-            term,
-            plan["xi"],
-            self.lambda_min,
-            self.lambda_max,
-            momentum,
-            dampening,
-            nesterov,
-            first,
-            others,
-            o_grads,
-            o_bufs or o_grads,
-            self.prox,
-        )
-        if first:
-            self.fused_steps.fill_(1)
-        for p in [*ws, *others]:  # updated here: optimizer.step() must skip them
-            p.grad = None
+            return True
+        coupled = (self.coupling or DEFAULT_COUPLING) == "coupled"
+        if coupled and (self.prox or self.controller is not None):
+            raise ValueError(
+                "prox and target_sparsity with Adam/AdamW need coupling='decoupled' (a proximal step "
+                "through Adam's normalisation is not defined)"
+            )
+        return coupled
+
+    def _momentum(self, optimizer: torch.optim.Optimizer) -> float:
+        """The momentum that scales the step budget: SGD's; none with Adam (HALO's step is plain)."""
+        w0 = self.weights()[0]
+        group = next((g for g in optimizer.param_groups if any(p is w0 for p in g["params"])), None)
+        return float(group["momentum"]) if self._kind == "sgd" and group is not None else 0.0
+
+    def _fused_step(self, optimizer: torch.optim.Optimizer) -> None:
+        from .fused import adam_step, sgd_step
+
+        (sgd_step if self._kind == "sgd" else adam_step)(self, optimizer)
+
+    # ----------------------------------------------------------------------------- logging
 
     def stats(self) -> dict[str, float]:
         lam = self.lam.detach()

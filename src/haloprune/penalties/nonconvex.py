@@ -8,13 +8,13 @@ derivative at ``w = 0`` is 0 (the subgradient ``torch.abs`` uses). The functiona
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import Penalty, Scope
+from .base import Penalty, SelectionArgs
 
 
 def mcp(w: torch.Tensor, xi: float, psi: float) -> torch.Tensor:
@@ -47,16 +47,13 @@ class MCP(Penalty):
         model: nn.Module,
         xi: float,
         psi: float,
-        *,
-        scope: Scope = "all",
-        include_bias: bool = False,
-        **_: Any,
+        **selection: Unpack[SelectionArgs],
     ) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
         if psi <= 0:
             raise ValueError(f"psi (MCP's concavity) must be > 0, got {psi}")
-        super().__init__(model, scope=scope, include_bias=include_bias)
+        super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
 
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:
@@ -82,16 +79,13 @@ class SCAD(Penalty):
         model: nn.Module,
         xi: float,
         a: float = 3.7,
-        *,
-        scope: Scope = "all",
-        include_bias: bool = False,
-        **_: Any,
+        **selection: Unpack[SelectionArgs],
     ) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
         if not a > 2:
             raise ValueError(f"a (SCAD's shape) must be > 2, got {a}")
-        super().__init__(model, scope=scope, include_bias=include_bias)
+        super().__init__(model, **selection)
         self.xi, self.a = float(xi), float(a)
 
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:

@@ -13,17 +13,19 @@ the loss stays finite whatever the optimizer does. Inside that range value and g
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, Unpack
 
 import torch
 from torch import nn
 
 from . import PENALTIES
-from .base import BudgetTerm, ChecksParameterNames, Penalty, Scope
+from .base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 
 
 class _LearnedScale(ChecksParameterNames, Penalty):
     """Shared plumbing: ξ/ψ/λ checks, λ's floor, and the penalised-parameter check on load."""
+
+    learns = True
 
     def __init__(
         self,
@@ -34,14 +36,13 @@ class _LearnedScale(ChecksParameterNames, Penalty):
         lambda_min: float,
         *,
         per_tensor: bool,
-        scope: Scope,
-        include_bias: bool,
+        **selection: Unpack[SelectionArgs],
     ) -> None:
         if xi < 0 or psi < 0:
             raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
         if not 0 < lambda_min <= lambda_init:
             raise ValueError(f"need 0 < lambda_min <= lambda_init, got {lambda_min} and {lambda_init}")
-        super().__init__(model, scope=scope, include_bias=include_bias)
+        super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
         self.lambda_min = float(lambda_min)
         w0 = self.weights()[0]
@@ -73,14 +74,9 @@ class SharedHALO(_LearnedScale):
         psi: float,
         lambda_init: float = 1.0,
         lambda_min: float = 1e-3,
-        *,
-        scope: Scope = "all",
-        include_bias: bool = False,
-        **_: Any,
+        **selection: Unpack[SelectionArgs],
     ) -> None:
-        super().__init__(
-            model, xi, psi, lambda_init, lambda_min, per_tensor=False, scope=scope, include_bias=include_bias
-        )
+        super().__init__(model, xi, psi, lambda_init, lambda_min, per_tensor=False, **selection)
 
     def forward(self, model: nn.Module | None = None) -> torch.Tensor:
         l1 = sum(w.abs().sum() for w in self.weights(model))
@@ -110,15 +106,10 @@ class _GroupedScale(BudgetTerm, _LearnedScale):
         form: Literal["l1", "l2"] = "l1",
         lambda_init: float = 1.0,
         lambda_min: float = 1e-3,
-        *,
-        scope: Scope = "all",
-        include_bias: bool = False,
-        **_: Any,
+        **selection: Unpack[SelectionArgs],
     ) -> None:
         self._init_budget(p, form)
-        super().__init__(
-            model, xi, psi, lambda_init, lambda_min, per_tensor=True, scope=scope, include_bias=include_bias
-        )
+        super().__init__(model, xi, psi, lambda_init, lambda_min, per_tensor=True, **selection)
         num_groups = self._setup_groups()
         if num_groups != self.lam.numel():
             w0 = self.lam

@@ -22,9 +22,13 @@ schedule is steered exactly like a short one.
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import torch
 
 from ..schedules import cubic_sparsity
 
@@ -98,3 +102,56 @@ class SparsityController:
     def load(self, state: dict[str, Any]) -> None:
         for key in ("integral", "log_c_hat", "last_spent", "spent", "steps", "density"):
             setattr(self, key, type(getattr(self, key))(state[key]))
+
+
+def lr_trajectory(
+    optimizer: torch.optim.Optimizer, total_steps: int, scheduler: Any = None, param: Any = None
+) -> list[float]:
+    """The learning rate of ``param``'s group (default: the first group) at each of the next
+    ``total_steps`` optimizer steps, as ``scheduler`` (stepped once per optimizer step) will set it.
+
+    The scheduler is stepped on its own state, which is then restored with the groups' hyperparameters,
+    so nothing changes for the run. A scheduler driven by metrics (``ReduceLROnPlateau``) cannot be
+    foreseen: give the budget to :meth:`HALO.begin_training` yourself.
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    groups = optimizer.param_groups
+    index = next((i for i, g in enumerate(groups) if any(p is param for p in g["params"])), 0)
+    if scheduler is None:
+        return [float(groups[index]["lr"])] * total_steps
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ValueError(
+            "ReduceLROnPlateau sets the lr from metrics, which cannot be foreseen: compute the step "
+            "budget yourself and call halo.begin_training(step_budget)"
+        )
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise ValueError("the scheduler belongs to another optimizer")
+    saved = copy.deepcopy(scheduler.state_dict())
+    hyper = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in groups]
+    lrs = []
+    try:
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore")
+            for t in range(total_steps):
+                lrs.append(float(groups[index]["lr"]))
+                if t + 1 < total_steps:
+                    scheduler.step()
+    finally:
+        scheduler.load_state_dict(saved)
+        for g, h in zip(groups, hyper, strict=True):
+            g.update(h)
+    return lrs
+
+
+def step_budget(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    scheduler: Any = None,
+    param: Any = None,
+    momentum: float = 0.0,
+) -> float:
+    """``B = Σ_t lr_t / (1 − momentum)`` over the next ``total_steps`` steps (see :func:`lr_trajectory`):
+    how far HALO's update can move λ per unit of steady gradient. With SGD ``momentum`` is SGD's; with
+    Adam/AdamW HALO's step is a plain one of size lr (decoupled), so ``momentum = 0``."""
+    return sum(lr_trajectory(optimizer, total_steps, scheduler, param)) / (1.0 - momentum)
