@@ -126,7 +126,8 @@ def test_unattached_halo_is_an_ordinary_differentiable_penalty() -> None:
     assert value.requires_grad
     value.backward()
     assert halo.lam.grad is not None and all(w.grad is not None for w in halo.weights())
-    with pytest.raises(TypeError, match=r"supports torch\.optim\.SGD, torch\.optim\.Adam, torch\.optim\.AdamW, not RMSprop"):
+    supported = r"supports torch\.optim\.SGD, torch\.optim\.Adam, torch\.optim\.AdamW, not RMSprop"
+    with pytest.raises(TypeError, match=supported):
         halo.attach(torch.optim.RMSprop(model.parameters()))
     assert not halo.attached
     halo.attach(torch.optim.SGD(model.parameters(), lr=0.1))
