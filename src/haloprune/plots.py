@@ -96,7 +96,12 @@ def plot_lambda(lam: Any, w: Any, path: str | Path, title: str = "") -> Path:
 
     lam, w = np.asarray(lam), np.asarray(w)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=120)
-    a1.hist(np.log10(lam), bins=80)
+    log_lam = np.log10(lam)
+    lo, hi = float(log_lam.min()), float(log_lam.max())
+    # λ all (nearly) equal, e.g. every one at its floor: one visible bin instead of numpy refusing 80
+    # bins over a range below float resolution
+    span = (lo - 0.5, hi + 0.5) if hi - lo < 1e-3 else (lo, hi)
+    a1.hist(log_lam, bins=80, range=span)
     a1.set_xlabel("log10 λ")
     a1.set_ylabel("weights")
     idx = np.random.default_rng(0).choice(len(lam), size=min(len(lam), 20000), replace=False)

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import PENALTIES
 from .base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
-from .target import SparsityController, step_budget
+from .target import TOO_SPARSE, SparsityController, step_budget
 
 
 @PENALTIES.register("l1")
@@ -273,6 +273,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 self.lam_exp_avg_sq = torch.zeros_like(self.lam_momentum)
             self.project_()
             handle = optimizer.register_step_pre_hook(lambda opt, *_: self._fused_step(opt))
+        if self.controller is not None and self._kind is not None:
+            self.controller.too_sparse = TOO_SPARSE[self._kind]
         if total_steps is not None and self.controller is not None:
             w0 = self.weights()[0]
             self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, self._momentum(optimizer)))
