@@ -123,7 +123,8 @@ class PenaltyConfig(Section):
     psi_hat: float = _added(5.0, gt=0)  # ψ·B: how far λ can travel over the run
     ramp_end: float = _added(0.75, gt=0, le=1)  # fraction of B by which the target density is reached
     prox: bool = _added(False)  # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
-    # HALO with Adam/AdamW: "decoupled" (default) or "coupled" (through Adam's normalisation)
+    # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
+    # target mode's and prox's default)
     coupling: Literal["coupled", "decoupled"] | None = _added(None)
     # extra parameters by dotted-name glob (e.g. ["tok_emb.weight"]) / default ones left out
     include: list[str] | None = _added(None)
@@ -242,6 +243,7 @@ class TrainConfig(RunConfig):
     @model_validator(mode="after")
     def _same_scope(self) -> TrainConfig:
         _check_scope(self.penalty.model_dump(), self.prune, "penalty")
+        _check_coupling(self.penalty.model_dump(), self.optim, "penalty")
         return self
 
 
@@ -257,6 +259,17 @@ def _check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> Non
                 f"{where}.{key} is {mine!r} but prune.{key} is {theirs!r}: set both to the parameters "
                 "to prune"
             )
+
+
+def _check_coupling(penalty: dict[str, Any], optim: OptimConfig, where: str) -> None:
+    """``coupling`` is how HALO combines with Adam/AdamW; target mode and prox are decoupled updates."""
+    coupling = penalty.get("coupling")
+    if coupling is None:
+        return
+    if optim.optimizer == "sgd":
+        raise ValueError(f"{where}.coupling applies to optim.optimizer 'adam' or 'adamw', not 'sgd'")
+    if coupling == "coupled" and (penalty.get("target_sparsity") is not None or penalty.get("prox")):
+        raise ValueError(f"{where}: target_sparsity and prox are decoupled updates: leave coupling unset")
 
 
 class MethodConfig(Section):
@@ -382,6 +395,7 @@ class SweepConfig(RunConfig):
             for params in method.points():
                 if isinstance(params.get("penalty"), dict):
                     _check_scope(params["penalty"], self.prune, f"methods.{name}: penalty")
+                    _check_coupling(params["penalty"], self.optim, f"methods.{name}: penalty")
             if method.kind == "sparsevd" and self.prune.scope != "all":  # its noise is on every layer
                 raise ValueError(
                     f"methods.{name}: sparsevd learns a dropout rate for every layer, so it needs "

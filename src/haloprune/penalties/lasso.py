@@ -32,8 +32,10 @@ class L1(Penalty):
 
 Coupling = Literal["coupled", "decoupled"]
 
-#: How HALO combines with Adam/AdamW when not told (chosen on Fashion-MNIST: docs/results/adam.md).
-DEFAULT_COUPLING: Coupling = "decoupled"
+#: How HALO combines with Adam/AdamW when not told, for fixed ξ and ψ (measured on Fashion-MNIST
+#: LeNet-300-100 with AdamW: docs/results/adam.md). Target mode and ``prox`` are decoupled updates and
+#: use ``"decoupled"`` when not told.
+DEFAULT_COUPLING: Coupling = "coupled"
 
 _SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
@@ -59,11 +61,11 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
       pass (:mod:`haloprune.penalties.fused`); the loss is just the task loss, and ``halo()`` returns the
       penalty's value, detached, for logging. Gradients of the parameters it updated are ``None`` after
       the step. With SGD the result equals the in-loss formulation up to round-off. With Adam/AdamW,
-      ``coupling="coupled"`` is exactly Adam on ``task + halo()`` (λ with its own Adam moments);
-      ``"decoupled"`` (the default, :data:`DEFAULT_COUPLING`) applies HALO's shrinkage and λ's update as
-      plain gradient steps of size lr next to Adam's step on the task loss, as AdamW does with weight
-      decay. ``fused=False`` makes ``attach`` only keep λ in its box (the reference formulation, any
-      optimizer).
+      ``coupling="coupled"`` (the default, :data:`DEFAULT_COUPLING`) is exactly Adam on
+      ``task + halo()`` (λ with its own Adam moments); ``"decoupled"`` (the default of target mode and
+      ``prox``, which need it) applies HALO's shrinkage and λ's update as plain gradient steps of size lr
+      next to Adam's step on the task loss, as AdamW does with weight decay. ``fused=False`` makes
+      ``attach`` only keep λ in its box (the reference formulation, any optimizer).
 
     **Target sparsity** (``target_sparsity=0.98``, attached): instead of ξ and ψ, give the sparsity you
     want; ``ψ = psi_hat / B`` and ``ξ = c³/ψ²`` with ``c`` steered during training from the measured
@@ -136,8 +138,13 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.coupling = coupling
         self.lambda_lr_scale = float(lambda_lr_scale)
         self.lambda_weight_decay = lambda_weight_decay
-        device = self.weights()[0].device
-        self.lam = nn.Parameter(torch.full((self.num_penalized,), float(lambda_init), device=device))
+        w0 = self.weights()[0]
+        device = w0.device
+        # λ in the weights' precision, at least float32 (a float64 model gets float64 λ)
+        dtype = torch.promote_types(w0.dtype, torch.float32)
+        self.lam = nn.Parameter(
+            torch.full((self.num_penalized,), float(lambda_init), device=device, dtype=dtype)
+        )
         # λ's momentum (SGD) or first Adam moment (coupled Adam) on the fused path; the optimizer keeps
         # them on the in-loss path.
         self.register_buffer("lam_momentum", torch.zeros_like(self.lam, requires_grad=False))
@@ -277,7 +284,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             self.controller.too_sparse = TOO_SPARSE[self._kind]
         if total_steps is not None and self.controller is not None:
             w0 = self.weights()[0]
-            self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, self._momentum(optimizer)))
+            self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, self._kind == "sgd"))
         return handle
 
     def _resolve_coupling(self) -> bool:
@@ -288,19 +295,15 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                     "as in the paper (leave coupling unset)"
                 )
             return True
-        coupled = (self.coupling or DEFAULT_COUPLING) == "coupled"
-        if coupled and (self.prox or self.controller is not None):
+        proximal = self.prox or self.controller is not None
+        default = "decoupled" if proximal else DEFAULT_COUPLING
+        coupled = (self.coupling or default) == "coupled"
+        if coupled and proximal:
             raise ValueError(
-                "prox and target_sparsity with Adam/AdamW need coupling='decoupled' (a proximal step "
-                "through Adam's normalisation is not defined)"
+                "prox and target_sparsity with Adam/AdamW are decoupled updates (a plain "
+                "proximal step of size lr): leave coupling unset or 'decoupled'"
             )
         return coupled
-
-    def _momentum(self, optimizer: torch.optim.Optimizer) -> float:
-        """The momentum that scales the step budget: SGD's; none with Adam (HALO's step is plain)."""
-        w0 = self.weights()[0]
-        group = next((g for g in optimizer.param_groups if any(p is w0 for p in g["params"])), None)
-        return float(group["momentum"]) if self._kind == "sgd" and group is not None else 0.0
 
     def _fused_step(self, optimizer: torch.optim.Optimizer) -> None:
         from .fused import adam_step, sgd_step

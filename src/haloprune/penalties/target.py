@@ -122,12 +122,25 @@ def lr_trajectory(
     so nothing changes for the run. A scheduler driven by metrics (``ReduceLROnPlateau``) cannot be
     foreseen: give the budget to :meth:`HALO.begin_training` yourself.
     """
+    return [lr for lr, _ in _trajectory(optimizer, total_steps, scheduler, param)]
+
+
+def _trajectory(
+    optimizer: torch.optim.Optimizer, total_steps: int, scheduler: Any, param: Any
+) -> list[tuple[float, float]]:
+    """``(lr, momentum)`` of ``param``'s group at each of the next ``total_steps`` steps (momentum 0 for
+    groups without one; ``OneCycleLR`` cycles it)."""
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
         raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
     groups = optimizer.param_groups
     index = next((i for i, g in enumerate(groups) if any(p is param for p in g["params"])), 0)
+
+    def now() -> tuple[float, float]:
+        g = groups[index]
+        return float(g["lr"]), float(g.get("momentum", 0.0))
+
     if scheduler is None:
-        return [float(groups[index]["lr"])] * total_steps
+        return [now()] * total_steps
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         raise ValueError(
             "ReduceLROnPlateau sets the lr from metrics, which cannot be foreseen: compute the step "
@@ -137,19 +150,19 @@ def lr_trajectory(
         raise ValueError("the scheduler belongs to another optimizer")
     saved = copy.deepcopy(scheduler.state_dict())
     hyper = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in groups]
-    lrs = []
+    out = []
     try:
         with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
             warnings.simplefilter("ignore")
             for t in range(total_steps):
-                lrs.append(float(groups[index]["lr"]))
+                out.append(now())
                 if t + 1 < total_steps:
                     scheduler.step()
     finally:
         scheduler.load_state_dict(saved)
         for g, h in zip(groups, hyper, strict=True):
             g.update(h)
-    return lrs
+    return out
 
 
 def step_budget(
@@ -157,9 +170,11 @@ def step_budget(
     total_steps: int,
     scheduler: Any = None,
     param: Any = None,
-    momentum: float = 0.0,
+    momentum: bool = False,
 ) -> float:
-    """``B = Σ_t lr_t / (1 − momentum)`` over the next ``total_steps`` steps (see :func:`lr_trajectory`):
-    how far HALO's update can move λ per unit of steady gradient. With SGD ``momentum`` is SGD's; with
-    Adam/AdamW HALO's step is a plain one of size lr (decoupled), so ``momentum = 0``."""
-    return sum(lr_trajectory(optimizer, total_steps, scheduler, param)) / (1.0 - momentum)
+    """``B = Σ_t lr_t / (1 − m_t)`` over the next ``total_steps`` steps (see :func:`lr_trajectory`): how far
+    HALO's update can move λ per unit of steady gradient. ``momentum``: count SGD's momentum ``m_t`` (as
+    the scheduler sets it, e.g. ``OneCycleLR``); with Adam/AdamW HALO's step is a plain one of size lr
+    (decoupled), so ``m_t = 0``."""
+    steps = _trajectory(optimizer, total_steps, scheduler, param)
+    return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
