@@ -13,8 +13,8 @@ so momentum and Adam moments from before the pruning, weight decay, a new optimi
 none of them can revive a pruned weight. A masked parameter carries a small link to its owning module
 (``param._haloprune_mask``), kept across ``copy.deepcopy``, pickling and ``.to(device)``; the hook reads
 the mask buffer through it, so the mask in ``state_dict`` is always the one enforced. The hook costs
-nothing for optimizers without masked parameters (see ``benchmarks/mask_enforcement.py`` for the cost
-with them).
+nothing for optimizers without masked parameters (the "masked" column of ``benchmarks/penalty_overhead.py``
+measures the cost with them).
 
 To load a pruned ``state_dict`` into a fresh, unpruned model use :func:`load_state_dict`, which attaches
 the masks first. :func:`keep_masked` is kept for code that called it; it is no longer needed.
