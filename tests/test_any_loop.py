@@ -362,3 +362,18 @@ def test_fit_takes_a_dataloader_and_a_loss_function() -> None:
     )
     assert len(history) == 2 and sum(seen[:8]) == 256 and halo.attached
     assert all(0.0 <= h["val_accuracy"] <= 100.0 for h in history)
+
+
+@pytest.mark.parametrize("coupling", ["coupled", "decoupled"])
+def test_compiled_adam_kernel_equals_the_eager_one(monkeypatch: pytest.MonkeyPatch, coupling: str) -> None:
+    results = []
+    for compile_ in ("0", "1"):
+        monkeypatch.setenv("HALOPRUNE_COMPILE", compile_)
+        model = _mlp()
+        halo = HALO(model, xi=1e-3, psi=1e-2, coupling=coupling)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+        halo.attach(opt)
+        _train(model, opt, steps=4)
+        results.append([p.detach().clone() for p in [*model.parameters(), halo.lam]])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -164,33 +164,17 @@ def halo_adam_step(
         shrink = xi * inv2
         g_l = (-2.0 * xi) * w.abs() * (inv2 * inv) + lam_sum_term  # sign(λ) = 1
         g_w = g + shrink * torch.sign(w) if coupled else g
-        if decoupled_wd:
-            w_d = w * (1.0 - lr * wd)
-        else:
-            g_w = g_w + wd * w
-            w_d = w
+        w_new = _adam(w, g_w, w_m[i], w_v[i], lr, wd, step_size, bc2, beta1, beta2, eps, decoupled_wd)
         if not coupled and not prox:
-            w_d = w_d - (lr * shrink) * torch.sign(w)
-        m = w_m[i] + (1.0 - beta1) * (g_w - w_m[i])
-        v = beta2 * w_v[i] + (1.0 - beta2) * g_w * g_w
-        w_m[i].copy_(m)
-        w_v[i].copy_(v)
-        w_new = w_d - step_size * m / (torch.sqrt(v) / bc2 + eps)
+            w_new = w_new - (lr * shrink) * torch.sign(w)
         if prox:
             w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - lr * shrink, 0.0)
         w.copy_(w_new)
         if coupled:
             step_l, bc2_l = hp[i, 6], hp[i, 7]
-            if decoupled_wd:
-                lam_d = lam * (1.0 - lr_l * wd_l)
-            else:
-                g_l = g_l + wd_l * lam
-                lam_d = lam
-            m_l = lam_m[i] + (1.0 - beta1) * (g_l - lam_m[i])
-            v_l = beta2 * lam_v[i] + (1.0 - beta2) * g_l * g_l
-            lam_m[i].copy_(m_l)
-            lam_v[i].copy_(v_l)
-            lam_new = lam_d - step_l * m_l / (torch.sqrt(v_l) / bc2_l + eps)
+            lam_new = _adam(
+                lam, g_l, lam_m[i], lam_v[i], lr_l, wd_l, step_l, bc2_l, beta1, beta2, eps, decoupled_wd
+            )
         else:
             lam_new = lam - lr_l * (g_l + wd_l * lam)
         lams[i].copy_(torch.clamp(lam_new, lambda_min, lambda_max))
@@ -198,16 +182,22 @@ def halo_adam_step(
         p, d = others[j], other_grads[j]
         k = len(ws) + j
         lr, wd, step_size, bc2 = hp[k, 0], hp[k, 1], hp[k, 2], hp[k, 3]
-        if decoupled_wd:
-            p_d = p * (1.0 - lr * wd)
-        else:
-            d = d + wd * p
-            p_d = p
-        m = other_m[j] + (1.0 - beta1) * (d - other_m[j])
-        v = beta2 * other_v[j] + (1.0 - beta2) * d * d
-        other_m[j].copy_(m)
-        other_v[j].copy_(v)
-        p.copy_(p_d - step_size * m / (torch.sqrt(v) / bc2 + eps))
+        p.copy_(_adam(p, d, other_m[j], other_v[j], lr, wd, step_size, bc2, beta1, beta2, eps, decoupled_wd))
+
+
+def _adam(p, g, m, v, lr, wd, step_size, bc2, beta1: float, beta2: float, eps: float, decoupled_wd: bool):
+    """``torch.optim.Adam``/``AdamW``'s update of one tensor: the moments ``m``, ``v`` in place, the new
+    value returned (``step_size = lr / (1 − β1^t)``, ``bc2 = sqrt(1 − β2^t)``)."""
+    if decoupled_wd:
+        p_d = p * (1.0 - lr * wd)
+    else:
+        g = g + wd * p
+        p_d = p
+    m_new = m + (1.0 - beta1) * (g - m)
+    v_new = beta2 * v + (1.0 - beta2) * g * g
+    m.copy_(m_new)
+    v.copy_(v_new)
+    return p_d - step_size * m_new / (torch.sqrt(v_new) / bc2 + eps)
 
 
 _KERNELS: dict[str, Callable[..., None]] = {"sgd": halo_sgd_step, "adam": halo_adam_step}
