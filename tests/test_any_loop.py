@@ -335,6 +335,9 @@ def test_a_config_key_that_does_not_apply_is_an_error() -> None:
         OptimConfig(optimizer="sgd", betas=(0.9, 0.99))
     with pytest.raises(ValueError, match="nesterov"):
         OptimConfig(optimizer="adamw", nesterov=True)
+    with pytest.raises(ValueError, match="momentum is an SGD setting"):
+        OptimConfig(optimizer="adam", momentum=0.5)
+    assert OptimConfig(optimizer="adamw").momentum == 0.9  # the default is accepted: one key switches
 
 
 # ------------------------------------------------------------------------ fit takes any loop's data
@@ -377,3 +380,14 @@ def test_compiled_adam_kernel_equals_the_eager_one(monkeypatch: pytest.MonkeyPat
         results.append([p.detach().clone() for p in [*model.parameters(), halo.lam]])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_empty_selection_is_a_one_line_cli_error(real_fmnist, tmp_path, capsys) -> None:
+    from haloprune.cli import main
+
+    args = ["train", "--data-dir", str(real_fmnist), "--quiet", "--set", f"out_dir='{tmp_path}'"]
+    args += ["--set", "penalty.name='l1'", "--set", "penalty.xi=1e-5", "--set", "penalty.scope='conv'"]
+    args += ["--set", "prune.scope='conv'", "--set", "data.train_subset=200", "--epochs", "1"]
+    assert main(args) == 2  # LeNet-300-100 has no convolutions
+    err = capsys.readouterr().err
+    assert err.startswith("haloprune: error: LeNet") and "scope='conv'" in err and err.count("\n") == 1

@@ -27,7 +27,7 @@ COMBOS = st.fixed_dictionaries(
 _count = itertools.count()
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(combo=COMBOS)
 def test_every_combination_trains_or_gives_one_line(
     combo: dict, tmp_path: Path, real_fmnist: Path, capsys: pytest.CaptureFixture[str], monkeypatch

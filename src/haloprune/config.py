@@ -86,6 +86,11 @@ class OptimConfig(Section):
                     raise ValueError(f"{key} is an Adam/AdamW setting; optimizer is 'sgd'")
         elif self.nesterov:
             raise ValueError(f"nesterov is an SGD setting; optimizer is {self.optimizer!r}")
+        elif self.momentum not in (0.0, OptimConfig.model_fields["momentum"].default):
+            # the default (0.9) and 0 are accepted, so switching optimizer does not need a second key
+            raise ValueError(
+                f"momentum is an SGD setting; optimizer is {self.optimizer!r} (Adam's are betas)"
+            )
         return self
 
 

@@ -20,3 +20,8 @@ class ConfigError(HaloPruneError):
 
 class DataError(HaloPruneError):
     """A dataset is missing, truncated, corrupt or does not match its checksum."""
+
+
+class SelectionError(HaloPruneError, ValueError):
+    """The parameters to penalise or prune cannot be selected: a scope or an ``include``/``exclude`` glob
+    matches nothing in this model (a ``ValueError`` too, for library callers)."""

@@ -21,6 +21,8 @@ from typing import Literal, TypedDict
 
 from torch import nn
 
+from .errors import SelectionError
+
 Scope = Literal["all", "conv", "linear"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -99,7 +101,9 @@ def select_parameters(
             found = {id(p) for _, p in canonical if any(fnmatch.fnmatchcase(a, pat) for a in aliases[id(p)])}
             if not found:
                 names = ", ".join(n for n, _ in canonical[:8]) + (", ..." if len(canonical) > 8 else "")
-                raise ValueError(f"{what} pattern {pat!r} matches no parameter of the model (it has {names})")
+                raise SelectionError(
+                    f"{what} pattern {pat!r} matches no parameter of the model (it has {names})"
+                )
             hit |= found
         return hit
 

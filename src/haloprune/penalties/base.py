@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Unpack
 import torch
 from torch import nn
 
+from ..errors import SelectionError
 from ..selection import SELECTION_KEYS, Scope, SelectionArgs, select_parameters, unwrap
 
 __all__ = ["BudgetTerm", "ChecksParameterNames", "Penalty", "Scope", "SelectionArgs"]
@@ -70,7 +71,11 @@ class Penalty(nn.Module):
         model = unwrap(model)
         self.param_names: list[str] = select_parameters(model, **selection)
         if not self.param_names:
-            raise ValueError("the model has no parameters to penalise in this selection (scope/include)")
+            raise SelectionError(
+                f"{type(model).__name__} has no parameters to penalise in this selection "
+                f"({', '.join(f'{k}={v!r}' for k, v in selection.items() if v)}"
+                ")"
+            )
         params = dict(model.named_parameters())
         self.shapes: list[tuple[int, ...]] = [tuple(params[n].shape) for n in self.param_names]
         self.numels: list[int] = [params[n].numel() for n in self.param_names]
