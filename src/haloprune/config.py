@@ -176,12 +176,9 @@ class PenaltyConfig(Section):
 
     def kwargs(self) -> dict[str, Any]:
         """Arguments for the penalty's constructor: the settings that apply to it."""
+        # λ's lr and weight decay are optimizer settings (its parameter group), not constructor arguments
         valid = _penalty_keys(self.name) - {"lambda_lr_scale", "lambda_weight_decay"}
-        from .penalties import PENALTIES
-        from .penalties.base import valid_keywords
-
-        own = valid_keywords(PENALTIES[self.name])
-        return {k: v for k, v in self.model_dump().items() if k in valid and k in own}
+        return {k: v for k, v in self.model_dump().items() if k in valid}
 
 
 def _penalty_keys(name: str) -> set[str]:

@@ -21,14 +21,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal, Unpack
 
 import torch
 from torch import nn
 
 from .masks import attach_mask, get_masks
 from .penalties.group import OutputGroups
-from .selection import Scope, select_parameters, unwrap
+from .selection import Scope, SelectionArgs, select_parameters, unwrap
 from .slim import slim
 
 
@@ -111,7 +111,7 @@ def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, *, per_l
     return out
 
 
-def _prune(model: nn.Module, sparsity: float, per_layer: bool, **selection: Any):
+def _prune(model: nn.Module, sparsity: float, per_layer: bool, **selection: Unpack[SelectionArgs]):
     names = select_parameters(model, **selection)
     masks = masks_from_scores(magnitude_scores(model, names), sparsity, per_layer=per_layer)
     for n, m in masks.items():
@@ -120,37 +120,21 @@ def _prune(model: nn.Module, sparsity: float, per_layer: bool, **selection: Any)
 
 
 def global_magnitude_prune(
-    model: nn.Module,
-    sparsity: float,
-    *,
-    scope: Scope = "all",
-    include_bias: bool = False,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
+    model: nn.Module, sparsity: float, **selection: Unpack[SelectionArgs]
 ) -> dict[str, torch.Tensor]:
     """Prune the smallest-|w| weights across all prunable layers together, in place; returns the masks.
 
     Prunable: see :mod:`haloprune.selection` (Linear, Conv and attention weights by default; ``include``
     / ``exclude`` add or remove parameters by dotted-name glob). A parameter shared by several modules
     is pruned once."""
-    return _prune(
-        model, sparsity, False, scope=scope, include_bias=include_bias, include=include, exclude=exclude
-    )
+    return _prune(model, sparsity, False, **selection)
 
 
 def layerwise_magnitude_prune(
-    model: nn.Module,
-    sparsity: float,
-    *,
-    scope: Scope = "all",
-    include_bias: bool = False,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
+    model: nn.Module, sparsity: float, **selection: Unpack[SelectionArgs]
 ) -> dict[str, torch.Tensor]:
     """Prune the same fraction of smallest-|w| weights in every prunable tensor, in place."""
-    return _prune(
-        model, sparsity, True, scope=scope, include_bias=include_bias, include=include, exclude=exclude
-    )
+    return _prune(model, sparsity, True, **selection)
 
 
 @dataclass(frozen=True)
@@ -168,19 +152,12 @@ class LayerSparsity:
         return {**asdict(self), "shape": list(self.shape), "sparsity": self.sparsity}
 
 
-def sparsity_report(
-    model: nn.Module,
-    *,
-    scope: Scope = "all",
-    include_bias: bool = False,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-) -> list[LayerSparsity]:
+def sparsity_report(model: nn.Module, **selection: Unpack[SelectionArgs]) -> list[LayerSparsity]:
     """Per-tensor parameters / nonzeros / sparsity of the prunable weights, then a ``total`` row (a
     parameter shared by several modules is one row, counted once)."""
     model = unwrap(model)
     rows = []
-    names = select_parameters(model, scope=scope, include_bias=include_bias, include=include, exclude=exclude)
+    names = select_parameters(model, **selection)
     for n in names:
         p = model.get_parameter(n)
         rows.append(LayerSparsity(n, tuple(p.shape), p.numel(), int(torch.count_nonzero(p).item())))

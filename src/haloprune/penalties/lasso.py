@@ -239,8 +239,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     def _project_if_needed(self) -> None:
         """In the loss, λ is stepped by the user's optimizer: put it back into its box before it is read
         (only when it left it, so a graph built from the current λ stays valid)."""
-        lo, hi = torch.aminmax(self.lam.detach())
-        if lo.item() < self.lambda_min or hi.item() > self.lambda_max:
+        lam = self.lam.detach()
+        if bool(((lam < self.lambda_min) | (lam > self.lambda_max)).any()):  # one device sync, not two
             self.project_()
 
     @torch.no_grad()
