@@ -1,8 +1,9 @@
 """HALO's cost per training step, side by side with plain training, in one process: SGD and AdamW.
 
-For each model and optimizer: plain training (forward + backward + step; AdamW both ``foreach=True`` and
-``fused=True``, the faster one is the baseline), fused HALO (the default), the reference autograd path,
-and plain training of a 90%-pruned model whose masks are enforced by haloprune's step hook ("masked").
+For each model and optimizer: plain training (forward + backward + step; the optimizer both with
+``foreach=True`` and with ``fused=True``, the faster one is the baseline), fused HALO (the default),
+the reference autograd path, and plain training of a 90%-pruned model whose masks are enforced by
+haloprune's step hook ("masked").
 Variants run in interleaved rounds after warm-up, with the thread count pinned; each ratio is taken per
 round against the same round's baseline and reported as median [min–max] over rounds. Random inputs of
 the real shapes (timing does not depend on the data).
@@ -42,16 +43,16 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 def _optimizer(kind: str, params: list, plain: str) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
     impl = {"fused": True} if plain == "fused" else {"foreach": True}
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4, **impl)
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, **impl)
 
 
 def make_step(
     name: str, kwargs: dict, mode: str, kind: str, x: torch.Tensor, y: torch.Tensor, amp: bool
 ) -> Callable[[], None]:
-    """One training step of ``mode``: "plain", "plain-fused" (AdamW fused=True), "halo-fused",
+    """One training step of ``mode``: "plain", "plain-fused" (``fused=True``), "halo-fused",
     "halo-reference" or "masked" (plain, 90% pruned, masks enforced)."""
     torch.manual_seed(0)
     model = build_model(name, **kwargs).to(x.device)
@@ -167,9 +168,7 @@ def main() -> None:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (batch,), generator=g).to(device)
         for kind in args.optimizers:
-            modes = ["plain", "halo-fused", "halo-reference", "masked"]
-            if kind == "adamw":
-                modes.insert(1, "plain-fused")
+            modes = ["plain", "plain-fused", "halo-fused", "halo-reference", "masked"]
             steps = {m: make_step(name, kwargs, m, kind, x, y, args.amp) for m in modes}
             reps = args.reps if name != "vgg16-bn" or device.type == "cuda" else max(3, args.reps // 10)
             times = measure(steps, device, reps, args.rounds)
@@ -179,9 +178,7 @@ def main() -> None:
             worst[kind] = max(worst[kind], fused[0])
             peak = peak_memory(steps, device)
             label = f"{name} (width {kwargs['width']:g})" if "width" in kwargs else name
-            opt_label = (
-                kind if kind == "sgd" else f"adamw (plain: {'fused' if base == 'plain-fused' else 'foreach'})"
-            )
+            opt_label = f"{kind} (plain: {'fused' if base == 'plain-fused' else 'foreach'})"
             halo_ms = statistics.median(times["halo-fused"])
             print(
                 f"| {label} | {opt_label} | {batch} | {statistics.median(times[base]):.3f} | {halo_ms:.3f} | "

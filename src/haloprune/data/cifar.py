@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from haloprune.data.archive import safe_extract
+from haloprune.data.http import RETRY, fetch, try_mirrors
 from haloprune.errors import DataError
 
 if TYPE_CHECKING:
@@ -201,10 +202,6 @@ def _digests(path: Path) -> tuple[str, str]:
 def download_archive(spec: DatasetSpec, dest: Path, mirrors: Sequence[str], timeout: float) -> Path:
     """Download ``spec``'s archive into ``dest`` (trying ``mirrors`` in turn), verify md5 and sha256,
     extract it safely and move its folder into place; returns ``dest``. Nothing is left on failure."""
-    from haloprune.data.download import _RETRY as RETRY
-    from haloprune.data.download import _fetch as fetch
-    from haloprune.data.download import try_mirrors
-
     layout = spec.layout
     assert layout is not None
     if not missing_files(dest, layout):
