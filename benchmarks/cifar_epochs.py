@@ -2,7 +2,7 @@
 
 Synthetic CIFAR-shaped data (random 3x32x32 images and labels; the speed of a step does not depend on the
 pixels), kept on the device like ``haloprune train`` keeps real data. Each epoch does what
-``haloprune.train.fit`` does per step: a random order, the per-batch crop + flip augmentation, forward and
+``haloprune.training.fit`` does per step: a random order, the per-batch crop + flip augmentation, forward and
 loss (under bf16 autocast when asked), backward, the SGD step with HALO's fused update of weights and λ
 (reference settings, convolutions only), masks re-applied — with the device synchronised before every
 clock reading. It needs only torch and haloprune's pydantic-free modules, so it runs on a bare GPU box.

@@ -1,7 +1,7 @@
 """Seconds per training epoch of each method's regime, side by side, and the epochs each baseline gets at
 the wall-clock of target-sparsity HALO's 20 epochs.
 
-Regimes (one epoch of ``haloprune.train.fit`` on real Fashion-MNIST, LeNet-300-100 or LeNet-5, batch 100,
+Regimes (one epoch of ``haloprune.training.fit`` on real Fashion-MNIST, LeNet-300-100 or LeNet-5, batch 100,
 each in interleaved rounds, medians): ``dense`` (what magnitude pruning, fine-tuning and IMP train with),
 ``masked`` (a pruned network trained with its mask: GMP after its first prune, fine-tuning, IMP rounds),
 ``l1`` (penalty through autograd), ``halo-target`` (fused proximal HALO with its controller).
@@ -20,10 +20,11 @@ import time
 import torch
 
 from haloprune import HALO, global_magnitude_prune
+from haloprune.build import load_data
 from haloprune.config import DataConfig, OptimConfig, PenaltyConfig
 from haloprune.models import build_model
 from haloprune.penalties import L1
-from haloprune.train import fit, load_data
+from haloprune.training.loop import fit
 
 
 def one_epoch(regime: str, data, optim: OptimConfig, arch: str) -> float:

@@ -13,7 +13,7 @@ For LeNet-300-100 and LeNet-5 on Fashion-MNIST, trained with HALO (unstructured)
 * ``csr``         every ``Linear`` as a ``torch.sparse_csr`` matrix (int32 indices) through ``F.linear``;
                   convolutions stay masked dense (CSR applies to matrix products only); file: torch.save
                   of the CSR tensors and the remaining dense parameters
-* ``slim``        :func:`haloprune.slim` of the masked network: dead neurons, filters and input pixels
+* ``slim``        :func:`haloprune.pruning.slim` of the masked network: dead neurons, filters and input pixels
                   physically removed, plain dense layers, eager PyTorch; file: its ONNX export
 * ``slim-compiled``  the slimmed network through ``torch.compile``; file: the same ONNX export (the
                   compiled code is built from the network at load time and has no file of its own)
@@ -61,10 +61,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from haloprune import count_cost, global_magnitude_prune, group_prune, save_sparse, slim
+from haloprune.build import load_data
 from haloprune.config import TrainConfig, load_config
 from haloprune.export import export_onnx
-from haloprune.masks import get_masks
-from haloprune.train import load_data, load_trained, train
+from haloprune.pruning.masks import get_masks
+from haloprune.training.run import load_trained, train
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "halo-lenet300.toml"
 MODELS = ("lenet-300-100", "lenet-5")

@@ -12,7 +12,7 @@ Trains (or reuses, if finished) these runs, each exactly what ``haloprune train`
 for each budget of multiply-accumulates (dense / 10, / 20, / 40 by default):
 
 * every group-halo network is pruned by whole neurons (:func:`haloprune.group_prune`, RMS group norms)
-  until its *slimmed* model (:func:`haloprune.slim`) fits the budget; for each budget the grid point
+  until its *slimmed* model (:func:`haloprune.pruning.slim`) fits the budget; for each budget the grid point
   with the best **validation** accuracy is the one reported (never chosen on the test set);
 * the unstructured HALO network and the dense network are pruned by global magnitude to the *same number
   of weights* as that slimmed model, and the dense network is also group-pruned to the budget.
@@ -36,7 +36,8 @@ import torch
 
 from haloprune import count_cost, global_magnitude_prune, group_prune, slim
 from haloprune.config import TrainConfig, load_config
-from haloprune.train import evaluate, train
+from haloprune.training.evaluate import evaluate
+from haloprune.training.run import train
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "halo-lenet300.toml"
 

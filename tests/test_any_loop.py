@@ -14,8 +14,8 @@ from torch import nn
 import haloprune
 from haloprune import HALO, L1, global_magnitude_prune
 from haloprune.config import OptimConfig, PenaltyConfig
-from haloprune.selection import select_parameters
-from haloprune.train import fit
+from haloprune.core.params import select_parameters
+from haloprune.training.loop import fit
 
 
 @pytest.fixture(autouse=True)
@@ -171,7 +171,7 @@ def _zeros_hold(model: nn.Module, masks: dict[str, torch.Tensor]) -> bool:
 
 
 def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.clone() for n, m in haloprune.masks.get_masks(model).items()}
+    return {n: m.clone() for n, m in haloprune.pruning.masks.get_masks(model).items()}
 
 
 @pytest.mark.parametrize(

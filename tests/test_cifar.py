@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from haloprune.cli import main
+from haloprune.core.errors import DataError
 from haloprune.data import DATASETS, download, load_dataset
 from haloprune.data.augment import crop_flip
 from haloprune.data.cifar import safe_unpickle
-from haloprune.errors import DataError
 
 N = 20  # images per batch file
 

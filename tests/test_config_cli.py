@@ -8,7 +8,7 @@ import pytest
 
 from haloprune.cli import main
 from haloprune.config import CompareConfig, TrainConfig, apply_overrides, load_config, to_toml
-from haloprune.errors import ConfigError
+from haloprune.core.errors import ConfigError
 
 
 def test_defaults_and_overrides() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from haloprune.config import CompareConfig, TrainConfig, load_config
-from haloprune.harness import expand, load_sweep_config
+from haloprune.experiments.sweep import expand, load_sweep_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from haloprune.core.errors import DataError, HaloPruneError
 from haloprune.data import (
     DATASETS,
     DatasetSpec,
@@ -23,7 +24,6 @@ from haloprune.data import (
 )
 from haloprune.data import datasets as ds_mod
 from haloprune.data.idx import idx_bytes
-from haloprune.errors import DataError, HaloPruneError
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FILES = dict(DATASETS["fashion-mnist"].files)

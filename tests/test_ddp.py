@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from test_gpu_path import SMALL
 
 from haloprune.config import TrainConfig, load_config
-from haloprune.distributed import World, shard
+from haloprune.training.distributed import World, shard
 
 CFG = [*SMALL, "optim.eval_batch_size=64", "name=ddp"]  # the tiny CIFAR-format VGG + HALO run
 
@@ -41,9 +41,9 @@ def _worker(rank: int, world: int, port: int, cfg_json: str, out: str) -> None:
         HALOPRUNE_COMPILE="0",
     )
     torch.set_num_threads(1)
-    from haloprune import distributed
-    from haloprune import train as train_mod
     from haloprune.pruning import global_magnitude_prune
+    from haloprune.training import distributed
+    from haloprune.training import run as train_mod
 
     writes: list[str] = []
     for fn in ("save_text", "save_json", "save_torch", "save_verified"):

@@ -10,8 +10,8 @@ import torch
 
 import haloprune
 from haloprune import build_model, global_magnitude_prune, save_sparse
-from haloprune.errors import HaloPruneError
-from haloprune.masks import get_masks
+from haloprune.core.errors import HaloPruneError
+from haloprune.pruning.masks import get_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,9 +108,9 @@ def test_onnx_export_of_the_slimmed_model_matches_torch(tmp_path: Path, name: st
 
 def _finished_run(tmp_path: Path, name: str = "lenet-300-100") -> Path:
     """A run directory as `haloprune train` leaves it (random weights: no training needed here)."""
-    from haloprune.checkpoint import save_text, save_torch
+    from haloprune.build import build
     from haloprune.config import TrainConfig, to_toml
-    from haloprune.train import build
+    from haloprune.core.io import save_text, save_torch
 
     cfg = TrainConfig.model_validate({"name": "run", "out_dir": str(tmp_path), "model": {"name": name}})
     model, _ = build(cfg)
@@ -188,7 +188,7 @@ def test_inference_benchmark_runners_match_the_slimmed_model(tmp_path: Path) -> 
     model = build_model("lenet-300-100").eval()
     global_magnitude_prune(model, 0.98)
     x1 = torch.zeros(1, 1, 28, 28)
-    small = haloprune.slim(model, x1)
+    small = haloprune.pruning.slim(model, x1)
     path = haloprune.export.export_onnx(model, tmp_path / "m.onnx", x1)
     runners = {
         "ort": bench.ort_runner(path),

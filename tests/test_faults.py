@@ -29,9 +29,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haloprune.checkpoint import load_torch, load_verified, save_verified
 from haloprune.cli import main
-from haloprune.errors import HaloPruneError
+from haloprune.core.errors import HaloPruneError
+from haloprune.core.io import load_torch, load_verified, save_verified
 
 RUN_ARGS = [
     "--set",
@@ -237,7 +237,7 @@ _VALUES = [
 @given(st.lists(st.tuples(st.sampled_from(_KEYS), st.sampled_from(_VALUES)), max_size=4))
 def test_fuzzed_configs_are_valid_or_one_clear_config_error(pairs: list[tuple[str, str]]) -> None:
     from haloprune.config import TrainConfig, load_config
-    from haloprune.errors import ConfigError
+    from haloprune.core.errors import ConfigError
 
     try:
         load_config(TrainConfig, None, [f"{k}={v}" for k, v in pairs])
@@ -262,8 +262,8 @@ def _tar_with(path: Path, name: str, data: bytes = b"x", link: str | None = None
 
 @pytest.mark.parametrize(("name", "link"), [("../escape.txt", None), ("evil-link", "/etc/passwd")])
 def test_crafted_tar_cannot_write_outside_the_target(tmp_path: Path, name: str, link: str | None) -> None:
+    from haloprune.core.errors import DataError
     from haloprune.data.archive import safe_extract
-    from haloprune.errors import DataError
 
     dest = tmp_path / "out" / "inner"
     archive = _tar_with(tmp_path / "evil.tar.gz", name, link=link)
@@ -283,8 +283,8 @@ def test_absolute_member_names_stay_inside_the_target(tmp_path: Path) -> None:
 
 
 def test_archive_checksum_is_verified_before_extraction(tmp_path: Path) -> None:
+    from haloprune.core.errors import DataError
     from haloprune.data.archive import safe_extract, sha256_file
-    from haloprune.errors import DataError
 
     archive = _tar_with(tmp_path / "good.tar.gz", "data_batch_1", b"payload")
     with pytest.raises(DataError, match="does not match"):

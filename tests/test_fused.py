@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from haloprune import HALO, build_model
-from haloprune.penalties import fused
+from haloprune.penalties.halo import fused, sgd
 
 DEVICE = "cpu"
 
@@ -147,7 +147,7 @@ def test_eager_fallback_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> N
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(torch, "compile", lambda fn, **_: broken)
-    run = fused._safe_compile(fused.halo_sgd_step)
+    run = fused._safe_compile(sgd.halo_sgd_step)
     ws = [torch.randn(3, 2)]
     before = ws[0].clone()
     args = (
@@ -187,7 +187,7 @@ def test_fused_matches_reference_on_cuda(halo_kw: dict, sgd_kw: dict) -> None:
 def test_compiled_model_with_fused_halo_and_masks_trains() -> None:
     """torch.compile'd model + fused HALO + masks: trains, masks hold, same result as the eager model."""
     from haloprune import global_magnitude_prune, keep_masked
-    from haloprune.masks import get_masks
+    from haloprune.pruning.masks import get_masks
 
     results = []
     for compile_model in (False, True):

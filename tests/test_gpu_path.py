@@ -12,7 +12,7 @@ from test_cifar import write_cifar
 
 from haloprune.config import TrainConfig, load_config
 from haloprune.models import build_model
-from haloprune.train import train
+from haloprune.training.run import train
 
 SMALL = [
     'data.name="cifar10"',

@@ -10,18 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from haloprune.config import RunConfig, SweepConfig, load_config
+from haloprune.core.errors import HaloPruneError
+from haloprune.core.schedules import cubic_sparsity
 from haloprune.data import SplitData
 from haloprune.data.datasets import DATASETS
-from haloprune.errors import HaloPruneError
-from haloprune.harness import expand, load_sweep_config
-from haloprune.masks import get_masks
+from haloprune.experiments.report import choose, summarize, sweep_table
+from haloprune.experiments.sweep import expand, load_sweep_config
 from haloprune.methods import METHODS, Context
 from haloprune.methods.at_init import snip_scores
 from haloprune.methods.magnitude import rewind_
 from haloprune.models import build_model
 from haloprune.pruning import masks_from_scores
-from haloprune.report import choose, summarize, sweep_table
-from haloprune.schedules import cubic_sparsity
+from haloprune.pruning.masks import get_masks
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "paper"
 
@@ -96,6 +96,14 @@ def test_finetune_and_penalty_methods_report_every_target() -> None:
     assert pen.state["penalty"] is not None and "lam" in pen.state["penalty"]
 
 
+def test_adaptive_lasso_method_runs_its_l1_first_fit() -> None:
+    """Regression: the first fit builds an L1 from the adaptive lasso's config, whose ``gamma`` is not an
+    L1 setting (was: ``L1() got an unexpected keyword argument 'gamma'``)."""
+    pen = {"name": "adaptive-lasso", "xi": 1e-5, "gamma": 0.5}
+    out = METHODS["penalty"](penalty=pen).run(_ctx(epochs=2), [0.9])
+    assert [r["sparsity"] for r in out.records] == [0.9] and out.epochs_used == 2
+
+
 def test_target_method_records_asked_and_got() -> None:
     """``target``: HALO told the target; the record says how sparse training left it and the accuracy
     before pruning, next to the pruned network's."""
@@ -115,7 +123,7 @@ def test_imp_reinit_control_differs_from_rewinding() -> None:
 
 def get_masks_from_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     model = build_model("lenet-300-100")
-    from haloprune.masks import load_state_dict
+    from haloprune.pruning.masks import load_state_dict
 
     load_state_dict(model, state)
     return get_masks(model)
@@ -147,7 +155,7 @@ def test_a_method_can_have_its_own_epoch_budget() -> None:
 
 
 def test_sweep_config_validation_messages() -> None:
-    from haloprune.errors import ConfigError
+    from haloprune.core.errors import ConfigError
 
     base = ["methods={m={kind='penalty'}}"]
     load_config(SweepConfig, None, base)
@@ -202,7 +210,7 @@ def test_sparsevd_method_reports_targets_and_its_native_sparsity() -> None:
 
 
 def test_two_sweep_configs_share_a_per_target_job_and_its_state(tmp_path: Path) -> None:
-    from haloprune.harness import copy_state
+    from haloprune.experiments.sweep import copy_state
 
     five = {j.method + str(j.sparsity): j for j in expand(load_sweep_config(CONFIGS / "fmnist-lenet5.toml"))}
     target = {

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from haloprune.build import build_network, network_kwargs
 from haloprune.config import SweepConfig, TrainConfig, load_config, to_toml
-from haloprune.errors import ConfigError
+from haloprune.core.errors import ConfigError
+from haloprune.core.params import select_parameters
 from haloprune.models import build_model
-from haloprune.selection import select_parameters
-from haloprune.train import build_network, network_kwargs
 
 
 def _n(model: nn.Module) -> int:
@@ -84,7 +84,7 @@ def test_new_fields_at_defaults_leave_old_dumps_unchanged() -> None:
 def test_saved_state_rebuilds_for_its_data_and_scope(tmp_path) -> None:
     """Sweep reports rebuild a job's network from its run part (was: the model name only, so any
     non-default width, dataset or scope failed to load or was pruned in the wrong layers)."""
-    from haloprune.analysis import load_state_model
+    from haloprune.experiments.analysis import load_state_model
 
     sets = [
         'methods.d={kind="penalty"}',

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from haloprune.plots import plot_lambda
+from haloprune.experiments.plots import plot_lambda
 
 
 @pytest.mark.parametrize(

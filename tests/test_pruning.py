@@ -21,8 +21,8 @@ from haloprune import (
     load_state_dict,
     sparsity_report,
 )
-from haloprune.masks import apply_masks_, get_masks, remove_masks
 from haloprune.pruning import format_sparsity_report, masks_from_scores, recalibrate_batchnorm
+from haloprune.pruning.masks import apply_masks_, get_masks, remove_masks
 
 
 def _zeros(model: nn.Module) -> int:

@@ -12,9 +12,9 @@ from torch import nn
 
 import haloprune
 from haloprune import build_model, global_magnitude_prune
-from haloprune.masks import attach_mask, get_masks
 from haloprune.pruning import count_cost, group_prune
-from haloprune.slim import AddConstant, SelectFeatures, slim
+from haloprune.pruning.masks import attach_mask, get_masks
+from haloprune.pruning.slim import AddConstant, SelectFeatures, slim
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -221,7 +221,7 @@ def test_untraceable_model_gives_a_clear_error() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(x) if x.sum() > 0 else -self.fc(x)
 
-    with pytest.raises(haloprune.errors.HaloPruneError, match="trace"):
+    with pytest.raises(haloprune.core.errors.HaloPruneError, match="trace"):
         slim(Branchy(), torch.zeros(1, 4))
 
 

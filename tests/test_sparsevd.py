@@ -10,9 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from haloprune.masks import get_masks, load_state_dict
-from haloprune.models import build_model
-from haloprune.sparsevd import (
+from haloprune.methods.sparsevd import (
     Conv2dSVDO,
     LinearSVDO,
     elbo_loss,
@@ -24,6 +22,8 @@ from haloprune.sparsevd import (
     to_pruned_dense,
     to_sparse_vd,
 )
+from haloprune.models import build_model
+from haloprune.pruning.masks import get_masks, load_state_dict
 
 LENETS = ["lenet-300-100", "lenet-5", "lenet-5-caffe"]
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

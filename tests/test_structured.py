@@ -14,10 +14,11 @@ from torch import nn
 import haloprune
 from haloprune import build_model
 from haloprune.config import PenaltyConfig
-from haloprune.masks import get_masks, load_state_dict
 from haloprune.penalties import PENALTIES, GroupHALO, build_penalty
-from haloprune.pruning import Cost, _attach_group_masks, count_cost, group_prune, group_scores
-from haloprune.slim import slim
+from haloprune.pruning import Cost, count_cost, group_prune, group_scores
+from haloprune.pruning.masks import get_masks, load_state_dict
+from haloprune.pruning.slim import slim
+from haloprune.pruning.structured import _attach_group_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

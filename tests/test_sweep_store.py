@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from haloprune.errors import HaloPruneError
-from haloprune.store import ResultStore, git_commit
-from haloprune.sweep import Job, run_sweep, worker_threads
-from haloprune.sweep_report import sweep_report
+from haloprune.core.errors import HaloPruneError
+from haloprune.experiments.runner import Job, run_sweep, worker_threads
+from haloprune.experiments.store import ResultStore, git_commit
+from haloprune.experiments.sweep_report import sweep_report
 
 SPARSITIES = [0.5, 0.9]
 _calls = 0
@@ -140,8 +140,8 @@ def test_killed_sweep_resumes_without_loss_or_double_counting(store: ResultStore
         f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from haloprune.store import ResultStore
-        from haloprune.sweep import run_sweep
+        from haloprune.experiments.store import ResultStore
+        from haloprune.experiments.runner import run_sweep
         from test_sweep_store import fake_job, make_jobs
         run_sweep(make_jobs(), fake_job, ResultStore({str(store.path)!r}), progress=False)
         """

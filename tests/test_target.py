@@ -11,10 +11,10 @@ from torch import nn
 
 from haloprune import HALO
 from haloprune.config import PenaltyConfig, TrainConfig, load_config
-from haloprune.errors import ConfigError
-from haloprune.penalties import fused
-from haloprune.penalties.target import SparsityController
-from haloprune.train import LRSchedule
+from haloprune.core.errors import ConfigError
+from haloprune.penalties.halo import sgd
+from haloprune.penalties.halo.target import SparsityController
+from haloprune.training.optim import LRSchedule
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,7 @@ def test_prox_step_soft_thresholds_to_exact_zero() -> None:
     xi, lr, psi = 1e-4, 0.1, 1e-3
     ws, lams = [w.clone()], [lam.clone()]
     hp = torch.tensor([[lr, 0.0, lr, 0.0]], dtype=torch.float64)
-    fused.halo_sgd_step(
+    sgd.halo_sgd_step(
         ws, [g], [g], lams, [g], hp, torch.tensor(psi, dtype=torch.float64),
         torch.tensor(xi, dtype=torch.float64), 1e-3, 1e3, 0.0, 0.0, False, False, [], [], [], True,
     )  # fmt: skip
@@ -198,7 +198,7 @@ def test_target_run_resumes_bit_identically(tmp_path, real_fmnist) -> None:
     gives the same weights, λ and controller as the uninterrupted run."""
     import warnings
 
-    from haloprune.train import train
+    from haloprune.training.run import train
 
     def cfg(name: str) -> TrainConfig:
         return load_config(

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
-from haloprune.checkpoint import load_torch
+from haloprune.build import build
 from haloprune.config import TrainConfig, load_config
-from haloprune.train import LRSchedule, build, build_optimizer, train
+from haloprune.core.io import load_torch
+from haloprune.training.optim import LRSchedule, build_optimizer
+from haloprune.training.run import train
 
 SMALL = ["data.train_subset=1500", "data.val_size=500", "data.test_subset=500", "optim.epochs=2"]
 
@@ -70,7 +72,7 @@ def test_lambda_param_group_and_schedules() -> None:
 
 
 def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
-    from haloprune.checkpoint import save_json
+    from haloprune.core.io import save_json
 
     save_json({"a": 1}, tmp_path / "x.json")
     assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044  # readable by group/others (umask 022)

@@ -5,11 +5,11 @@ from haloprune import HALO, global_magnitude_prune, sparsity_report
 
 from __future__ import annotations
 
-from .export import load, save_sparse
-from .masks import apply_masks_, keep_masked, load_state_dict
-from .models import MODELS, build_model
-from .penalties import HALO, L1, PENALTIES, Penalty, build_penalty
-from .pruning import (
+from haloprune.core import __version__
+from haloprune.export import load, save_sparse
+from haloprune.models import MODELS, build_model
+from haloprune.penalties import HALO, L1, PENALTIES, Penalty, build_penalty
+from haloprune.pruning import (
     count_cost,
     format_sparsity_report,
     global_magnitude_prune,
@@ -18,9 +18,8 @@ from .pruning import (
     recalibrate_batchnorm,
     sparsity_report,
 )
-from .slim import slim
-
-__version__ = "0.1.0"
+from haloprune.pruning.masks import apply_masks_, keep_masked, load_state_dict
+from haloprune.pruning.slim import slim
 
 __all__ = [
     "HALO",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import HaloPruneError
+from haloprune.core.errors import HaloPruneError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -46,9 +46,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import CompareConfig, load_config
-    from .experiment import run_comparison
-    from .report import sparsity_table
+    from haloprune.config import CompareConfig, load_config
+    from haloprune.experiments.compare import run_comparison
+    from haloprune.experiments.report import sparsity_table
 
     cfg = load_config(CompareConfig, args.config, _overrides(args))
     records = run_comparison(cfg, progress=False if args.quiet else None)
@@ -65,8 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig, load_config
-    from .train import train
+    from haloprune.config import TrainConfig, load_config
+    from haloprune.training.run import train
 
     if args.resume is not None:
         if args.config is not None or _overrides(args):
@@ -76,7 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"out_dir": str(args.resume.parent), "name": args.resume.name})
     else:
         cfg = load_config(TrainConfig, args.config, _overrides(args))
-    from .distributed import teardown, world
+    from haloprune.training.distributed import teardown, world
 
     try:
         result = train(cfg, progress=False if args.quiet else None, resume=args.resume is not None)
@@ -91,10 +91,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from torch import nn
 
-    from .experiment import prune_and_evaluate
-    from .pruning import format_sparsity_report, sparsity_report
-    from .report import sparsity_table
-    from .train import load_data, load_trained
+    from haloprune.build import load_data
+    from haloprune.experiments.report import sparsity_table
+    from haloprune.pruning import format_sparsity_report, sparsity_report
+    from haloprune.training.evaluate import prune_and_evaluate
+    from haloprune.training.run import load_trained
 
     for s in args.sparsity:
         if not 0.0 <= s < 1.0:
@@ -135,7 +136,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _merge_prune_results(path: Path, records: list[dict[str, Any]]) -> None:
     """Add ``records`` to the run's ``prune_results.json``, replacing only rows of the same settings
     (sparsity, per-layer, BatchNorm recalibration): earlier results at other settings are kept."""
-    from .checkpoint import save_json
+    from haloprune.core.io import save_json
 
     def setting(r: dict[str, Any]) -> tuple[Any, ...]:
         return (r.get("sparsity"), bool(r.get("per_layer")), r.get("bn_recalibrated_images", 0))
@@ -153,7 +154,7 @@ def _merge_prune_results(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from haloprune.export import export_run
 
     _, summary = export_run(
         args.run_dir, args.sparsity, fmt=args.format, out=args.out, structured=args.structured
@@ -163,8 +164,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import download, load_dataset
-    from .data.datasets import default_cache_dir
+    from haloprune.data import download, load_dataset
+    from haloprune.data.datasets import default_cache_dir
 
     if args.action == "download":
         dest = args.dest or default_cache_dir(args.dataset)
@@ -180,9 +181,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .harness import copy_state, expand, load_sweep_config, run_job
-    from .store import ResultStore
-    from .sweep import run_sweep
+    from haloprune.experiments.runner import run_sweep
+    from haloprune.experiments.store import ResultStore
+    from haloprune.experiments.sweep import copy_state, expand, load_sweep_config, run_job
 
     if args.jobs < 1:
         raise HaloPruneError(f"--jobs must be >= 1, got {args.jobs}")
@@ -215,8 +216,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _report(db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool) -> int:
-    from .store import ResultStore
-    from .sweep_report import sweep_report
+    from haloprune.experiments.store import ResultStore
+    from haloprune.experiments.sweep_report import sweep_report
 
     if not Path(db).is_file():
         raise HaloPruneError(f"no results store at {db}: run `haloprune sweep CONFIG.toml` first")
@@ -243,7 +244,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     keys = None
     db, sweep = args.db, args.sweep
     if args.config is not None:
-        from .harness import expand, load_sweep_config
+        from haloprune.experiments.sweep import expand, load_sweep_config
 
         cfg = load_sweep_config(args.config, args.overrides, quick=args.quick)
         keys, db, sweep = [j.key for j in expand(cfg)], args.db or cfg.db, cfg.name
@@ -251,7 +252,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from haloprune.core import __version__
 
     parser = argparse.ArgumentParser(prog="haloprune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"haloprune {__version__}")

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from haloprune.core.errors import ConfigError
 
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -51,7 +51,7 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .models import MODELS
+        from haloprune.models import MODELS
 
         if v not in MODELS:
             raise ValueError(f"unknown model {v!r}; known: {', '.join(MODELS.names())}")
@@ -138,7 +138,7 @@ class PenaltyConfig(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .penalties import PENALTIES
+        from haloprune.penalties import PENALTIES
 
         if v != "none" and v not in PENALTIES:
             raise ValueError(f"unknown penalty {v!r}; known: none, {', '.join(PENALTIES.names())}")
@@ -174,18 +174,19 @@ class PenaltyConfig(Section):
         exclude)."""
         return {k: getattr(self, k) for k in ("scope", "include_bias", "include", "exclude")}
 
-    def kwargs(self) -> dict[str, Any]:
-        """Arguments for the penalty's constructor: the settings that apply to it."""
+    def kwargs(self, penalty: str | None = None) -> dict[str, Any]:
+        """Arguments for the constructor of ``penalty`` (default: this config's): the settings that apply
+        to it (the adaptive lasso's first fit builds an L1 from the adaptive lasso's config)."""
         # λ's lr and weight decay are optimizer settings (its parameter group), not constructor arguments
-        valid = _penalty_keys(self.name) - {"lambda_lr_scale", "lambda_weight_decay"}
+        valid = _penalty_keys(penalty or self.name) - {"lambda_lr_scale", "lambda_weight_decay"}
         return {k: v for k, v in self.model_dump().items() if k in valid}
 
 
 def _penalty_keys(name: str) -> set[str]:
     """The config keys that apply to a registered penalty: its constructor's keyword arguments, plus λ's
     optimizer settings for penalties with learned parameters."""
-    from .penalties import PENALTIES
-    from .penalties.base import valid_keywords
+    from haloprune.penalties import PENALTIES
+    from haloprune.penalties.base import valid_keywords
 
     cls = PENALTIES[name]
     keys = valid_keywords(cls) & set(PenaltyConfig.model_fields)
@@ -352,7 +353,7 @@ class SweepMethodConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> SweepMethodConfig:
-        from .methods import METHODS
+        from haloprune.methods import METHODS
 
         if self.kind not in METHODS:
             raise ValueError(f"unknown method kind {self.kind!r}; known: {', '.join(METHODS.names())}")

@@ -7,7 +7,7 @@ densely. The file's metadata says which model to build (registry name and argume
 haloprune version. ``load(path)`` rebuilds the model with identical weights and its masks attached.
 Files are read with safetensors, which stores plain tensors only: loading one cannot run code.
 
-``export_onnx(model, path, example_input)`` writes the *slimmed* model (:func:`haloprune.slim.slim`: dead
+``export_onnx(model, path, example_input)`` writes the *slimmed* model (:func:`haloprune.pruning.slim`: dead
 neurons and filters physically removed, plain dense layers) as an ONNX graph with a dynamic batch
 dimension, for onnxruntime and other runtimes; it needs the ``onnx`` extra (``pip install
 'haloprune[onnx]'``). :func:`export_run` is what ``haloprune export`` does with a finished run.
@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import HaloPruneError
-from .masks import SUFFIX, attach_mask, get_masks
-from .models import build_model
-from .pruning import Cost, count_cost, global_magnitude_prune, group_prune
-from .selection import unwrap
-from .slim import slim
+from haloprune.core.errors import HaloPruneError
+from haloprune.core.params import unwrap
+from haloprune.models import build_model
+from haloprune.pruning import Cost, count_cost, global_magnitude_prune, group_prune
+from haloprune.pruning.masks import SUFFIX, attach_mask, get_masks
+from haloprune.pruning.slim import slim
 
 FORMAT = "haloprune-sparse/1"
 
@@ -65,7 +65,7 @@ def save_sparse(
     model: nn.Module, path: str | Path, *, architecture: dict[str, Any], extra: dict[str, str] | None = None
 ) -> Path:
     """Write ``model`` (masks attached) compactly to ``path`` (safetensors)."""
-    from . import __version__
+    from haloprune.core import __version__
 
     model = unwrap(model)
     masks = get_masks(model)
@@ -187,8 +187,9 @@ def export_run(
     the slimmed model has no more weights than the unstructured one would keep. ``fmt="safetensors"``
     keeps the masks (:func:`save_sparse`); ``fmt="onnx"`` writes the slimmed model (:func:`export_onnx`).
     """
-    from .pruning import sparsity_report
-    from .train import load_trained, network_kwargs
+    from haloprune.build import network_kwargs
+    from haloprune.pruning import sparsity_report
+    from haloprune.training.run import load_trained
 
     if not 0.0 <= sparsity < 1.0:
         raise HaloPruneError(f"--sparsity must be in [0, 1), got {sparsity}")

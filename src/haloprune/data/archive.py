@@ -11,7 +11,7 @@ import hashlib
 import tarfile
 from pathlib import Path
 
-from haloprune.errors import DataError
+from haloprune.core.errors import DataError
 
 
 def sha256_file(path: Path) -> str:

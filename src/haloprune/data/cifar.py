@@ -9,7 +9,7 @@ values, rows top to bottom) and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` /
 The files are pickles, and unpickling can run arbitrary code. :class:`_CifarUnpickler` therefore resolves
 only the few globals the format needs (numpy's array reconstruction and dtype, and latin-1 byte decoding
 from Python-3-written pickles); any other global, as a crafted file would need, is refused with a
-:class:`~haloprune.errors.DataError`.
+:class:`~haloprune.core.errors.DataError`.
 
 The archive is downloaded with mirror fallback, checked (size-independent: md5 as published on the CIFAR
 page, and sha256) and extracted with :func:`~haloprune.data.archive.safe_extract` into a temporary folder
@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from haloprune.core.errors import DataError
 from haloprune.data.archive import safe_extract
 from haloprune.data.http import RETRY, fetch, try_mirrors
-from haloprune.errors import DataError
 
 if TYPE_CHECKING:
     from haloprune.data.datasets import DatasetSpec

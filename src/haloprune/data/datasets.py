@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from haloprune.core.errors import DataError
 from haloprune.data import cifar
 from haloprune.data.idx import read_idx
-from haloprune.errors import DataError
 
 __all__ = [
     "CACHE_DIR",

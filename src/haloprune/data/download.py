@@ -15,10 +15,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from haloprune.core.errors import DataError
 from haloprune.data.datasets import ROLES, DatasetSpec, get_spec, resolve_file
 from haloprune.data.http import RETRY, fetch, try_mirrors
 from haloprune.data.idx import GZIP_MAGIC, read_idx
-from haloprune.errors import DataError
 
 __all__ = ["download"]
 

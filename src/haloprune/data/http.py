@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from haloprune.errors import DataError
+from haloprune.core.errors import DataError
 
 _CHUNK = 1 << 16
 _USER_AGENT = "haloprune-downloader/1"

@@ -1,7 +1,7 @@
 """Reading and writing IDX files (the MNIST / Fashion-MNIST format), gzipped or raw.
 
 Every problem with a file (missing, truncated, trailing bytes, bad magic, corrupt gzip, wrong
-checksum) raises :class:`~haloprune.errors.DataError` with a one-line message that names the file
+checksum) raises :class:`~haloprune.core.errors.DataError` with a one-line message that names the file
 and says how to fix it.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from haloprune.errors import DataError
+from haloprune.core.errors import DataError
 
 __all__ = ["DEFAULT_HINT", "read_idx", "write_idx"]
 

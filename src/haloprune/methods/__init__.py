@@ -10,11 +10,26 @@ iterative magnitude pruning with rewinding; Frankle et al. 2019), ``snip`` (Lee 
 
 from __future__ import annotations
 
-from ..registry import Registry
-from .base import Context, Method, Outcome, Params
+from haloprune.core.registry import Registry
+from haloprune.methods.at_init import RandomPruning, Snip
+from haloprune.methods.base import Context, Method, Outcome, Params
+from haloprune.methods.magnitude import GradualMagnitude, LotteryTicket, MagnitudeFineTune
+from haloprune.methods.penalty import PenaltyMethod, TargetPenaltyMethod
+from haloprune.methods.variational import SparseVD
 
-METHODS: Registry[Method] = Registry("method")
-
-from . import at_init, magnitude, penalty, variational  # noqa: E402,F401  (register the methods)
+#: Adding a method is one :class:`~haloprune.methods.base.Method` subclass and one line here.
+METHODS: Registry[Method] = Registry(
+    "method",
+    {
+        "penalty": PenaltyMethod,
+        "target": TargetPenaltyMethod,
+        "finetune": MagnitudeFineTune,
+        "gmp": GradualMagnitude,
+        "imp": LotteryTicket,
+        "snip": Snip,
+        "random": RandomPruning,
+        "sparsevd": SparseVD,
+    },
+)
 
 __all__ = ["METHODS", "Context", "Method", "Outcome", "Params"]

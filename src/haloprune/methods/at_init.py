@@ -14,12 +14,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..masks import attach_mask
-from ..pruning import masks_from_scores
-from ..selection import select_parameters
-from ..train import fit
-from . import METHODS
-from .base import Context, Method, Outcome, Params
+from haloprune.core.params import select_parameters
+from haloprune.methods.base import Context, Method, Outcome, Params
+from haloprune.pruning import masks_from_scores
+from haloprune.pruning.masks import attach_mask
+from haloprune.training.loop import fit
 
 
 def snip_scores(
@@ -39,7 +38,6 @@ class SnipParams(Params):
     samples: int = Field(500, gt=0)  # training images used for the scores
 
 
-@METHODS.register("snip")
 class Snip(Method):
     Params = SnipParams
     per_sparsity = True
@@ -57,7 +55,6 @@ class RandomParams(Params):
     pass
 
 
-@METHODS.register("random")
 class RandomPruning(Method):
     Params = RandomParams
     per_sparsity = True

@@ -18,12 +18,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..config import RunConfig
-from ..data import SplitData
-from ..experiment import pruned_copy, pruned_record
-from ..pruning import global_magnitude_prune
-from ..selection import select_parameters
-from ..train import build_network, seed_everything
+from haloprune.build import build_network, seed_everything
+from haloprune.config import RunConfig
+from haloprune.core.params import select_parameters
+from haloprune.data import SplitData
+from haloprune.pruning import global_magnitude_prune
+from haloprune.training.evaluate import pruned_copy, pruned_record
 
 
 class Params(BaseModel):

@@ -22,12 +22,11 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
-from ..masks import attach_mask, get_masks
-from ..pruning import magnitude_scores, masks_from_scores
-from ..schedules import cubic_sparsity
-from ..train import fit
-from . import METHODS
-from .base import Context, Method, Outcome, Params
+from haloprune.core.schedules import cubic_sparsity
+from haloprune.methods.base import Context, Method, Outcome, Params
+from haloprune.pruning import magnitude_scores, masks_from_scores
+from haloprune.pruning.masks import attach_mask, get_masks
+from haloprune.training.loop import fit
 
 
 @torch.no_grad()
@@ -47,7 +46,6 @@ class FineTuneParams(Params):
     finetune_lr: float = Field(0.01, gt=0)
 
 
-@METHODS.register("finetune")
 class MagnitudeFineTune(Method):
     Params = FineTuneParams
 
@@ -87,7 +85,6 @@ class GMPParams(Params):
     every: int = Field(100, gt=0)  # steps between mask updates
 
 
-@METHODS.register("gmp")
 class GradualMagnitude(Method):
     Params = GMPParams
     per_sparsity = True
@@ -118,7 +115,6 @@ class IMPParams(Params):
     reinit: bool = False
 
 
-@METHODS.register("imp")
 class LotteryTicket(Method):
     Params = IMPParams
     per_sparsity = True

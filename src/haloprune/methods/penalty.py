@@ -18,11 +18,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from ..config import PenaltyConfig
-from ..penalties import Penalty, build_penalty
-from ..train import fit
-from . import METHODS
-from .base import Context, Method, Outcome, Params
+from haloprune.config import PenaltyConfig
+from haloprune.methods.base import Context, Method, Outcome, Params
+from haloprune.penalties import Penalty, build_penalty
+from haloprune.training.loop import fit
 
 
 class PenaltyParams(Params):
@@ -30,7 +29,6 @@ class PenaltyParams(Params):
     first_fit_fraction: float = Field(0.5, gt=0, lt=1)  # adaptive lasso only
 
 
-@METHODS.register("penalty")
 class PenaltyMethod(Method):
     Params = PenaltyParams
 
@@ -55,7 +53,7 @@ class PenaltyMethod(Method):
         epochs = optim.epochs
         if pen_cfg.name == "adaptive-lasso":
             first = max(1, round(self.params.first_fit_fraction * epochs))
-            l1 = build_penalty("l1", model, **pen_cfg.kwargs())
+            l1 = build_penalty("l1", model, **pen_cfg.kwargs("l1"))
             fit(
                 model,
                 ctx.data,
@@ -84,7 +82,6 @@ class PenaltyMethod(Method):
         return model, penalty, history
 
 
-@METHODS.register("target")
 class TargetPenaltyMethod(PenaltyMethod):
     """A penalty told the sparsity it must reach (HALO ``target_sparsity``): one training run per target."""
 

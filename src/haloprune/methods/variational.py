@@ -14,12 +14,11 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
-from .. import sparsevd as svd
-from ..masks import attach_mask
-from ..pruning import masks_from_scores
-from ..train import fit
-from . import METHODS
-from .base import Context, Method, Outcome, Params
+from haloprune.methods import sparsevd as svd
+from haloprune.methods.base import Context, Method, Outcome, Params
+from haloprune.pruning import masks_from_scores
+from haloprune.pruning.masks import attach_mask
+from haloprune.training.loop import fit
 
 
 class SparseVDParams(Params):
@@ -28,7 +27,6 @@ class SparseVDParams(Params):
     threshold: float = 3.0
 
 
-@METHODS.register("sparsevd")
 class SparseVD(Method):
     Params = SparseVDParams
 

@@ -6,10 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import MODELS
 
-
-@MODELS.register("lenet-300-100")
 class LeNet300100(nn.Module):
     """784-300-100-10 fully connected, ReLU (LeCun et al. 1998; Han et al. 2015)."""
 
@@ -25,7 +22,6 @@ class LeNet300100(nn.Module):
         return self.fc3(x)
 
 
-@MODELS.register("lenet-5")
 class LeNet5(nn.Module):
     """LeNet-5 as in the HALO reference: conv 6@5x5 (pad 2), pool, conv 16@5x5, pool, fc 120-84-10."""
 
@@ -46,7 +42,6 @@ class LeNet5(nn.Module):
         return self.fc5(x)
 
 
-@MODELS.register("lenet-5-caffe")
 class LeNet5Caffe(nn.Module):
     """Caffe's LeNet-5 (20-50-500), the model of the Han et al. / SparseVD MNIST numbers."""
 

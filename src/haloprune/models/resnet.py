@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import MODELS
-
 
 def _bn_conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -92,13 +90,11 @@ class ResNet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@MODELS.register("resnet18")
 def resnet18(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, width: float = 1.0) -> ResNet:
     """ResNet-18 (BasicBlock x [2, 2, 2, 2]), CIFAR stem; ``image_size`` is accepted for a uniform API."""
     return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, num_classes, width)
 
 
-@MODELS.register("resnet50")
 def resnet50(in_channels: int = 3, image_size: int = 32, num_classes: int = 10, width: float = 1.0) -> ResNet:
     """ResNet-50 (Bottleneck x [3, 4, 6, 3]), CIFAR stem; ``image_size`` is accepted for a uniform API."""
     return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, num_classes, width)

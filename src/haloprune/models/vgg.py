@@ -5,12 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import MODELS
-
 CFG_D = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
 
-@MODELS.register("vgg16-bn")
 class VGG16BN(nn.Module):
     """VGG-16 (config D) with BatchNorm and a single Linear classifier; ``width`` scales every conv.
 

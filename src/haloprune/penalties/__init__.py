@@ -1,4 +1,8 @@
-"""Sparsity-inducing penalties, by name: ``build_penalty("halo", model, xi=..., psi=...)``."""
+"""Sparsity-inducing penalties, by name: ``build_penalty("halo", model, xi=..., psi=...)``.
+
+One file per family; adding one is one class (a :class:`~haloprune.penalties.base.Penalty`) and one line
+in :data:`PENALTIES`.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,36 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import Registry
-from .base import Penalty
+from haloprune.core.registry import Registry
+from haloprune.penalties.adaptive import AdaptiveLasso
+from haloprune.penalties.base import Penalty
+from haloprune.penalties.group import GroupLasso
+from haloprune.penalties.halo import HALO
+from haloprune.penalties.l1 import L1
+from haloprune.penalties.nonconvex import MCP, SCAD
+from haloprune.penalties.shared import LayerHALO, SharedHALO
+from haloprune.penalties.structured import GroupHALO
 
-PENALTIES: Registry[Penalty] = Registry("penalty")
+PENALTIES: Registry[Penalty] = Registry(
+    "penalty",
+    {
+        "l1": L1,
+        "halo": HALO,
+        "adaptive-lasso": AdaptiveLasso,
+        "mcp": MCP,
+        "scad": SCAD,
+        "sws": SharedHALO,
+        "layer-halo": LayerHALO,
+        "group-lasso": GroupLasso,
+        "group-halo": GroupHALO,
+    },
+)
 
 
 def build_penalty(name: str, model: nn.Module, **kwargs: Any) -> Penalty:
     """Build a registered penalty for ``model``."""
     return PENALTIES[name](model, **kwargs)
 
-
-from .adaptive import AdaptiveLasso  # noqa: E402
-from .group import GroupLasso  # noqa: E402
-from .lasso import HALO, L1  # noqa: E402
-from .nonconvex import MCP, SCAD  # noqa: E402
-from .shared import LayerHALO, SharedHALO  # noqa: E402
-from .structured import GroupHALO  # noqa: E402
 
 __all__ = [
     "HALO",

@@ -8,11 +8,9 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from . import PENALTIES
-from .base import ChecksParameterNames, Penalty, SelectionArgs
+from haloprune.penalties.base import ChecksParameterNames, Penalty, SelectionArgs
 
 
-@PENALTIES.register("adaptive-lasso")
 class AdaptiveLasso(ChecksParameterNames, Penalty):
     """``ξ · Σ_j c_j |w_j|`` with ``c_j = 1 / (|ŵ_j| + eps)^γ`` fixed from reference weights ``ŵ``.
 

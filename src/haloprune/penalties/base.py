@@ -23,8 +23,8 @@ from typing import Any, ClassVar, Unpack
 import torch
 from torch import nn
 
-from ..errors import SelectionError
-from ..selection import SELECTION_KEYS, Scope, SelectionArgs, select_parameters, unwrap
+from haloprune.core.errors import SelectionError
+from haloprune.core.params import SELECTION_KEYS, Scope, SelectionArgs, select_parameters, unwrap
 
 __all__ = ["BudgetTerm", "ChecksParameterNames", "Penalty", "Scope", "SelectionArgs"]
 
@@ -58,7 +58,7 @@ def valid_keywords(cls: type) -> set[str]:
 class Penalty(nn.Module):
     """Base class: resolves and remembers the penalised parameters by dotted name.
 
-    ``**selection`` (:class:`~haloprune.selection.SelectionArgs`: ``scope``, ``include_bias``,
+    ``**selection`` (:class:`~haloprune.core.params.SelectionArgs`: ``scope``, ``include_bias``,
     ``include``, ``exclude``) says which parameters are penalised; any other keyword is a ``TypeError``.
     """
 

@@ -13,8 +13,7 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from . import PENALTIES
-from .base import Penalty, SelectionArgs
+from haloprune.penalties.base import Penalty, SelectionArgs
 
 
 def mcp(w: torch.Tensor, xi: float, psi: float) -> torch.Tensor:
@@ -38,7 +37,6 @@ def scad(w: torch.Tensor, xi: float, a: float) -> torch.Tensor:
     return torch.where(t <= xi, inner, torch.where(t <= a * xi, middle, outer))
 
 
-@PENALTIES.register("mcp")
 class MCP(Penalty):
     """``Σ_j MCP(w_j; ξ, ψ)`` over the penalised weights (see :func:`mcp`); ``psi`` must be > 0."""
 
@@ -70,7 +68,6 @@ class MCP(Penalty):
         return f"xi={self.xi:g}, psi={self.psi:g}, penalized={self.num_penalized}"
 
 
-@PENALTIES.register("scad")
 class SCAD(Penalty):
     """``Σ_j SCAD(w_j; λ=ξ, a)`` over the penalised weights (see :func:`scad`); ``a`` must be > 2."""
 

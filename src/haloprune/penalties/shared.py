@@ -5,7 +5,7 @@
 * ``layer-halo`` — one trainable λ per penalised tensor (layer),
   ``ξ · Σ_l ||w_l||_1 / λ_l²  +  ψ · | Σ_l |λ_l| − p |`` (``form="l2"`` squares the last term, as in HALO).
 
-As in :class:`~haloprune.penalties.lasso.HALO`, λ is an ``nn.Parameter`` (give ``penalty.parameters()``
+As in :class:`~haloprune.penalties.halo.penalty.HALO`, λ is an ``nn.Parameter`` (give ``penalty.parameters()``
 to the optimizer; it is in the ``state_dict``), :meth:`project_` clamps it back to ``[lambda_min, ∞)``
 after each step (``penalty.attach(optimizer)``), and the shrinkage term reads ``max(λ, lambda_min)``, so
 the loss stays finite whatever the optimizer does. Inside that range value and gradients are the formula's.
@@ -18,8 +18,7 @@ from typing import Literal, Unpack
 import torch
 from torch import nn
 
-from . import PENALTIES
-from .base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
+from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 
 
 class _LearnedScale(ChecksParameterNames, Penalty):
@@ -59,7 +58,6 @@ class _LearnedScale(ChecksParameterNames, Penalty):
         self.lam.clamp_(min=self.lambda_min)
 
 
-@PENALTIES.register("sws")
 class SharedHALO(_LearnedScale):
     """HALO with a single shared, trainable scale (the reference's ``--ws``).
 
@@ -144,7 +142,6 @@ class _GroupedScale(BudgetTerm, _LearnedScale):
         )
 
 
-@PENALTIES.register("layer-halo")
 class LayerHALO(_GroupedScale):
     """HALO with one trainable scale per penalised tensor (layer).
 

@@ -1,13 +1,13 @@
 """Structured HALO: one learned shrinkage scale per output neuron / filter, so whole units go to zero.
 
-``group-halo`` is HALO (:class:`~haloprune.penalties.lasso.HALO`) lifted from single weights to groups,
+``group-halo`` is HALO (:class:`~haloprune.penalties.halo.penalty.HALO`) lifted from single weights to groups,
 
     ξ · Σ_g ||w_g||_2 / λ_g²  +  ψ · | Σ_g |λ_g| − p |        (``form="l2"``: the last term squared)
 
 where a group is an output unit of a penalised layer (row of a ``Linear``, filter of a ``Conv``; see
 :class:`~haloprune.penalties.group.OutputGroups`) and every group has its own trainable ``λ_g``. As in
 HALO, units that matter keep a large λ and are barely shrunk; the rest get a small λ and their whole
-weight vector is driven to zero, which is what lets :func:`haloprune.slim` remove them physically.
+weight vector is driven to zero, which is what lets :func:`haloprune.pruning.slim` remove them physically.
 
 There are only as many λ as output units (a few hundred), so the penalty goes through autograd: add
 ``penalty()`` to the loss, give ``penalty.parameters()`` to the optimizer and ``penalty.attach(opt)`` so λ
@@ -19,12 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import PENALTIES
-from .group import OutputGroups
-from .shared import _GroupedScale
+from haloprune.core.layers import OutputGroups
+from haloprune.penalties.shared import _GroupedScale
 
 
-@PENALTIES.register("group-halo")
 class GroupHALO(_GroupedScale):
     """HALO over output units: ``ξ · Σ_g ||w_g||_2 / λ_g² + ψ · |Σ_g |λ_g| − p|`` (``form="l2"`` squares).
 

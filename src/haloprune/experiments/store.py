@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import HaloPruneError
+from haloprune.core.errors import HaloPruneError
 
 if TYPE_CHECKING:
-    from .sweep import Job
+    from haloprune.experiments.runner import Job
 
 DEFAULT_PATH = Path("runs/results.sqlite")
 STATUSES = ("pending", "running", "done", "failed")

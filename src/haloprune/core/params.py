@@ -21,12 +21,11 @@ from typing import Literal, TypedDict
 
 from torch import nn
 
-from .errors import SelectionError
+from haloprune.core.errors import SelectionError
+from haloprune.core.layers import CONV, LINEAR
 
 Scope = Literal["all", "conv", "linear"]
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_LINEAR = (nn.Linear, nn.MultiheadAttention)
 # The weights (and biases) of each default layer type, by attribute name.
 _WEIGHTS = ("weight", "in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _BIASES = ("bias", "in_proj_bias")
@@ -83,7 +82,7 @@ def select_parameters(
         raise ValueError(f"scope must be 'all', 'conv' or 'linear', got {scope!r}")
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
     model = unwrap(model)
-    types = {"all": _CONV + _LINEAR, "conv": _CONV, "linear": _LINEAR}[scope]
+    types = {"all": CONV + LINEAR, "conv": CONV, "linear": LINEAR}[scope]
     attrs = _WEIGHTS + (_BIASES if include_bias else ())
     default: set[int] = set()
     aliases: dict[int, list[str]] = {}

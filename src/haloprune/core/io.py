@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import HaloPruneError
+from haloprune.core.errors import HaloPruneError
 
 
 def _current_umask() -> int:

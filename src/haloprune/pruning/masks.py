@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .selection import unwrap
+from haloprune.core.params import unwrap
 
 SUFFIX = "_mask"
 _LINK = "_haloprune_mask"  # parameter attribute: (MaskOwner, attribute name)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .store import ResultStore
+from haloprune.experiments.store import ResultStore
 
 RunJob = Callable[["Job", int], tuple[list[dict[str, Any]], int]]
 

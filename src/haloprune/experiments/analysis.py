@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_torch
-from .masks import load_state_dict
-from .models import build_model
-from .pruning import global_magnitude_prune, sparsity_report
-from .selection import select_parameters
+from haloprune.core.io import load_torch
+from haloprune.core.params import select_parameters
+from haloprune.models import build_model
+from haloprune.pruning import global_magnitude_prune, sparsity_report
+from haloprune.pruning.masks import load_state_dict
 
 
 def load_state_model(
@@ -32,8 +32,8 @@ def load_state_model(
     if isinstance(run, str):
         model = build_model(run)
     else:
-        from .config import RunConfig
-        from .train import build_network
+        from haloprune.build import build_network
+        from haloprune.config import RunConfig
 
         cfg = RunConfig.model_validate(run)
         model, scope = build_network(cfg), cfg.prune.scope

@@ -43,12 +43,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import HaloPruneError
-from .masks import apply_masks_, get_masks
-from .selection import unwrap
+from haloprune.core.errors import HaloPruneError
+from haloprune.core.layers import BATCHNORM, CONV
+from haloprune.core.params import unwrap
+from haloprune.pruning.masks import apply_masks_, get_masks
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _SAME_MODULES = (
     nn.ReLU,
     nn.MaxPool1d,
@@ -167,9 +166,9 @@ class _Analysis:
             m = self.modules[n.target]
             if isinstance(m, nn.Linear) and len(_shape(ins[0]) or ()) == 2:
                 return "linear"
-            if isinstance(m, _CONV) and m.groups == 1 and m.padding_mode == "zeros":
+            if isinstance(m, CONV) and m.groups == 1 and m.padding_mode == "zeros":
                 return "conv"
-            if isinstance(m, _BN) and m.track_running_stats and m.running_mean is not None:
+            if isinstance(m, BATCHNORM) and m.track_running_stats and m.running_mean is not None:
                 return "bn"
             if isinstance(m, nn.ReLU):
                 return "relu"

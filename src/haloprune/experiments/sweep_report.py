@@ -11,11 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .analysis import activation_spectra, lambda_and_weights, layer_sparsity, load_state_model
-from .checkpoint import save_json, save_text
-from .plots import plot_lambda, plot_layer_sparsity, plot_spectra, plot_sweep_accuracy
-from .report import choose, chosen_table, summarize, sweep_table
-from .store import ResultStore
+from haloprune.core.io import save_json, save_text
+from haloprune.experiments.analysis import (
+    activation_spectra,
+    lambda_and_weights,
+    layer_sparsity,
+    load_state_model,
+)
+from haloprune.experiments.plots import plot_lambda, plot_layer_sparsity, plot_spectra, plot_sweep_accuracy
+from haloprune.experiments.report import choose, chosen_table, summarize, sweep_table
+from haloprune.experiments.store import ResultStore
 
 
 def sweep_report(
@@ -101,7 +106,7 @@ def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, swe
 
 
 def _train_images(data_cfg: dict[str, Any], seed: int, n: int = 10000) -> Any:
-    from .config import DataConfig
-    from .train import load_data
+    from haloprune.build import load_data
+    from haloprune.config import DataConfig
 
     return load_data(DataConfig.model_validate(data_cfg), seed).x_train[:n]

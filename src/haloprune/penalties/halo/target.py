@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..schedules import cubic_sparsity
+from haloprune.core.schedules import cubic_sparsity
 
 _MAX_ERROR = 3.0  # |log(d / d_target)| counted at most (a factor e³ ≈ 20 in density)
 _MAX_STEP = 0.5  # most the integral part of log c moves in one update

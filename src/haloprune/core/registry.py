@@ -1,11 +1,14 @@
-"""A tiny name -> factory registry shared by models, penalties and (later) pruning methods."""
+"""A tiny name -> factory registry shared by models, penalties and methods.
+
+Each package lists its entries in one place (``PENALTIES``, ``MODELS``, ``METHODS``); ``register`` adds
+your own from outside (``@PENALTIES.register("mine")``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
-from .errors import ConfigError
+from haloprune.core.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -13,9 +16,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps a public name to a factory. ``REGISTRY[name](**kwargs)`` builds one; no per-name branches."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, items: Mapping[str, Callable[..., T]] | None = None) -> None:
         self.kind = kind
-        self._items: dict[str, Callable[..., T]] = {}
+        self._items: dict[str, Callable[..., T]] = dict(items or {})
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def deco(factory: Callable[..., T]) -> Callable[..., T]:

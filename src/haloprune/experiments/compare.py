@@ -8,104 +8,17 @@ pruned once at every requested sparsity and evaluated without fine-tuning.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Unpack
+from typing import Any
 
-from torch import nn
-
-from .checkpoint import save_json, save_text
-from .config import CompareConfig, MethodConfig, to_toml
-from .data import SplitData
-from .pruning import (
-    global_magnitude_prune,
-    layerwise_magnitude_prune,
-    recalibrate_batchnorm,
+from haloprune.config import CompareConfig, MethodConfig, to_toml
+from haloprune.core.io import save_json, save_text
+from haloprune.data import SplitData
+from haloprune.pruning import (
     sparsity_report,
 )
-from .selection import SelectionArgs
-from .train import TrainResult, evaluate, train
-
-
-def pruned_record(
-    model: nn.Module,
-    data: SplitData,
-    target: float,
-    *,
-    batch_size: int = 1000,
-    splits: Sequence[str] = ("val", "test"),
-    **selection: Unpack[SelectionArgs],
-) -> dict[str, Any]:
-    """One result row for an already pruned model: target and achieved sparsity (over the layers in
-    ``scope``), nonzeros, accuracies.
-
-    ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty).
-    """
-    total = sparsity_report(model, **selection)[-1]
-    row: dict[str, Any] = {"sparsity": target, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
-    for split in splits:
-        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        row[f"{split}_accuracy"] = evaluate(model, x, y, batch_size)["accuracy"]
-    row["accuracy"] = row.get("test_accuracy", float("nan"))
-    return row
-
-
-def pruned_copy(
-    model: nn.Module,
-    sparsity: float,
-    data: SplitData,
-    *,
-    per_layer: bool = False,
-    recalibrate_bn: int = 0,
-    batch_size: int = 1000,
-    **selection: Unpack[SelectionArgs],
-) -> tuple[nn.Module, int]:
-    """A copy of ``model`` pruned once by magnitude (the layers in ``scope``), its BatchNorm statistics
-    re-estimated on ``recalibrate_bn`` training images (0: off); returns it and the number of images the
-    statistics were re-estimated on (0: none, e.g. a network without BatchNorm)."""
-    pruned = copy.deepcopy(model)
-    (layerwise_magnitude_prune if per_layer else global_magnitude_prune)(pruned, sparsity, **selection)
-    if recalibrate_batchnorm(pruned, data.x_train, images=recalibrate_bn, batch_size=batch_size):
-        return pruned, min(recalibrate_bn, len(data.x_train))
-    return pruned, 0
-
-
-def prune_and_evaluate(
-    model: nn.Module,
-    data: SplitData,
-    sparsities: Sequence[float],
-    *,
-    per_layer: bool = False,
-    batch_size: int = 1000,
-    splits: Sequence[str] = ("val", "test"),
-    recalibrate_bn: int = 0,
-    on_pruned: Callable[[float, nn.Module], None] | None = None,
-    **selection: Unpack[SelectionArgs],
-) -> list[dict[str, Any]]:
-    """For each sparsity: prune a copy of ``model`` once by magnitude (the layers in ``scope``), evaluate
-    it, no fine-tuning. ``recalibrate_bn``: training images to re-estimate BatchNorm statistics on after
-    pruning (0: off). ``on_pruned(sparsity, pruned_copy)`` sees each pruned copy (e.g. to report its
-    layers)."""
-    rows = []
-    for s in sparsities:
-        pruned, recalibrated = pruned_copy(
-            model,
-            s,
-            data,
-            per_layer=per_layer,
-            recalibrate_bn=recalibrate_bn,
-            batch_size=batch_size,
-            **selection,
-        )
-        row = pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, **selection)
-        if recalibrated:
-            row["bn_recalibrated_images"] = recalibrated
-        rows.append(row)
-        if on_pruned is not None:
-            on_pruned(s, pruned)
-    return rows
+from haloprune.training import TrainResult, evaluate, prune_and_evaluate, train
 
 
 def _select(
@@ -153,8 +66,8 @@ def run_comparison(cfg: CompareConfig, *, progress: bool | None = None) -> list[
     accuracy after pruning at ``cfg.select_sparsities`` is kept. The test set is used only for the
     final numbers.
     """
-    from .plots import plot_accuracy_vs_sparsity
-    from .report import comparison_markdown
+    from haloprune.experiments.plots import plot_accuracy_vs_sparsity
+    from haloprune.experiments.report import comparison_markdown
 
     out = cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""L1 (lasso) and HALO (hierarchical adaptive lasso) penalties."""
+"""HALO, the hierarchical adaptive lasso: the penalty module (its fused steps: ``sgd``, ``adam``)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,11 @@ from typing import Any, Literal, Unpack
 import torch
 from torch import nn
 
-from . import PENALTIES
-from .base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
-from .target import TOO_SPARSE, SparsityController, step_budget
-
-
-@PENALTIES.register("l1")
-class L1(Penalty):
-    """Lasso: ``ξ · Σ_j |w_j|`` with a fixed, shared coefficient (HALO with λ frozen at 1)."""
-
-    def __init__(self, model: nn.Module, xi: float, **selection: Unpack[SelectionArgs]) -> None:
-        if xi < 0:
-            raise ValueError(f"xi must be >= 0, got {xi}")
-        super().__init__(model, **selection)
-        self.xi = float(xi)
-
-    def forward(self, model: nn.Module | None = None) -> torch.Tensor:
-        return self.xi * sum(w.abs().sum() for w in self.weights(model))
-
-    def extra_repr(self) -> str:
-        return f"xi={self.xi:g}, penalized={self.num_penalized}"
-
+from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
+from haloprune.penalties.halo.adam import adam_step
+from haloprune.penalties.halo.fused import check_optimizer
+from haloprune.penalties.halo.sgd import sgd_step
+from haloprune.penalties.halo.target import TOO_SPARSE, SparsityController, step_budget
 
 Coupling = Literal["coupled", "decoupled"]
 
@@ -40,7 +24,6 @@ DEFAULT_COUPLING: Coupling = "coupled"
 _SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
-@PENALTIES.register("halo")
 class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     """Hierarchical Adaptive Lasso (Seto, Wells & Zhang, SDM 2021).
 
@@ -58,7 +41,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     * **Attached**: ``halo.attach(optimizer)`` (``torch.optim.SGD``, ``Adam`` or ``AdamW``) makes every
       ``optimizer.step()`` apply HALO's analytic gradients and the optimizer's own update of the
       penalised weights, λ and their buffers — and of the optimizer's other parameters — in one compiled
-      pass (:mod:`haloprune.penalties.fused`); the loss is just the task loss, and ``halo()`` returns the
+      pass (:mod:`haloprune.penalties.halo.fused`); the loss is just the task loss, and ``halo()`` returns the
       penalty's value, detached, for logging. Gradients of the parameters it updated are ``None`` after
       the step. With SGD the result equals the in-loss formulation up to round-off. With Adam/AdamW,
       ``coupling="coupled"`` (the default, :data:`DEFAULT_COUPLING`) is exactly Adam on
@@ -69,7 +52,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
 
     **Target sparsity** (``target_sparsity=0.98``, attached): instead of ξ and ψ, give the sparsity you
     want; ``ψ = psi_hat / B`` and ``ξ = c³/ψ²`` with ``c`` steered during training from the measured
-    density (:class:`~haloprune.penalties.target.SparsityController`), where ``B`` is the run's step
+    density (:class:`~haloprune.penalties.halo.target.SparsityController`), where ``B`` is the run's step
     budget: ``Σ_t lr_t / (1 − momentum)`` with SGD, ``Σ_t lr_t`` with Adam/AdamW (decoupled: HALO's step
     is a plain one of size lr). ``halo.attach(optimizer, total_steps=N, scheduler=sched)`` computes it;
     :meth:`begin_training` takes it directly. The shrinkage is applied by its proximal map
@@ -272,8 +255,6 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         if not self.fused:
             handle = super().attach(optimizer)
         else:
-            from .fused import check_optimizer
-
             self._kind = check_optimizer(optimizer, _SUPPORTED)
             self._coupled = self._resolve_coupling()
             if self._kind == "adam" and self._coupled and self.lam_exp_avg_sq.numel() == 0:
@@ -306,8 +287,6 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         return coupled
 
     def _fused_step(self, optimizer: torch.optim.Optimizer) -> None:
-        from .fused import adam_step, sgd_step
-
         (sgd_step if self._kind == "sgd" else adam_step)(self, optimizer)
 
     # ----------------------------------------------------------------------------- logging

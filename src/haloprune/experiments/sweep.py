@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import save_torch
-from .config import (
+from haloprune.build import load_data
+from haloprune.config import (
     DataConfig,
     RunConfig,
     SweepConfig,
@@ -30,10 +30,11 @@ from .config import (
     load_config,
     validate,
 )
-from .data import SplitData
-from .methods import METHODS, Context
-from .sweep import Job
-from .train import load_data, set_bar_slot
+from haloprune.core.io import save_torch
+from haloprune.data import SplitData
+from haloprune.experiments.runner import Job
+from haloprune.methods import METHODS, Context
+from haloprune.training.loop import set_bar_slot
 
 
 def load_sweep_config(

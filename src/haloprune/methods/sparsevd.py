@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import masks as _masks
-from .selection import unwrap
+from haloprune.core.params import unwrap
+from haloprune.pruning import masks as _masks
 
 __all__ = [
     "DEFAULT_THRESHOLD",

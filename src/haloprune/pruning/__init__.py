@@ -1,0 +1,41 @@
+"""Pruning: masks that hold, magnitude and structured pruning, sparsity and cost, slimming.
+
+``masks`` is the one place that knows how a mask is stored and keeps pruned weights at zero; every other
+module here reads and writes masks through it.
+"""
+
+from __future__ import annotations
+
+from haloprune.pruning.batchnorm import recalibrate_batchnorm
+from haloprune.pruning.cost import Cost, count_cost
+from haloprune.pruning.magnitude import (
+    global_magnitude_prune,
+    layerwise_magnitude_prune,
+    magnitude_scores,
+    masks_from_scores,
+)
+from haloprune.pruning.masks import apply_masks_, attach_mask, get_masks, keep_masked, load_state_dict
+from haloprune.pruning.slim import slim
+from haloprune.pruning.sparsity import LayerSparsity, format_sparsity_report, sparsity_report
+from haloprune.pruning.structured import group_prune, group_scores
+
+__all__ = [
+    "Cost",
+    "LayerSparsity",
+    "apply_masks_",
+    "attach_mask",
+    "count_cost",
+    "format_sparsity_report",
+    "get_masks",
+    "global_magnitude_prune",
+    "group_prune",
+    "group_scores",
+    "keep_masked",
+    "layerwise_magnitude_prune",
+    "load_state_dict",
+    "magnitude_scores",
+    "masks_from_scores",
+    "recalibrate_batchnorm",
+    "slim",
+    "sparsity_report",
+]

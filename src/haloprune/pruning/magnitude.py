@@ -1,0 +1,86 @@
+"""Unstructured magnitude pruning: scores → masks at an exact budget → masks attached to the model.
+
+Sparsity is the fraction of *prunable* weights (see :mod:`haloprune.core.params`; by default the
+weights of Linear, Conv and attention layers, not biases) that are zero. Asking for sparsity ``s`` over
+``N`` weights prunes exactly ``round(s · N)`` of them (per layer for :func:`layerwise_magnitude_prune`).
+Ties are broken deterministically: among equal scores the weight that comes first (module order, then
+flat index) is pruned first. Already-masked weights always count as pruned first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Unpack
+
+import torch
+from torch import nn
+
+from haloprune.core.params import SelectionArgs, select_parameters, unwrap
+from haloprune.pruning.masks import attach_mask, get_masks
+
+
+def _check_sparsity(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+def magnitude_scores(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """|w| for each named parameter; weights already masked out score -inf (pruned first)."""
+    model = unwrap(model)
+    masks = get_masks(model)
+    scores = {}
+    for n in names:
+        s = model.get_parameter(n).detach().abs().float()
+        if n in masks:
+            s = s.masked_fill(~masks[n], float("-inf"))
+        scores[n] = s
+    return scores
+
+
+def _keep_mask(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Flat bool mask keeping all but the ``n_prune`` lowest scores (stable: ties → lower index first)."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if n_prune > 0:
+        order = torch.sort(scores.flatten(), stable=True).indices
+        keep[order[:n_prune]] = False
+    return keep
+
+
+def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, *, per_layer: bool = False):
+    """Masks that prune exactly ``round(sparsity · N)`` of the scored weights, globally or per layer."""
+    _check_sparsity(sparsity)
+    if per_layer:
+        return {n: _keep_mask(s, round(sparsity * s.numel())).view_as(s) for n, s in scores.items()}
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = _keep_mask(flat, round(sparsity * flat.numel()))
+    out, start = {}, 0
+    for n, s in scores.items():
+        out[n] = keep[start : start + s.numel()].view_as(s)
+        start += s.numel()
+    return out
+
+
+def _prune(model: nn.Module, sparsity: float, per_layer: bool, **selection: Unpack[SelectionArgs]):
+    names = select_parameters(model, **selection)
+    masks = masks_from_scores(magnitude_scores(model, names), sparsity, per_layer=per_layer)
+    for n, m in masks.items():
+        attach_mask(model, n, m)
+    return masks
+
+
+def global_magnitude_prune(
+    model: nn.Module, sparsity: float, **selection: Unpack[SelectionArgs]
+) -> dict[str, torch.Tensor]:
+    """Prune the smallest-|w| weights across all prunable layers together, in place; returns the masks.
+
+    Prunable: see :mod:`haloprune.core.params` (Linear, Conv and attention weights by default; ``include``
+    / ``exclude`` add or remove parameters by dotted-name glob). A parameter shared by several modules
+    is pruned once."""
+    return _prune(model, sparsity, False, **selection)
+
+
+def layerwise_magnitude_prune(
+    model: nn.Module, sparsity: float, **selection: Unpack[SelectionArgs]
+) -> dict[str, torch.Tensor]:
+    """Prune the same fraction of smallest-|w| weights in every prunable tensor, in place."""
+    return _prune(model, sparsity, True, **selection)

@@ -1,0 +1,146 @@
+"""Evaluation: loss and accuracy of a model, and of pruned copies of it (pruned once, no fine-tuning)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Unpack
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haloprune.core.params import SelectionArgs
+from haloprune.data import SplitData, iterate_batches
+from haloprune.pruning import (
+    global_magnitude_prune,
+    layerwise_magnitude_prune,
+    recalibrate_batchnorm,
+    sparsity_report,
+)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` on ``(x, y)``."""
+    return evaluate_batches(model, iterate_batches(x, y, batch_size, shuffle=False, generator=None))
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn = F.cross_entropy,
+) -> dict[str, float]:
+    """Mean loss (``loss_fn``, per example) and, for class logits, accuracy (%) over ``(x, y)`` batches."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    loss, correct, seen, classified = 0.0, 0, 0, True
+    try:
+        for xb, yb in batches:
+            xb, yb = xb.to(device), yb.to(device)
+            out = model(xb)
+            loss += loss_fn(out, yb).item() * len(yb)
+            seen += len(yb)
+            if _is_classification(out, yb):
+                correct += int((out.argmax(1) == yb).sum().item())
+            else:
+                classified = False
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    return {"loss": loss / seen, "accuracy": 100.0 * correct / seen if classified else float("nan")}
+
+
+def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
+    return out.dim() == 2 and y.dim() == 1 and not y.is_floating_point() and len(y) == len(out)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def pruned_record(
+    model: nn.Module,
+    data: SplitData,
+    target: float,
+    *,
+    batch_size: int = 1000,
+    splits: Sequence[str] = ("val", "test"),
+    **selection: Unpack[SelectionArgs],
+) -> dict[str, Any]:
+    """One result row for an already pruned model: target and achieved sparsity (over the layers in
+    ``scope``), nonzeros, accuracies.
+
+    ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty).
+    """
+    total = sparsity_report(model, **selection)[-1]
+    row: dict[str, Any] = {"sparsity": target, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
+    for split in splits:
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        row[f"{split}_accuracy"] = evaluate(model, x, y, batch_size)["accuracy"]
+    row["accuracy"] = row.get("test_accuracy", float("nan"))
+    return row
+
+
+def pruned_copy(
+    model: nn.Module,
+    sparsity: float,
+    data: SplitData,
+    *,
+    per_layer: bool = False,
+    recalibrate_bn: int = 0,
+    batch_size: int = 1000,
+    **selection: Unpack[SelectionArgs],
+) -> tuple[nn.Module, int]:
+    """A copy of ``model`` pruned once by magnitude (the layers in ``scope``), its BatchNorm statistics
+    re-estimated on ``recalibrate_bn`` training images (0: off); returns it and the number of images the
+    statistics were re-estimated on (0: none, e.g. a network without BatchNorm)."""
+    pruned = copy.deepcopy(model)
+    (layerwise_magnitude_prune if per_layer else global_magnitude_prune)(pruned, sparsity, **selection)
+    if recalibrate_batchnorm(pruned, data.x_train, images=recalibrate_bn, batch_size=batch_size):
+        return pruned, min(recalibrate_bn, len(data.x_train))
+    return pruned, 0
+
+
+def prune_and_evaluate(
+    model: nn.Module,
+    data: SplitData,
+    sparsities: Sequence[float],
+    *,
+    per_layer: bool = False,
+    batch_size: int = 1000,
+    splits: Sequence[str] = ("val", "test"),
+    recalibrate_bn: int = 0,
+    on_pruned: Callable[[float, nn.Module], None] | None = None,
+    **selection: Unpack[SelectionArgs],
+) -> list[dict[str, Any]]:
+    """For each sparsity: prune a copy of ``model`` once by magnitude (the layers in ``scope``), evaluate
+    it, no fine-tuning. ``recalibrate_bn``: training images to re-estimate BatchNorm statistics on after
+    pruning (0: off). ``on_pruned(sparsity, pruned_copy)`` sees each pruned copy (e.g. to report its
+    layers)."""
+    rows = []
+    for s in sparsities:
+        pruned, recalibrated = pruned_copy(
+            model,
+            s,
+            data,
+            per_layer=per_layer,
+            recalibrate_bn=recalibrate_bn,
+            batch_size=batch_size,
+            **selection,
+        )
+        row = pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, **selection)
+        if recalibrated:
+            row["bn_recalibrated_images"] = recalibrated
+        rows.append(row)
+        if on_pruned is not None:
+            on_pruned(s, pruned)
+    return rows

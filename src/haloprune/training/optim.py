@@ -1,0 +1,58 @@
+"""The optimizer and lr schedule a config describes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from haloprune.config import OptimConfig, PenaltyConfig
+from haloprune.penalties import Penalty
+
+
+@dataclass
+class LRSchedule:
+    """lr multiplier per optimizer step (a plain callable object, so the scheduler state is saveable)."""
+
+    kind: str
+    steps_per_epoch: int
+    total_steps: int
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        if self.kind == "step":
+            epoch = step // self.steps_per_epoch
+            return self.gamma ** sum(epoch >= m for m in self.milestones)
+        return 1.0
+
+    def step_budget(self, lr: float, momentum: float) -> float:
+        """``B = Σ_t lr_t / (1 − momentum)`` over the whole run: how far SGD with momentum can move a
+        parameter per unit of steady gradient. Penalties in step-budget units (target-sparsity HALO) use
+        it."""
+        return lr * sum(self(t) for t in range(self.total_steps)) / (1.0 - momentum)
+
+
+def build_optimizer(
+    model: nn.Module, penalty: Penalty | None, optim: OptimConfig, pen: PenaltyConfig
+) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam or AdamW (``optim.optimizer``); the penalty's own parameters (λ) get their
+    own group (reference: same lr and weight decay as the weights)."""
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "name": "model"}]
+    extra = list(penalty.parameters()) if penalty is not None else []
+    if extra:
+        wd = optim.weight_decay if pen.lambda_weight_decay is None else pen.lambda_weight_decay
+        groups.append(
+            {"params": extra, "name": "penalty", "lr": optim.lr * pen.lambda_lr_scale, "weight_decay": wd}
+        )
+    if optim.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+        return cls(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
+    )

@@ -1,0 +1,182 @@
+"""A run: a config trained into its run directory (``runs/<name>/``), resumable, and loaded back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from haloprune.build import build, load_data
+from haloprune.config import TrainConfig, to_toml
+from haloprune.core.errors import ConfigError, HaloPruneError
+from haloprune.core.io import load_torch, load_verified, save_json, save_text, save_torch, save_verified
+from haloprune.data import SplitData
+from haloprune.penalties import Penalty
+from haloprune.pruning.masks import load_state_dict
+from haloprune.training import distributed
+from haloprune.training.loop import fit
+
+
+def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True, resume: bool = False) -> tuple[Path, bool]:
+    """Create ``runs/<name>/`` with the resolved config; returns (dir, already_finished).
+
+    Never destroys work: a directory holding a run with a *different* config is an error, and so is an
+    unfinished run with checkpoints unless ``resume`` (or it would be started over). ``resume`` needs
+    an existing run directory.
+    """
+    run_dir = cfg.run_dir
+    config_file = run_dir / "config.toml"
+    text = to_toml(cfg)
+    if resume and not config_file.exists():
+        raise HaloPruneError(f"nothing to resume: {run_dir} has no config.toml")
+    if config_file.exists():
+        if config_file.read_text() != text:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config; choose another name "
+                f"(--set name=...) or out_dir, or delete it"
+            )
+        if reuse and (run_dir / "model.pt").exists():
+            return run_dir, True
+        if not resume and _has_checkpoint(run_dir):
+            raise HaloPruneError(
+                f"{run_dir} holds an unfinished run; continue it with `haloprune train --resume {run_dir}`, "
+                "or choose another name"
+            )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if not resume:
+            save_text(text, config_file)
+    except OSError as err:
+        raise HaloPruneError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
+    return run_dir, False
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    penalty: Penalty | None
+    history: list[dict[str, Any]]
+    run_dir: Path | None
+    data: SplitData
+
+
+def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig, nn.Module, Penalty | None]:
+    """The config, trained model and penalty saved in a finished run directory."""
+    from haloprune.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise HaloPruneError(f"{run_dir} is not a haloprune run directory (no config.toml)")
+    cfg = load_config(TrainConfig, run_dir / "config.toml")
+    if not (run_dir / "model.pt").is_file():
+        raise HaloPruneError(f"{run_dir} has no model.pt: the run did not finish")
+    state = load_torch(run_dir / "model.pt", map_location=device)
+    model, penalty = build(cfg, device)
+
+    load_state_dict(model, state["model"])
+    if penalty is not None and state.get("penalty") is not None:
+        penalty.load_state_dict(state["penalty"])
+    return cfg, model, penalty
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    data: SplitData | None = None,
+    save: bool = True,
+    progress: bool | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``.
+
+    ``resume`` continues an interrupted run from its last verified end-of-epoch checkpoint; the result is
+    bit-identical to an uninterrupted run on CPU.
+
+    Started by ``torchrun``, every rank trains its share of each global batch (see
+    :mod:`haloprune.training.distributed`) and only rank 0 writes the run directory.
+    """
+    world, device = distributed.setup(cfg.device)
+    run_dir = None
+    if save:
+        run_dir, finished = distributed.on_main(world, lambda: prepare_run_dir(cfg, resume=resume))
+        if finished:
+            _, model, penalty = load_trained(run_dir, str(device))
+            history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            return TrainResult(
+                model, penalty, history, run_dir, data or load_data(cfg.data, cfg.seed, device)
+            )
+    data = data if data is not None else load_data(cfg.data, cfg.seed, device)
+    model, penalty = build(cfg, device)
+    state, history = None, []
+    if run_dir is not None and resume and _has_checkpoint(run_dir):
+        state = load_verified(run_dir / "checkpoint.pt", map_location=device)
+        load_state_dict(model, state["model"])
+        if penalty is not None:
+            penalty.load_state_dict(state["penalty"])
+    if run_dir is not None:  # metrics written after the checkpoint we resume from are replayed
+        lines = (
+            (run_dir / "metrics.jsonl").read_text().splitlines()
+            if (run_dir / "metrics.jsonl").exists()
+            else []
+        )
+        history = [json.loads(line) for line in lines[: state["epoch"] if state else 0]]
+        distributed.barrier(world)  # every rank has read it before rank 0 rewrites it
+        if world.is_main:
+            save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
+
+    def checkpoint(epoch: int, row: dict[str, Any], st: dict[str, Any]) -> None:
+        if run_dir is None or not world.is_main:
+            return
+        with (run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        save_verified(
+            _state(cfg, model, penalty, st["optimizer"], st["scheduler"], st["generator"], epoch, st["step"]),
+            run_dir / "checkpoint.pt",
+        )
+
+    history += fit(
+        model,
+        data,
+        cfg.optim,
+        penalty=penalty,
+        penalty_cfg=cfg.penalty,
+        seed=cfg.seed,
+        name=cfg.name,
+        progress=progress,
+        on_epoch=checkpoint,
+        resume=state,
+    )
+    if run_dir is not None and world.is_main:
+        final = {
+            "model": model.state_dict(),
+            "penalty": penalty.state_dict() if penalty is not None else None,
+            "epoch": cfg.optim.epochs,
+        }
+        save_torch(final, run_dir / "model.pt")
+        save_json(history[-1], run_dir / "final_metrics.json")
+    distributed.barrier(world)  # the run is complete on disk when any rank returns
+    return TrainResult(model, penalty, history, run_dir, data)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt"))
+
+
+def _state(cfg, model, penalty, opt, sched, gen, epoch, step) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "penalty": penalty.state_dict() if penalty is not None else None,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "step": step,
+    }
