@@ -64,7 +64,7 @@ from haloprune import count_cost, global_magnitude_prune, group_prune, save_spar
 from haloprune.build import load_data
 from haloprune.config import TrainConfig, load_config
 from haloprune.export import export_onnx
-from haloprune.pruning.masks import get_masks
+from haloprune.pruning.masks import get_masks, without_masks
 from haloprune.training.run import load_trained, train
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "halo-lenet300.toml"
@@ -110,7 +110,7 @@ def to_csr(model: nn.Module) -> nn.Module:
 
 def csr_bytes(model: nn.Module) -> int:
     """Size of ``torch.save`` of the CSR parts and every other parameter/buffer (masks left out)."""
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_mask")}  # no CSR weights
+    state = without_masks(model.state_dict())  # no CSR weights
     for name, module in model.named_modules():
         if isinstance(module, CSRLinear):
             w = module.weight

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from haloprune.cli import main
-from haloprune.config import CompareConfig, TrainConfig, apply_overrides, load_config, to_toml
+from haloprune.cli import build_parser, main
+from haloprune.config import TrainConfig, apply_overrides, load_config, to_toml
 from haloprune.core.errors import ConfigError
+from haloprune.data.datasets import DATASETS
+from haloprune.experiments.config import SweepConfig, load_sweep_config
 
 
 def test_defaults_and_overrides() -> None:
@@ -23,12 +25,13 @@ def test_defaults_and_overrides() -> None:
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
-    cfg = load_config(CompareConfig, None, ["optim.lr=0.05", "methods.halo.grid=[{xi=1e-6, psi=1e-3}]"])
-    assert set(cfg.methods) == {"dense", "l1", "halo"}  # --set edits one method, keeps the others
-    assert cfg.methods["halo"].penalty.name == "halo"
+    main_toml = Path(__file__).resolve().parent.parent / "configs" / "main.toml"
+    cfg = load_sweep_config(main_toml, ["optim.lr=0.05", "methods.gmp.params={every=50}"])
+    assert set(cfg.methods) == {"halo", "gmp", "magnitude-ft", "dense"}  # --set edits one method only
+    assert cfg.methods["gmp"].params == {"every": 50} and cfg.optim.lr == 0.05
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
-    assert load_config(CompareConfig, path) == cfg
+    assert load_sweep_config(path) == cfg
 
 
 @pytest.mark.parametrize(
@@ -53,6 +56,20 @@ def test_invalid_configs_give_one_line(overrides: list[str], fragment: str) -> N
     assert "\n" not in str(err.value)
 
 
+def test_dataset_names_come_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in DATASETS:
+        assert load_config(TrainConfig, None, [f"data.name={name}"]).data.name == name
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, ["data.name=imagenet"])
+    assert "'imagenet'" in str(err.value) and ", ".join(sorted(DATASETS)) in str(err.value)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "check", "imagenet"])
+    err_text = capsys.readouterr().err
+    assert all(name in err_text for name in DATASETS)
+    for name in DATASETS:
+        assert build_parser().parse_args(["data", "check", name]).dataset == name
+
+
 def test_bad_override_syntax() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["novalue"])
@@ -60,16 +77,16 @@ def test_bad_override_syntax() -> None:
         apply_overrides({"optim": 3}, ["optim.lr=1"])
 
 
-def test_compare_config_methods_are_validated(tmp_path: Path) -> None:
+def test_a_sweep_takes_no_prune_sparsities_and_a_file_replaces_the_method_list(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not prune\.sparsities"):
+        load_config(SweepConfig, None, ["methods={m={kind='gmp'}}", "prune.sparsities=[0.9]"])
     with pytest.raises(ConfigError, match="at least one method"):
-        load_config(CompareConfig, None, ["methods={}"])
-    with pytest.raises(ConfigError, match="grid point 0"):
-        load_config(CompareConfig, None, ["methods.halo.grid=[{xj=1.0}]"])
-    with pytest.raises(ConfigError, match="grid point 0"):
-        load_config(CompareConfig, None, ["methods.halo.grid=[{xi=-1.0, psi=1e-3}]"])
+        load_config(SweepConfig, None, ["methods={}"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(SweepConfig, None, ["methods={m={kind='gmp'}}", "out_dir='x'"])  # not a sweep setting
     only = tmp_path / "only.toml"
-    only.write_text("[methods.halo]\npenalty = {name = 'halo', xi = 1e-6, psi = 1e-3}\n")
-    assert set(load_config(CompareConfig, only).methods) == {"halo"}  # a file replaces the method list
+    only.write_text("[methods.halo]\nkind = 'target'\nparams = {penalty = {name = 'halo'}}\n")
+    assert set(load_config(SweepConfig, only).methods) == {"halo"}
 
 
 def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""Every shipped config validates; configs/main.toml is exactly the main job's defaults."""
+"""Every shipped config validates; configs/main.toml is the main job as documented."""
 
 from __future__ import annotations
 
@@ -6,14 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from haloprune.config import CompareConfig, TrainConfig, load_config
-from haloprune.experiments.sweep import expand, load_sweep_config
+from haloprune.config import TrainConfig, load_config
+from haloprune.experiments.config import load_sweep_config
+from haloprune.experiments.sweep import expand
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def test_main_toml_matches_defaults() -> None:
-    assert load_config(CompareConfig, CONFIGS / "main.toml") == CompareConfig()
+def test_main_toml_is_the_documented_main_job() -> None:
+    """Target-mode HALO (no ξ/ψ grid), GMP, magnitude + fine-tuning and the dense network pruned once, at
+    90/95/98/99%, one seed, 20 epochs each: 4 + 4 + 2 + 1 jobs."""
+    cfg = load_sweep_config(CONFIGS / "main.toml")
+    kinds = {name: m.kind for name, m in cfg.methods.items()}
+    assert kinds == {"halo": "target", "gmp": "gmp", "magnitude-ft": "finetune", "dense": "penalty"}
+    assert cfg.methods["halo"].grid == [] and cfg.methods["dense"].params == {"penalty": {"name": "none"}}
+    assert cfg.sparsities == [0.9, 0.95, 0.98, 0.99] and cfg.seeds == [0] and cfg.optim.epochs == 20
+    assert (cfg.name, cfg.model.name, cfg.data.name) == ("main", "lenet-300-100", "fashion-mnist")
+    assert len(expand(cfg)) == 11
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.toml") if p.name != "main.toml"))

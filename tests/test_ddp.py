@@ -42,18 +42,20 @@ def _worker(rank: int, world: int, port: int, cfg_json: str, out: str) -> None:
     )
     torch.set_num_threads(1)
     from haloprune.pruning import global_magnitude_prune
-    from haloprune.training import distributed
+    from haloprune.training import callbacks, distributed
     from haloprune.training import run as train_mod
 
     writes: list[str] = []
-    for fn in ("save_text", "save_json", "save_torch", "save_verified"):
-        original = getattr(train_mod, fn)
+    writers = [(train_mod, fn) for fn in ("save_text", "save_json", "save_torch")]
+    writers += [(callbacks, "save_verified"), (callbacks.MetricsFile, "on_epoch_end")]
+    for owner, fn in writers:
+        original = getattr(owner, fn)
 
         def spy(*args, _original=original, _fn=fn, **kwargs):
-            writes.append(f"{_fn} {args[-1]}")
+            writes.append(f"{_fn} {args[-1] if _fn != 'on_epoch_end' else args[0].path}")
             return _original(*args, **kwargs)
 
-        setattr(train_mod, fn, spy)
+        setattr(owner, fn, spy)
     cfg = TrainConfig.model_validate_json(cfg_json)
     res = train_mod.train(cfg, progress=False)
     trained = {k: v.clone() for k, v in res.model.state_dict().items()}

@@ -3,6 +3,7 @@ agrees with torch), the CLI, clear errors."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,33 @@ def test_inference_benchmark_quick_ends_with_the_summary_line(tmp_path: Path, re
     last = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"size_ratio=\d+\.\d+ speedup_batch1=\d+\.\d+", last), last
     assert 0 < float(last.split()[0].split("=")[1]) < 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_model("lenet-300-100")
+    global_magnitude_prune(model, 0.5)
+    arch = {"name": "lenet-300-100"}
+    path = save_sparse(model, tmp_path / "m.safetensors", architecture=arch)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
+    before = path.read_bytes()
+
+    def broken(_: object, filename: str, **__: object) -> None:
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(haloprune.export, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_sparse(model, path, architecture=arch)
+    monkeypatch.setattr(torch.onnx, "export", lambda _m, _a, f, **_: broken(None, f))
+    with pytest.raises(OSError, match="disk full"):
+        haloprune.export.export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 1, 28, 28))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

@@ -9,19 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from haloprune.config import RunConfig, SweepConfig, load_config
+from haloprune.config import RunConfig, load_config
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.schedules import cubic_sparsity
 from haloprune.data import SplitData
 from haloprune.data.datasets import DATASETS
+from haloprune.experiments.config import SweepConfig, load_sweep_config
 from haloprune.experiments.report import choose, summarize, sweep_table
-from haloprune.experiments.sweep import expand, load_sweep_config
+from haloprune.experiments.sweep import expand
 from haloprune.methods import METHODS, Context
 from haloprune.methods.at_init import snip_scores
 from haloprune.methods.magnitude import rewind_
 from haloprune.models import build_model
 from haloprune.pruning import masks_from_scores
-from haloprune.pruning.masks import get_masks
+from haloprune.pruning.masks import attach_mask, get_masks
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "paper"
 
@@ -63,6 +64,17 @@ def test_rewind_restores_saved_weights_exactly() -> None:
     assert torch.equal(model.fc2.weight, saved["fc2.weight"]) and torch.equal(
         model.fc3.bias, saved["fc3.bias"]
     )
+
+
+def test_rewind_ignores_the_masks_in_the_saved_state() -> None:
+    pruned = build_model("lenet-300-100")
+    attach_mask(pruned, "fc2.weight", torch.zeros_like(pruned.fc2.weight, dtype=torch.bool))
+    saved = {k: v.clone() for k, v in pruned.state_dict().items()}  # holds fc2.weight_mask
+    model = build_model("lenet-300-100")  # no masks: a mask in ``saved`` has nowhere to go
+    masks = {"fc1.weight": torch.ones_like(model.fc1.weight, dtype=torch.bool)}
+    rewind_(model, saved, masks)
+    assert set(get_masks(model)) == {"fc1.weight"}
+    assert (model.fc2.weight == 0).all()  # the saved (pruned) values, loaded as plain weights
 
 
 def test_snip_scores_are_gradient_times_weight() -> None:
@@ -193,6 +205,22 @@ def test_selection_uses_validation_and_table_marks_best() -> None:
     assert a["hyperparameters"] == {"xi": 1} and a["accuracy_mean"] == 71.0
     table = sweep_table(chosen)
     assert "**76.00 ± 1.41**" in table and "71.00 ± 1.41" in table
+
+
+def _row(hp: int, val: float, n: int = 3) -> dict:
+    return {"method": "m", "sparsity": 0.9, "hyperparameters": {"xi": hp}, "val_accuracy_mean": val, "n": n}
+
+
+def test_choose_ranks_nan_last_needs_the_most_seeds_and_breaks_ties_by_order() -> None:
+    def pick(*rows: dict) -> int:
+        (chosen,) = choose(list(rows))
+        return chosen["hyperparameters"]["xi"]
+
+    assert pick(_row(1, float("nan")), _row(2, 10.0)) == 2  # a diverged run never wins
+    assert pick(_row(1, float("nan")), _row(2, float("nan"))) == 1
+    assert pick(_row(1, 80.0), _row(2, 90.0, n=1)) == 1  # one lucky seed of three does not win
+    assert pick(_row(1, 80.0), _row(2, 80.0)) == 1 and pick(_row(2, 80.0), _row(1, 80.0)) == 2
+    assert len(choose([_row(1, 1.0), {**_row(1, 2.0), "sparsity": 0.95}])) == 2  # per target
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from haloprune.build import build_network, network_kwargs
-from haloprune.config import SweepConfig, TrainConfig, load_config, to_toml
+from haloprune.config import TrainConfig, load_config, to_toml
 from haloprune.core.errors import ConfigError
 from haloprune.core.params import select_parameters
+from haloprune.experiments.config import SweepConfig
 from haloprune.models import build_model
 
 

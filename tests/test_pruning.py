@@ -22,7 +22,7 @@ from haloprune import (
     sparsity_report,
 )
 from haloprune.pruning import format_sparsity_report, masks_from_scores, recalibrate_batchnorm
-from haloprune.pruning.masks import apply_masks_, get_masks, remove_masks
+from haloprune.pruning.masks import apply_masks_, get_masks, remove_masks, without_masks
 
 
 def _zeros(model: nn.Module) -> int:
@@ -190,3 +190,22 @@ def test_batchnorm_recalibration_matches_the_pruned_networks_statistics() -> Non
     assert recalibrate_batchnorm(plain, torch.randn(8, 1, 28, 28)) == 0  # no BatchNorm: nothing to do
     assert recalibrate_batchnorm(model, x, images=0) == 0
     assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
+
+
+def test_without_masks_drops_exactly_the_mask_buffers() -> None:
+    model = build_model("lenet-300-100")
+    global_magnitude_prune(model, 0.5)
+    state = model.state_dict()
+    kept = without_masks(state)
+    assert set(state) - set(kept) == {f"{n}_mask" for n in get_masks(model)}
+    assert all(kept[k] is state[k] for k in kept)
+
+
+def test_batchnorm_recalibration_counts_sync_batchnorm() -> None:
+    """Distributed training on CUDA turns a model's BatchNorm layers into SyncBatchNorm, in place."""
+    torch.manual_seed(0)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
+    assert isinstance(model[1], nn.SyncBatchNorm)
+    x = torch.randn(32, 1, 6, 6)
+    assert recalibrate_batchnorm(model, x, images=32, batch_size=32) == 1
+    torch.testing.assert_close(model[1].running_mean, model[0](x).detach().mean(dim=(0, 2, 3)))

@@ -262,3 +262,24 @@ def test_flatten_whose_features_are_all_unread_still_matches_its_input() -> None
     small = slim(model, torch.zeros(1, 1, 8, 8))
     _assert_same(model, small, (4, 1, 8, 8))
     assert small.conv.out_channels == 4 and small.f1.in_features == 1 and small.f2.in_features == 3
+
+
+def test_the_slimmed_copy_has_no_masks_and_no_mask_links() -> None:
+    model = _trained_like("lenet-5")
+    global_magnitude_prune(model, 0.9)
+    small = slim(model, torch.zeros(1, 1, 28, 28))
+    assert not get_masks(small) and not any(k.endswith("_mask") for k in small.state_dict())
+    assert not any(hasattr(p, "_haloprune_mask") for p in small.parameters())
+    assert all(hasattr(model.get_parameter(n), "_haloprune_mask") for n in get_masks(model))
+
+
+def test_sync_batchnorm_is_slimmed_like_batchnorm() -> None:
+    """SyncBatchNorm (what distributed CUDA training leaves) is a BatchNorm: its dead channels go too."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(_trained_like("vgg16-bn")).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    group_prune(model, x, params=count_cost(model, x, nonzero_only=False).params // 4)
+    small = slim(model, x)
+    _assert_same(model, small)
+    before = sum(m.num_features for m in model.modules() if isinstance(m, nn.SyncBatchNorm))
+    after = sum(m.num_features for m in small.modules() if isinstance(m, nn.SyncBatchNorm))
+    assert 0 < after < before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from haloprune.cli import main
 from haloprune.core.errors import HaloPruneError
 from haloprune.experiments.runner import Job, run_sweep, worker_threads
 from haloprune.experiments.store import ResultStore, git_commit
@@ -350,3 +352,17 @@ def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
         (record,) = s.records("s")
         assert record["accuracy"] == 0.8 and record["reused_from"] is None
     assert sql(path, "PRAGMA user_version")[0][0] == 2
+
+
+def test_sweeps_lists_every_sweep_and_the_cli_reports_them_all(
+    store: ResultStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert store.sweeps() == []
+    run_sweep(make_jobs("zeta", n_seeds=1), fake_job, store, progress=False)
+    run_sweep(make_jobs("alpha", n_seeds=1), fake_job, store, progress=False)
+    store.claim(make_jobs("pending-only", n_seeds=1)[0])  # a sweep with no finished job yet
+    assert store.sweeps() == ["alpha", "pending-only", "zeta"]
+    assert main(["report", "--db", str(store.path), "--json"]) == 0
+    out = capsys.readouterr()
+    assert {r["sweep"] for r in json.loads(out.out)} == {"alpha", "zeta"}
+    assert "sweep pending-only: no finished runs yet" in out.err

@@ -1,4 +1,4 @@
-"""Command line: ``haloprune {run,train,prune,data}`` — thin wrappers over the library."""
+"""Command line: ``haloprune {run,sweep,report,train,prune,export,data}`` — thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -10,7 +10,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from haloprune.build import load_data
+from haloprune.config import TrainConfig, load_config
+from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
+from haloprune.core.io import save_json
+from haloprune.data import download, load_dataset
+from haloprune.data.datasets import DATASETS, default_cache_dir
+from haloprune.experiments.config import SweepConfig, load_sweep_config
+from haloprune.experiments.report import sparsity_table
+from haloprune.experiments.runner import run_sweep
+from haloprune.experiments.store import DEFAULT_PATH, ResultStore
+from haloprune.experiments.sweep import copy_state, expand, run_job
+from haloprune.experiments.sweep_report import sweep_report
+from haloprune.export import FORMATS, export_run
+from haloprune.pruning import format_sparsity_report, sparsity_report
+from haloprune.training.distributed import teardown, world
+from haloprune.training.evaluate import prune_and_evaluate
+from haloprune.training.run import load_trained, train
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +53,26 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
+def _sweep_args(p: argparse.ArgumentParser, jobs: int) -> None:
+    p.add_argument("--jobs", type=int, default=jobs, help=f"parallel worker processes (default {jobs})")
+    p.add_argument("--quick", action="store_true", help="apply the config's [quick] scale (CI-sized)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting of the config, e.g. --set optim.epochs=5 (repeatable)",
+    )
+    p.add_argument("--data-dir", type=Path, help="folder with the dataset's files (else HALOPRUNE_DATA, ...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="run every job, even one that another sweep in the store has already run identically",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
     extra = list(args.overrides)
     if args.epochs is not None:
@@ -45,29 +84,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from haloprune.config import CompareConfig, load_config
-    from haloprune.experiments.compare import run_comparison
-    from haloprune.experiments.report import sparsity_table
-
-    cfg = load_config(CompareConfig, args.config, _overrides(args))
-    records = run_comparison(cfg, progress=False if args.quiet else None)
-    print(
-        f"\nTest accuracy (%) after one-shot global magnitude pruning, no fine-tuning "
-        f"({cfg.model.name}, {cfg.data.name}, {cfg.optim.epochs} epochs):\n"
-    )
-    print(sparsity_table(records))
-    print(
-        f"\nwritten: {cfg.run_dir / 'report.md'}, {cfg.run_dir / 'results.json'}, "
-        f"{cfg.run_dir / 'accuracy_vs_sparsity.png'}"
-    )
-    return 0
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from haloprune.config import TrainConfig, load_config
-    from haloprune.training.run import train
-
     if args.resume is not None:
         if args.config is not None or _overrides(args):
             raise HaloPruneError("--resume takes the run's own config.toml: give no --config/--set with it")
@@ -76,8 +93,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"out_dir": str(args.resume.parent), "name": args.resume.name})
     else:
         cfg = load_config(TrainConfig, args.config, _overrides(args))
-    from haloprune.training.distributed import teardown, world
-
     try:
         result = train(cfg, progress=False if args.quiet else None, resume=args.resume is not None)
         if world().is_main:
@@ -89,14 +104,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from torch import nn
-
-    from haloprune.build import load_data
-    from haloprune.experiments.report import sparsity_table
-    from haloprune.pruning import format_sparsity_report, sparsity_report
-    from haloprune.training.evaluate import prune_and_evaluate
-    from haloprune.training.run import load_trained
-
     for s in args.sparsity:
         if not 0.0 <= s < 1.0:
             raise HaloPruneError(f"--sparsity values must be in [0, 1), got {s}")
@@ -136,7 +143,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _merge_prune_results(path: Path, records: list[dict[str, Any]]) -> None:
     """Add ``records`` to the run's ``prune_results.json``, replacing only rows of the same settings
     (sparsity, per-layer, BatchNorm recalibration): earlier results at other settings are kept."""
-    from haloprune.core.io import save_json
 
     def setting(r: dict[str, Any]) -> tuple[Any, ...]:
         return (r.get("sparsity"), bool(r.get("per_layer")), r.get("bn_recalibrated_images", 0))
@@ -154,8 +160,6 @@ def _merge_prune_results(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from haloprune.export import export_run
-
     _, summary = export_run(
         args.run_dir, args.sparsity, fmt=args.format, out=args.out, structured=args.structured
     )
@@ -164,9 +168,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from haloprune.data import download, load_dataset
-    from haloprune.data.datasets import default_cache_dir
-
     if args.action == "download":
         dest = args.dest or default_cache_dir(args.dataset)
         path = download(args.dataset, Path(dest))
@@ -180,14 +181,35 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from haloprune.experiments.runner import run_sweep
-    from haloprune.experiments.store import ResultStore
-    from haloprune.experiments.sweep import copy_state, expand, load_sweep_config, run_job
+MAIN_CONFIG = Path("configs/main.toml")
 
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    path = args.config or MAIN_CONFIG
+    if not path.is_file():
+        raise HaloPruneError(
+            f"no {path}: run from the haloprune checkout (it ships configs/main.toml) or give --config FILE"
+        )
+    overrides = list(args.overrides)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise HaloPruneError(f"--seeds must be >= 1, got {args.seeds}")
+        overrides.append(f"seeds={list(range(args.seeds))}")
+    if args.epochs is not None:
+        overrides.append(f"optim.epochs={args.epochs}")
+    return _sweep(load_sweep_config(path, overrides, quick=args.quick), args)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    return _sweep(load_sweep_config(args.config, args.overrides, quick=args.quick), args)
+
+
+def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
+    """Run every job of ``cfg`` not yet in its store, then write and print its report."""
     if args.jobs < 1:
         raise HaloPruneError(f"--jobs must be >= 1, got {args.jobs}")
-    cfg = load_sweep_config(args.config, args.overrides, quick=args.quick)
+    if args.data_dir is not None:  # by environment, not config: a job's key never depends on the folder
+        os.environ["HALOPRUNE_DATA"] = str(args.data_dir)
     jobs = expand(cfg)
     os.environ["HALOPRUNE_PROGRESS"] = "0" if args.quiet else "1"  # per-run bars in the workers
     with ResultStore(cfg.db) as store:
@@ -216,19 +238,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _report(db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool) -> int:
-    from haloprune.experiments.store import ResultStore
-    from haloprune.experiments.sweep_report import sweep_report
-
     if not Path(db).is_file():
         raise HaloPruneError(f"no results store at {db}: run `haloprune sweep CONFIG.toml` first")
     everything = []
     with ResultStore(db) as store:
-        names = (
-            [sweep]
-            if sweep
-            else [r[0] for r in store.conn.execute("SELECT DISTINCT sweep FROM runs ORDER BY 1")]
-        )
-        for name in names:
+        for name in [sweep] if sweep else store.sweeps():
             text, records = sweep_report(store, name, Path(db).parent / name, keys, figures=not as_json)
             if not records:
                 print(f"sweep {name}: no finished runs yet", file=sys.stderr)
@@ -244,22 +258,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     keys = None
     db, sweep = args.db, args.sweep
     if args.config is not None:
-        from haloprune.experiments.sweep import expand, load_sweep_config
-
         cfg = load_sweep_config(args.config, args.overrides, quick=args.quick)
         keys, db, sweep = [j.key for j in expand(cfg)], args.db or cfg.db, cfg.name
-    return _report(db or "runs/results.sqlite", sweep, keys, as_json=args.json)
+    return _report(db or str(DEFAULT_PATH), sweep, keys, as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from haloprune.core import __version__
-
     parser = argparse.ArgumentParser(prog="haloprune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"haloprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the main job: dense vs HALO on Fashion-MNIST, pruned once, report + plot")
-    _config_args(p)
+    p = sub.add_parser(
+        "run",
+        help="the main job: the sweep configs/main.toml (HALO told each target, GMP, magnitude + "
+        "fine-tuning, dense pruned once; LeNet-300-100 on Fashion-MNIST), report + plots",
+    )
+    p.add_argument("--config", type=Path, help=f"the sweep config (default {MAIN_CONFIG})")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (default: the config's, one)")
+    p.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
+    _sweep_args(p, jobs=min(2, os.cpu_count() or 1))
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train", help="train one model (optionally with a penalty) into runs/<name>/")
@@ -287,15 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a comparison: methods x grids x seeds x sparsities, into SQLite")
     p.add_argument("config", type=Path)
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
-    p.add_argument("--quick", action="store_true", help="apply the config's [quick] scale (CI-sized)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument(
-        "--no-reuse",
-        action="store_true",
-        help="run every job, even one that another sweep in the store has already run identically",
-    )
+    _sweep_args(p, jobs=1)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="tables and plots of the sweeps in the results store")
@@ -303,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--sweep", help="only this sweep (default: every sweep in the store)")
-    p.add_argument("--db", help="results store (default runs/results.sqlite)")
+    p.add_argument("--db", help=f"results store (default {DEFAULT_PATH})")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.set_defaults(func=_cmd_report)
 
@@ -314,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, required=True)
     p.add_argument(
         "--format",
-        choices=["safetensors", "onnx"],
-        default="safetensors",
+        choices=FORMATS,
+        default=FORMATS[0],
         help="safetensors: surviving weights + masks, bit-exact; onnx: the slimmed dense model",
     )
     p.add_argument(
@@ -328,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="check or download a dataset")
     p.add_argument("action", choices=["check", "download"])
-    p.add_argument("dataset", choices=["fashion-mnist", "mnist", "cifar10", "cifar100"])
+    p.add_argument("dataset", choices=list(DATASETS))
     p.add_argument("--data-dir", type=Path, help="(check) folder to read")
     p.add_argument("--dest", type=Path, help="(download) target folder; default ~/.cache/haloprune/<dataset>")
     p.set_defaults(func=_cmd_data)

@@ -13,12 +13,16 @@ from typing import Annotated, Any, Literal, TypeVar
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from haloprune.core.errors import ConfigError
+from haloprune.core.errors import ConfigError, DataError
+from haloprune.data.datasets import get_spec
+from haloprune.models import MODELS
+from haloprune.penalties import PENALTIES
+from haloprune.penalties.base import valid_keywords
 
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-def _added(default: Any, **kwargs: Any) -> Any:
+def added_field(default: Any, **kwargs: Any) -> Any:
     """A field added after results were stored: left out of dumps while at its default, so the TOML of old
     runs and the keys of finished sweep jobs stay the same."""
     return Field(default, exclude_if=lambda v: v == default, **kwargs)
@@ -29,14 +33,23 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: Literal["fashion-mnist", "mnist", "cifar10", "cifar100"] = "fashion-mnist"
+    name: str = "fashion-mnist"  # a dataset of haloprune.data.DATASETS
     dir: str | None = None  # default: HALOPRUNE_DATA, then the system/cached copies
     val_size: int = Field(5000, ge=0)  # carved from the training set (seeded), for choosing hyperparameters
     train_subset: int | None = Field(None, gt=0)  # use only this many training images (fast tests)
     test_subset: int | None = Field(None, gt=0)
     # random 4-pixel-padded crop + horizontal flip per training batch; None: on for CIFAR, off otherwise
-    augment: bool | None = _added(None)
-    pad_to: int | None = _added(None, gt=0)  # zero-pad images to this side (28x28 Fashion-MNIST -> 32)
+    augment: bool | None = added_field(None)
+    pad_to: int | None = added_field(None, gt=0)  # zero-pad images to this side (28x28 Fashion-MNIST -> 32)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            get_spec(v)
+        except DataError as err:
+            raise ValueError(str(err)) from None
+        return v
 
     @property
     def augmented(self) -> bool:
@@ -46,13 +59,11 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = "lenet-300-100"
-    width: float = _added(1.0, gt=0)  # channel multiplier of the conv nets (vgg16-bn, resnet*)
+    width: float = added_field(1.0, gt=0)  # channel multiplier of the conv nets (vgg16-bn, resnet*)
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from haloprune.models import MODELS
-
         if v not in MODELS:
             raise ValueError(f"unknown model {v!r}; known: {', '.join(MODELS.names())}")
         return v
@@ -70,13 +81,14 @@ class OptimConfig(Section):
     milestones: list[int] = Field(default_factory=list)  # epochs at which "step" multiplies lr by gamma
     gamma: float = Field(0.1, gt=0, le=1)
     eval_batch_size: int = Field(1000, gt=0)
-    amp: Literal["none", "bf16"] = _added("none")  # bf16 autocast of forward/loss; params and HALO stay fp32
+    # bf16 autocast of forward and loss; parameters and HALO stay fp32
+    amp: Literal["none", "bf16"] = added_field("none")
     # channels_last memory format for conv nets; None: on for CUDA, off on CPU
-    channels_last: bool | None = _added(None)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = _added(
+    channels_last: bool | None = added_field(None)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = added_field(
         (0.9, 0.999)
     )  # Adam/AdamW only
-    eps: float = _added(1e-8, gt=0)  # Adam/AdamW only
+    eps: float = added_field(1e-8, gt=0)  # Adam/AdamW only
 
     @model_validator(mode="after")
     def _applies(self) -> OptimConfig:
@@ -97,7 +109,7 @@ class OptimConfig(Section):
 M = TypeVar("M")
 
 
-def _check_method_names(methods: dict[str, M]) -> dict[str, M]:
+def check_method_names(methods: dict[str, M]) -> dict[str, M]:
     if not methods:
         raise ValueError("give at least one method")
     for name in methods:
@@ -121,25 +133,24 @@ class PenaltyConfig(Section):
     lambda_weight_decay: float | None = Field(None, ge=0)  # None: same as the weights (reference)
     gamma: float = Field(1.0, gt=0)  # adaptive lasso: weights 1/|ŵ|^gamma
     a: float = Field(3.7, gt=2)  # SCAD's shape parameter (Fan & Li 2001)
-    lambda_max: float = _added(1e3, gt=0)  # HALO: λ is kept in [lambda_min, lambda_max]
+    lambda_max: float = added_field(1e3, gt=0)  # HALO: λ is kept in [lambda_min, lambda_max]
     # HALO target-sparsity mode: ξ and ψ are set from the step budget B = Σ lr_t/(1 − momentum) and
     # steered during training so that this fraction of the weights ends exactly at zero
-    target_sparsity: float | None = _added(None, gt=0, lt=1)
-    psi_hat: float = _added(5.0, gt=0)  # ψ·B: how far λ can travel over the run
-    ramp_end: float = _added(0.75, gt=0, le=1)  # fraction of B by which the target density is reached
-    prox: bool = _added(False)  # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
+    target_sparsity: float | None = added_field(None, gt=0, lt=1)
+    psi_hat: float = added_field(5.0, gt=0)  # ψ·B: how far λ can travel over the run
+    ramp_end: float = added_field(0.75, gt=0, le=1)  # fraction of B by which the target density is reached
+    # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
+    prox: bool = added_field(False)
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)
-    coupling: Literal["coupled", "decoupled"] | None = _added(None)
+    coupling: Literal["coupled", "decoupled"] | None = added_field(None)
     # extra parameters by dotted-name glob (e.g. ["tok_emb.weight"]) / default ones left out
-    include: list[str] | None = _added(None)
-    exclude: list[str] | None = _added(None)
+    include: list[str] | None = added_field(None)
+    exclude: list[str] | None = added_field(None)
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from haloprune.penalties import PENALTIES
-
         if v != "none" and v not in PENALTIES:
             raise ValueError(f"unknown penalty {v!r}; known: none, {', '.join(PENALTIES.names())}")
         return v
@@ -185,9 +196,6 @@ class PenaltyConfig(Section):
 def _penalty_keys(name: str) -> set[str]:
     """The config keys that apply to a registered penalty: its constructor's keyword arguments, plus λ's
     optimizer settings for penalties with learned parameters."""
-    from haloprune.penalties import PENALTIES
-    from haloprune.penalties.base import valid_keywords
-
     cls = PENALTIES[name]
     keys = valid_keywords(cls) & set(PenaltyConfig.model_fields)
     if cls.learns:
@@ -200,14 +208,14 @@ class PruneConfig(Section):
     per_layer: bool = False  # False: global magnitude pruning (the paper's); True: same fraction per layer
     # which layers are pruned (and penalised: a penalty's scope must match); the reference prunes
     # only the convolutions of its CIFAR networks
-    scope: Literal["all", "conv", "linear"] = _added("all")
+    scope: Literal["all", "conv", "linear"] = added_field("all")
     # training images whose forward passes re-estimate BatchNorm statistics after each one-shot pruning
     # (no weight changes); 0: off, as in the paper
-    recalibrate_bn: int = _added(0, ge=0)
+    recalibrate_bn: int = added_field(0, ge=0)
     # parameters pruned besides (include) or instead of (exclude) the default ones, by dotted-name glob;
     # a penalty must name the same
-    include: list[str] | None = _added(None)
-    exclude: list[str] | None = _added(None)
+    include: list[str] | None = added_field(None)
+    exclude: list[str] | None = added_field(None)
 
     def selection(self) -> dict[str, Any]:
         """The pruned parameters as keyword arguments (scope, include, exclude)."""
@@ -221,17 +229,22 @@ class PruneConfig(Section):
         return sorted(set(v))
 
 
-class RunConfig(Section):
-    """What every job shares: where it writes, the seed, the data, the model, the optimiser, pruning."""
+class Setup(Section):
+    """What a training run and a sweep's jobs share: the device, data, model, optimiser and pruning."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
-    out_dir: str = "runs"
-    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed takes 64-bit seeds
     device: str = "cpu"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     prune: PruneConfig = PruneConfig()
+
+
+class RunConfig(Setup):
+    """One run: its setup, its name, where it writes and its seed."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    out_dir: str = "runs"
+    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed takes 64-bit seeds
 
     @property
     def run_dir(self) -> Path:
@@ -245,12 +258,12 @@ class TrainConfig(RunConfig):
 
     @model_validator(mode="after")
     def _same_scope(self) -> TrainConfig:
-        _check_scope(self.penalty.model_dump(), self.prune, "penalty")
-        _check_coupling(self.penalty.model_dump(), self.optim, "penalty")
+        check_scope(self.penalty.model_dump(), self.prune, "penalty")
+        check_coupling(self.penalty.model_dump(), self.optim, "penalty")
         return self
 
 
-def _check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> None:
+def check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> None:
     """A penalty acts on the parameters that are pruned: its scope, include and exclude must be
     ``prune``'s."""
     if penalty.get("name", "none") == "none":
@@ -264,7 +277,7 @@ def _check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> Non
             )
 
 
-def _check_coupling(penalty: dict[str, Any], optim: OptimConfig, where: str) -> None:
+def check_coupling(penalty: dict[str, Any], optim: OptimConfig, where: str) -> None:
     """``coupling`` is how HALO combines with Adam/AdamW; target mode and prox are decoupled updates."""
     coupling = penalty.get("coupling")
     if coupling is None:
@@ -275,144 +288,12 @@ def _check_coupling(penalty: dict[str, Any], optim: OptimConfig, where: str) -> 
         raise ValueError(f"{where}: target_sparsity and prox are decoupled updates: leave coupling unset")
 
 
-class MethodConfig(Section):
-    """A way of getting a sparse network: a penalty, and a grid of settings chosen on the validation split."""
-
-    penalty: PenaltyConfig = PenaltyConfig()
-    grid: list[dict[str, float]] = Field(default_factory=list)  # each point overrides penalty fields
-
-    @model_validator(mode="after")
-    def _check_grid(self) -> MethodConfig:
-        for i, point in enumerate(self.grid):
-            try:
-                PenaltyConfig.model_validate({**self.penalty.model_dump(), **point})
-            except ValidationError as err:
-                raise ValueError(
-                    f"grid point {i} ({point}): {_one_line(err, '').split(': ', 1)[1]}"
-                ) from None
-        return self
-
-    def candidates(self) -> list[tuple[str, PenaltyConfig]]:
-        """(suffix, penalty) for every grid point; the bare penalty when there is no grid."""
-        if not self.grid:
-            return [("", self.penalty)]
-        out = []
-        for point in self.grid:
-            suffix = "_" + "_".join(f"{k}{v:g}" for k, v in point.items())
-            out.append((suffix, PenaltyConfig.model_validate({**self.penalty.model_dump(), **point})))
-        return out
-
-
-def _default_methods() -> dict[str, MethodConfig]:
-    return {
-        "dense": MethodConfig(penalty=PenaltyConfig(name="none")),
-        "l1": MethodConfig(penalty=PenaltyConfig(name="l1"), grid=[{"xi": 3e-5}, {"xi": 1e-4}, {"xi": 3e-4}]),
-        "halo": MethodConfig(
-            penalty=PenaltyConfig(name="halo"),
-            grid=[{"xi": 3e-8, "psi": 1e-3}, {"xi": 1e-7, "psi": 1e-3}, {"xi": 1e-6, "psi": 3e-4}],
-        ),
-    }
-
-
-class CompareConfig(RunConfig):
-    """The main job: several methods on the same data, seed and epochs, each pruned once and evaluated."""
-
-    name: str = Field("main", pattern=r"^[A-Za-z0-9._-]+$")
-    prune: PruneConfig = PruneConfig(sparsities=[0.5, 0.7, 0.9, 0.95, 0.98, 0.99, 0.995])
-    methods: dict[str, MethodConfig] = Field(default_factory=_default_methods)
-    select_sparsities: list[Sparsity] = Field(default_factory=lambda: [0.95, 0.98, 0.99])
-
-    @field_validator("methods")
-    @classmethod
-    def _nonempty(cls, v: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
-        return _check_method_names(v)
-
-    def train_config(self, run_name: str, penalty: PenaltyConfig) -> TrainConfig:
-        """The training run of one candidate, stored under this job's folder."""
-        base = self.model_dump(include=set(RunConfig.model_fields))
-        base.update(name=run_name, out_dir=str(self.run_dir), penalty=penalty.model_dump())
-        return TrainConfig.model_validate(base)
-
-
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``update`` merged in recursively (dicts merge, anything else replaces)."""
     out = dict(base)
     for k, v in update.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-class SweepMethodConfig(Section):
-    """One method of a sweep: a registered kind, its parameters, and a grid chosen on the validation split."""
-
-    kind: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    grid: list[dict[str, Any]] = Field(default_factory=list)  # each point is merged into params
-    # this method's budget in epochs instead of optim.epochs (e.g. equal wall-clock instead of equal epochs)
-    epochs: int | None = _added(None, gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> SweepMethodConfig:
-        from haloprune.methods import METHODS
-
-        if self.kind not in METHODS:
-            raise ValueError(f"unknown method kind {self.kind!r}; known: {', '.join(METHODS.names())}")
-        for i, params in enumerate(self.points()):
-            try:
-                METHODS[self.kind].Params(**params)
-            except ValidationError as err:
-                where = f"grid point {i}" if self.grid else "params"
-                raise ValueError(f"{where}: {_one_line(err, '').split(': ', 1)[1]}") from None
-        return self
-
-    def points(self) -> list[dict[str, Any]]:
-        """The full parameters of every grid point (just ``params`` without a grid)."""
-        return [deep_merge(self.params, p) for p in self.grid] if self.grid else [dict(self.params)]
-
-
-class SweepConfig(RunConfig):
-    """A comparison: methods x grid points x seeds (x target sparsities), run by ``haloprune sweep``."""
-
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")
-    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0, 1, 2])
-    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
-    methods: dict[str, SweepMethodConfig]
-    db: str = "runs/results.sqlite"
-    quick: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --quick
-
-    @field_validator("seeds", "sparsities")
-    @classmethod
-    def _nonempty_list(cls, v: list[Any]) -> list[Any]:
-        if not v:
-            raise ValueError("give at least one value")
-        return sorted(set(v))
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, v: dict[str, SweepMethodConfig]) -> dict[str, SweepMethodConfig]:
-        return _check_method_names(v)
-
-    @model_validator(mode="after")
-    def _same_scope(self) -> SweepConfig:
-        for name, method in self.methods.items():
-            for params in method.points():
-                if isinstance(params.get("penalty"), dict):
-                    _check_scope(params["penalty"], self.prune, f"methods.{name}: penalty")
-                    _check_coupling(params["penalty"], self.optim, f"methods.{name}: penalty")
-            if method.kind == "sparsevd" and self.prune.scope != "all":  # its noise is on every layer
-                raise ValueError(
-                    f"methods.{name}: sparsevd learns a dropout rate for every layer, so it needs "
-                    f"prune.scope = 'all' (got {self.prune.scope!r}); drop it from this sweep"
-                )
-        return self
-
-    def run_part(self) -> dict[str, Any]:
-        """What every job of the sweep shares (data, model, optimiser, device; the pruning scope if set)."""
-        part = self.model_dump(mode="json", include={"data", "model", "optim", "device"})
-        prune = self.prune.model_dump(mode="json", include={"scope", "recalibrate_bn"})
-        if prune:  # only what is set (defaults are left out): the keys of earlier jobs stay the same
-            part["prune"] = prune
-        return part
 
 
 C = TypeVar("C", bound=BaseModel)
@@ -442,7 +323,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _one_line(err: ValidationError, source: str) -> str:
+def one_line(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
@@ -458,7 +339,7 @@ def validate(cls: type[C], data: dict[str, Any], source: str = "") -> C:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, source or "(overrides)")) from None
+        raise ConfigError(one_line(err, source or "(overrides)")) from None
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:

@@ -15,21 +15,29 @@ dimension, for onnxruntime and other runtimes; it needs the ``onnx`` extra (``pi
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from haloprune.build import network_kwargs
+from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
+from haloprune.core.io import atomic_path
 from haloprune.core.params import unwrap
 from haloprune.models import build_model
-from haloprune.pruning import Cost, count_cost, global_magnitude_prune, group_prune
-from haloprune.pruning.masks import SUFFIX, attach_mask, get_masks
+from haloprune.pruning import Cost, count_cost, global_magnitude_prune, group_prune, sparsity_report
+from haloprune.pruning.masks import attach_mask, get_masks, without_masks
 from haloprune.pruning.slim import slim
+from haloprune.training.run import load_trained
 
 FORMAT = "haloprune-sparse/1"
 
@@ -65,15 +73,11 @@ def save_sparse(
     model: nn.Module, path: str | Path, *, architecture: dict[str, Any], extra: dict[str, str] | None = None
 ) -> Path:
     """Write ``model`` (masks attached) compactly to ``path`` (safetensors)."""
-    from haloprune.core import __version__
-
     model = unwrap(model)
     masks = get_masks(model)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
-    for name, value in model.state_dict().items():
-        if name.endswith(SUFFIX):
-            continue
+    for name, value in without_masks(model.state_dict()).items():
         if name in masks:
             for part, t in _encode(value, masks[name]).items():
                 tensors[f"{name}::{part}"] = t
@@ -91,15 +95,12 @@ def save_sparse(
         **(extra or {}),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -125,7 +126,7 @@ def load(path: str | Path) -> nn.Module:
         parts = {k.split("::", 1)[1]: v for k, v in stored.items() if k.startswith(f"{name}::")}
         state[name], mask = _decode(parts, shape)
         attach_mask(model, name, mask)
-    missing = set(model.state_dict()) - set(state) - {k for k in model.state_dict() if k.endswith(SUFFIX)}
+    missing = set(without_masks(model.state_dict())) - set(state)
     if missing:
         raise HaloPruneError(f"{path} lacks {sorted(missing)[:3]} for model {arch['name']!r}")
     model.load_state_dict({**model.state_dict(), **state})
@@ -140,19 +141,13 @@ def export_onnx(
     The batch dimension (input ``input``, output ``output``) is dynamic; ``example_input`` fixes the other
     dimensions. Raises :class:`HaloPruneError` if the ``onnx`` extra is not installed.
     """
-    import importlib.util
-    import logging
-    import warnings
-
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise HaloPruneError(f"ONNX export needs {' and '.join(missing)}: pip install 'haloprune[onnx]'")
     small = slim(model, example_input)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             small,
@@ -165,7 +160,6 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
-    tmp.replace(path)
     return path
 
 
@@ -187,10 +181,6 @@ def export_run(
     the slimmed model has no more weights than the unstructured one would keep. ``fmt="safetensors"``
     keeps the masks (:func:`save_sparse`); ``fmt="onnx"`` writes the slimmed model (:func:`export_onnx`).
     """
-    from haloprune.build import network_kwargs
-    from haloprune.pruning import sparsity_report
-    from haloprune.training.run import load_trained
-
     if not 0.0 <= sparsity < 1.0:
         raise HaloPruneError(f"--sparsity must be in [0, 1), got {sparsity}")
     if fmt not in FORMATS:

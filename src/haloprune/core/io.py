@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -25,19 +27,38 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it is fsynced and renamed over ``path``.
+
+    The one way haloprune writes an output file: the folder is created if needed, the temporary file
+    (``.<name>.<random>.tmp``, created empty) may be reopened or replaced by the writer, the finished file
+    gets the user's usual permissions (``0o666 & ~umask``), and on any exception the temporary file is
+    removed and ``path`` is left as it was.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the user's usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.close(fd)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            # mkstemp (and writers such as safetensors) make 0600; give the user's usual permissions
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        write(fh)
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
@@ -46,10 +67,12 @@ def save_torch(obj: Any, path: str | Path) -> None:
 
 
 def save_text(text: str, path: str | Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def save_json(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
     save_text(json.dumps(obj, indent=2) + "\n", path)
 
 

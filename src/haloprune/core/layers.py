@@ -12,7 +12,8 @@ from torch import nn
 CONV: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Modules whose weights are penalised and pruned like a Linear layer's by default.
 LINEAR: tuple[type[nn.Module], ...] = (nn.Linear, nn.MultiheadAttention)
-BATCHNORM: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: BatchNorm layers, including the ``SyncBatchNorm`` that distributed training on CUDA converts them to.
+BATCHNORM: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 #: Layers whose cost (weights x positions) :func:`haloprune.pruning.count_cost` counts.
 DENSE: tuple[type[nn.Module], ...] = (nn.Linear, *CONV)
 

@@ -34,6 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+try:
+    from numpy._core.multiarray import _reconstruct, scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+
 from haloprune.core.errors import DataError
 from haloprune.data.archive import safe_extract
 from haloprune.data.http import RETRY, fetch, try_mirrors
@@ -71,10 +76,6 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], Any] = {("_codecs", "encode"): _latin1_encode}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # written by numpy 1.x / 2.x
         allowed[(module, "_reconstruct")] = _reconstruct

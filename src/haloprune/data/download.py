@@ -1,21 +1,20 @@
 """Download a dataset's 4 IDX archives with mirror fallback and checksum verification.
 
 Each file is streamed to a hidden temporary file inside ``dest``, verified (sha256 of the
-decompressed IDX payload, and of the archive when known) and only then renamed into place with
-:func:`os.replace`, so ``dest`` never holds a partial or unverified file.
+decompressed IDX payload, and of the archive when known) and only then renamed into place
+(:func:`haloprune.core.io.atomic_path`), so ``dest`` never holds a partial or unverified file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from haloprune.core.errors import DataError
+from haloprune.core.io import atomic_path
+from haloprune.data.cifar import download_archive
 from haloprune.data.datasets import ROLES, DatasetSpec, get_spec, resolve_file
 from haloprune.data.http import RETRY, fetch, try_mirrors
 from haloprune.data.idx import GZIP_MAGIC, read_idx
@@ -39,10 +38,8 @@ def _download_one(spec: DatasetSpec, role: str, dest: Path, mirrors: Sequence[st
     archive_sha = (spec.archive_sha256 or {}).get(role)
 
     def attempt(url: str) -> Path:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{archive}.", suffix=".part", dir=dest)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        with atomic_path(target) as tmp:  # renamed into place only once verified
+            with tmp.open("wb") as out:
                 got_archive_sha = fetch(url, out, timeout)
             try:
                 read_idx(tmp)
@@ -60,11 +57,7 @@ def _download_one(spec: DatasetSpec, role: str, dest: Path, mirrors: Sequence[st
                     f"{archive} from {url} failed its checksum: expected archive sha256 {archive_sha}, "
                     f"got {got_archive_sha}; {RETRY}"
                 )
-            os.replace(tmp, target)
-            return target
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        return target
 
     return try_mirrors(archive, spec.name, mirrors, attempt, "install the files yourself")
 
@@ -102,8 +95,6 @@ def download(
             f"cannot create download folder {dest} ({exc.strerror or exc}); choose a writable folder"
         ) from None
     if spec.layout is not None:  # one archive (CIFAR), verified and extracted
-        from haloprune.data.cifar import download_archive
-
         return download_archive(spec, dest, urls, timeout)
     for role in ROLES:
         existing = resolve_file(dest, spec.files[role])

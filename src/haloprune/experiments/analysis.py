@@ -13,7 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from haloprune.build import build_network
+from haloprune.config import RunConfig
 from haloprune.core.io import load_torch
+from haloprune.core.layers import DENSE
 from haloprune.core.params import select_parameters
 from haloprune.models import build_model
 from haloprune.pruning import global_magnitude_prune, sparsity_report
@@ -32,9 +35,6 @@ def load_state_model(
     if isinstance(run, str):
         model = build_model(run)
     else:
-        from haloprune.build import build_network
-        from haloprune.config import RunConfig
-
         cfg = RunConfig.model_validate(run)
         model, scope = build_network(cfg), cfg.prune.scope
     load_state_dict(model, state["model"])
@@ -66,14 +66,15 @@ def lambda_and_weights(
 @torch.no_grad()
 def activation_spectra(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> dict[str, torch.Tensor]:
     """Sorted eigenvalues (normalised to sum 1) of the activation covariance of every hidden layer."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))][:-1]
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, DENSE)][:-1]
     sums: dict[str, list[torch.Tensor]] = {n: [] for n, _ in layers}
     handles = []
     for name, module in layers:
 
         def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
             act = torch.relu(out)
-            sums[name].append((act.mean(dim=(2, 3)) if act.ndim == 4 else act).double())
+            per_channel = act.mean(dim=tuple(range(2, act.ndim))) if act.ndim > 2 else act  # over positions
+            sums[name].append(per_channel.double())
 
         handles.append(module.register_forward_hook(hook))
     try:

@@ -7,24 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+
+from haloprune.core.io import atomic_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-
-def plot_accuracy_vs_sparsity(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Test accuracy against sparsity, one line per method (one seed: no error bars)."""
-    rows = [{**r, "accuracy_mean": r["accuracy"], "accuracy_std": 0.0} for r in records]
-    return plot_sweep_accuracy(rows, path, title=title, ylabel="test accuracy (%)")
 
 
 def plot_sweep_accuracy(
     chosen: Sequence[dict[str, Any]],
     path: str | Path,
     title: str = "",
-    ylabel: str = "test accuracy (%), mean ± std over seeds",
 ) -> Path:
-    """Mean test accuracy ± std against sparsity, one line per method (x: weights kept, log scale)."""
+    """Mean test accuracy ± std over seeds against sparsity, one line per method (x: weights kept, log
+    scale; no error bars from a single seed)."""
+    one_seed = all(r.get("n", 1) == 1 for r in chosen)
+    ylabel = "test accuracy (%)" + ("" if one_seed else ", mean ± std over seeds")
     methods = list(dict.fromkeys(r["method"] for r in chosen))
     many = len(methods) > 8
     fig, ax = plt.subplots(figsize=(8.4 if many else 6.4, 4.6 if many else 4.2), dpi=120)
@@ -59,20 +58,19 @@ def plot_sweep_accuracy(
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (format from the suffix, PNG without one) and close it."""
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.removeprefix(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 
 def plot_layer_sparsity(per_method: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Grouped bars: the sparsity of each layer, one bar per method."""
-    import numpy as np
-
     layers = list(dict.fromkeys(layer for d in per_method.values() for layer in d))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(layers) + 2) + 1.6, 4.0), dpi=120)
     width = 0.8 / max(1, len(per_method))
@@ -92,8 +90,6 @@ def plot_layer_sparsity(per_method: dict[str, dict[str, float]], path: str | Pat
 
 def plot_lambda(lam: Any, w: Any, path: str | Path, title: str = "") -> Path:
     """HALO's learned λ: histogram, and |w| against λ."""
-    import numpy as np
-
     lam, w = np.asarray(lam), np.asarray(w)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 3.8), dpi=120)
     log_lam = np.log10(lam)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,75 +30,16 @@ def sparsity_table(records: Sequence[dict[str, Any]], key: str = "accuracy") -> 
     return "\n".join(lines)
 
 
-def comparison_markdown(records: Sequence[dict[str, Any]], summary: dict[str, Any], cfg: Any) -> str:
-    """The main job's report: test accuracy table, the selection on the validation split, timings."""
-    by_method = {r["method"]: r for r in records}
-    o = cfg.optim
-    lines = [
-        f"# {cfg.model.name} on {cfg.data.name}: one-shot global magnitude pruning, no fine-tuning",
-        "",
-        f"Every method: same data, seed ({cfg.seed}) and budget ({o.epochs} epochs, batch {o.batch_size}, "
-        f"SGD lr {o.lr:g} {o.schedule}, momentum {o.momentum:g}, weight decay {o.weight_decay:g}). "
-        "Each trained network is pruned once at every sparsity and evaluated on the test set "
-        "**without fine-tuning**. "
-        "Hyperparameters were chosen on a validation split carved from the training set.",
-        "",
-        "## Test accuracy (%) after pruning",
-        "",
-        sparsity_table(records),
-        "",
-        "| method | chosen setting | unpruned test acc. | weights with abs < 1e-3 | median s / epoch |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for m, r in by_method.items():
-        hp = ", ".join(f"{k}={v:g}" for k, v in r["hyperparameters"].items()) or "—"
-        lines.append(
-            f"| {m} | {hp} | {_pct(r['unpruned_test_accuracy'])} | "
-            f"{100 * r['weights_below_1e-3']:.1f}% | {r['seconds_per_epoch']:.2f} |"
-        )
-    sel = [row for row in summary["selection"] if row["score"] == row["score"]]
-    if sel:
-        lines += [
-            "",
-            "## Selection on the validation split",
-            "",
-            "Score: mean validation accuracy (%) after pruning at "
-            + ", ".join(f"{100 * s:g}%" for s in cfg.select_sparsities)
-            + ".",
-            "",
-            "| method | setting | score |",
-            "|---|---|---:|",
-        ]
-        for row in sel:
-            setting = ", ".join(
-                f"{k}={v:g}"
-                for k, v in row.items()
-                if k not in {"method", "run", "score", "chosen", "train_seconds"}
-            )
-            mark = " **(chosen)**" if row["chosen"] else ""
-            lines.append(f"| {row['method']} | {setting}{mark} | {_pct(row['score'])} |")
-    lines += [
-        "",
-        f"Training time of all {len(summary['selection'])} runs: {summary['train_seconds']:.0f} s "
-        f"(this invocation: {summary['wall_seconds']:.0f} s; finished runs are reused).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # ---- sweeps: records of many runs -> per-method tables (mean ± std over seeds) -------------------------
 
 
 def _hp_key(hp: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(hp, sort_keys=True)
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group records by (method, hyperparameters, target sparsity): mean/std over seeds."""
-    import statistics
-
+    """Group records by (method, hyperparameters, target sparsity): mean/std over seeds, in the order the
+    groups first appear in ``records``."""
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["method"], _hp_key(r.get("hyperparameters") or {}), r["sparsity"]), []).append(r)
@@ -126,24 +70,43 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
-    import statistics
-
     values = [r[key] for r in rows if r.get(key) is not None]
     return statistics.fmean(values) if values else None
 
 
 def choose(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, sparsity) the grid point with the best mean validation accuracy (never the test set)."""
-    best: dict[tuple[str, float], dict[str, Any]] = {}
+    """The one selection rule: per (method, target sparsity), the grid point with the best mean validation
+    accuracy over seeds (the test set is never looked at).
+
+    - Only grid points with the most finished seeds of their (method, target) compete: a point that has
+      finished fewer seeds (a sweep still running) never wins on fewer, luckier seeds.
+    - A NaN validation accuracy (a diverged run) ranks below every number.
+    - Ties go to the grid point that comes first in ``summary`` (:func:`summarize` keeps the order of the
+      records: the config's grid order when the report is given the config's jobs).
+    """
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for row in summary:
-        k = (row["method"], row["sparsity"])
-        if k not in best or row["val_accuracy_mean"] > best[k]["val_accuracy_mean"]:
-            best[k] = row
-    return list(best.values())
+        groups.setdefault((row["method"], row["sparsity"]), []).append(row)
+    out = []
+    for rows in groups.values():
+        most = max(r["n"] for r in rows)
+        best = None
+        for r in rows:
+            if r["n"] == most and (best is None or _score(r) > _score(best)):
+                best = r
+        out.append(best)
+    return out
+
+
+def _score(row: dict[str, Any]) -> float:
+    v = row["val_accuracy_mean"]
+    return -math.inf if v is None or math.isnan(v) else v
 
 
 def sweep_table(chosen: Sequence[dict[str, Any]], methods: Sequence[str] | None = None) -> str:
-    """Methods x sparsities, test accuracy mean ± std over seeds; the best mean of each column in bold."""
+    """Methods x sparsities, test accuracy mean ± std over seeds (just the value when every cell has one
+    seed); the best mean of each column in bold."""
+    one_seed = all(r["n"] == 1 for r in chosen)
     methods = list(methods or dict.fromkeys(r["method"] for r in chosen))
     sparsities = sorted({r["sparsity"] for r in chosen})
     cell = {(r["method"], r["sparsity"]): r for r in chosen}
@@ -162,7 +125,7 @@ def sweep_table(chosen: Sequence[dict[str, Any]], methods: Sequence[str] | None 
             if r is None:
                 cells.append("—")
                 continue
-            text = f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"
+            text = f"{r['accuracy_mean']:.2f}" + ("" if one_seed else f" ± {r['accuracy_std']:.2f}")
             cells.append(f"**{text}**" if r["accuracy_mean"] == best[s] else text)
         epochs = max((cell[(m, s)]["epochs"] for s in sparsities if (m, s) in cell), default=0)
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {epochs} |")

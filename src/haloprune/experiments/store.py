@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,17 @@ def _dumps(obj: Any) -> str:
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _replace_results(c: sqlite3.Connection, run_key: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Replace the ``results`` rows of ``run_key`` by ``rows``: (method, seed, sparsity, achieved_sparsity,
+    accuracy, val_accuracy, metrics as JSON) each. Call inside a write transaction."""
+    c.execute("DELETE FROM results WHERE run_key = ?", (run_key,))
+    c.executemany(
+        """INSERT INTO results (run_key, method, seed, sparsity, achieved_sparsity, accuracy, val_accuracy,
+                                metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        [(run_key, *row) for row in rows],
+    )
 
 
 @functools.cache
@@ -334,7 +345,6 @@ class ResultStore:
                 seen.add(target)
                 rows.append(
                     (
-                        job_key,
                         method,
                         seed,
                         target,
@@ -344,12 +354,7 @@ class ResultStore:
                         _dumps(record),
                     )
                 )
-            c.execute("DELETE FROM results WHERE run_key = ?", (job_key,))
-            c.executemany(
-                """INSERT INTO results (run_key, method, seed, sparsity, achieved_sparsity, accuracy,
-                                        val_accuracy, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                rows,
-            )
+            _replace_results(c, job_key, rows)
             c.execute(
                 """UPDATE runs SET status = 'done', finished = ?, wall_seconds = ?, epochs_used = ?,
                                    error = NULL WHERE key = ?""",
@@ -409,27 +414,16 @@ class ResultStore:
                     "source": source,
                 },
             )
-            c.execute("DELETE FROM results WHERE run_key = ?", (job.key,))
-            for sparsity, achieved, accuracy, val_accuracy, metrics in c.execute(
+            copied = c.execute(
                 """SELECT sparsity, achieved_sparsity, accuracy, val_accuracy, metrics FROM results
                    WHERE run_key = ?""",
                 (source,),
-            ).fetchall():
-                record = {**json.loads(metrics), "method": job.method}
-                c.execute(
-                    """INSERT INTO results (run_key, method, seed, sparsity, achieved_sparsity, accuracy,
-                                            val_accuracy, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (
-                        job.key,
-                        job.method,
-                        int(job.seed),
-                        sparsity,
-                        achieved,
-                        accuracy,
-                        val_accuracy,
-                        _dumps(record),
-                    ),
-                )
+            ).fetchall()
+            rows = [
+                (job.method, int(job.seed), *values, _dumps({**json.loads(metrics), "method": job.method}))
+                for *values, metrics in copied
+            ]
+            _replace_results(c, job.key, rows)
         return self.run(source)
 
     def fail(self, job_key: str, error: str) -> None:
@@ -455,6 +449,10 @@ class ResultStore:
         """Whether the job ``key`` finished and its results are stored."""
         row = self.conn.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
         return row is not None and row[0] == "done"
+
+    def sweeps(self) -> list[str]:
+        """The names of the sweeps with a job in the store, sorted."""
+        return [row[0] for row in self.conn.execute("SELECT DISTINCT sweep FROM runs ORDER BY 1")]
 
     def status(self, sweep: str | None = None) -> dict[str, int]:
         """Number of jobs in each status (all four statuses present), optionally for one sweep."""

@@ -11,7 +11,6 @@ results and state instead of running again.
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing
 import os
 import shutil
@@ -21,35 +20,13 @@ from typing import Any
 import torch
 
 from haloprune.build import load_data
-from haloprune.config import (
-    DataConfig,
-    RunConfig,
-    SweepConfig,
-    apply_overrides,
-    deep_merge,
-    load_config,
-    validate,
-)
+from haloprune.config import DataConfig, RunConfig, deep_merge
 from haloprune.core.io import save_torch
 from haloprune.data import SplitData
+from haloprune.experiments.config import SweepConfig
 from haloprune.experiments.runner import Job
 from haloprune.methods import METHODS, Context
-from haloprune.training.loop import set_bar_slot
-
-
-def load_sweep_config(
-    path: str | Path, overrides: list[str] | None = None, quick: bool = False
-) -> SweepConfig:
-    """Read a sweep config; ``quick`` applies its ``[quick]`` overrides, keeps the first grid point of each
-    method and adds a ``-quick`` suffix to the sweep's name (so quick results never mix with full ones)."""
-    cfg = load_config(SweepConfig, path, overrides)
-    if not quick:
-        return cfg
-    data = apply_overrides(cfg.model_dump(), [f"{k}={json.dumps(v)}" for k, v in cfg.quick.items()])
-    data["name"] = f"{cfg.name}-quick"
-    for method in data["methods"].values():  # the first grid point only
-        method["grid"] = method["grid"][:1]
-    return validate(SweepConfig, data, f"{path} with --quick")
+from haloprune.training.callbacks import set_bar_slot
 
 
 def expand(cfg: SweepConfig) -> list[Job]:

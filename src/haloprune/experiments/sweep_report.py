@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from haloprune.build import load_data
+from haloprune.config import DataConfig
 from haloprune.core.io import save_json, save_text
 from haloprune.experiments.analysis import (
     activation_spectra,
@@ -28,14 +30,16 @@ def sweep_report(
 ) -> tuple[str, list[dict[str, Any]]]:
     """Write ``report.md``, ``results.json`` and the figures of one sweep into ``folder``."""
     records = store.records(sweep)
-    if keys is not None:
-        wanted = set(keys)
-        records = [r for r in records if r["run_key"] in wanted]
+    if keys is not None:  # this config's jobs, in its order (which breaks selection ties)
+        order = {k: i for i, k in enumerate(keys)}
+        records = sorted((r for r in records if r["run_key"] in order), key=lambda r: order[r["run_key"]])
     if not records:
         return "", []
     chosen = choose(summarize(records))
+    seeds = sorted({r["seed"] for r in records})
+    over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over {len(seeds)} seeds"
     text = (
-        f"## {sweep}: test accuracy (%), mean ± std over seeds, setting chosen on validation\n\n"
+        f"## {sweep}: test accuracy (%), {over}, setting chosen on validation\n\n"
         f"{sweep_table(chosen)}\n\n### Chosen settings\n\n{chosen_table(chosen)}\n"
     )
     runs = {r["run_key"]: r["reused_from"] for r in records}
@@ -106,7 +110,4 @@ def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, swe
 
 
 def _train_images(data_cfg: dict[str, Any], seed: int, n: int = 10000) -> Any:
-    from haloprune.build import load_data
-    from haloprune.config import DataConfig
-
     return load_data(DataConfig.model_validate(data_cfg), seed).x_train[:n]

@@ -25,7 +25,7 @@ from pydantic import Field
 from haloprune.core.schedules import cubic_sparsity
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import magnitude_scores, masks_from_scores
-from haloprune.pruning.masks import attach_mask, get_masks
+from haloprune.pruning.masks import attach_mask, get_masks, without_masks
 from haloprune.training.loop import fit
 
 
@@ -34,9 +34,8 @@ def rewind_(model: torch.nn.Module, state: dict[str, torch.Tensor], masks: dict[
     """Load ``state`` (weights, biases, BatchNorm statistics; masks in it are ignored) into ``model`` and
     attach ``masks``: the surviving weights equal the saved ones exactly, the pruned ones are zero."""
     current = model.state_dict()
-    for k, v in state.items():
-        if not k.endswith("_mask"):
-            current[k].copy_(v)
+    for k, v in without_masks(state).items():
+        current[k].copy_(v)
     for n, m in masks.items():
         attach_mask(model, n, m)
 

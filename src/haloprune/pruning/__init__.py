@@ -14,7 +14,15 @@ from haloprune.pruning.magnitude import (
     magnitude_scores,
     masks_from_scores,
 )
-from haloprune.pruning.masks import apply_masks_, attach_mask, get_masks, keep_masked, load_state_dict
+from haloprune.pruning.masks import (
+    apply_masks_,
+    attach_mask,
+    get_masks,
+    keep_masked,
+    load_state_dict,
+    remove_masks,
+    without_masks,
+)
 from haloprune.pruning.slim import slim
 from haloprune.pruning.sparsity import LayerSparsity, format_sparsity_report, sparsity_report
 from haloprune.pruning.structured import group_prune, group_scores
@@ -36,6 +44,8 @@ __all__ = [
     "magnitude_scores",
     "masks_from_scores",
     "recalibrate_batchnorm",
+    "remove_masks",
     "slim",
     "sparsity_report",
+    "without_masks",
 ]

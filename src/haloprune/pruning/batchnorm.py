@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from haloprune.core.layers import BATCHNORM
+
 
 @torch.no_grad()
 def recalibrate_batchnorm(
@@ -19,9 +21,7 @@ def recalibrate_batchnorm(
     """
     if images <= 0:
         return 0
-    bns = [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    bns = [m for m in model.modules() if isinstance(m, BATCHNORM) and m.track_running_stats]
     if not bns:
         return 0
     modes = {m: m.training for m in model.modules()}

@@ -121,6 +121,11 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
+def without_masks(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (a ``state_dict``) without its mask buffers (the keys ``<param>_mask``)."""
+    return {k: v for k, v in state.items() if not k.endswith(SUFFIX)}
+
+
 @torch.no_grad()
 def apply_masks_(model: nn.Module) -> None:
     """Zero the pruned entries of every masked parameter (the optimizer hook does this after each step)."""

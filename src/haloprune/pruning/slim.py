@@ -46,7 +46,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.layers import BATCHNORM, CONV
 from haloprune.core.params import unwrap
-from haloprune.pruning.masks import apply_masks_, get_masks
+from haloprune.pruning.masks import apply_masks_, remove_masks
 
 _SAME_MODULES = (
     nn.ReLU,
@@ -413,9 +413,7 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     """
     model = copy.deepcopy(unwrap(model)).eval()
     apply_masks_(model)
-    for name in get_masks(model):  # the copy is dense: drop the mask buffers
-        module_name, _, attr = name.rpartition(".")
-        delattr(model.get_submodule(module_name) if module_name else model, attr + "_mask")
+    remove_masks(model)  # the copy is dense
     try:
         gm = fx.symbolic_trace(model)
     except Exception as err:

@@ -119,6 +119,14 @@ def broadcast_buffers(model: nn.Module, w: World) -> None:
             dist.broadcast(buf, 0)
 
 
+def end_epoch(sums: torch.Tensor, model: nn.Module, w: World) -> None:
+    """After a training epoch: the epoch's sums added over ranks (in place), one set of BatchNorm
+    statistics (rank 0's). Nothing to do in one process."""
+    if w.distributed:
+        dist.all_reduce(sums)
+        broadcast_buffers(model, w)
+
+
 def barrier(w: World) -> None:
     """Wait for every rank."""
     if w.distributed:

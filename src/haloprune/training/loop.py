@@ -1,29 +1,34 @@
-"""The training loop: one function, config in, trained model + penalty + metrics out.
-
-Per step: forward → task loss + penalty → backward → optimizer step → lr schedule → keep λ in range →
-keep pruned weights at zero. Per epoch: evaluate on the validation split, log one line to
-``metrics.jsonl``, write a checkpoint atomically.
+"""The training loop, ``fit``: any model, the library's data or any iterable of batches, with or without a
+penalty. Around the step, what a run also does (progress bar, NaN guard, metrics file, checkpoints) is in
+:mod:`haloprune.training.callbacks`; data parallelism in :mod:`haloprune.training.distributed`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from haloprune.config import OptimConfig, PenaltyConfig
-from haloprune.core.errors import HaloPruneError
 from haloprune.core.params import select_parameters
 from haloprune.data import SplitData
 from haloprune.data.augment import CropFlip
 from haloprune.penalties import Penalty
 from haloprune.training import distributed
+from haloprune.training.callbacks import (
+    Callback,
+    FitState,
+    Hooks,
+    NaNGuard,
+    ProgressBar,
+    TrainingDiverged,
+    set_bar_slot,
+)
 from haloprune.training.evaluate import (
     Batches,
     LossFn,
@@ -34,17 +39,7 @@ from haloprune.training.evaluate import (
 )
 from haloprune.training.optim import LRSchedule, build_optimizer
 
-_BAR_SLOT: int | None = None  # in sweep workers: where the per-run bar sits under the sweep's bar
-
-
-def set_bar_slot(slot: int | None) -> None:
-    """Stack this process's per-run progress bars at ``slot`` (and drop the per-epoch lines)."""
-    global _BAR_SLOT
-    _BAR_SLOT = slot
-
-
-class TrainingDiverged(HaloPruneError):
-    """The loss or a parameter became NaN/inf."""
+__all__ = ["TrainingDiverged", "fit", "set_bar_slot", "train_batches"]
 
 
 def train_batches(
@@ -81,17 +76,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_finite(step: int, loss: torch.Tensor, model: nn.Module, penalty: Penalty | None) -> None:
-    if torch.isfinite(loss):
-        return
-    named = list(model.named_parameters()) + (
-        [(f"penalty.{n}", p) for n, p in penalty.named_parameters()] if penalty is not None else []
-    )
-    bad = [n for n, p in named if not torch.isfinite(p).all()]
-    where = f"; non-finite parameters: {', '.join(bad[:5])}" if bad else ""
-    raise TrainingDiverged(f"loss became {loss.item()} at step {step}{where}; lower the lr, xi or psi")
-
-
 def fit(
     model: nn.Module,
     data: SplitData | Batches,
@@ -110,6 +94,7 @@ def fit(
     loss_fn: LossFn = F.cross_entropy,
     val_data: Batches | None = None,
     steps_per_epoch: int | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> list[dict[str, Any]]:
     """Train ``model`` (and ``penalty``) in place for ``epochs`` (default ``optim.epochs``) epochs.
 
@@ -123,11 +108,12 @@ def fit(
 
     Per step: forward → task loss (+ penalty if it goes in the loss, + ``extra_loss(model, step)``) →
     backward → optimizer step (an attached penalty applies itself there; masked weights stay zero) → lr
-    schedule → ``on_step(step)``. Per epoch: evaluate, one metrics row, then ``on_epoch(epoch, row,
-    state)`` where ``state`` holds the optimizer, scheduler and generator (for checkpoints). Returns the
-    metrics rows. ``resume`` (a checkpoint written at the end of an epoch) restores the optimizer,
-    scheduler, batch generator and RNG states and continues with the next epoch, exactly as if never
-    interrupted (``SplitData`` only).
+    schedule → callbacks' ``on_step_end`` (``on_step(step)``). Per epoch: evaluate, one metrics row, then
+    callbacks' ``on_epoch_end`` (``on_epoch(epoch, row, state)``, ``state`` holding the optimizer,
+    scheduler and generator). ``callbacks`` (:mod:`haloprune.training.callbacks`) run after the NaN guard
+    and the progress bar. Returns the metrics rows. ``resume`` (a checkpoint written at the end of an
+    epoch, :meth:`FitState.checkpoint`) restores the optimizer, scheduler, batch generator and RNG states
+    and continues with the next epoch, exactly as if never interrupted (``SplitData`` only).
 
     Under ``torchrun`` (a process group set up by :func:`haloprune.training.distributed.setup`) the model is
     trained data-parallel: ``optim.batch_size`` is the global batch, split across ranks. ``optim.amp``
@@ -135,135 +121,145 @@ def fit(
     ``optim.channels_last`` (default: on CUDA) stores conv nets' activations and weights NHWC.
     """
     optim = optim if optim is not None else OptimConfig()
-    device = _device_of(model)
     epochs = optim.epochs if epochs is None else epochs
-    world = distributed.world()
-    own_data = isinstance(data, SplitData)
+    device, world, own_data = _device_of(model), distributed.world(), isinstance(data, SplitData)
     if own_data:
         steps_per_epoch = math.ceil(len(data.y_train) / optim.batch_size)  # global batches
     else:
         steps_per_epoch = _steps_per_epoch(data, steps_per_epoch, epochs)
         if resume is not None:
             raise ValueError("resume needs the library's SplitData (the batch order of your data is yours)")
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = conv and (device.type == "cuda" if optim.channels_last is None else optim.channels_last)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)  # in place: the same Parameter objects
+    channels_last = _channels_last(model, device, optim)
     net = distributed.wrap(model, device, world)
-    amp = optim.amp == "bf16"
-    if not world.is_main:
-        progress = False
-    opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
-    schedule = LRSchedule(
-        optim.schedule, steps_per_epoch, steps_per_epoch * epochs, list(optim.milestones), optim.gamma
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    if penalty is not None:
-        penalty.attach(opt, total_steps=steps_per_epoch * epochs, scheduler=sched)
-    gen = torch.Generator().manual_seed(seed)
-    selection = penalty_cfg.selection() if penalty_cfg is not None else {}
-    prunable = select_parameters(model, **selection)
-    history: list[dict[str, Any]] = []
-    step, first_epoch = 0, 1
-    if resume is not None:
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        step, first_epoch = int(resume["step"]), int(resume["epoch"]) + 1
-    for epoch in range(first_epoch, epochs + 1):
+    state = _start(model, penalty, optim, penalty_cfg, seed, name, epochs, steps_per_epoch, resume)
+    hooks = [NaNGuard(), ProgressBar(progress if world.is_main else False), *callbacks]
+    hooks.append(Hooks(on_step, on_epoch))
+    prunable = select_parameters(model, **(penalty_cfg.selection() if penalty_cfg is not None else {}))
+    for epoch in range(state.epoch + 1, epochs + 1):
+        state.epoch = epoch
         model.train()
         t0 = time.perf_counter()
-        sums = torch.zeros(3, device=device)  # loss, correct, seen
-        classified = True
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"{name} {epoch}/{epochs}",
-            leave=False,
-            disable=None if progress is None else not progress,
-            unit="batch",
-            position=_BAR_SLOT,
-        )
-        batches = (
-            train_batches(data, optim.batch_size, gen, world)
-            if own_data
-            else ((xb.to(device), yb.to(device), len(yb)) for xb, yb in data)
-        )
+        state.sums, state.classified = torch.zeros(3, device=device), True  # task loss x n, correct, n
+        for cb in hooks:
+            cb.on_epoch_start(state)
+        if own_data:
+            batches: Iterable = train_batches(data, optim.batch_size, state.generator, world)
+        else:
+            batches = ((xb.to(device), yb.to(device), len(yb)) for xb, yb in data)
         for xb, yb, n_global in batches:
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=optim.amp == "bf16"):
                 out = net(xb)
                 ce = loss_fn(out, yb)
             # across ranks DDP averages gradients: weight each rank's mean by its share of the global batch
             task = ce * (len(yb) * world.size / n_global) if world.distributed and own_data else ce
             loss = task + penalty() if penalty is not None and penalty.in_loss else task
             if extra_loss is not None:
-                loss = loss + extra_loss(model, step)
-            opt.zero_grad(set_to_none=True)
+                loss = loss + extra_loss(model, state.step)
+            state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()  # an attached penalty applies itself here; masked weights are kept at zero
-            sched.step()
-            step += 1
-            if on_step is not None:
-                on_step(step)
-            with torch.no_grad():
-                batch = torch.tensor(float(len(yb)), device=device)
-                if _is_classification(out, yb):
-                    hits = (out.argmax(1) == yb).sum().float()
-                else:
-                    hits, classified = torch.zeros((), device=device), False
-                sums += torch.stack([ce.detach().float() * batch, hits, batch])
-            if step % 50 == 0 or step % steps_per_epoch == 0:
-                _check_finite(step, loss.detach(), model, penalty)
-                shown = f"{100 * sums[1].item() / sums[2].item():.1f}" if classified else "-"
-                bar.set_postfix(loss=f"{loss.item():.4f}", acc=shown)
-            bar.update()
-        bar.close()
+            state.optimizer.step()  # an attached penalty applies itself here; masked weights stay zero
+            state.scheduler.step()
+            state.step += 1
+            state.loss = loss.detach()
+            _tally(state, out, yb, ce)
+            for cb in hooks:
+                cb.on_step_end(state)
         _sync(device)
         seconds = time.perf_counter() - t0
-        if world.distributed:
-            torch.distributed.all_reduce(sums)
-            distributed.broadcast_buffers(model, world)  # one set of BatchNorm statistics
-        ce_sum, correct, seen = sums.tolist()
-        if seen == 0:
-            raise ValueError(f"epoch {epoch} had no training batches: the data is empty or exhausted")
-        with torch.no_grad():
-            w = torch.cat(
-                [model.get_parameter(n).detach().abs().flatten() for n in prunable] or [torch.ones(1)]
-            )
-            pen_end = penalty().item() if penalty is not None else 0.0
-        if own_data:
-            val = evaluate(model, data.x_val, data.y_val, optim.eval_batch_size)
-        elif val_data is not None:
-            val = evaluate_batches(model, val_data, loss_fn)
+        distributed.end_epoch(state.sums, model, world)
+        val = _validate(model, data if own_data else val_data, optim, loss_fn)
+        row = _epoch_row(state, prunable, val, seconds)
+        state.history.append(row)
+        for cb in hooks:
+            cb.on_epoch_end(state, row)
+    return state.history
+
+
+def _channels_last(model: nn.Module, device: torch.device, optim: OptimConfig) -> bool:
+    """Store a conv net's weights NHWC (``optim.channels_last``; default: on CUDA); in place."""
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    on = conv and (device.type == "cuda" if optim.channels_last is None else optim.channels_last)
+    if on:
+        model.to(memory_format=torch.channels_last)  # the same Parameter objects
+    return on
+
+
+def _start(
+    model: nn.Module,
+    penalty: Penalty | None,
+    optim: OptimConfig,
+    penalty_cfg: PenaltyConfig | None,
+    seed: int,
+    name: str,
+    epochs: int,
+    steps_per_epoch: int,
+    resume: dict[str, Any] | None,
+) -> FitState:
+    """Optimizer, lr schedule (the penalty attached to both) and batch generator, at step 0 or where
+    ``resume`` left off."""
+    opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
+    total = steps_per_epoch * epochs
+    schedule = LRSchedule(optim.schedule, steps_per_epoch, total, list(optim.milestones), optim.gamma)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    if penalty is not None:
+        penalty.attach(opt, total_steps=total, scheduler=sched)
+    gen = torch.Generator().manual_seed(seed)
+    state = FitState(model, opt, sched, gen, penalty, name, epochs, steps_per_epoch)
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        state.step, state.epoch = int(resume["step"]), int(resume["epoch"])
+    return state
+
+
+def _tally(state: FitState, out: torch.Tensor, yb: torch.Tensor, ce: torch.Tensor) -> None:
+    """Add one batch to the epoch's sums, on the device (no sync)."""
+    with torch.no_grad():
+        n = torch.tensor(float(len(yb)), device=out.device)
+        if _is_classification(out, yb):
+            hits = (out.argmax(1) == yb).sum().float()
         else:
-            val = {"loss": float("nan"), "accuracy": float("nan")}
-        row = {
-            "epoch": epoch,
-            "step": step,
-            "lr": opt.param_groups[0]["lr"],
-            "train_ce": ce_sum / seen,
-            "penalty_end_of_epoch": pen_end,
-            "train_accuracy": 100 * correct / seen if classified else float("nan"),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
-            "seconds": seconds,
-            "images_per_s": seen / seconds,
-        }
-        if penalty is not None:
-            row.update(penalty.stats())
-        history.append(row)
-        if progress is True or (progress is None and _BAR_SLOT is None):
-            tqdm.write(
-                f"[{name}] epoch {epoch}/{epochs}  loss {row['train_ce']:.4f}  "
-                f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
-                f"|w|<1e-3: {100 * row['frac_weights_below_1e-3']:.1f}%  {seconds:.1f}s"
-            )
-        if on_epoch is not None:
-            on_epoch(epoch, row, {"optimizer": opt, "scheduler": sched, "generator": gen, "step": step})
-    return history
+            hits, state.classified = torch.zeros((), device=out.device), False
+        state.sums += torch.stack([ce.detach().float() * n, hits, n])
+
+
+def _validate(model: nn.Module, data: Any, optim: OptimConfig, loss_fn: LossFn) -> dict[str, float]:
+    if isinstance(data, SplitData):
+        return evaluate(model, data.x_val, data.y_val, optim.eval_batch_size)
+    if data is not None:
+        return evaluate_batches(model, data, loss_fn)
+    return {"loss": float("nan"), "accuracy": float("nan")}
+
+
+def _epoch_row(state: FitState, prunable: list[str], val: dict[str, float], seconds: float) -> dict[str, Any]:
+    """One epoch's metrics row (training sums already reduced across ranks)."""
+    ce_sum, correct, seen = state.sums.tolist()
+    if seen == 0:
+        raise ValueError(f"epoch {state.epoch} had no training batches: the data is empty or exhausted")
+    model, penalty = state.model, state.penalty
+    with torch.no_grad():
+        w = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in prunable] or [torch.ones(1)])
+        pen_end = penalty().item() if penalty is not None else 0.0
+    row = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "train_ce": ce_sum / seen,
+        "penalty_end_of_epoch": pen_end,
+        "train_accuracy": 100 * correct / seen if state.classified else float("nan"),
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
+        "seconds": seconds,
+        "images_per_s": seen / seconds,
+    }
+    if penalty is not None:
+        row.update(penalty.stats())
+    return row
 
 
 def _steps_per_epoch(data: Any, given: int | None, epochs: int) -> int:

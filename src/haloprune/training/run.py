@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from haloprune.build import build, load_data
-from haloprune.config import TrainConfig, to_toml
+from haloprune.config import TrainConfig, load_config, to_toml
 from haloprune.core.errors import ConfigError, HaloPruneError
-from haloprune.core.io import load_torch, load_verified, save_json, save_text, save_torch, save_verified
+from haloprune.core.io import load_torch, load_verified, save_json, save_text, save_torch
 from haloprune.data import SplitData
 from haloprune.penalties import Penalty
 from haloprune.pruning.masks import load_state_dict
 from haloprune.training import distributed
+from haloprune.training.callbacks import Checkpoint, MetricsFile
 from haloprune.training.loop import fit
 
 
@@ -69,8 +69,6 @@ class TrainResult:
 
 def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig, nn.Module, Penalty | None]:
     """The config, trained model and penalty saved in a finished run directory."""
-    from haloprune.config import load_config
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise HaloPruneError(f"{run_dir} is not a haloprune run directory (no config.toml)")
@@ -131,16 +129,14 @@ def train(
         if world.is_main:
             save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
 
-    def checkpoint(epoch: int, row: dict[str, Any], st: dict[str, Any]) -> None:
-        if run_dir is None or not world.is_main:
-            return
-        with (run_dir / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        save_verified(
-            _state(cfg, model, penalty, st["optimizer"], st["scheduler"], st["generator"], epoch, st["step"]),
-            run_dir / "checkpoint.pt",
-        )
-
+    writers = (
+        []
+        if run_dir is None or not world.is_main
+        else [
+            MetricsFile(run_dir / "metrics.jsonl"),
+            Checkpoint(run_dir / "checkpoint.pt"),
+        ]
+    )
     history += fit(
         model,
         data,
@@ -150,8 +146,8 @@ def train(
         seed=cfg.seed,
         name=cfg.name,
         progress=progress,
-        on_epoch=checkpoint,
         resume=state,
+        callbacks=writers,
     )
     if run_dir is not None and world.is_main:
         final = {
@@ -167,16 +163,3 @@ def train(
 
 def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt"))
-
-
-def _state(cfg, model, penalty, opt, sched, gen, epoch, step) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "penalty": penalty.state_dict() if penalty is not None else None,
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "epoch": epoch,
-        "step": step,
-    }

@@ -1,0 +1,121 @@
+"""The sweep config: methods (a registered kind, its parameters, a grid) x seeds x target sparsities on
+one run config; ``load_sweep_config`` reads it (``--quick``: the config's CI scale)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from haloprune.config import (
+    PruneConfig,
+    Section,
+    Setup,
+    Sparsity,
+    added_field,
+    apply_overrides,
+    check_coupling,
+    check_method_names,
+    check_scope,
+    deep_merge,
+    load_config,
+    one_line,
+    validate,
+)
+from haloprune.experiments.store import DEFAULT_PATH
+from haloprune.methods import METHODS
+
+
+class SweepMethodConfig(Section):
+    """One method of a sweep: a registered kind, its parameters, and a grid chosen on the validation split."""
+
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: list[dict[str, Any]] = Field(default_factory=list)  # each point is merged into params
+    # this method's budget in epochs instead of optim.epochs (e.g. equal wall-clock instead of equal epochs)
+    epochs: int | None = added_field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepMethodConfig:
+        if self.kind not in METHODS:
+            raise ValueError(f"unknown method kind {self.kind!r}; known: {', '.join(METHODS.names())}")
+        for i, params in enumerate(self.points()):
+            try:
+                METHODS[self.kind].Params(**params)
+            except ValidationError as err:
+                where = f"grid point {i}" if self.grid else "params"
+                raise ValueError(f"{where}: {one_line(err, '').split(': ', 1)[1]}") from None
+        return self
+
+    def points(self) -> list[dict[str, Any]]:
+        """The full parameters of every grid point (just ``params`` without a grid)."""
+        return [deep_merge(self.params, p) for p in self.grid] if self.grid else [dict(self.params)]
+
+
+class SweepConfig(Setup):
+    """A comparison: methods x grid points x seeds (x target sparsities) on one setup, run by
+    ``haloprune sweep``; its store is ``db``, its report and states go to ``<db folder>/<name>/``."""
+
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0, 1, 2])
+    sparsities: list[Sparsity] = Field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
+    methods: dict[str, SweepMethodConfig]
+    db: str = str(DEFAULT_PATH)
+    quick: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --quick
+
+    @field_validator("seeds", "sparsities")
+    @classmethod
+    def _nonempty_list(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("give at least one value")
+        return sorted(set(v))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: dict[str, SweepMethodConfig]) -> dict[str, SweepMethodConfig]:
+        return check_method_names(v)
+
+    @model_validator(mode="after")
+    def _targets_here(self) -> SweepConfig:
+        if self.prune.sparsities != PruneConfig().sparsities:
+            raise ValueError("a sweep's target sparsities are `sparsities`, not prune.sparsities")
+        return self
+
+    @model_validator(mode="after")
+    def _same_scope(self) -> SweepConfig:
+        for name, method in self.methods.items():
+            for params in method.points():
+                if isinstance(params.get("penalty"), dict):
+                    check_scope(params["penalty"], self.prune, f"methods.{name}: penalty")
+                    check_coupling(params["penalty"], self.optim, f"methods.{name}: penalty")
+            if method.kind == "sparsevd" and self.prune.scope != "all":  # its noise is on every layer
+                raise ValueError(
+                    f"methods.{name}: sparsevd learns a dropout rate for every layer, so it needs "
+                    f"prune.scope = 'all' (got {self.prune.scope!r}); drop it from this sweep"
+                )
+        return self
+
+    def run_part(self) -> dict[str, Any]:
+        """What every job of the sweep shares (data, model, optimiser, device; the pruning scope if set)."""
+        part = self.model_dump(mode="json", include={"data", "model", "optim", "device"})
+        prune = self.prune.model_dump(mode="json", include={"scope", "recalibrate_bn"})
+        if prune:  # only what is set (defaults are left out): the keys of earlier jobs stay the same
+            part["prune"] = prune
+        return part
+
+
+def load_sweep_config(
+    path: str | Path, overrides: list[str] | None = None, quick: bool = False
+) -> SweepConfig:
+    """Read a sweep config; ``quick`` applies its ``[quick]`` overrides, keeps the first grid point of each
+    method and adds a ``-quick`` suffix to the sweep's name (so quick results never mix with full ones)."""
+    cfg = load_config(SweepConfig, path, overrides)
+    if not quick:
+        return cfg
+    data = apply_overrides(cfg.model_dump(), [f"{k}={json.dumps(v)}" for k, v in cfg.quick.items()])
+    data["name"] = f"{cfg.name}-quick"
+    for method in data["methods"].values():  # the first grid point only
+        method["grid"] = method["grid"][:1]
+    return validate(SweepConfig, data, f"{path} with --quick")

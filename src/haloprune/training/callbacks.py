@@ -1,0 +1,184 @@
+"""What ``fit`` does around the step, as callbacks: the progress bar, the NaN guard, the metrics file and
+checkpoints (and the ``on_step`` / ``on_epoch`` functions of :func:`~haloprune.training.fit`).
+
+A callback overrides any of :class:`Callback`'s hooks; each gets the :class:`FitState`. ``fit`` always
+runs :class:`NaNGuard` and :class:`ProgressBar`; :func:`~haloprune.training.train` adds
+:class:`MetricsFile` and :class:`Checkpoint` for its run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from haloprune.core.errors import HaloPruneError
+from haloprune.core.io import save_verified
+from haloprune.penalties import Penalty
+
+
+class TrainingDiverged(HaloPruneError):
+    """The loss or a parameter became NaN/inf."""
+
+
+@dataclass
+class FitState:
+    """The loop's state as callbacks see it; ``step`` counts optimizer steps over the whole run."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    penalty: Penalty | None
+    name: str
+    epochs: int
+    steps_per_epoch: int
+    step: int = 0
+    epoch: int = 0
+    loss: torch.Tensor | None = None  # the last step's total loss (detached)
+    sums: torch.Tensor | None = None  # this epoch so far: task loss x images, correct, images
+    classified: bool = True  # outputs are class logits (accuracies make sense)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly after this epoch (``fit(resume=...)``)."""
+        return {
+            "model": self.model.state_dict(),
+            "penalty": self.penalty.state_dict() if self.penalty is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
+
+
+class Callback:
+    """Hooks called by ``fit``; the defaults do nothing."""
+
+    def on_epoch_start(self, state: FitState) -> None:
+        pass
+
+    def on_step_end(self, state: FitState) -> None:
+        pass
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        pass
+
+
+EVERY = 50  # steps between the checks that need the loss on the host (one device sync each)
+
+
+def _due(state: FitState) -> bool:
+    return state.step % EVERY == 0 or state.step % state.steps_per_epoch == 0
+
+
+class NaNGuard(Callback):
+    """Stops training with :class:`TrainingDiverged` (naming the bad parameters) once the loss is NaN/inf;
+    checked every ``EVERY`` steps and at the end of each epoch."""
+
+    def on_step_end(self, state: FitState) -> None:
+        if _due(state) and state.loss is not None and not torch.isfinite(state.loss):
+            named = list(state.model.named_parameters())
+            if state.penalty is not None:
+                named += [(f"penalty.{n}", p) for n, p in state.penalty.named_parameters()]
+            bad = [n for n, p in named if not torch.isfinite(p).all()]
+            where = f"; non-finite parameters: {', '.join(bad[:5])}" if bad else ""
+            raise TrainingDiverged(
+                f"loss became {state.loss.item()} at step {state.step}{where}; lower the lr, xi or psi"
+            )
+
+
+_BAR_SLOT: int | None = None  # in sweep workers: where the per-run bar sits under the sweep's bar
+
+
+def set_bar_slot(slot: int | None) -> None:
+    """Stack this process's per-run progress bars at ``slot`` (and drop the per-epoch lines)."""
+    global _BAR_SLOT
+    _BAR_SLOT = slot
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (loss and running accuracy) and one line per finished epoch.
+
+    ``progress``: True always, False never, None when the output is a terminal (and no per-epoch lines
+    inside a sweep worker, whose bars stack under the sweep's)."""
+
+    def __init__(self, progress: bool | None) -> None:
+        self.progress = progress
+        self.bar: Any = None
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self.bar = tqdm(
+            total=state.steps_per_epoch,
+            desc=f"{state.name} {state.epoch}/{state.epochs}",
+            leave=False,
+            disable=None if self.progress is None else not self.progress,
+            unit="batch",
+            position=_BAR_SLOT,
+        )
+
+    def on_step_end(self, state: FitState) -> None:
+        if _due(state) and state.sums is not None and state.loss is not None:
+            _, correct, seen = state.sums.tolist()
+            shown = f"{100 * correct / seen:.1f}" if state.classified and seen else "-"
+            self.bar.set_postfix(loss=f"{state.loss.item():.4f}", acc=shown)
+        self.bar.update()
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        self.bar.close()
+        if self.progress is True or (self.progress is None and _BAR_SLOT is None):
+            tqdm.write(
+                f"[{state.name}] epoch {state.epoch}/{state.epochs}  loss {row['train_ce']:.4f}  "
+                f"train {row['train_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
+                f"|w|<1e-3: {100 * row['frac_weights_below_1e-3']:.1f}%  {row['seconds']:.1f}s"
+            )
+
+
+class MetricsFile(Callback):
+    """Appends each epoch's metrics row to ``path`` (JSON lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+class Checkpoint(Callback):
+    """Writes :meth:`FitState.checkpoint` to ``path`` after every epoch, verified and atomically (the
+    previous one is kept until the new one is complete)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        save_verified(state.checkpoint(), self.path)
+
+
+class Hooks(Callback):
+    """The plain functions ``fit(on_step=..., on_epoch=...)`` takes, as a callback."""
+
+    def __init__(
+        self,
+        on_step: Callable[[int], None] | None,
+        on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None] | None,
+    ) -> None:
+        self.on_step, self.on_epoch = on_step, on_epoch
+
+    def on_step_end(self, state: FitState) -> None:
+        if self.on_step is not None:
+            self.on_step(state.step)
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        if self.on_epoch is not None:
+            loop = {"optimizer": state.optimizer, "scheduler": state.scheduler, "generator": state.generator}
+            self.on_epoch(state.epoch, row, {**loop, "step": state.step})
