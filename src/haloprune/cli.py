@@ -32,22 +32,30 @@ from haloprune.training.evaluate import prune_and_evaluate
 from haloprune.training.run import load_trained, train
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML config file (defaults are used for what it leaves out)")
+def _set_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one setting, e.g. --set optim.epochs=5 --set penalty.xi=1e-6 (repeatable)",
+        help="override one setting (a TOML value), e.g. --set optim.epochs=5 (repeatable)",
     )
+
+
+def _set_and_data_args(p: argparse.ArgumentParser) -> None:
+    _set_arg(p)
     p.add_argument(
         "--data-dir",
         type=Path,
-        help="folder with the dataset's IDX files (else HALOPRUNE_DATA, "
-        "Debian's /usr/share/datasets, the download cache)",
+        help="folder with the dataset's files (else HALOPRUNE_DATA, Debian's /usr/share/datasets, the "
+        "download cache)",
     )
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (defaults are used for what it leaves out)")
+    _set_and_data_args(p)
     p.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
     p.add_argument("--name", help="run name, the folder under out_dir (shortcut for --set name=...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -56,15 +64,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _sweep_args(p: argparse.ArgumentParser, jobs: int) -> None:
     p.add_argument("--jobs", type=int, default=jobs, help=f"parallel worker processes (default {jobs})")
     p.add_argument("--quick", action="store_true", help="apply the config's [quick] scale (CI-sized)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting of the config, e.g. --set optim.epochs=5 (repeatable)",
-    )
-    p.add_argument("--data-dir", type=Path, help="folder with the dataset's files (else HALOPRUNE_DATA, ...)")
+    _set_and_data_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--no-reuse",
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables and plots of the sweeps in the results store")
     p.add_argument("config", type=Path, nargs="?", help="report exactly this sweep config's jobs")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _set_arg(p)
     p.add_argument("--sweep", help="only this sweep (default: every sweep in the store)")
     p.add_argument("--db", help=f"results store (default {DEFAULT_PATH})")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
