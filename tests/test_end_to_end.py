@@ -24,7 +24,9 @@ def _run_main(tmp_path: Path, extra: list[str], folder: str) -> tuple[list[dict]
     assert {r["method"] for r in records} == MAIN_METHODS
     for r in records:
         assert {"method", "sparsity", "accuracy", "seed", "achieved_sparsity", "val_accuracy"} <= set(r)
-        assert abs(r["achieved_sparsity"] - r["sparsity"]) < 1e-4
+        # HALO's target mode may leave a little more than the target at exactly zero; the others hit it
+        over = r["achieved_sparsity"] - r["sparsity"]
+        assert -1e-4 < over < (0.02 if r["method"] == "halo" else 1e-4), r
     return records, out
 
 

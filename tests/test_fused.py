@@ -150,27 +150,12 @@ def test_eager_fallback_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> N
     run = fused._safe_compile(sgd.halo_sgd_step)
     ws = [torch.randn(3, 2)]
     before = ws[0].clone()
-    args = (
-        ws,
-        [torch.zeros(3, 2)],
-        [torch.zeros(3, 2)],
-        [torch.ones(3, 2)],
-        [torch.zeros(3, 2)],
-        torch.tensor([[0.1, 0.0, 0.1, 0.0]]),
-        torch.tensor(1e-3),
-        torch.tensor(1e-3),
-        1e-3,
-        1e3,
-        0.9,
-        0.0,
-        False,
-        False,
-        [],
-        [],
-        [],
-    )
+    z = torch.zeros(3, 2)
+    tensors = sgd.SGDTensors(ws, [z], [z.clone()], [torch.ones(3, 2)], [z.clone()], [], [], [])
+    values = fused.StepValues(torch.tensor([[0.1, 0.0, 0.1, 0.0]]), torch.tensor(1e-3), torch.tensor(1e-3))
+    constants = sgd.SGDConstants(1e-3, 1e3, 0.9, 0.0, nesterov=False, first=False, prox=False)
     with pytest.warns(RuntimeWarning, match="eagerly"):
-        run(*args)
+        run(tensors, values, constants)
     assert torch.isfinite(ws[0]).all() and not torch.equal(ws[0], before)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from haloprune import HALO
 from haloprune.config import PenaltyConfig, TrainConfig, load_config
 from haloprune.core.errors import ConfigError
-from haloprune.penalties.halo import sgd
+from haloprune.penalties.halo import fused, sgd
 from haloprune.penalties.halo.target import SparsityController
 from haloprune.training.optim import LRSchedule
 
@@ -74,10 +74,12 @@ def test_prox_step_soft_thresholds_to_exact_zero() -> None:
     xi, lr, psi = 1e-4, 0.1, 1e-3
     ws, lams = [w.clone()], [lam.clone()]
     hp = torch.tensor([[lr, 0.0, lr, 0.0]], dtype=torch.float64)
+    f64 = {"dtype": torch.float64}
     sgd.halo_sgd_step(
-        ws, [g], [g], lams, [g], hp, torch.tensor(psi, dtype=torch.float64),
-        torch.tensor(xi, dtype=torch.float64), 1e-3, 1e3, 0.0, 0.0, False, False, [], [], [], True,
-    )  # fmt: skip
+        sgd.SGDTensors(ws, [g], [g], lams, [g], [], [], []),
+        fused.StepValues(hp, lam_sum_term=torch.tensor(psi, **f64), xi=torch.tensor(xi, **f64)),
+        sgd.SGDConstants(1e-3, 1e3, momentum=0.0, dampening=0.0, nesterov=False, first=False, prox=True),
+    )
     v = w - lr * g
     expected = torch.sign(v) * torch.clamp_min(v.abs() - lr * xi / lam**2, 0.0)
     torch.testing.assert_close(ws[0], expected, rtol=0, atol=1e-15)

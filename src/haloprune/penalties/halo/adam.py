@@ -4,47 +4,70 @@ for the coupled and decoupled semantics, and :mod:`~haloprune.penalties.halo.fus
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from haloprune.penalties.halo.fused import Tensors, budget_term, compiled, control, lam_hyper, plan_for
+from haloprune.penalties.halo.fused import (
+    Group,
+    Plan,
+    StepValues,
+    Tensors,
+    compiled,
+    control,
+    finish,
+    lam_hyper,
+    plan_for,
+    step_values,
+)
+
+if TYPE_CHECKING:
+    from haloprune.penalties.halo.penalty import HALO
 
 _ADAM_CONSTANTS = ("betas", "eps")
 
 
-def halo_adam_step(
-    ws: Tensors,
-    grads: Tensors,
-    w_m: Tensors,
-    w_v: Tensors,
-    lams: Tensors,
-    lam_m: Tensors,
-    lam_v: Tensors,
-    hp: torch.Tensor,
-    lam_sum_term: torch.Tensor,
-    xi: torch.Tensor,
-    lambda_min: float,
-    lambda_max: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    decoupled_wd: bool,
-    coupled: bool,
-    prox: bool,
-    others: Tensors,
-    other_grads: Tensors,
-    other_m: Tensors,
-    other_v: Tensors,
-) -> None:
-    """HALO with ``torch.optim.Adam`` / ``AdamW``: update ``ws``, ``lams`` and the moment buffers in place,
-    and take the plain Adam(W) step of ``others``, so ``optimizer.step()`` has nothing left to do.
+class AdamTensors(NamedTuple):
+    """What :func:`halo_adam_step` updates in place (and reads). Decoupled, ``lam_m`` and ``lam_v`` are
+    placeholders (``lams``) that are not read."""
 
-    ``hp[i] = (lr, wd, lr / (1 − β1^t), sqrt(1 − β2^t), lr_λ, wd_λ, lr_λ / (1 − β1^t_λ), sqrt(1 − β2^t_λ))``
-    for penalised tensor ``i`` (the step counts ``t`` already advanced), ``hp[len(ws) + j]`` the first
-    four for ``others[j]``. ``decoupled_wd``: AdamW's weight decay (``w ← w·(1 − lr·wd)``) instead of
+    ws: Tensors  # the penalised weights
+    grads: Tensors  # their gradients (of the task loss)
+    w_m: Tensors  # their first Adam moments (``exp_avg``)
+    w_v: Tensors  # their second Adam moments (``exp_avg_sq``)
+    lams: Tensors  # their λ (views into ``halo.lam``)
+    lam_m: Tensors  # λ's Adam moments (coupled)
+    lam_v: Tensors
+    others: Tensors  # the optimizer's other parameters (biases, ...): a plain Adam(W) step
+    other_grads: Tensors
+    other_m: Tensors
+    other_v: Tensors
+
+
+class AdamConstants(NamedTuple):
+    """:func:`halo_adam_step`'s Python constants: ``torch.compile`` specialises the kernel on them (a change
+    recompiles it), so what changes from step to step goes in :class:`~.fused.StepValues` instead."""
+
+    lambda_min: float
+    lambda_max: float
+    beta1: float
+    beta2: float
+    eps: float
+    decoupled_wd: bool  # AdamW's weight decay, not Adam's L2 term
+    coupled: bool  # HALO's gradients through Adam's normalisation (λ with its own moments)
+    prox: bool
+
+
+def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
+    """HALO with ``torch.optim.Adam`` / ``AdamW``: update ``t.ws``, ``t.lams`` and the moment buffers in
+    place, and take the plain Adam(W) step of ``t.others``, so ``optimizer.step()`` has nothing left to do.
+
+    ``s.hp[i] = (lr, wd, lr / (1 − β1^t), sqrt(1 − β2^t), lr_λ, wd_λ, lr_λ / (1 − β1^t_λ), sqrt(1 − β2^t_λ))``
+    for penalised tensor ``i`` (the step counts ``t`` already advanced), ``s.hp[len(ws) + j]`` the first
+    four for ``others[j]``. ``c.decoupled_wd``: AdamW's weight decay (``w ← w·(1 − lr·wd)``) instead of
     Adam's L2 term in the gradient — exactly what ``torch.optim`` does for each.
 
-    ``coupled``: HALO's gradients go through Adam's normalisation with the task gradient — λ has its own
+    ``c.coupled``: HALO's gradients go through Adam's normalisation with the task gradient — λ has its own
     Adam moments — which is exactly Adam on ``task loss + halo()`` through autograd. Otherwise
     (*decoupled*, like AdamW's weight decay) Adam sees only the task gradient and HALO's update is a plain
     gradient step of size ``lr``: the shrinkage ``lr·ξ·sign(w)/λ²`` before the Adam step (or, with
@@ -52,57 +75,60 @@ def halo_adam_step(
     moments (``lam_m``/``lam_v`` are not read), and HALO's dynamics are those of SGD without momentum at
     the optimizer's learning rate. λ stays in ``[lambda_min, lambda_max]``.
     """
-    for i in range(len(ws)):
-        w, g = ws[i], grads[i]
-        lr, wd, step_size, bc2 = hp[i, 0], hp[i, 1], hp[i, 2], hp[i, 3]
-        lr_l, wd_l = hp[i, 4], hp[i, 5]
-        lam = torch.clamp(lams[i], lambda_min, lambda_max)
+    for i in range(len(t.ws)):
+        w, g, hp = t.ws[i], t.grads[i], s.hp[i]
+        lam = torch.clamp(t.lams[i], c.lambda_min, c.lambda_max)
         inv = torch.reciprocal(lam)
         inv2 = inv * inv
-        shrink = xi * inv2
-        g_l = (-2.0 * xi) * w.abs() * (inv2 * inv) + lam_sum_term  # sign(λ) = 1
-        g_w = g + shrink * torch.sign(w) if coupled else g
-        w_new = _adam(w, g_w, w_m[i], w_v[i], lr, wd, step_size, bc2, beta1, beta2, eps, decoupled_wd)
-        if not coupled and not prox:
-            w_new = w_new - (lr * shrink) * torch.sign(w)
-        if prox:
-            w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - lr * shrink, 0.0)
+        shrink = s.xi * inv2
+        g_l = (-2.0 * s.xi) * w.abs() * (inv2 * inv) + s.lam_sum_term  # sign(λ) = 1
+        g_w = g + shrink * torch.sign(w) if c.coupled else g
+        w_new = _adam(w, g_w, t.w_m[i], t.w_v[i], hp[0], hp[1], hp[2], hp[3], c)
+        if not c.coupled and not c.prox:
+            w_new = w_new - (hp[0] * shrink) * torch.sign(w)
+        if c.prox:
+            w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - hp[0] * shrink, 0.0)
         w.copy_(w_new)
-        if coupled:
-            step_l, bc2_l = hp[i, 6], hp[i, 7]
-            lam_new = _adam(
-                lam, g_l, lam_m[i], lam_v[i], lr_l, wd_l, step_l, bc2_l, beta1, beta2, eps, decoupled_wd
-            )
+        if c.coupled:
+            lam_new = _adam(lam, g_l, t.lam_m[i], t.lam_v[i], hp[4], hp[5], hp[6], hp[7], c)
         else:
-            lam_new = lam - lr_l * (g_l + wd_l * lam)
-        lams[i].copy_(torch.clamp(lam_new, lambda_min, lambda_max))
-    for j in range(len(others)):
-        p, d = others[j], other_grads[j]
-        k = len(ws) + j
-        lr, wd, step_size, bc2 = hp[k, 0], hp[k, 1], hp[k, 2], hp[k, 3]
-        p.copy_(_adam(p, d, other_m[j], other_v[j], lr, wd, step_size, bc2, beta1, beta2, eps, decoupled_wd))
+            lam_new = lam - hp[4] * (g_l + hp[5] * lam)
+        t.lams[i].copy_(torch.clamp(lam_new, c.lambda_min, c.lambda_max))
+    for j in range(len(t.others)):
+        p, hp = t.others[j], s.hp[len(t.ws) + j]
+        p.copy_(_adam(p, t.other_grads[j], t.other_m[j], t.other_v[j], hp[0], hp[1], hp[2], hp[3], c))
 
 
-def _adam(p, g, m, v, lr, wd, step_size, bc2, beta1: float, beta2: float, eps: float, decoupled_wd: bool):
+def _adam(
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    wd: torch.Tensor,
+    step_size: torch.Tensor,
+    bc2: torch.Tensor,
+    c: AdamConstants,
+) -> torch.Tensor:
     """``torch.optim.Adam``/``AdamW``'s update of one tensor: the moments ``m``, ``v`` in place, the new
     value returned (``step_size = lr / (1 − β1^t)``, ``bc2 = sqrt(1 − β2^t)``)."""
-    if decoupled_wd:
+    if c.decoupled_wd:
         p_d = p * (1.0 - lr * wd)
     else:
         g = g + wd * p
         p_d = p
-    m_new = m + (1.0 - beta1) * (g - m)
-    v_new = beta2 * v + (1.0 - beta2) * g * g
+    m_new = m + (1.0 - c.beta1) * (g - m)
+    v_new = c.beta2 * v + (1.0 - c.beta2) * g * g
     m.copy_(m_new)
     v.copy_(v_new)
-    return p_d - step_size * m_new / (torch.sqrt(v_new) / bc2 + eps)
+    return p_d - step_size * m_new / (torch.sqrt(v_new) / bc2 + c.eps)
 
 
-def _adam_constants(g: dict) -> tuple:
+def _adam_constants(g: Group) -> tuple:
     return (tuple(g["betas"]), g["eps"])
 
 
-def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor, g: dict) -> dict:
+def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor, g: Group) -> dict[str, torch.Tensor]:
     """``optimizer.state[p]``, initialised as ``torch.optim.Adam`` does on its first step."""
     state = optimizer.state[p]
     if len(state) == 0:
@@ -113,86 +139,75 @@ def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor, g: dict) -> d
     return state
 
 
-def _count(step: torch.Tensor, counts: dict[int, int]) -> int:
-    """The value of a step-count tensor, read without a device sync after the first time."""
+def _advance(step: torch.Tensor, counts: dict[int | str, int], key: int | str) -> int:
+    """The count of the step about to be taken (the value of the step-count tensor ``step``, plus one),
+    read without a device sync after the first time: off the CPU it is mirrored in ``counts[key]``."""
     if step.device.type == "cpu":
-        return int(step.item())
-    key = id(step)
+        return int(step.item()) + 1
     if key not in counts:
         counts[key] = int(step.item())
+    counts[key] += 1
     return counts[key]
 
 
 @torch.no_grad()
-def adam_step(halo, optimizer: torch.optim.Optimizer) -> None:
+def adam_step(halo: HALO, optimizer: torch.optim.Optimizer) -> None:
     """HALO's fused step with ``torch.optim.Adam`` / ``AdamW`` (see :func:`halo_adam_step`)."""
     plan = plan_for(halo, optimizer, _adam_constants, _ADAM_CONSTANTS)
-    ws, groups, counts = plan["ws"], plan["groups"], plan["counts"]
-    g0 = groups[0]
-    (beta1, beta2), eps = g0["betas"], float(g0["eps"])
-    decoupled_wd = type(optimizer) is torch.optim.AdamW or bool(g0.get("decoupled_weight_decay"))
-    coupled = halo._coupled
-    control(halo, ws, float(g0["lr"]))
-    t_l = int(halo.fused_steps) + 1 if halo.fused_steps.device.type == "cpu" else None
-    if t_l is None:
-        t_l = counts.setdefault("halo", int(halo.fused_steps)) + 1
-        counts["halo"] = t_l
+    g0 = plan.groups[0]
+    beta1, beta2 = g0["betas"]
+    c = AdamConstants(
+        lambda_min=halo.lambda_min,
+        lambda_max=halo.lambda_max,
+        beta1=float(beta1),
+        beta2=float(beta2),
+        eps=float(g0["eps"]),
+        decoupled_wd=type(optimizer) is torch.optim.AdamW or bool(g0.get("decoupled_weight_decay")),
+        coupled=halo._coupled,
+        prox=halo.prox,
+    )
+    control(halo, plan.ws, float(g0["lr"]))
+    t, steps, hp = _gather(halo, optimizer, plan, c)
+    compiled(halo_adam_step, halo.lam.device.type)(t, step_values(halo, plan, hp), c)
+    torch._foreach_add_(steps, 1.0)
+    finish(halo, [*t.ws, *t.others])
 
-    def corrections(t: int) -> tuple[float, float]:
-        return 1.0 - beta1**t, math.sqrt(1.0 - beta2**t)
 
+def _gather(
+    halo: HALO, optimizer: torch.optim.Optimizer, plan: Plan, c: AdamConstants
+) -> tuple[AdamTensors, Tensors, list[tuple[float, ...]]]:
+    """This step's tensors, the optimizer's step-count tensors to advance after it, and the
+    hyperparameter rows: the penalised weights, then the other parameters that can take their plain
+    Adam(W) step in the same call."""
+    g0 = plan.groups[0]
+    bc1_l, bc2_l = _corrections(_advance(halo.fused_steps, plan.counts, "halo"), c)
     grads, ms, vs, steps, hp = [], [], [], [], []
 
-    def take(p: torch.Tensor, g: dict) -> tuple[float, float, float, float]:
+    def take(p: torch.Tensor, g: Group) -> tuple[float, float, float, float]:
         state = _adam_state(optimizer, p, g)
-        t = _count(state["step"], counts) + 1
-        if state["step"].device.type != "cpu":
-            counts[id(state["step"])] = t
         steps.append(state["step"])
         ms.append(state["exp_avg"])
         vs.append(state["exp_avg_sq"])
-        bc1, bc2 = corrections(t)
+        bc1, bc2 = _corrections(_advance(state["step"], plan.counts, id(state["step"])), c)
         return g["lr"], g["weight_decay"], g["lr"] / bc1, bc2
 
-    for w, g in zip(ws, groups, strict=True):
+    for w, g in zip(plan.ws, plan.groups, strict=True):
         grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
         lr_l, wd_l = lam_hyper(halo, plan, g)
-        bc1_l, bc2_l = corrections(t_l)
         hp.append((*take(w, g), lr_l, wd_l, lr_l / bc1_l, bc2_l))
     others, o_grads = [], []
-    for p, g in plan["others"]:
+    for p, g in plan.others:
         if p.grad is None or p.grad.is_sparse or _adam_constants(g) != _adam_constants(g0):
             continue  # left to optimizer.step()
         others.append(p)
         o_grads.append(p.grad)
         hp.append((*take(p, g), 0.0, 0.0, 0.0, 0.0))
-    n = len(ws)
-    device = halo.lam.device
-    compiled(halo_adam_step, device.type)(
-        ws,
-        grads,
-        ms[:n],
-        vs[:n],
-        plan["lams"],
-        plan["bufs"] if coupled else plan["lams"],
-        plan["sq"] if coupled else plan["lams"],
-        torch.tensor(hp, dtype=plan["dtype"], device=device),
-        budget_term(halo, plan),
-        plan["xi"],
-        halo.lambda_min,
-        halo.lambda_max,
-        float(beta1),
-        float(beta2),
-        eps,
-        decoupled_wd,
-        coupled,
-        halo.prox,
-        others,
-        o_grads,
-        ms[n:],
-        vs[n:],
-    )
-    torch._foreach_add_(steps, 1.0)
-    halo.fused_steps.add_(1)
-    for p in [*ws, *others]:  # updated here: optimizer.step() must skip them
-        p.grad = None
+    n = len(plan.ws)
+    lam_m, lam_v = (plan.bufs, plan.sq) if c.coupled else (plan.lams, plan.lams)
+    t = AdamTensors(plan.ws, grads, ms[:n], vs[:n], plan.lams, lam_m, lam_v, others, o_grads, ms[n:], vs[n:])
+    return t, steps, hp
+
+
+def _corrections(t: int, c: AdamConstants) -> tuple[float, float]:
+    """Adam's bias corrections at step ``t``: ``1 − β1^t`` and ``sqrt(1 − β2^t)``."""
+    return 1.0 - c.beta1**t, math.sqrt(1.0 - c.beta2**t)

@@ -11,7 +11,8 @@ inside ``optimizer.step()`` together with exactly the update the optimizer would
 weights, their λ and the optimizer's other parameters, in one function per optimizer family
 (:mod:`~haloprune.penalties.halo.sgd`, :mod:`~haloprune.penalties.halo.adam`) that ``torch.compile``
 turns into a single loop per tensor. This module holds what they share: compiling the kernels (with an
-eager fallback), checking the optimizer, and the per-optimizer plan (which tensors, which hyperparameters).
+eager fallback), checking the optimizer, the per-optimizer :class:`Plan` (which tensors, which
+hyperparameters) and the :class:`StepValues` every kernel takes.
 A new optimizer family is one more module like ``sgd.py``: a kernel and a driver built on these pieces.
 """
 
@@ -20,8 +21,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from haloprune.penalties.halo.penalty import HALO
 
 Tensors = list[torch.Tensor]
 
@@ -90,17 +96,50 @@ def _views(flat: torch.Tensor, numels: list[int], shapes: list[tuple[int, ...]])
     return [c.view(s) for c, s in zip(flat.split(numels), shapes, strict=True)]
 
 
+Group = dict[str, Any]  # an optimizer param group
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What the fused step needs that does not change from step to step (cached on the HALO, per optimizer).
+
+    The fields are never reassigned; ``xi``, ``psi`` (filled when target mode changes ξ and ψ) and
+    ``counts`` are updated in place."""
+
+    key: tuple[int, int, int, int]  # the optimizer and λ's storage the plan was made for
+    ws: Tensors  # the penalised weights
+    groups: list[Group]  # the optimizer group of each penalised weight
+    others: list[tuple[torch.Tensor, Group]]  # the optimizer's other parameters and their groups
+    lam_group: Group | None  # λ's optimizer group; None: λ is not in the optimizer
+    lams: Tensors  # λ per penalised weight, shaped like it (views into ``halo.lam``)
+    bufs: Tensors  # λ's momentum (SGD) or first Adam moment, as views
+    sq: Tensors  # λ's second Adam moment, as views (empty unless coupled Adam)
+    dtype: torch.dtype  # of the hyperparameter table: λ's, at least float32
+    psi: torch.Tensor  # 0-dim, ψ
+    xi: torch.Tensor  # 0-dim, ξ: a tensor, so that changing it does not recompile the kernel
+    counts: dict[int | str, int]  # step counts of device-resident Adam step tensors, mirrored (no sync)
+
+
+class StepValues(NamedTuple):
+    """A kernel's inputs that change from step to step, as tensors, so that changing them (an lr
+    scheduler, target mode's ξ, the step counts in Adam's bias corrections) does not recompile it."""
+
+    hp: torch.Tensor  # per-tensor hyperparameters, one row per tensor (layout: the kernel's docstring)
+    lam_sum_term: torch.Tensor  # 0-dim, ψ·s of ∂/∂λ (see the module doc)
+    xi: torch.Tensor  # 0-dim, ξ
+
+
 def plan_for(
-    halo, optimizer: torch.optim.Optimizer, same: Callable[[dict], tuple], constants: tuple[str, ...]
-) -> dict:
-    """What the fused step needs that does not change from step to step (cached per optimizer).
+    halo: HALO, optimizer: torch.optim.Optimizer, same: Callable[[Group], tuple], constants: tuple[str, ...]
+) -> Plan:
+    """The :class:`Plan` for ``optimizer``, made once and cached on ``halo``.
 
     ``same(group)`` are the hyperparameters the kernel takes as constants: they must agree for all
     penalised weights (and an other parameter is folded into the call only where they agree too)."""
     lam = halo.lam.detach()
     key = (id(optimizer), len(optimizer.param_groups), lam.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
-    plan = halo.__dict__.get("_plan")
-    if plan is not None and plan["key"] == key:
+    plan: Plan | None = halo.__dict__.get("_plan")
+    if plan is not None and plan.key == key:
         return plan
     ws = halo.weights()
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
@@ -111,43 +150,56 @@ def plan_for(
         raise ValueError(f"fused HALO needs the same {'/'.join(constants)} for all penalised weights")
     penalised = {id(w) for w in ws} | {id(halo.lam)}
     dtype = torch.promote_types(lam.dtype, torch.float32)
-    plan = {
-        "key": key,
-        "others": [(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
-        "ws": ws,
-        "groups": groups,
-        "lam_group": group_of.get(id(halo.lam)),
-        "lams": _views(lam, halo.numels, halo.shapes),
-        "bufs": _views(halo.lam_momentum, halo.numels, halo.shapes),
-        "sq": _views(halo.lam_exp_avg_sq, halo.numels, halo.shapes) if halo.lam_exp_avg_sq.numel() else [],
-        "dtype": dtype,
-        "psi": torch.tensor(halo.psi, dtype=dtype, device=lam.device),
-        "xi": torch.tensor(halo.xi, dtype=dtype, device=lam.device),
-        "counts": {},  # step counts of device-resident Adam step tensors, mirrored here (no sync per step)
-    }
+    plan = Plan(
+        key=key,
+        ws=ws,
+        groups=groups,
+        others=[(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
+        lam_group=group_of.get(id(halo.lam)),
+        lams=_views(lam, halo.numels, halo.shapes),
+        bufs=_views(halo.lam_momentum, halo.numels, halo.shapes),
+        sq=_views(halo.lam_exp_avg_sq, halo.numels, halo.shapes) if halo.lam_exp_avg_sq.numel() else [],
+        dtype=dtype,
+        psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
+        xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),
+        counts={},
+    )
     halo.__dict__["_plan"] = plan
     return plan
 
 
-def lam_hyper(halo, plan: dict, g: dict) -> tuple[float, float]:
+def lam_hyper(halo: HALO, plan: Plan, g: Group) -> tuple[float, float]:
     """λ's lr and weight decay: its own optimizer group's if it is in the optimizer, else the weights'
     scaled by ``lambda_lr_scale`` (and ``lambda_weight_decay`` if set)."""
-    lam_group = plan["lam_group"]
-    if lam_group is not None:  # λ is in the optimizer: its group (and scheduler) rules
-        return lam_group["lr"], lam_group["weight_decay"]
+    if plan.lam_group is not None:  # λ is in the optimizer: its group (and scheduler) rules
+        return plan.lam_group["lr"], plan.lam_group["weight_decay"]
     wd = g["weight_decay"] if halo.lambda_weight_decay is None else halo.lambda_weight_decay
     return g["lr"] * halo.lambda_lr_scale, wd
 
 
-def budget_term(halo, plan: dict) -> torch.Tensor:
+def budget_term(halo: HALO, plan: Plan) -> torch.Tensor:
     """ψ·s of ∂/∂λ (see the module doc)."""
     if halo.form == "l1" and halo.p == 0.0:
-        return plan["psi"]  # ψ·sign(Σ|λ|) with every λ > 0
+        return plan.psi  # ψ·sign(Σ|λ|) with every λ > 0
     d = halo.lam.detach().abs().sum() - halo.p
     return halo.psi * (2.0 * d if halo.form == "l2" else torch.sign(d))
 
 
-def control(halo, ws: Tensors, step_size: float) -> None:
+def step_values(halo: HALO, plan: Plan, hp: list[tuple[float, ...]]) -> StepValues:
+    """This step's :class:`StepValues` from the rows of the hyperparameter table."""
+    table = torch.tensor(hp, dtype=plan.dtype, device=halo.lam.device)
+    return StepValues(hp=table, lam_sum_term=budget_term(halo, plan), xi=plan.xi)
+
+
+def finish(halo: HALO, updated: Tensors) -> None:
+    """After the kernel: count the step, and clear the gradients of what it updated, so that
+    ``optimizer.step()`` skips them."""
+    halo.fused_steps.add_(1)
+    for p in updated:
+        p.grad = None
+
+
+def control(halo: HALO, ws: Tensors, step_size: float) -> None:
     """Target mode: account for this step in the budget and, when due, steer ξ from the density."""
     ctrl = halo.controller
     if ctrl is None:

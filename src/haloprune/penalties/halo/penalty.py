@@ -10,7 +10,7 @@ from torch import nn
 
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
-from haloprune.penalties.halo.fused import check_optimizer
+from haloprune.penalties.halo.fused import Plan, check_optimizer
 from haloprune.penalties.halo.sgd import sgd_step
 from haloprune.penalties.halo.target import TOO_SPARSE, SparsityController, step_budget
 
@@ -157,10 +157,10 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         """ξ = c³/ψ² for the controller's current c."""
         assert self.controller is not None and self.step_budget is not None
         self.xi = self.controller.c(self.step_budget) ** 3 / self.psi**2
-        plan = self.__dict__.get("_plan")
+        plan: Plan | None = self.__dict__.get("_plan")  # the fused step's, made by fused.plan_for
         if plan is not None:
-            plan["xi"].fill_(self.xi)
-            plan["psi"].fill_(self.psi)
+            plan.xi.fill_(self.xi)
+            plan.psi.fill_(self.psi)
 
     def get_extra_state(self) -> dict[str, Any]:
         state = super().get_extra_state()
