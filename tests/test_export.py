@@ -13,6 +13,7 @@ import haloprune
 from haloprune import build_model, global_magnitude_prune, save_sparse
 from haloprune.core.errors import HaloPruneError
 from haloprune.pruning.masks import get_masks
+from tests.helpers import umask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,7 +215,6 @@ def test_inference_benchmark_runners_match_the_slimmed_model(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_inference_benchmark_quick_ends_with_the_summary_line(tmp_path: Path, real_fmnist: Path) -> None:
     """benchmarks/inference.py --quick runs end to end on real data and ends with its one summary line."""
-    import os
     import re
     import subprocess
     import sys
@@ -234,12 +234,6 @@ def test_inference_benchmark_quick_ends_with_the_summary_line(tmp_path: Path, re
     assert 0 < float(last.split()[0].split("=")[1]) < 1
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -247,7 +241,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(
     global_magnitude_prune(model, 0.5)
     arch = {"name": "lenet-300-100"}
     path = save_sparse(model, tmp_path / "m.safetensors", architecture=arch)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask()  # not mkstemp's 0600
     before = path.read_bytes()
 
     def broken(_: object, filename: str, **__: object) -> None:

@@ -179,7 +179,7 @@ def test_lazy_imports_only_for_optional_dependencies() -> None:
     assert lazy == []
 
 
-GOLDEN = Path(__file__).parent / "data" / "sweep_job_keys.json"
+GOLDEN = Path(__file__).parent / "fixtures" / "sweep_job_keys.json"
 
 
 @pytest.mark.parametrize("entry", sorted(json.loads(GOLDEN.read_text())), ids=str)

@@ -5,7 +5,6 @@ store). Each check reads the source with ``ast``; the primitive itself is tested
 from __future__ import annotations
 
 import ast
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from haloprune.core.io import atomic_path
 from haloprune.data.datasets import DATASETS
+from tests.helpers import umask
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "haloprune"
@@ -166,12 +166,6 @@ def test_the_store_writes_results_rows_in_one_place() -> None:
 # ------------------------------------------------------------------------------------- atomic_path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def test_atomic_path_renames_a_complete_file_with_normal_permissions(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "out.bin"
     with atomic_path(target) as tmp:
@@ -179,7 +173,7 @@ def test_atomic_path_renames_a_complete_file_with_normal_permissions(tmp_path: P
         tmp.write_bytes(b"new")  # a writer that reopens the file by name
         assert not target.exists()
     assert target.read_bytes() == b"new"
-    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask()
     assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
 
 

@@ -7,7 +7,7 @@ parameters; ``torch.compile`` turns it into one loop per tensor (one read of w, 
 buffers, one write of w, λ and the buffers). The step is memory-bound: its floor is reading and writing λ
 and λ's momentum once per step. :func:`sgd_step` drives it from a HALO attached to an SGD optimizer.
 The result equals the reference formulation up to floating-point round-off
-(``tests/test_fused.py``).
+(``tests/penalties/halo/test_fused.py``).
 """
 
 from __future__ import annotations

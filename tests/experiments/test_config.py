@@ -1,0 +1,46 @@
+"""Sweep configs (haloprune.experiments.config): validation messages, the shipped paper configs and their
+quick scale, what a sweep refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from haloprune.config import load_config
+from haloprune.core.errors import ConfigError
+from haloprune.experiments.config import SweepConfig, load_sweep_config
+from haloprune.experiments.sweep import expand
+from tests.helpers import PAPER_CONFIGS
+
+
+def test_sweep_config_validation_messages() -> None:
+    from haloprune.core.errors import ConfigError
+
+    base = ["methods={m={kind='penalty'}}"]
+    load_config(SweepConfig, None, base)
+    with pytest.raises(ConfigError, match="unknown method kind"):
+        load_config(SweepConfig, None, ["methods={m={kind='nope'}}"])
+    with pytest.raises(ConfigError, match="grid point 0"):
+        load_config(SweepConfig, None, ["methods={m={kind='gmp', grid=[{every=0}]}}"])
+    with pytest.raises(ConfigError, match="unknown penalty"):
+        load_config(SweepConfig, None, ["methods={m={kind='penalty', params={penalty={name='l7'}}}}"])
+
+
+@pytest.mark.parametrize("path", sorted(PAPER_CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_paper_config_and_its_quick_scale_validate(path: Path) -> None:
+    full, quick = load_sweep_config(path), load_sweep_config(path, quick=True)
+    assert expand(full) and expand(quick)
+    assert quick.optim.epochs <= 2 < full.optim.epochs
+
+
+def test_a_sweep_takes_no_prune_sparsities_and_a_file_replaces_the_method_list(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not prune\.sparsities"):
+        load_config(SweepConfig, None, ["methods={m={kind='gmp'}}", "prune.sparsities=[0.9]"])
+    with pytest.raises(ConfigError, match="at least one method"):
+        load_config(SweepConfig, None, ["methods={}"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(SweepConfig, None, ["methods={m={kind='gmp'}}", "out_dir='x'"])  # not a sweep setting
+    only = tmp_path / "only.toml"
+    only.write_text("[methods.halo]\nkind = 'target'\nparams = {penalty = {name = 'halo'}}\n")
+    assert set(load_config(SweepConfig, only).methods) == {"halo"}

@@ -1,0 +1,59 @@
+"""Job expansion (haloprune.experiments.sweep) and `haloprune sweep --quick` + `haloprune report` end to end
+on real Fashion-MNIST (CI scale)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from haloprune.cli import main
+from haloprune.experiments.config import load_sweep_config
+from haloprune.experiments.sweep import expand
+from tests.helpers import PAPER_CONFIGS
+
+
+def test_paper_config_expands_with_stable_unique_keys() -> None:
+    cfg = load_sweep_config(PAPER_CONFIGS / "fmnist-lenet300.toml")
+    jobs = expand(cfg)
+    assert len({j.key for j in jobs}) == len(jobs)
+    assert [j.key for j in expand(cfg)] == [j.key for j in jobs]
+    per_target = {j.method for j in jobs if j.sparsity is not None}
+    assert per_target == {"gmp", "imp", "imp-reinit", "snip", "random"}
+    quick = load_sweep_config(PAPER_CONFIGS / "fmnist-lenet300.toml", quick=True)
+    assert quick.name.endswith("-quick") and quick.optim.epochs == 2 and quick.seeds == [0]
+    assert all(len(m.grid) <= 1 for m in quick.methods.values())
+
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper" / "fmnist-lenet300.toml"
+
+
+@pytest.mark.slow
+def test_quick_sweep_then_report(
+    tmp_path: Path, real_fmnist: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "results.sqlite"
+    args = ["sweep", str(CONFIG), "--quick", "--quiet", "--set", f"db='{db}'", "--jobs", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| method | 90% | 98% | epochs |" in out
+    folder = tmp_path / "fmnist-lenet300-quick"
+    for name in (
+        "report.md",
+        "results.json",
+        "accuracy_vs_sparsity.png",
+        "layer_sparsity.png",
+        "eigen_spectrum.png",
+    ):
+        assert (folder / name).stat().st_size > 0, name
+    records = json.loads((folder / "results.json").read_text())
+    methods = {r["method"] for r in records}
+    assert {"magnitude", "magnitude-ft", "gmp", "imp", "snip", "random", "sparsevd", "l1", "halo"} <= methods
+    assert all(r["epochs_used"] == 2 for r in records), "every method gets the same budget"
+    # A rerun does nothing new; the report can be printed as JSON.
+    assert main(args) == 0
+    assert "done 0, skipped" in capsys.readouterr().out
+    assert main(["report", "--db", str(db), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {"method", "sparsity", "seed", "accuracy"} <= set(printed[0])

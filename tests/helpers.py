@@ -1,0 +1,106 @@
+"""Builders shared by several test modules (tiny nets, batches, datasets); fixtures are in conftest.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haloprune.core.errors import HaloPruneError
+from haloprune.data.datasets import DATASETS
+from haloprune.data.idx import write_idx
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CONFIGS = REPO / "configs" / "paper"
+
+# --- penalties: a float64 conv net and its penalised weights -----------------------------------------
+CONV_NET_WEIGHTS = ["0.weight", "3.weight", "5.weight"]
+
+
+def conv_net() -> nn.Module:
+    """Conv + two Linear layers in float64, small enough for hand computations."""
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 4)
+    ).double()
+
+
+def conv_linear() -> nn.Module:
+    """Conv + one Linear layer in float64."""
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).double()
+
+
+def conv_net_weights(model: nn.Module) -> list[torch.Tensor]:
+    params = dict(model.named_parameters())
+    return [params[n] for n in CONV_NET_WEIGHTS]
+
+
+def flat(ts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def leaves(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.detach().clone().requires_grad_() for t in ts]
+
+
+# --- training: a tiny MLP on random 12-feature, 4-class batches --------------------------------------
+def mlp(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)).to(dtype)
+
+
+def batches(
+    n: int = 8, dtype: torch.dtype = torch.float32, seed: int = 1
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(32, 12, generator=g, dtype=dtype), torch.randint(0, 4, (32,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 5) -> None:
+    for x, y in batches(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+# --- data: tiny Fashion-MNIST-shaped IDX files (random pixels, never reported as results) ------------
+FMNIST_FILES = dict(DATASETS["fashion-mnist"].files)
+
+
+def tiny_arrays(n_train: int = 60, n_test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "train_images": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, size=n_train, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, size=n_test, dtype=np.uint8),
+    }
+
+
+def write_dataset(folder: Path, arrays: dict[str, np.ndarray] | None = None, *, gz: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = tiny_arrays() if arrays is None else arrays
+    for role, arr in arrays.items():
+        write_idx(folder / (FMNIST_FILES[role] + (".gz" if gz else "")), arr, gzip=gz)
+    return folder
+
+
+def one_line(exc: pytest.ExceptionInfo[HaloPruneError]) -> str:
+    """The message of a library error: one line, no surrounding space, a HaloPruneError."""
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.strip() == msg and msg
+    assert isinstance(exc.value, HaloPruneError)
+    return msg
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

