@@ -78,13 +78,19 @@ class _SVDOMixin(nn.Module):
             self.register_parameter("bias", None)
         self.threshold = float(threshold)
 
+    @classmethod
     @torch.no_grad()
-    def _copy_from(self, layer: nn.Module) -> Any:
-        """Take θ and the bias from the plain layer being replaced; returns ``self``."""
-        self.weight.copy_(layer.weight)
-        if layer.bias is not None and self.bias is not None:
-            self.bias.copy_(layer.bias)
-        return self
+    def _replacing(cls, layer: nn.Module, threshold: float, *args: Any, **kwargs: Any) -> Any:
+        """A layer built as ``cls(*args, **kwargs)`` beside ``layer`` (its device, dtype and whether it has a
+        bias), holding copies of its θ and bias."""
+        w = layer.weight
+        new = cls(
+            *args, bias=layer.bias is not None, threshold=threshold, device=w.device, dtype=w.dtype, **kwargs
+        )
+        new.weight.copy_(w)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+        return new
 
     @property
     def log_alpha(self) -> torch.Tensor:
@@ -112,7 +118,7 @@ class _SVDOMixin(nn.Module):
         neg_kl = _K1 * torch.sigmoid(_K2 + _K3 * la) - 0.5 * F.softplus(-la) - _K1
         return -neg_kl.sum()
 
-    def _svdo_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self._op(x, self.pruned_weight(), self.bias)
         # Local reparameterisation: sample the pre-activations, not the weights.
@@ -158,22 +164,10 @@ class LinearSVDO(_SVDOMixin):
     @classmethod
     def from_linear(cls, layer: nn.Linear, threshold: float = DEFAULT_THRESHOLD) -> LinearSVDO:
         """An SVDO layer whose θ and bias are copies of ``layer``'s (same device and dtype)."""
-        w = layer.weight
-        new = cls(
-            layer.in_features,
-            layer.out_features,
-            bias=layer.bias is not None,
-            threshold=threshold,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        return new._copy_from(layer)
+        return cls._replacing(layer, threshold, layer.in_features, layer.out_features)
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, weight, bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._svdo_forward(x)
 
     def extra_repr(self) -> str:
         return (
@@ -234,27 +228,20 @@ class Conv2dSVDO(_SVDOMixin):
         """An SVDO layer with ``layer``'s geometry, θ and bias (only ``padding_mode='zeros'``)."""
         if layer.padding_mode != "zeros":
             raise ValueError(f"Conv2dSVDO supports padding_mode='zeros' only, got {layer.padding_mode!r}")
-        w = layer.weight
-        new = cls(
+        return cls._replacing(
+            layer,
+            threshold,
             layer.in_channels,
             layer.out_channels,
-            layer.kernel_size,  # type: ignore[arg-type]
-            stride=layer.stride,  # type: ignore[arg-type]
-            padding=layer.padding,  # type: ignore[arg-type]
-            dilation=layer.dilation,  # type: ignore[arg-type]
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
             groups=layer.groups,
-            bias=layer.bias is not None,
-            threshold=threshold,
-            device=w.device,
-            dtype=w.dtype,
         )
-        return new._copy_from(layer)
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._svdo_forward(x)
 
     def extra_repr(self) -> str:
         return (
