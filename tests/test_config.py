@@ -121,6 +121,9 @@ def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
     assert load_sweep_config(path) == cfg
 
 
+HALO_SETS = ["penalty.name=halo", "penalty.xi=1e-4", "penalty.psi=1"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
@@ -134,6 +137,34 @@ def test_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
         (["model.name=resnet-9000"], "unknown model"),
         (["data.name=imagenet"], "data.name"),
         (["name=../escape"], "name"),
+        (["optim.schedule=step", "optim.milestones=[2, 4]", "optim.gamma=[0.1]"], "one per milestone"),
+        (["optim.gamma=[1.5]", "optim.milestones=[2]"], "optim.gamma"),
+        (["optim.milestone_unit=steps"], "optim.milestone_unit"),
+        (["optim.keep=best"], "optim.keep"),
+        (["data.normalize=imagenet"], "data.normalize"),
+        (["prune.of=nonzeros"], "prune.of"),
+        (["prune.zero_below=-1"], "prune.zero_below"),
+        (
+            ["penalty.name=l1", "penalty.xi=1e-4", "penalty.lambda_schedule=constant"],
+            "does not apply to penalty 'l1'",
+        ),
+        (
+            ["penalty.name=halo", "penalty.xi=1e-4", "penalty.psi=1", "penalty.lambda_gamma=0.1"],
+            "optim.schedule 'step'",
+        ),
+        (
+            [
+                *HALO_SETS,
+                "penalty.lambda_gamma=0.1",
+                "penalty.lambda_schedule=constant",
+                "optim.schedule=step",
+            ],
+            "lambda_schedule 'follow'",
+        ),
+        (
+            [*HALO_SETS, "penalty.lambda_gamma=[0.1, 0.1]", "optim.schedule=step", "optim.milestones=[3]"],
+            "optim has 1 milestones",
+        ),
     ],
 )
 def test_invalid_configs_give_one_line(overrides: list[str], fragment: str) -> None:

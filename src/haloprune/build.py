@@ -34,6 +34,7 @@ def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -
         train_subset=data.train_subset,
         test_subset=data.test_subset,
         pad_to=data.pad_to,
+        normalize=data.normalize,
     )
     split.augment = data.augmented
     return split.to(device)

@@ -127,6 +127,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         per_layer=args.per_layer,
         recalibrate_bn=cfg.prune.recalibrate_bn if args.recalibrate_bn is None else args.recalibrate_bn,
         on_pruned=report_layers if args.layers else None,
+        of=cfg.prune.of,
+        zero_below=cfg.prune.zero_below,
         **selection,
     )
     records = [{"method": cfg.name, "per_layer": args.per_layer, **r} for r in rows]

@@ -41,6 +41,9 @@ class DataConfig(Section):
     # random 4-pixel-padded crop + horizontal flip per training batch; None: on for CIFAR, off otherwise
     augment: bool | None = added_field(None)
     pad_to: int | None = added_field(None, gt=0)  # zero-pad images to this side (28x28 Fashion-MNIST -> 32)
+    # after scaling to [0, 1]: "dataset" (its channel mean/std), "none" (the HALO reference's MNIST), or
+    # "reference-cifar" (the constants the reference uses for CIFAR-10 and CIFAR-100)
+    normalize: Literal["dataset", "none", "reference-cifar"] = added_field("dataset")
 
     @field_validator("name")
     @classmethod
@@ -78,8 +81,15 @@ class OptimConfig(Section):
     nesterov: bool = False  # SGD only
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["constant", "step", "cosine"] = "cosine"
-    milestones: list[int] = Field(default_factory=list)  # epochs at which "step" multiplies lr by gamma
-    gamma: float = Field(0.1, gt=0, le=1)
+    # epochs (or steps: milestone_unit) at which "step" multiplies lr by gamma
+    milestones: list[int] = Field(default_factory=list)
+    # one factor for every milestone, or one per milestone (e.g. [0.1, 0.01])
+    gamma: Annotated[float, Field(gt=0, le=1)] | list[Annotated[float, Field(gt=0, le=1)]] = 0.1
+    # what milestones count: "epoch", or "step" (0-based optimizer steps: the lr changes from that step on)
+    milestone_unit: Literal["epoch", "step"] = added_field("epoch")
+    # the weights training ends with: "last" (the final epoch's), or "best-test" (those of the epoch with the
+    # best TEST accuracy, as the HALO reference reports CIFAR results: a choice made on the test set)
+    keep: Literal["last", "best-test"] = added_field("last")
     eval_batch_size: int = Field(1000, gt=0)
     # bf16 autocast of forward and loss; parameters and HALO stay fp32
     amp: Literal["none", "bf16"] = added_field("none")
@@ -89,6 +99,15 @@ class OptimConfig(Section):
         (0.9, 0.999)
     )  # Adam/AdamW only
     eps: float = added_field(1e-8, gt=0)  # Adam/AdamW only
+
+    @model_validator(mode="after")
+    def _gammas(self) -> OptimConfig:
+        if isinstance(self.gamma, list) and len(self.gamma) != len(self.milestones):
+            raise ValueError(
+                f"gamma has {len(self.gamma)} factors but there are {len(self.milestones)} milestones: "
+                "give one factor, or one per milestone"
+            )
+        return self
 
     @model_validator(mode="after")
     def _applies(self) -> OptimConfig:
@@ -131,6 +150,14 @@ class PenaltyConfig(Section):
     fused: bool = True  # HALO: fused analytic update inside optimizer.step(); False: reference autograd path
     lambda_lr_scale: float = Field(1.0, gt=0)  # λ's lr relative to the weights' (reference: 1)
     lambda_weight_decay: float | None = Field(None, ge=0)  # None: same as the weights (reference)
+    # λ's lr over the run: "follow" the weights' schedule, or "constant" (the reference's MNIST runs, whose
+    # λ scheduler is built on the weights' optimizer and so never decays λ)
+    lambda_schedule: Literal["follow", "constant"] = added_field("follow")
+    # with "follow" and a "step" schedule: λ's own factor(s) at the milestones (None: the weights' gamma);
+    # the reference's CIFAR HALO runs decay λ by gamma² at each milestone
+    lambda_gamma: Annotated[float, Field(gt=0, le=1)] | list[Annotated[float, Field(gt=0, le=1)]] | None = (
+        added_field(None)
+    )
     gamma: float = Field(1.0, gt=0)  # adaptive lasso: weights 1/|ŵ|^gamma
     a: float = Field(3.7, gt=2)  # SCAD's shape parameter (Fan & Li 2001)
     lambda_max: float = added_field(1e3, gt=0)  # HALO: λ is kept in [lambda_min, lambda_max]
@@ -188,9 +215,12 @@ class PenaltyConfig(Section):
     def kwargs(self, penalty: str | None = None) -> dict[str, Any]:
         """Arguments for the constructor of ``penalty`` (default: this config's): the settings that apply
         to it (the adaptive lasso's first fit builds an L1 from the adaptive lasso's config)."""
-        # λ's lr and weight decay are optimizer settings (its parameter group), not constructor arguments
-        valid = _penalty_keys(penalty or self.name) - {"lambda_lr_scale", "lambda_weight_decay"}
+        valid = _penalty_keys(penalty or self.name) - LAMBDA_OPTIM_KEYS
         return {k: v for k, v in self.model_dump().items() if k in valid}
+
+
+# λ's optimizer settings (its parameter group and its lr schedule), not constructor arguments
+LAMBDA_OPTIM_KEYS = {"lambda_lr_scale", "lambda_weight_decay", "lambda_schedule", "lambda_gamma"}
 
 
 def _penalty_keys(name: str) -> set[str]:
@@ -199,7 +229,7 @@ def _penalty_keys(name: str) -> set[str]:
     cls = PENALTIES[name]
     keys = valid_keywords(cls) & set(PenaltyConfig.model_fields)
     if cls.learns:
-        keys |= {"lambda_lr_scale", "lambda_weight_decay"}
+        keys |= LAMBDA_OPTIM_KEYS
     return keys
 
 
@@ -216,6 +246,11 @@ class PruneConfig(Section):
     # a penalty must name the same
     include: list[str] | None = added_field(None)
     exclude: list[str] | None = added_field(None)
+    # what a sparsity s is a fraction of: "all" the prunable weights (s of them end at zero), or the
+    # "nonzero" ones (the HALO reference: weights already at zero stay pruned and s of the rest go too)
+    of: Literal["all", "nonzero"] = added_field("all")
+    # before pruning, weights with |w| below this are set to zero (the reference's mnist_check_params: 1e-5)
+    zero_below: float = added_field(0.0, ge=0)
 
     def selection(self) -> dict[str, Any]:
         """The pruned parameters as keyword arguments (scope, include, exclude)."""
@@ -259,7 +294,7 @@ class TrainConfig(RunConfig):
     @model_validator(mode="after")
     def _same_scope(self) -> TrainConfig:
         check_scope(self.penalty.model_dump(), self.prune, "penalty")
-        check_coupling(self.penalty.model_dump(), self.optim, "penalty")
+        check_penalty_optim(self.penalty.model_dump(), self.optim, "penalty")
         return self
 
 
@@ -277,8 +312,22 @@ def check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> None
             )
 
 
-def check_coupling(penalty: dict[str, Any], optim: OptimConfig, where: str) -> None:
-    """``coupling`` is how HALO combines with Adam/AdamW; target mode and prox are decoupled updates."""
+def check_penalty_optim(penalty: dict[str, Any], optim: OptimConfig, where: str) -> None:
+    """The penalty's optimizer settings fit ``optim``: ``coupling`` is how HALO combines with Adam/AdamW
+    (target mode and prox are decoupled updates); ``lambda_gamma`` needs a step schedule that λ follows."""
+    lam_gamma = penalty.get("lambda_gamma")
+    if lam_gamma is not None:
+        if penalty.get("lambda_schedule", "follow") != "follow":
+            raise ValueError(
+                f"{where}.lambda_gamma applies to lambda_schedule 'follow' (λ decays at the milestones)"
+            )
+        if optim.schedule != "step":
+            raise ValueError(f"{where}.lambda_gamma applies to optim.schedule 'step', not {optim.schedule!r}")
+        if isinstance(lam_gamma, list) and len(lam_gamma) != len(optim.milestones):
+            raise ValueError(
+                f"{where}.lambda_gamma has {len(lam_gamma)} factors but optim has {len(optim.milestones)} "
+                "milestones: give one factor, or one per milestone"
+            )
     coupling = penalty.get("coupling")
     if coupling is None:
         return

@@ -184,3 +184,22 @@ def test_iterate_batches() -> None:
         assert torch.equal(xb[:, 0].long(), yb)
     with pytest.raises(ValueError):
         list(iterate_batches(x, y, 0, shuffle=False, generator=None))
+
+
+def test_normalize_none_dataset_and_the_reference_cifar_constants(tiny_dir: Path) -> None:
+    """``normalize="none"`` leaves pixels in [0, 1] (the HALO reference's MNIST); the default uses the
+    dataset's mean and std; the reference's CIFAR constants need 3 channels."""
+    raw = tiny_arrays()
+    plain = load_dataset("fashion-mnist", tiny_dir, verify=False, val_size=0, normalize="none")
+    assert plain.normalize == "none" and plain.mean_std == (0.0, 1.0)
+    assert torch.equal(plain.x_train[0, 0], torch.from_numpy(raw["train_images"][0] / np.float32(255.0)))
+    default = load_dataset("fashion-mnist", tiny_dir, verify=False, val_size=0)
+    mean, std = ds_mod.DATASETS["fashion-mnist"].mean, ds_mod.DATASETS["fashion-mnist"].std
+    assert default.mean_std == (mean, std)
+    assert torch.allclose(default.x_train, (plain.x_train - mean) / std, atol=1e-6)
+    with pytest.raises(DataError, match="3-channel") as err:
+        load_dataset("fashion-mnist", tiny_dir, verify=False, normalize="reference-cifar")
+    one_line(err)
+    with pytest.raises(DataError, match="unknown normalization 'imagenet'"):
+        load_dataset("fashion-mnist", tiny_dir, verify=False, normalize="imagenet")
+    assert ds_mod.normalization(ds_mod.DATASETS["cifar100"], "reference-cifar") == ds_mod.REFERENCE_CIFAR

@@ -44,3 +44,29 @@ def test_a_sweep_takes_no_prune_sparsities_and_a_file_replaces_the_method_list(t
     only = tmp_path / "only.toml"
     only.write_text("[methods.halo]\nkind = 'target'\nparams = {penalty = {name = 'halo'}}\n")
     assert set(load_config(SweepConfig, only).methods) == {"halo"}
+
+
+def test_a_method_sets_its_own_optim_keys_and_jobs_carry_every_pruning_setting() -> None:
+    """``methods.<m>.optim`` overrides the sweep's optim for that method's jobs only, is validated with it,
+    and a job's run config carries the pruning settings (scope, include, exclude, of, zero_below) — a
+    sweep's ``prune.include`` once did not reach its jobs, which pruned other weights than they penalised."""
+    pen = "{name='halo', xi=1e-7, psi=1e-3, include=['*.bias']}"
+    halo = f"m={{kind='penalty', params={{penalty={pen}}}, optim={{gamma=[0.1, 0.01]}}}}"
+    dense = "d={kind='penalty', params={penalty={name='none'}}}"
+    sets = [
+        f"methods={{{halo}, {dense}}}",
+        "optim.schedule=step",
+        "optim.milestones=[1, 2]",
+        "prune.include=['*.bias']",
+        "prune.of=nonzero",
+        "prune.zero_below=1e-5",
+    ]
+    cfg = load_config(SweepConfig, None, sets)
+    jobs = {j.method: j.spec["run"] for j in expand(cfg)}
+    assert jobs["m"]["optim"]["gamma"] == [0.1, 0.01] and jobs["d"]["optim"]["gamma"] == 0.1
+    for run in jobs.values():
+        assert run["prune"] == {"include": ["*.bias"], "of": "nonzero", "zero_below": 1e-5}
+    with pytest.raises(ConfigError, match=r"methods\.m: optim: .*one per milestone"):
+        load_config(SweepConfig, None, [*sets, "optim.milestones=[1]"])
+    with pytest.raises(ConfigError, match=r"methods\.m: optim"):
+        load_config(SweepConfig, None, ["methods={m={kind='gmp', optim={lrr=1}}}"])

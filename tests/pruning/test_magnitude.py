@@ -3,6 +3,8 @@ ties, layer-wise pruning, range checks."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -72,3 +74,35 @@ def test_sparsity_out_of_range_is_rejected() -> None:
         global_magnitude_prune(build_model("lenet-300-100"), 1.0)
     with pytest.raises(ValueError):
         global_magnitude_prune(build_model("lenet-300-100"), -0.1)
+
+
+def test_of_nonzero_prunes_a_fraction_of_the_weights_not_already_zero() -> None:
+    """The HALO reference's pruning: with Z of N weights at zero, Z + round(s (N - Z)) end pruned;
+    ``of="all"`` prunes round(s N) whatever is zero; per layer the same count holds in each tensor."""
+    from haloprune.pruning import zero_small_weights
+
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100")
+    n = sum(p.numel() for p in (model.fc1.weight, model.fc2.weight, model.fc3.weight))
+    with torch.no_grad():
+        model.fc1.weight[:150] = 0.0  # 117,600 of 266,200 weights already zero
+    z = _zeros(model)
+    for of, expected in (("all", round(0.9 * n)), ("nonzero", z + round(0.9 * (n - z)))):
+        pruned = copy.deepcopy(model)
+        global_magnitude_prune(pruned, 0.9, of=of)
+        assert _zeros(pruned) == expected
+    layered = copy.deepcopy(model)
+    layerwise_magnitude_prune(layered, 0.5, of="nonzero")
+    fc1 = layered.fc1.weight
+    assert int((fc1 == 0).sum()) == 150 * 784 + round(0.5 * 150 * 784)
+    with pytest.raises(ValueError, match="of must be one of 'all', 'nonzero'"):
+        global_magnitude_prune(copy.deepcopy(model), 0.5, of="nonzeros")
+
+    small = copy.deepcopy(model)
+    with torch.no_grad():
+        small.fc2.weight[0, :10] = 1e-6
+        small.fc2.bias[:3] = 1e-6  # biases are not prunable: left alone
+    weights = (small.fc1.weight, small.fc2.weight, small.fc3.weight)
+    expected = sum(int(((w.abs() < 1e-5) & (w != 0)).sum()) for w in weights)
+    assert expected >= 10 and zero_small_weights(small, 1e-5) == expected
+    assert (small.fc2.weight[0, :10] == 0).all() and (small.fc2.bias[:3] == 1e-6).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -67,3 +68,44 @@ def test_callbacks_see_every_step_and_epoch_and_a_checkpoint_resumes_exactly(tmp
     fit(resumed, data, optim, progress=False, resume=state)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_keep_best_test_puts_back_the_best_epochs_weights_also_after_a_resume() -> None:
+    """``optim.keep = "best-test"`` (the HALO reference's CIFAR reporting): every epoch's test accuracy is
+    in its metrics row, and training ends with the weights of the best epoch (ties: the earlier) — also when
+    the run was resumed, since the best so far is in the checkpoint."""
+    from haloprune.build import seed_everything
+    from haloprune.config import OptimConfig
+    from haloprune.data import SplitData
+    from haloprune.data.datasets import DATASETS
+    from haloprune.models import build_model
+    from haloprune.training import Callback, FitState, fit
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 1, 28, 28, generator=g)  # labels from a noisy linear teacher; a large constant lr
+    y = (x.flatten(1) @ torch.randn(784, 10, generator=g) + 8 * torch.randn(300, 10, generator=g)).argmax(1)
+    data = SplitData(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], DATASETS["fashion-mnist"])
+    optim = OptimConfig(epochs=5, batch_size=50, lr=0.3, schedule="constant", keep="best-test")
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    checkpoints: dict[int, dict] = {}
+
+    class Snap(Callback):
+        def on_epoch_end(self, state: FitState, row: dict) -> None:
+            snapshots[state.epoch] = {k: v.clone() for k, v in state.model.state_dict().items()}
+            checkpoints[state.epoch] = copy.deepcopy(state.checkpoint())
+
+    seed_everything(0)
+    model = build_model("lenet-300-100")
+    rows = fit(model, data, optim, progress=False, callbacks=[Snap()])
+    accs = [r["test_accuracy"] for r in rows]
+    best = accs.index(max(accs)) + 1
+    assert len(set(accs)) > 1 and best != len(accs)  # the choice matters here: the last epoch is not the best
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[best][k]), k
+
+    cut = best  # resume after the best epoch: the best must survive in the checkpoint
+    resumed = build_model("lenet-300-100")
+    resumed.load_state_dict(checkpoints[cut]["model"])
+    fit(resumed, data, optim, progress=False, resume=checkpoints[cut])
+    for k, v in resumed.state_dict().items():
+        assert torch.equal(v, snapshots[best][k]), k

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "CACHE_DIR",
     "DATASETS",
     "ENV_VAR",
+    "NORMALIZATIONS",
     "ROLES",
     "SYSTEM_DATA_DIRS",
     "DatasetSpec",
@@ -34,6 +36,7 @@ __all__ = [
     "find_data_dir",
     "iterate_batches",
     "load_dataset",
+    "normalization",
     "resolve_file",
 ]
 
@@ -311,6 +314,12 @@ class SplitData:
     train_indices: torch.Tensor | None = None
     val_indices: torch.Tensor | None = None
     augment: bool = False
+    normalize: str = "dataset"  # how the images were normalised (see NORMALIZATIONS)
+
+    @property
+    def mean_std(self) -> tuple[float | tuple[float, ...], float | tuple[float, ...]]:
+        """The (mean, std) the images were normalised with: ``x = (pixel/255 − mean) / std``."""
+        return normalization(self.spec, self.normalize)
 
     @property
     def num_classes(self) -> int:
@@ -322,16 +331,39 @@ class SplitData:
         return SplitData(**moved)
 
 
-def _to_float(images: np.ndarray, spec: DatasetSpec, pad_to: int | None = None) -> torch.Tensor:
-    """uint8 images → normalised float32 ``(N, C, H, W)``, zero-padded (black, before normalising) to
-    ``pad_to`` x ``pad_to`` when given."""
+# How images are normalised after scaling to [0, 1]: by the dataset's own channel statistics (haloprune's
+# default), not at all (the HALO reference's MNIST: ToTensor only), or by the constants the HALO reference
+# uses for both CIFAR-10 and CIFAR-100 (CIFAR-10's channel means; its "std" values are not CIFAR-10's).
+REFERENCE_CIFAR = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+NORMALIZATIONS = ("dataset", "none", "reference-cifar")
+
+
+def normalization(spec: DatasetSpec, how: str = "dataset") -> tuple[Any, Any]:
+    """``(mean, std)`` of normalisation ``how`` (one of :data:`NORMALIZATIONS`) for ``spec``'s images."""
+    if how == "dataset":
+        return spec.mean, spec.std
+    if how == "none":
+        return 0.0, 1.0
+    if how == "reference-cifar":
+        if spec.image_shape[0] != 3:
+            raise DataError(f"normalize='reference-cifar' is for 3-channel images; {spec.name} has 1 channel")
+        return REFERENCE_CIFAR
+    raise DataError(f"unknown normalization {how!r}; known: {', '.join(NORMALIZATIONS)}")
+
+
+def _to_float(
+    images: np.ndarray, spec: DatasetSpec, pad_to: int | None = None, normalize: str = "dataset"
+) -> torch.Tensor:
+    """uint8 images → normalised float32 ``(N, C, H, W)`` (see :func:`normalization`), zero-padded (black,
+    before normalising) to ``pad_to`` x ``pad_to`` when given."""
     x = torch.from_numpy(images.astype(np.float32))  # astype copies: writable, owned by torch
     x = x.reshape(len(images), *spec.image_shape).div_(255.0)
     if pad_to is not None:
         dh, dw = pad_to - x.shape[-2], pad_to - x.shape[-1]
         x = torch.nn.functional.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
-    mean = torch.tensor(spec.mean, dtype=torch.float32).reshape(-1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).reshape(-1, 1, 1)
+    m, sd = normalization(spec, normalize)
+    mean = torch.tensor(m, dtype=torch.float32).reshape(-1, 1, 1)
+    std = torch.tensor(sd, dtype=torch.float32).reshape(-1, 1, 1)
     return x.sub_(mean).div_(std)
 
 
@@ -370,15 +402,19 @@ def load_dataset(
     verify: bool = True,
     specs: Mapping[str, DatasetSpec] | None = None,
     pad_to: int | None = None,
+    normalize: str = "dataset",
 ) -> SplitData:
     """Load ``name`` as normalised tensors with a seeded validation split carved from train.
 
     ``verify`` checks every file against the known sha256 (use ``verify=False`` for custom IDX
     data). ``train_subset`` draws that many seeded samples from what is left after the validation
     split; ``test_subset`` keeps the first n test samples. ``pad_to`` zero-pads every image to that
-    side (e.g. 28x28 Fashion-MNIST to CIFAR's 32x32). Parsed files are cached in-process.
+    side (e.g. 28x28 Fashion-MNIST to CIFAR's 32x32). ``normalize``: ``"dataset"`` (its channel mean and
+    std), ``"none"`` (pixels in [0, 1]) or ``"reference-cifar"`` (see :func:`normalization`). Parsed files
+    are cached in-process.
     """
     spec = get_spec(name, specs)
+    normalization(spec, normalize)  # an unknown or inapplicable normalisation fails before any reading
     side = spec.image_shape[-1]
     if pad_to is not None and pad_to < max(spec.image_shape[1:]):
         raise DataError(f"pad_to={pad_to} is smaller than {name}'s {side}x{side} images")
@@ -426,15 +462,16 @@ def load_dataset(
     images, labels = arrays["train_images"], arrays["train_labels"]
     n_te = n_test if test_subset is None else test_subset
     return SplitData(
-        x_train=_to_float(images[tr], spec, pad_to),
+        x_train=_to_float(images[tr], spec, pad_to, normalize),
         y_train=torch.from_numpy(labels[tr].astype(np.int64)),
-        x_val=_to_float(images[va], spec, pad_to),
+        x_val=_to_float(images[va], spec, pad_to, normalize),
         y_val=torch.from_numpy(labels[va].astype(np.int64)),
-        x_test=_to_float(arrays["test_images"][:n_te], spec, pad_to),
+        x_test=_to_float(arrays["test_images"][:n_te], spec, pad_to, normalize),
         y_test=torch.from_numpy(arrays["test_labels"][:n_te].astype(np.int64)),
         spec=spec,
         train_indices=train_idx,
         val_indices=val_idx,
+        normalize=normalize,
     )
 
 

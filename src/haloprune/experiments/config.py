@@ -10,14 +10,15 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from haloprune.config import (
+    OptimConfig,
     PruneConfig,
     Section,
     Setup,
     Sparsity,
     added_field,
     apply_overrides,
-    check_coupling,
     check_method_names,
+    check_penalty_optim,
     check_scope,
     deep_merge,
     load_config,
@@ -36,6 +37,9 @@ class SweepMethodConfig(Section):
     grid: list[dict[str, Any]] = Field(default_factory=list)  # each point is merged into params
     # this method's budget in epochs instead of optim.epochs (e.g. equal wall-clock instead of equal epochs)
     epochs: int | None = added_field(None, gt=0)
+    # optim keys this method sets differently from the sweep's (e.g. the HALO reference's CIFAR HALO runs
+    # decay the lr twice per milestone: {gamma = [0.1, 0.01]}); merged into optim
+    optim: dict[str, Any] = added_field({})
 
     @model_validator(mode="after")
     def _check(self) -> SweepMethodConfig:
@@ -48,6 +52,18 @@ class SweepMethodConfig(Section):
                 where = f"grid point {i}" if self.grid else "params"
                 raise ValueError(f"{where}: {one_line(err, '').split(': ', 1)[1]}") from None
         return self
+
+    def run_optim(self, optim: OptimConfig) -> OptimConfig:
+        """The sweep's ``optim`` with this method's overrides (``optim`` and ``epochs``) merged in."""
+        update = dict(self.optim)
+        if self.epochs is not None:
+            update["epochs"] = self.epochs
+        if not update:
+            return optim
+        try:
+            return OptimConfig.model_validate(deep_merge(optim.model_dump(), update))
+        except ValidationError as err:
+            raise ValueError(f"optim: {one_line(err, '').split(': ', 1)[1]}") from None
 
     def points(self) -> list[dict[str, Any]]:
         """The full parameters of every grid point (just ``params`` without a grid)."""
@@ -86,10 +102,14 @@ class SweepConfig(Setup):
     @model_validator(mode="after")
     def _same_scope(self) -> SweepConfig:
         for name, method in self.methods.items():
+            try:
+                optim = method.run_optim(self.optim)
+            except ValueError as err:
+                raise ValueError(f"methods.{name}: {err}") from None
             for params in method.points():
                 if isinstance(params.get("penalty"), dict):
                     check_scope(params["penalty"], self.prune, f"methods.{name}: penalty")
-                    check_coupling(params["penalty"], self.optim, f"methods.{name}: penalty")
+                    check_penalty_optim(params["penalty"], optim, f"methods.{name}: penalty")
             if method.kind == "sparsevd" and self.prune.scope != "all":  # its noise is on every layer
                 raise ValueError(
                     f"methods.{name}: sparsevd learns a dropout rate for every layer, so it needs "
@@ -100,7 +120,9 @@ class SweepConfig(Setup):
     def run_part(self) -> dict[str, Any]:
         """What every job of the sweep shares (data, model, optimiser, device; the pruning scope if set)."""
         part = self.model_dump(mode="json", include={"data", "model", "optim", "device"})
-        prune = self.prune.model_dump(mode="json", include={"scope", "recalibrate_bn"})
+        prune = self.prune.model_dump(
+            mode="json", include={"scope", "recalibrate_bn", "include", "exclude", "of", "zero_below"}
+        )
         if prune:  # only what is set (defaults are left out): the keys of earlier jobs stay the same
             part["prune"] = prune
         return part

@@ -36,7 +36,8 @@ def expand(cfg: SweepConfig) -> list[Job]:
     states = str(Path(cfg.db).parent / cfg.name / "states")
     for method, spec in cfg.methods.items():
         per_sparsity = METHODS[spec.kind].per_sparsity
-        budget = run if spec.epochs is None else deep_merge(run, {"optim": {"epochs": spec.epochs}})
+        update = dict(spec.optim) | ({"epochs": spec.epochs} if spec.epochs is not None else {})
+        budget = deep_merge(run, {"optim": update}) if update else run
         for i, params in enumerate(spec.points()):
             hyper = spec.grid[i] if spec.grid else {}
             for seed in cfg.seeds:

@@ -63,14 +63,18 @@ class Context:
         return global_magnitude_prune(model, target, **self.run.prune.selection())
 
     def prune_copy(self, model: nn.Module, target: float) -> nn.Module:
-        """A pruned copy of ``model`` (BatchNorm statistics recalibrated if ``prune.recalibrate_bn``)."""
+        """A copy of ``model`` pruned once after training, as ``prune`` says (``of``, ``zero_below``;
+        BatchNorm statistics recalibrated if ``recalibrate_bn``)."""
+        prune = self.run.prune
         pruned, _ = pruned_copy(
             model,
             target,
             self.data,
-            **self.run.prune.selection(),
-            recalibrate_bn=self.run.prune.recalibrate_bn,
+            **prune.selection(),
+            recalibrate_bn=prune.recalibrate_bn,
             batch_size=self.run.optim.eval_batch_size,
+            of=prune.of,
+            zero_below=prune.zero_below,
         )
         return pruned
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from haloprune.core.registry import Registry
 from haloprune.models.lenet import LeNet5, LeNet5Caffe, LeNet300100
-from haloprune.models.resnet import resnet18, resnet50
-from haloprune.models.vgg import VGG16BN
+from haloprune.models.resnet import CIFAR_RESNETS, resnet18, resnet50
+from haloprune.models.vgg import VGG16BN, vgg16_bn_reference
 
 MODELS: Registry[nn.Module] = Registry(
     "model",
@@ -17,8 +17,10 @@ MODELS: Registry[nn.Module] = Registry(
         "lenet-5": LeNet5,
         "lenet-5-caffe": LeNet5Caffe,
         "vgg16-bn": VGG16BN,
+        "vgg16-bn-reference": vgg16_bn_reference,
         "resnet18": resnet18,
         "resnet50": resnet50,
+        **CIFAR_RESNETS,
     },
 )
 

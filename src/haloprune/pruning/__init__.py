@@ -13,6 +13,7 @@ from haloprune.pruning.magnitude import (
     layerwise_magnitude_prune,
     magnitude_scores,
     masks_from_scores,
+    zero_small_weights,
 )
 from haloprune.pruning.masks import (
     apply_masks_,
@@ -48,4 +49,5 @@ __all__ = [
     "slim",
     "sparsity_report",
     "without_masks",
+    "zero_small_weights",
 ]

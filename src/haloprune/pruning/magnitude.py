@@ -5,6 +5,9 @@ weights of Linear, Conv and attention layers, not biases) that are zero. Asking 
 ``N`` weights prunes exactly ``round(s · N)`` of them (per layer for :func:`layerwise_magnitude_prune`).
 Ties are broken deterministically: among equal scores the weight that comes first (module order, then
 flat index) is pruned first. Already-masked weights always count as pruned first.
+
+``of="nonzero"`` reads a sparsity as a fraction of the weights that are not already zero (the HALO
+reference's pruning scripts): with ``Z`` of ``N`` weights at zero, ``Z + round(s · (N − Z))`` are pruned.
 """
 
 from __future__ import annotations
@@ -37,6 +40,19 @@ def magnitude_scores(model: nn.Module, names: Sequence[str]) -> dict[str, torch.
     return scores
 
 
+OF = ("all", "nonzero")
+
+
+def _n_prune(scores: torch.Tensor, sparsity: float, of: str) -> int:
+    """How many of ``scores``' weights a sparsity prunes (see the module doc for ``of``)."""
+    if of == "all":
+        return round(sparsity * scores.numel())
+    if of == "nonzero":
+        zeros = int((scores <= 0).sum())  # exactly zero, or already masked (-inf)
+        return zeros + round(sparsity * (scores.numel() - zeros))
+    raise ValueError(f"of must be one of {', '.join(map(repr, OF))}, got {of!r}")
+
+
 def _keep_mask(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Flat bool mask keeping all but the ``n_prune`` lowest scores (stable: ties → lower index first)."""
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
@@ -46,13 +62,16 @@ def _keep_mask(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     return keep
 
 
-def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, *, per_layer: bool = False):
-    """Masks that prune exactly ``round(sparsity · N)`` of the scored weights, globally or per layer."""
+def masks_from_scores(
+    scores: dict[str, torch.Tensor], sparsity: float, *, per_layer: bool = False, of: str = "all"
+):
+    """Masks that prune exactly ``round(sparsity · N)`` of the scored weights (``of="nonzero"``: see the
+    module doc), globally or per layer."""
     _check_sparsity(sparsity)
     if per_layer:
-        return {n: _keep_mask(s, round(sparsity * s.numel())).view_as(s) for n, s in scores.items()}
+        return {n: _keep_mask(s, _n_prune(s, sparsity, of)).view_as(s) for n, s in scores.items()}
     flat = torch.cat([s.flatten() for s in scores.values()])
-    keep = _keep_mask(flat, round(sparsity * flat.numel()))
+    keep = _keep_mask(flat, _n_prune(flat, sparsity, of))
     out, start = {}, 0
     for n, s in scores.items():
         out[n] = keep[start : start + s.numel()].view_as(s)
@@ -60,27 +79,43 @@ def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, *, per_l
     return out
 
 
-def _prune(model: nn.Module, sparsity: float, per_layer: bool, **selection: Unpack[SelectionArgs]):
+def _prune(
+    model: nn.Module, sparsity: float, per_layer: bool, of: str, **selection: Unpack[SelectionArgs]
+) -> dict[str, torch.Tensor]:
     names = select_parameters(model, **selection)
-    masks = masks_from_scores(magnitude_scores(model, names), sparsity, per_layer=per_layer)
+    masks = masks_from_scores(magnitude_scores(model, names), sparsity, per_layer=per_layer, of=of)
     for n, m in masks.items():
         attach_mask(model, n, m)
     return masks
 
 
 def global_magnitude_prune(
-    model: nn.Module, sparsity: float, **selection: Unpack[SelectionArgs]
+    model: nn.Module, sparsity: float, *, of: str = "all", **selection: Unpack[SelectionArgs]
 ) -> dict[str, torch.Tensor]:
     """Prune the smallest-|w| weights across all prunable layers together, in place; returns the masks.
 
     Prunable: see :mod:`haloprune.core.params` (Linear, Conv and attention weights by default; ``include``
     / ``exclude`` add or remove parameters by dotted-name glob). A parameter shared by several modules
-    is pruned once."""
-    return _prune(model, sparsity, False, **selection)
+    is pruned once. ``of="nonzero"``: ``sparsity`` is a fraction of the weights not already zero."""
+    return _prune(model, sparsity, False, of, **selection)
 
 
 def layerwise_magnitude_prune(
-    model: nn.Module, sparsity: float, **selection: Unpack[SelectionArgs]
+    model: nn.Module, sparsity: float, *, of: str = "all", **selection: Unpack[SelectionArgs]
 ) -> dict[str, torch.Tensor]:
     """Prune the same fraction of smallest-|w| weights in every prunable tensor, in place."""
-    return _prune(model, sparsity, True, **selection)
+    return _prune(model, sparsity, True, of, **selection)
+
+
+@torch.no_grad()
+def zero_small_weights(model: nn.Module, threshold: float, **selection: Unpack[SelectionArgs]) -> int:
+    """Set the prunable weights with ``|w| < threshold`` to exactly zero, in place (the HALO reference
+    counts such weights as zero); returns how many were not zero before."""
+    model = unwrap(model)
+    changed = 0
+    for n in select_parameters(model, **selection):
+        p = model.get_parameter(n)
+        small = (p.abs() < threshold) & (p != 0)
+        changed += int(small.sum())
+        p.masked_fill_(small, 0.0)
+    return changed

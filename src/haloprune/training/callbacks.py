@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import save_verified
 from haloprune.penalties import Penalty
+from haloprune.training.evaluate import evaluate
 
 
 class TrainingDiverged(HaloPruneError):
@@ -45,6 +46,7 @@ class FitState:
     sums: torch.Tensor | None = None  # this epoch so far: task loss x images, correct, images
     classified: bool = True  # outputs are class logits (accuracies make sense)
     history: list[dict[str, Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)  # callbacks' state, saved in checkpoints
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to continue exactly after this epoch (``fit(resume=...)``)."""
@@ -57,6 +59,7 @@ class FitState:
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
             "step": self.step,
+            "extras": self.extras,
         }
 
 
@@ -70,6 +73,9 @@ class Callback:
         pass
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        pass
+
+    def on_fit_end(self, state: FitState) -> None:
         pass
 
 
@@ -162,6 +168,29 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
         save_verified(state.checkpoint(), self.path)
+
+
+class KeepBestTest(Callback):
+    """``optim.keep = "best-test"``: the test accuracy after every epoch goes in the metrics row, and when
+    training ends the model gets back the weights of the epoch with the best one (ties: the earlier epoch).
+    This is how the HALO reference reports its CIFAR results; it is a choice made on the test set, so the
+    numbers it gives are optimistic. Its state is in the checkpoint (``extras["best_test"]``)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        acc = evaluate(state.model, self.x, self.y, self.batch_size)["accuracy"]
+        row["test_accuracy"] = acc
+        best = state.extras.get("best_test")
+        if best is None or acc > best["accuracy"]:
+            weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+            state.extras["best_test"] = {"accuracy": acc, "epoch": state.epoch, "model": weights}
+
+    def on_fit_end(self, state: FitState) -> None:
+        best = state.extras.get("best_test")
+        if best is not None:
+            state.model.load_state_dict(best["model"])
 
 
 class Hooks(Callback):

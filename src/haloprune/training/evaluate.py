@@ -17,6 +17,7 @@ from haloprune.pruning import (
     layerwise_magnitude_prune,
     recalibrate_batchnorm,
     sparsity_report,
+    zero_small_weights,
 )
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -98,13 +99,19 @@ def pruned_copy(
     per_layer: bool = False,
     recalibrate_bn: int = 0,
     batch_size: int = 1000,
+    of: str = "all",
+    zero_below: float = 0.0,
     **selection: Unpack[SelectionArgs],
 ) -> tuple[nn.Module, int]:
-    """A copy of ``model`` pruned once by magnitude (the layers in ``scope``), its BatchNorm statistics
-    re-estimated on ``recalibrate_bn`` training images (0: off); returns it and the number of images the
-    statistics were re-estimated on (0: none, e.g. a network without BatchNorm)."""
+    """A copy of ``model`` pruned once by magnitude (the layers in ``scope``; ``sparsity`` a fraction of
+    ``of`` = "all" or the "nonzero" weights, after zeroing those with ``|w| < zero_below``), its BatchNorm
+    statistics re-estimated on ``recalibrate_bn`` training images (0: off); returns it and the number of
+    images the statistics were re-estimated on (0: none, e.g. a network without BatchNorm)."""
     pruned = copy.deepcopy(model)
-    (layerwise_magnitude_prune if per_layer else global_magnitude_prune)(pruned, sparsity, **selection)
+    if zero_below > 0:
+        zero_small_weights(pruned, zero_below, **selection)
+    prune = layerwise_magnitude_prune if per_layer else global_magnitude_prune
+    prune(pruned, sparsity, of=of, **selection)
     if recalibrate_batchnorm(pruned, data.x_train, images=recalibrate_bn, batch_size=batch_size):
         return pruned, min(recalibrate_bn, len(data.x_train))
     return pruned, 0
@@ -120,12 +127,14 @@ def prune_and_evaluate(
     splits: Sequence[str] = ("val", "test"),
     recalibrate_bn: int = 0,
     on_pruned: Callable[[float, nn.Module], None] | None = None,
+    of: str = "all",
+    zero_below: float = 0.0,
     **selection: Unpack[SelectionArgs],
 ) -> list[dict[str, Any]]:
     """For each sparsity: prune a copy of ``model`` once by magnitude (the layers in ``scope``), evaluate
     it, no fine-tuning. ``recalibrate_bn``: training images to re-estimate BatchNorm statistics on after
     pruning (0: off). ``on_pruned(sparsity, pruned_copy)`` sees each pruned copy (e.g. to report its
-    layers)."""
+    layers). ``of`` and ``zero_below``: see :func:`pruned_copy`."""
     rows = []
     for s in sparsities:
         pruned, recalibrated = pruned_copy(
@@ -135,6 +144,8 @@ def prune_and_evaluate(
             per_layer=per_layer,
             recalibrate_bn=recalibrate_bn,
             batch_size=batch_size,
+            of=of,
+            zero_below=zero_below,
             **selection,
         )
         row = pruned_record(pruned, data, s, batch_size=batch_size, splits=splits, **selection)

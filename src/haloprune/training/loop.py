@@ -24,6 +24,7 @@ from haloprune.training.callbacks import (
     Callback,
     FitState,
     Hooks,
+    KeepBestTest,
     NaNGuard,
     ProgressBar,
     TrainingDiverged,
@@ -54,7 +55,7 @@ def train_batches(
     """
     x, y = data.x_train, data.y_train
     n = len(y)
-    aug = CropFlip.for_dataset(data.spec.mean, data.spec.std, x.shape[1]) if data.augment else None
+    aug = CropFlip.for_dataset(*data.mean_std, x.shape[1]) if data.augment else None
     order = torch.randperm(n, generator=gen).to(x.device)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
@@ -132,8 +133,14 @@ def fit(
     channels_last = _channels_last(model, device, optim)
     net = distributed.wrap(model, device, world)
     state = _start(model, penalty, optim, penalty_cfg, seed, name, epochs, steps_per_epoch, resume)
-    hooks = [NaNGuard(), ProgressBar(progress if world.is_main else False), *callbacks]
-    hooks.append(Hooks(on_step, on_epoch))
+    hooks: list[Callback] = [NaNGuard(), ProgressBar(progress if world.is_main else False)]
+    if optim.keep == "best-test":
+        if not own_data:
+            raise ValueError(
+                'optim.keep = "best-test" needs the library\'s SplitData (it evaluates the test split)'
+            )
+        hooks.append(KeepBestTest(data.x_test, data.y_test, optim.eval_batch_size))
+    hooks += [*callbacks, Hooks(on_step, on_epoch)]
     prunable = select_parameters(model, **(penalty_cfg.selection() if penalty_cfg is not None else {}))
     for epoch in range(state.epoch + 1, epochs + 1):
         state.epoch = epoch
@@ -174,6 +181,8 @@ def fit(
         state.history.append(row)
         for cb in hooks:
             cb.on_epoch_end(state, row)
+    for cb in hooks:
+        cb.on_fit_end(state)
     return state.history
 
 
@@ -201,8 +210,10 @@ def _start(
     ``resume`` left off."""
     opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
     total = steps_per_epoch * epochs
-    schedule = LRSchedule(optim.schedule, steps_per_epoch, total, list(optim.milestones), optim.gamma)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    schedule = LRSchedule.of(optim, steps_per_epoch, total)
+    # one multiplier per parameter group: the weights', then (if the penalty learns λ) λ's
+    lam = schedule.for_lambda(penalty_cfg or PenaltyConfig())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [schedule, lam][: len(opt.param_groups)])
     if penalty is not None:
         penalty.attach(opt, total_steps=total, scheduler=sched)
     gen = torch.Generator().manual_seed(seed)
@@ -213,6 +224,7 @@ def _start(
         gen.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
         state.step, state.epoch = int(resume["step"]), int(resume["epoch"])
+        state.extras = resume.get("extras", {})
     return state
 
 
