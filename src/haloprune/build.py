@@ -42,7 +42,9 @@ def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -
 
 def network_kwargs(run: RunConfig) -> dict[str, Any]:
     """The constructor arguments of the network ``run.model`` names, shaped for ``run.data``: input
-    channels, image side (after ``data.pad_to``) and classes from the dataset, ``width`` from the model."""
+    channels, image side (after ``data.pad_to``) and classes from the dataset; ``width`` and the
+    transformer's shape (``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``patch``) from the model, each only
+    where the network takes it."""
     spec = get_spec(run.data.name)
     channels, side, _ = spec.image_shape
     kwargs: dict[str, Any] = {
@@ -50,16 +52,21 @@ def network_kwargs(run: RunConfig) -> dict[str, Any]:
         "image_size": run.data.pad_to or side,
         "num_classes": spec.num_classes,
     }
-    if run.model.width != 1.0:
-        if "width" not in inspect.signature(MODELS[run.model.name]).parameters:
-            raise ConfigError(f"model.width: {run.model.name} has no width multiplier (leave it at 1)")
-        kwargs["width"] = run.model.width
+    takes = inspect.signature(MODELS[run.model.name]).parameters
+    for key, value in run.model.options().items():
+        if key not in takes:
+            hint = "leave it at 1" if key == "width" else "leave it unset"
+            raise ConfigError(f"model.{key}: {run.model.name} has no {key} setting ({hint})")
+        kwargs[key] = value
     return kwargs
 
 
 def build_network(run: RunConfig) -> nn.Module:
     """The (untrained) network a run config describes (see :func:`network_kwargs`)."""
-    return build_model(run.model.name, **network_kwargs(run))
+    try:
+        return build_model(run.model.name, **network_kwargs(run))
+    except ValueError as err:  # a shape the network cannot take (e.g. vit: dim not divisible by heads)
+        raise ConfigError(f"model: {err}") from None
 
 
 def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Penalty | None]:

@@ -63,6 +63,18 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "lenet-300-100"
     width: float = added_field(1.0, gt=0)  # channel multiplier of the conv nets (vgg16-bn, resnet*)
+    # the transformer's shape (vit; None: the model's default)
+    dim: int | None = added_field(None, gt=0)  # token width
+    depth: int | None = added_field(None, gt=0)  # blocks
+    heads: int | None = added_field(None, gt=0)  # attention heads per block
+    mlp_ratio: float | None = added_field(None, gt=0)  # MLP hidden width / dim
+    patch: int | None = added_field(None, gt=0)  # patch side in pixels
+
+    def options(self) -> dict[str, Any]:
+        """The shape settings given (not left at their defaults), as constructor keyword arguments."""
+        out: dict[str, Any] = {"width": self.width} if self.width != 1.0 else {}
+        out |= {k: getattr(self, k) for k in SHAPE_KEYS if getattr(self, k) is not None}
+        return out
 
     @field_validator("name")
     @classmethod
@@ -70,6 +82,9 @@ class ModelConfig(Section):
         if v not in MODELS:
             raise ValueError(f"unknown model {v!r}; known: {', '.join(MODELS.names())}")
         return v
+
+
+SHAPE_KEYS = ("dim", "depth", "heads", "mlp_ratio", "patch")
 
 
 class OptimConfig(Section):

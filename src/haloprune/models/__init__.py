@@ -9,6 +9,7 @@ from haloprune.core.registry import Registry
 from haloprune.models.lenet import LeNet5, LeNet5Caffe, LeNet300100
 from haloprune.models.resnet import CIFAR_RESNETS, resnet18, resnet50
 from haloprune.models.vgg import VGG16BN, vgg16_bn_reference
+from haloprune.models.vit import ViT
 
 MODELS: Registry[nn.Module] = Registry(
     "model",
@@ -21,6 +22,7 @@ MODELS: Registry[nn.Module] = Registry(
         "resnet18": resnet18,
         "resnet50": resnet50,
         **CIFAR_RESNETS,
+        "vit": ViT,
     },
 )
 
