@@ -248,7 +248,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(haloprune.export, "save_file", broken)
+    monkeypatch.setattr(haloprune.pruning.storage, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         save_sparse(model, path, architecture=arch)
     monkeypatch.setattr(torch.onnx, "export", lambda _m, _a, f, **_: broken(None, f))

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import inspect
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from haloprune.config import DataConfig, RunConfig, TrainConfig
 from haloprune.core.errors import ConfigError
+from haloprune.core.io import load_torch
 from haloprune.data import SplitData, load_dataset
 from haloprune.data.datasets import get_spec
 from haloprune.models import MODELS, build_model
 from haloprune.penalties import Penalty, build_penalty
+from haloprune.pruning.masks import attach_mask, load_state_dict, without_masks
+from haloprune.pruning.storage import FORMAT, read_metadata, read_sparse
 
 
 def seed_everything(seed: int) -> None:
@@ -62,11 +67,62 @@ def network_kwargs(run: RunConfig) -> dict[str, Any]:
 
 
 def build_network(run: RunConfig) -> nn.Module:
-    """The (untrained) network a run config describes (see :func:`network_kwargs`)."""
+    """The network a run config describes (see :func:`network_kwargs`): freshly initialised, or with the
+    weights of ``model.init_from`` (see :func:`init_from`)."""
     try:
-        return build_model(run.model.name, **network_kwargs(run))
+        model = build_model(run.model.name, **network_kwargs(run))
     except ValueError as err:  # a shape the network cannot take (e.g. vit: dim not divisible by heads)
         raise ConfigError(f"model: {err}") from None
+    if run.model.init_from is not None:
+        init_from(model, run.model.init_from)
+    return model
+
+
+def initial_state(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The state dict and the masks that ``source`` holds: a finished run directory (its ``model.pt``,
+    masks inside the state dict), a ``.safetensors`` file (haloprune's sparse export with its masks, or a
+    plain state dict), or a torch file holding a state dict (or a dict with it under ``"model"`` /
+    ``"state_dict"``)."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "model.pt").is_file():
+            raise ConfigError(f"model.init_from {source}: no model.pt there (not a finished haloprune run)")
+        path = path / "model.pt"
+    if not path.is_file():
+        raise ConfigError(f"model.init_from {source} does not exist")
+    if path.suffix == ".safetensors":
+        if read_metadata(path).get("format") == FORMAT:
+            sparse = read_sparse(path)
+            return sparse.state, sparse.masks
+        return dict(load_file(str(path))), {}
+    state = load_torch(path)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.init_from {source}: not a state dict (a dict of tensors)")
+    return state, {}
+
+
+def init_from(model: nn.Module, source: str | Path) -> None:
+    """Load the weights (and masks) of ``source`` (see :func:`initial_state`) into ``model``, in place;
+    any missing, extra or differently shaped tensor is a one-line :class:`ConfigError`."""
+    state, masks = initial_state(source)
+    own, theirs = without_masks(model.state_dict()), without_masks(state)
+    problems = [f"{k} missing" for k in own if k not in theirs]
+    problems += [f"{k} not in {type(model).__name__}" for k in theirs if k not in own]
+    problems += [
+        f"{k} is {list(theirs[k].shape)} there but {list(v.shape)} here"
+        for k, v in own.items()
+        if k in theirs and theirs[k].shape != v.shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(f"model.init_from {source} does not fit the model: {'; '.join(problems[:3])}{more}")
+    for name, mask in masks.items():
+        attach_mask(model, name, mask)
+    load_state_dict(model, {**model.state_dict(), **state})  # the masks a state dict carries, attached
 
 
 def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Penalty | None]:

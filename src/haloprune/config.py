@@ -69,6 +69,10 @@ class ModelConfig(Section):
     heads: int | None = added_field(None, gt=0)  # attention heads per block
     mlp_ratio: float | None = added_field(None, gt=0)  # MLP hidden width / dim
     patch: int | None = added_field(None, gt=0)  # patch side in pixels
+    # start from these weights instead of a fresh initialisation: a finished run directory (runs/<name>),
+    # a .safetensors file (haloprune's sparse export, masks included, or a plain state dict), or a torch
+    # state_dict file
+    init_from: str | None = added_field(None, min_length=1)
 
     def options(self) -> dict[str, Any]:
         """The shape settings given (not left at their defaults), as constructor keyword arguments."""

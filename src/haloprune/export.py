@@ -1,11 +1,8 @@
 """Files for pruned models: compact safetensors (bit-exact, masks kept) or a slimmed ONNX graph.
 
-``save_sparse(model, path, ...)`` writes a safetensors file in which every masked weight is stored as its
-nonzero values plus either a bitmask (1 bit per weight) or the flat positions of the survivors (uint16 or
-int32), whichever is smaller for that tensor; everything else (biases, BatchNorm statistics) is stored
-densely. The file's metadata says which model to build (registry name and arguments), the sparsity and the
-haloprune version. ``load(path)`` rebuilds the model with identical weights and its masks attached.
-Files are read with safetensors, which stores plain tensors only: loading one cannot run code.
+``save_sparse(model, path, ...)`` writes the compact safetensors format of
+:mod:`haloprune.pruning.storage` (masked weights as values plus a bitmask or positions; the model to build
+in the metadata); ``load(path)`` rebuilds the model with identical weights and its masks attached.
 
 ``export_onnx(model, path, example_input)`` writes the *slimmed* model (:func:`haloprune.pruning.slim`: dead
 neurons and filters physically removed, plain dense layers) as an ONNX graph with a dynamic batch
@@ -16,115 +13,34 @@ dimension, for onnxruntime and other runtimes; it needs the ``onnx`` extra (``pi
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from haloprune.build import network_kwargs
-from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import atomic_path
-from haloprune.core.params import unwrap
 from haloprune.models import build_model
 from haloprune.pruning import Cost, count_cost, global_magnitude_prune, group_prune, sparsity_report
-from haloprune.pruning.masks import attach_mask, get_masks, without_masks
+from haloprune.pruning.masks import attach_mask, without_masks
 from haloprune.pruning.slim import slim
+from haloprune.pruning.storage import FORMAT, read_metadata, read_sparse, save_sparse
 from haloprune.training.run import load_trained
 
-FORMAT = "haloprune-sparse/1"
-
-
-def _encode(weight: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    flat_mask = mask.flatten().cpu()
-    values = weight.detach().flatten().cpu()[flat_mask].contiguous()
-    n, kept = flat_mask.numel(), int(flat_mask.sum())
-    index_bytes = kept * (2 if n <= 2**16 else 4)
-    if index_bytes < (n + 7) // 8:
-        pos = torch.nonzero(flat_mask).flatten()
-        index = pos.to(torch.int16 if n <= 2**16 else torch.int32)  # int16 bits reinterpreted as uint16
-        return {"values": values, "index": index}
-    bits = np.packbits(flat_mask.numpy().astype(np.uint8))
-    return {"values": values, "bitmask": torch.from_numpy(bits)}
-
-
-def _decode(parts: dict[str, torch.Tensor], shape: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = int(np.prod(shape)) if shape else 1
-    if "bitmask" in parts:
-        mask = torch.from_numpy(np.unpackbits(parts["bitmask"].numpy())[:n].astype(bool))
-    else:
-        index = parts["index"]
-        pos = index.to(torch.int64) & 0xFFFF if index.dtype == torch.int16 else index.to(torch.int64)
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[pos] = True
-    weight = torch.zeros(n, dtype=parts["values"].dtype)
-    weight[mask] = parts["values"]
-    return weight.view(shape), mask.view(shape)
-
-
-def save_sparse(
-    model: nn.Module, path: str | Path, *, architecture: dict[str, Any], extra: dict[str, str] | None = None
-) -> Path:
-    """Write ``model`` (masks attached) compactly to ``path`` (safetensors)."""
-    model = unwrap(model)
-    masks = get_masks(model)
-    tensors: dict[str, torch.Tensor] = {}
-    shapes: dict[str, list[int]] = {}
-    for name, value in without_masks(model.state_dict()).items():
-        if name in masks:
-            for part, t in _encode(value, masks[name]).items():
-                tensors[f"{name}::{part}"] = t
-            shapes[name] = list(value.shape)
-        else:
-            tensors[name] = value.detach().cpu().contiguous()
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
-    metadata = {
-        "format": FORMAT,
-        "architecture": json.dumps(architecture),
-        "sparse_shapes": json.dumps(shapes),
-        "sparsity": f"{1 - kept / total:.6f}" if total else "0",
-        "haloprune_version": __version__,
-        **(extra or {}),
-    }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception as err:
-        raise HaloPruneError(f"{path} is not a haloprune export ({str(err).splitlines()[0][:120]})") from None
+# the compact format's writer and readers live in haloprune.pruning.storage; named here as before
+__all__ = ["FORMAT", "FORMATS", "export_onnx", "export_run", "load", "read_metadata", "save_sparse"]
 
 
 def load(path: str | Path) -> nn.Module:
     """Rebuild the model stored by :func:`save_sparse`: same weights bit for bit, masks attached."""
-    path = Path(path)
-    if not path.is_file():
-        raise HaloPruneError(f"{path} does not exist")
-    meta = read_metadata(path)
-    if meta.get("format") != FORMAT:
-        raise HaloPruneError(f"{path} is not a haloprune sparse export (format {meta.get('format')!r})")
-    arch = json.loads(meta["architecture"])
+    stored = read_sparse(path)
+    arch = stored.architecture
     model = build_model(arch["name"], **arch.get("kwargs", {}))
-    stored = load_file(str(path))
-    shapes = json.loads(meta["sparse_shapes"])
-    state = {k: v for k, v in stored.items() if "::" not in k}
-    for name, shape in shapes.items():
-        parts = {k.split("::", 1)[1]: v for k, v in stored.items() if k.startswith(f"{name}::")}
-        state[name], mask = _decode(parts, shape)
+    state = stored.state
+    for name, mask in stored.masks.items():
         attach_mask(model, name, mask)
     missing = set(without_masks(model.state_dict())) - set(state)
     if missing:
