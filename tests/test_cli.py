@@ -5,6 +5,7 @@ trains or stops with exit 2 and one ``haloprune: error:`` line — never a trace
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,15 @@ def test_every_combination_trains_or_gives_one_line(
     if code == 2:
         assert err.startswith("haloprune: error:") and err.count("\n") == 1, err
         assert "Traceback" not in err
+
+
+def test_train_with_keep_best_test_says_which_epoch_it_kept(real_fmnist, tmp_path, capsys) -> None:
+    args = ["train", "--data-dir", str(real_fmnist), "--quiet", "--set", f"out_dir='{tmp_path}'"]
+    small = ["data.train_subset=300", "data.val_size=100", "data.test_subset=200", "optim.epochs=2"]
+    sets = [x for s in [*small, "optim.keep='best-test'"] for x in ("--set", s)]
+    assert main([*args, *sets]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["test_accuracy"])
+    acc = best["test_accuracy"]
+    assert f"kept the weights of epoch {best['epoch']}: best test accuracy {acc:.2f}%" in out

@@ -98,6 +98,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if world().is_main:
             last = result.history[-1]
             print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
+            if cfg.optim.keep == "best-test":
+                best = max(result.history, key=lambda r: r["test_accuracy"])  # the first best, as kept
+                acc = best["test_accuracy"]
+                print(f"kept the weights of epoch {best['epoch']}: best test accuracy {acc:.2f}%")
     finally:
         teardown()  # under torchrun: leave the process group
     return 0
