@@ -92,3 +92,96 @@ def test_halo_target_mode_and_pruning_on_the_vit() -> None:
     F.cross_entropy(vit(x), y).backward()
     opt.step()  # HALO is still attached: it may zero more weights, but no pruned one comes back
     assert all(not vit.get_parameter(n)[~m].any() for n, m in masks.items())
+
+
+EMBED = ["patch_embed.*", "head.*"]  # the residual stream's writers and the classifier: not unit-grouped
+
+
+def test_heads_and_mlp_neurons_are_the_groups_of_structured_penalties() -> None:
+    """group-halo / group-lasso on a ViT: one group per attention head (its q, k, v rows and biases and its
+    proj columns) and per MLP hidden neuron (its fc1 row and bias and its fc2 column)."""
+    from haloprune.penalties import build_penalty
+
+    torch.manual_seed(0)
+    vit = build_model("vit", dim=32, depth=2, heads=4, mlp_ratio=2.0)
+    halo = build_penalty("group-halo", vit, xi=1e-3, psi=1e-3, include_bias=True, exclude=EMBED)
+    assert {k: v.numel() for k, v in halo.lambdas().items()} == {
+        "blocks.0.attn.heads": 4,
+        "blocks.0.mlp.neurons": 64,
+        "blocks.1.attn.heads": 4,
+        "blocks.1.mlp.neurons": 64,
+    }
+    attn, mlp = vit.blocks[1].attn, vit.blocks[1].mlp
+    h, d = 2, 8
+    rows = [attn.qkv.weight[j * 32 + h * d : j * 32 + (h + 1) * d].flatten() for j in range(3)]
+    biases = [attn.qkv.bias[j * 32 + h * d : j * 32 + (h + 1) * d] for j in range(3)]
+    head = torch.cat([*rows, *biases, attn.proj.weight[:, h * d : (h + 1) * d].flatten()])
+    neuron = torch.cat([mlp.fc1.weight[5], mlp.fc1.bias[5:6], mlp.fc2.weight[:, 5]])
+    norms = halo.group_norms().detach()
+    assert torch.allclose(norms[4 + 64 + h], head.norm(), atol=1e-6)
+    assert torch.allclose(norms[4 + 64 + 4 + 5], neuron.norm(), atol=1e-6)
+    lasso = build_penalty("group-lasso", vit, xi=1e-3, exclude=EMBED)
+    assert lasso.num_groups == 2 * (4 + 64) and lasso.groups.sizes == [3 * 8 * 32 + 32 * 8, 32 + 32] * 2
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+def test_group_prune_and_slim_remove_heads_and_neurons_with_equal_outputs(budget: str) -> None:
+    """``group_prune`` to half the MACs (or parameters) masks whole heads and neurons; ``slim`` returns a
+    smaller dense ViT (fewer heads, narrower MLPs) whose outputs equal the masked model's (eval mode)."""
+    from haloprune import count_cost, group_prune, slim
+
+    torch.manual_seed(0)
+    vit = build_model("vit", dim=32, depth=2, heads=4).eval()
+    x = torch.randn(4, 1, 28, 28)
+    dense = count_cost(vit, x, nonzero_only=False)
+    target = getattr(dense, budget) // 2
+    group_prune(vit, x, exclude=EMBED, **{budget: target})
+    small = slim(vit, x)
+    cost = count_cost(small, x, nonzero_only=False)
+    assert getattr(cost, budget) <= target < getattr(dense, budget)
+    assert (small(x) - vit(x)).abs().max() < 1e-5
+    qkv = sum(small.get_submodule(f"blocks.{i}.attn.qkv").out_features for i in range(2))
+    hidden = sum(small.get_submodule(f"blocks.{i}.mlp.fc1").out_features for i in range(2))
+    assert qkv < 2 * 96 or hidden < 128
+
+
+def test_dead_units_fold_their_constant_output_and_live_ones_are_refused() -> None:
+    """A head whose v rows are zero outputs its v bias; a neuron whose fc1 row is zero outputs GELU(bias):
+    both are removed with their constants folded into the next bias, exactly."""
+    from haloprune import slim
+    from haloprune.pruning.slim import remove_dead_units
+
+    torch.manual_seed(0)
+    vit = build_model("vit", dim=32, depth=1, heads=4).eval()
+    attn, mlp = vit.blocks[0].attn, vit.blocks[0].mlp
+    with torch.no_grad():
+        attn.qkv.weight[2 * 32 + 8 : 2 * 32 + 16] = 0  # head 1's v rows; its v bias stays
+        attn.qkv.bias.normal_()
+        mlp.fc1.weight[[3, 7]] = 0  # two neurons whose input weights are all zero
+        mlp.fc1.bias.normal_()
+    x = torch.randn(3, 1, 28, 28)
+    small = slim(vit, x)
+    assert (small(x) - vit(x)).abs().max() < 1e-5
+    # the traced copy keeps the leaf layers: 3 heads of 8 in qkv, 62 hidden neurons
+    assert small.get_submodule("blocks.0.attn.qkv").out_features == 3 * 3 * 8
+    assert small.get_submodule("blocks.0.mlp.fc1").out_features == 62
+    with pytest.raises(ValueError, match="only heads whose output is constant"):
+        vit.blocks[0].attn.remove_units("head", torch.tensor([False, True, True, True]))
+    assert remove_dead_units(build_model("lenet-300-100")) == 0  # nothing declares units there
+
+
+def test_a_slimmed_vit_exports_to_onnx(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    import haloprune
+    from haloprune import count_cost, group_prune
+
+    torch.manual_seed(0)
+    vit = build_model("vit", dim=32, depth=2, heads=4).eval()
+    x1 = torch.zeros(1, 1, 28, 28)
+    group_prune(vit, x1, macs=count_cost(vit, x1, nonzero_only=False).macs // 2, exclude=EMBED)
+    path = haloprune.export.export_onnx(vit, tmp_path / "vit.onnx", x1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        x = torch.randn(batch, 1, 28, 28)
+        (out,) = session.run(None, {"input": x.numpy()})
+        assert abs(out - vit(x).detach().numpy()).max() <= 1e-5

@@ -17,6 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from haloprune.core.layers import UnitPart, Units
+
+
+def _keep_linear(
+    layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+) -> nn.Linear:
+    """A new Linear with only the given output rows / input columns of ``layer`` (bool masks)."""
+    w = layer.weight.detach()
+    w = w[rows] if rows is not None else w
+    w = w[:, cols] if cols is not None else w
+    new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias.detach()[rows] if rows is not None else layer.bias.detach())
+    return new
+
 
 class Attention(nn.Module):
     """Multi-head self-attention over ``(batch, tokens, dim)``; ``heads`` x ``head_dim`` inner width."""
@@ -27,11 +44,45 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * heads * head_dim)
         self.proj = nn.Linear(heads * head_dim, dim)
 
+    def structured_units(self) -> list[Units]:
+        """Its heads: head ``h`` is its q, k and v rows of ``qkv`` (weights and biases) and its columns of
+        ``proj``."""
+        inner = self.heads * self.head_dim
+        rows = [
+            UnitPart(p, 0, j * inner, self.head_dim) for p in ("qkv.weight", "qkv.bias") for j in range(3)
+        ]
+        return [Units("head", self.heads, (*rows, UnitPart("proj.weight", 1, 0, self.head_dim)))]
+
+    @torch.no_grad()
+    def dead_units(self, kind: str) -> torch.Tensor:
+        """Heads whose output is a constant: zero ``proj`` columns, or zero v rows (softmax weights sum to
+        one, so the head then outputs its v bias, which folds into ``proj.bias``)."""
+        inner = self.heads * self.head_dim
+        v_rows = self.qkv.weight[2 * inner :].view(self.heads, -1)
+        cols = self.proj.weight.t().reshape(self.heads, -1)
+        return (v_rows == 0).all(1) | (cols == 0).all(1)
+
+    @torch.no_grad()
+    def remove_units(self, kind: str, keep: torch.Tensor) -> None:
+        """Remove the heads ``keep`` leaves out (each must be dead), folding their constant outputs into
+        ``proj.bias``."""
+        dead = self.dead_units(kind)
+        if (~keep & ~dead).any():
+            raise ValueError("only heads whose output is constant can be removed")
+        d, inner = self.head_dim, self.heads * self.head_dim
+        keep_cols = keep.repeat_interleave(d)
+        if self.qkv.bias is not None and self.proj.bias is not None:
+            v_bias = self.qkv.bias[2 * inner :]
+            self.proj.bias += self.proj.weight[:, ~keep_cols] @ v_bias[~keep_cols]
+        self.qkv = _keep_linear(self.qkv, rows=keep_cols.repeat(3))
+        self.proj = _keep_linear(self.proj, cols=keep_cols)
+        self.heads = int(keep.sum())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, head_dim)
-        return self.proj(y.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+        # written without unpacking shapes, so that torch.fx can trace it (slim, ONNX)
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (batch, heads, tokens, head_dim)
+        return self.proj(y.transpose(1, 2).flatten(2))
 
 
 class MLP(nn.Module):
@@ -39,6 +90,33 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+
+    def structured_units(self) -> list[Units]:
+        """Its hidden neurons: neuron ``j`` is row ``j`` of ``fc1`` (weight and bias) and column ``j`` of
+        ``fc2``."""
+        parts = (
+            UnitPart("fc1.weight", 0, 0, 1),
+            UnitPart("fc1.bias", 0, 0, 1),
+            UnitPart("fc2.weight", 1, 0, 1),
+        )
+        return [Units("neuron", self.fc1.out_features, parts)]
+
+    @torch.no_grad()
+    def dead_units(self, kind: str) -> torch.Tensor:
+        """Neurons whose contribution is a constant: a zero ``fc2`` column, or a zero ``fc1`` row (the
+        neuron then outputs GELU(its bias), which folds into ``fc2.bias``)."""
+        return (self.fc1.weight == 0).all(1) | (self.fc2.weight == 0).all(0)
+
+    @torch.no_grad()
+    def remove_units(self, kind: str, keep: torch.Tensor) -> None:
+        """Remove the neurons ``keep`` leaves out (each must be dead), folding their constant outputs into
+        ``fc2.bias``."""
+        if (~keep & ~self.dead_units(kind)).any():
+            raise ValueError("only neurons whose output is constant can be removed")
+        if self.fc1.bias is not None and self.fc2.bias is not None:
+            self.fc2.bias += self.fc2.weight[:, ~keep] @ F.gelu(self.fc1.bias[~keep])
+        self.fc1 = _keep_linear(self.fc1, rows=keep)
+        self.fc2 = _keep_linear(self.fc2, cols=keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -102,6 +180,6 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (b, tokens, dim)
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
         return self.head(x[:, 0])

@@ -11,7 +11,7 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from haloprune.core.layers import OutputGroups
+from haloprune.core.layers import OutputGroups, declared_units
 from haloprune.penalties.base import Penalty, SelectionArgs
 
 
@@ -27,7 +27,7 @@ class GroupLasso(Penalty):
             raise ValueError(f"xi must be >= 0, got {xi}")
         super().__init__(model, **selection)
         self.xi = float(xi)
-        self.groups = OutputGroups(self.param_names, self.shapes)
+        self.groups = OutputGroups(self.param_names, self.shapes, declared_units(model, self.param_names))
 
     @property
     def num_groups(self) -> int:

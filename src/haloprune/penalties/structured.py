@@ -4,8 +4,9 @@
 
     ξ · Σ_g ||w_g||_2 / λ_g²  +  ψ · | Σ_g |λ_g| − p |        (``form="l2"``: the last term squared)
 
-where a group is an output unit of a penalised layer (row of a ``Linear``, filter of a ``Conv``; see
-:class:`~haloprune.penalties.group.OutputGroups`) and every group has its own trainable ``λ_g``. As in
+where a group is an output unit of a penalised layer (row of a ``Linear``, filter of a ``Conv``) or a unit
+a module declares (an attention head, an MLP hidden neuron; see :class:`~haloprune.core.layers.OutputGroups`)
+and every group has its own trainable ``λ_g``. As in
 HALO, units that matter keep a large λ and are barely shrunk; the rest get a small λ and their whole
 weight vector is driven to zero, which is what lets :func:`haloprune.pruning.slim` remove them physically.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from haloprune.core.layers import OutputGroups
+from haloprune.core.layers import OutputGroups, declared_units
 from haloprune.penalties.shared import _GroupedScale
 
 
@@ -31,7 +32,8 @@ class GroupHALO(_GroupedScale):
     """
 
     def _setup_groups(self) -> int:
-        self.groups = OutputGroups(self.param_names, self.shapes)
+        units = declared_units(self.__dict__["_model"], self.param_names)
+        self.groups = OutputGroups(self.param_names, self.shapes, units)
         return self.groups.num_groups
 
     @property
@@ -45,9 +47,10 @@ class GroupHALO(_GroupedScale):
     group_magnitudes = group_norms
 
     def lambdas(self) -> dict[str, torch.Tensor]:
-        """λ per penalised weight tensor: one entry per output unit (views into ``self.lam``)."""
+        """λ per block of groups (a layer's weight name, or ``<module>.heads`` / ``.neurons``): one entry
+        per group (views into ``self.lam``)."""
         chunks = self.lam.split(self.groups.counts)
-        return dict(zip(self.groups.weight_names(), chunks, strict=True))
+        return dict(zip(self.groups.block_names(), chunks, strict=True))
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:

@@ -24,6 +24,10 @@ A pruned model keeps its full shapes: its masked weights are zeros that still co
    statistics; a flatten feeding a layer that reads only some features (dead input pixels of
    LeNet-300-100, for example) is followed by a fixed ``index_select`` (:class:`SelectFeatures`).
 
+Before the trace, modules that declare removable units (:class:`~haloprune.core.layers.Units`: the ViT's
+attention heads and MLP neurons, whose tensors carry channels on the last dimension) drop the units whose
+output is constant, folded into the next bias (:func:`remove_dead_units`).
+
 The result computes the same function as the (masked) model in eval mode, up to float round-off, with
 plain dense layers (no masks): it is what you export or deploy. Supported without pinning: ``nn.Linear``,
 ``nn.Conv{1,2,3}d`` (``groups=1``), ``nn.BatchNorm{1,2,3}d``, ReLU, max/avg/adaptive pooling, dropout,
@@ -404,6 +408,26 @@ def _insert_after(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Modul
     node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
 
 
+def remove_dead_units(model: nn.Module) -> int:
+    """In place: every module that declares its units (``structured_units``, e.g. the ViT's attention heads
+    and MLP neurons; see :class:`~haloprune.core.layers.Units`) loses those whose output is constant
+    (``dead_units``), folded into what follows (``remove_units``); at least one unit of each kind stays.
+    Returns how many units were removed."""
+    removed = 0
+    for module in list(model.modules()):
+        if not hasattr(module, "structured_units"):
+            continue
+        for units in module.structured_units():
+            dead = module.dead_units(units.kind)
+            keep = ~dead
+            if not keep.any():
+                keep[0] = True
+            if not keep.all():
+                module.remove_units(units.kind, keep)
+                removed += int((~keep).sum())
+    return removed
+
+
 def slim(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (eval mode) without its dead neurons/filters; see the module doc.
 
@@ -414,6 +438,7 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     model = copy.deepcopy(unwrap(model)).eval()
     apply_masks_(model)
     remove_masks(model)  # the copy is dense
+    remove_dead_units(model)
     try:
         gm = fx.symbolic_trace(model)
     except Exception as err:

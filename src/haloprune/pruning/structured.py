@@ -5,12 +5,13 @@ number of parameters or multiply-accumulates of the slimmed model (:func:`halopr
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from haloprune.core.layers import OutputGroups
+from haloprune.core.layers import OutputGroups, declared_units
 from haloprune.core.params import Scope, select_parameters, unwrap
 from haloprune.pruning.cost import count_cost
 from haloprune.pruning.masks import attach_mask, get_masks
@@ -20,7 +21,13 @@ GroupNorm = Literal["rms", "layer", "l2"]
 
 
 def group_scores(
-    model: nn.Module, *, scope: Scope = "all", include_bias: bool = False, normalize: GroupNorm = "rms"
+    model: nn.Module,
+    *,
+    scope: Scope = "all",
+    include_bias: bool = False,
+    normalize: GroupNorm = "rms",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> tuple[OutputGroups, list[torch.Tensor]]:
     """The output units (groups) of the prunable layers and one score per unit, per layer.
 
@@ -36,9 +43,9 @@ def group_scores(
     Masked weights count as zero.
     """
     model = unwrap(model)
-    names = select_parameters(model, scope=scope, include_bias=include_bias)
+    names = select_parameters(model, scope=scope, include_bias=include_bias, include=include, exclude=exclude)
     params = [model.get_parameter(n).detach().float() for n in names]
-    groups = OutputGroups(names, [tuple(p.shape) for p in params])
+    groups = OutputGroups(names, [tuple(p.shape) for p in params], declared_units(model, names))
     norms = groups.norms(params)
     if normalize == "rms":
         return groups, [n / size**0.5 for n, size in zip(norms, groups.sizes, strict=True)]
@@ -49,17 +56,14 @@ def group_scores(
     raise ValueError(f"normalize must be 'rms', 'layer' or 'l2', got {normalize!r}")
 
 
-def _attach_group_masks(model: nn.Module, groups: OutputGroups, keep: list[torch.Tensor]) -> None:
+def _attach_group_masks(model: nn.Module, groups: OutputGroups, keep: list[torch.Tensor]) -> list[str]:
+    """Mask the groups ``keep`` drops (and keep existing masks); returns the masked parameters' names."""
     existing = get_masks(model)
-    for name, bias, k in zip(groups.weight_names(), groups.bias_names(), keep, strict=True):
-        for n in (name, bias):
-            if n is None:
-                continue
-            p = model.get_parameter(n)
-            mask = k.view(-1, *([1] * (p.dim() - 1))).expand_as(p).to(p.device)
-            if n in existing:
-                mask = mask & existing[n]
-            attach_mask(model, n, mask)
+    new = groups.masks(keep)
+    for n, mask in new.items():
+        mask = mask.to(model.get_parameter(n).device)
+        attach_mask(model, n, mask & existing[n] if n in existing else mask)
+    return list(new)
 
 
 def group_prune(
@@ -72,6 +76,8 @@ def group_prune(
     include_bias: bool = False,
     normalize: GroupNorm = "rms",
     keep_output_layer: bool = True,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Prune whole output neurons / filters, in place, until the *slimmed* model fits the budget.
 
@@ -86,6 +92,12 @@ def group_prune(
     folds into the next layer. Every layer keeps at least one unit, and with ``keep_output_layer`` (the
     default) the last prunable layer (the classifier: its units are the model's outputs) keeps all.
 
+    Units that modules declare (a ViT's attention heads and MLP neurons;
+    :class:`~haloprune.core.layers.Units`) are groups too; ``include`` / ``exclude`` (dotted-name globs)
+    add or drop parameters, e.g. ``exclude=["patch_embed.*"]`` for a transformer's embedding, whose output
+    channels are the residual stream. ``keep_output_layer`` protects the last layer grouped by rows (not
+    declared units).
+
     Returns the masks of the pruned layers' weights. Raises ``ValueError`` if no such pruning reaches the
     budget.
     """
@@ -94,14 +106,16 @@ def group_prune(
     if (params is not None and params < 0) or (macs is not None and macs < 0):
         raise ValueError(f"budgets must be >= 0, got params={params}, macs={macs}")
     model = unwrap(model)
-    groups, scores = group_scores(model, scope=scope, include_bias=include_bias, normalize=normalize)
+    groups, scores = group_scores(
+        model, scope=scope, include_bias=include_bias, normalize=normalize, include=include, exclude=exclude
+    )
     counts = groups.counts
     flat = torch.cat(scores)
     protected = torch.zeros(flat.numel(), dtype=torch.bool)
     start = 0
     for i, c in enumerate(counts):  # the best unit of every layer, and the whole output layer, stay
         protected[start + int(torch.argmax(scores[i]))] = True
-        if keep_output_layer and i == len(counts) - 1:
+        if keep_output_layer and i == len(counts) - 1 and i >= groups.num_declared:  # a layer: the classifier
             protected[start : start + c] = True
         start += c
     order = torch.sort(flat, stable=True).indices
@@ -129,9 +143,9 @@ def group_prune(
             hi = mid
         else:
             lo = mid + 1
-    _attach_group_masks(model, groups, keep_for(lo))
+    masked = _attach_group_masks(model, groups, keep_for(lo))
     masks = get_masks(model)
-    return {n: masks[n] for n in groups.weight_names()}
+    return {n: masks[n] for n in masked if not n.endswith(".bias")}
 
 
 def _copy_with_masks(model: nn.Module, groups: OutputGroups, keep: list[torch.Tensor]) -> nn.Module:
