@@ -14,7 +14,7 @@ from torch import nn
 
 from haloprune.config import DataConfig, RunConfig, TrainConfig
 from haloprune.core.errors import ConfigError
-from haloprune.core.io import load_torch
+from haloprune.core.io import load_torch, sha256_file
 from haloprune.data import SplitData, load_dataset
 from haloprune.data.datasets import get_spec
 from haloprune.models import MODELS, build_model
@@ -78,11 +78,8 @@ def build_network(run: RunConfig) -> nn.Module:
     return model
 
 
-def initial_state(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The state dict and the masks that ``source`` holds: a finished run directory (its ``model.pt``,
-    masks inside the state dict), a ``.safetensors`` file (haloprune's sparse export with its masks, or a
-    plain state dict), or a torch file holding a state dict (or a dict with it under ``"model"`` /
-    ``"state_dict"``)."""
+def _source_file(source: str | Path) -> Path:
+    """The file ``model.init_from`` reads: ``source``, or a finished run directory's ``model.pt``."""
     path = Path(source)
     if path.is_dir():
         if not (path / "model.pt").is_file():
@@ -90,6 +87,20 @@ def initial_state(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         path = path / "model.pt"
     if not path.is_file():
         raise ConfigError(f"model.init_from {source} does not exist")
+    return path
+
+
+def source_digest(source: str | Path) -> str:
+    """The SHA-256 of the weights file ``model.init_from`` names (a sweep's jobs depend on its contents)."""
+    return sha256_file(_source_file(source))
+
+
+def initial_state(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The state dict and the masks that ``source`` holds: a finished run directory (its ``model.pt``,
+    masks inside the state dict), a ``.safetensors`` file (haloprune's sparse export with its masks, or a
+    plain state dict), or a torch file holding a state dict (or a dict with it under ``"model"`` /
+    ``"state_dict"``)."""
+    path = _source_file(source)
     if path.suffix == ".safetensors":
         if read_metadata(path).get("format") == FORMAT:
             sparse = read_sparse(path)

@@ -47,7 +47,8 @@ def test_absolute_member_names_stay_inside_the_target(tmp_path: Path) -> None:
 
 def test_archive_checksum_is_verified_before_extraction(tmp_path: Path) -> None:
     from haloprune.core.errors import DataError
-    from haloprune.data.archive import safe_extract, sha256_file
+    from haloprune.core.io import sha256_file
+    from haloprune.data.archive import safe_extract
 
     archive = _tar_with(tmp_path / "good.tar.gz", "data_batch_1", b"payload")
     with pytest.raises(DataError, match="does not match"):

@@ -121,6 +121,38 @@ def test_sweep_records_everything_and_rerun_skips(store: ResultStore) -> None:
     assert all(store.run(j.key)["attempts"] == 1 for j in jobs)
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_jobs_run_after_the_jobs_they_need(store: ResultStore, n_jobs: int) -> None:
+    """A job listed before the job it needs still runs after it; a job whose need failed fails with a
+    line naming it, is never run, and runs on the rerun that gets its need done."""
+    base = Job("test", "pretrain", 0, None, {"sparsities": SPARSITIES}, {})
+    broken = Job("test", "pretrain", 1, None, {"sparsities": SPARSITIES, "fail": True}, {})
+    after = [
+        Job("test", "ft", seed, None, {"sparsities": SPARSITIES}, {}, needs=(need.key,))
+        for seed, need in ((0, base), (1, broken))
+    ]
+    summary = run_sweep([*after, base, broken], fake_job, store, n_jobs=n_jobs, progress=False)
+    assert summary["done"] == 2 and {k for k, _ in summary["failed"]} == {broken.key, after[1].key}
+    started = {j.key: store.run(j.key)["started"] for j in (base, after[0])}
+    assert started[base.key] <= started[after[0].key]
+    error = dict(summary["failed"])[after[1].key]
+    assert error.startswith(f"needs job {broken.key}, which did not finish") and "\n" not in error
+    assert store.records("test") and not [r for r in store.records() if r["run_key"] == after[1].key]
+
+    fixed = Job("test", "pretrain", 1, None, {"sparsities": SPARSITIES}, {})
+    retry = dataclasses.replace(after[1], needs=(fixed.key,))
+    again = run_sweep([retry, fixed], fake_job, store, n_jobs=n_jobs, progress=False)
+    assert again["done"] == 2 and again["failed"] == []
+
+
+def test_jobs_that_need_each_other_are_refused(store: ResultStore) -> None:
+    a = Job("test", "a", 0, None, {}, {}, needs=("x",))
+    b = Job("test", "b", 0, None, {}, {}, needs=(a.key,))
+    a_loop = dataclasses.replace(a, needs=(b.key,))
+    with pytest.raises(ValueError, match="cycle"):
+        run_sweep([a_loop, b], fake_job, store, progress=False)
+
+
 def test_parallel_spawn_workers(store: ResultStore) -> None:
     jobs = make_jobs(n_seeds=2)
     summary = run_sweep(jobs, fake_job, store, n_jobs=2, progress=False)

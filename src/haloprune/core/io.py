@@ -18,6 +18,15 @@ import torch
 from haloprune.core.errors import HaloPruneError
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

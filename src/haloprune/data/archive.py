@@ -7,19 +7,11 @@ and setuid bits are refused, so a crafted archive cannot write outside ``dest``.
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from pathlib import Path
 
 from haloprune.core.errors import DataError
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from haloprune.core.io import sha256_file
 
 
 def safe_extract(archive: str | Path, dest: str | Path, expected_sha256: str | None) -> Path:

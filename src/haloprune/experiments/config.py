@@ -53,21 +53,43 @@ class SweepMethodConfig(Section):
                 raise ValueError(f"{where}: {one_line(err, '').split(': ', 1)[1]}") from None
         return self
 
+    def optim_update(self) -> dict[str, Any]:
+        """What this method sets differently in ``optim`` (its ``optim`` and ``epochs``)."""
+        return dict(self.optim) | ({"epochs": self.epochs} if self.epochs is not None else {})
+
     def run_optim(self, optim: OptimConfig) -> OptimConfig:
-        """The sweep's ``optim`` with this method's overrides (``optim`` and ``epochs``) merged in."""
-        update = dict(self.optim)
-        if self.epochs is not None:
-            update["epochs"] = self.epochs
-        if not update:
-            return optim
-        try:
-            return OptimConfig.model_validate(deep_merge(optim.model_dump(), update))
-        except ValidationError as err:
-            raise ValueError(f"optim: {one_line(err, '').split(': ', 1)[1]}") from None
+        """The sweep's ``optim`` with this method's overrides merged in."""
+        return merged_optim(optim, self.optim_update())
 
     def points(self) -> list[dict[str, Any]]:
         """The full parameters of every grid point (just ``params`` without a grid)."""
         return [deep_merge(self.params, p) for p in self.grid] if self.grid else [dict(self.params)]
+
+
+def merged_optim(optim: OptimConfig, update: dict[str, Any]) -> OptimConfig:
+    """``optim`` with the keys of ``update`` set (a ValueError naming the bad key otherwise)."""
+    if not update:
+        return optim
+    try:
+        return OptimConfig.model_validate(deep_merge(optim.model_dump(), update))
+    except ValidationError as err:
+        raise ValueError(f"optim: {one_line(err, '').split(': ', 1)[1]}") from None
+
+
+PRETRAIN = "pretrain"  # the method name of a sweep's dense pre-training job
+
+
+class PretrainConfig(Section):
+    """The dense network every method of a sweep starts from, trained once per seed (the sweep's job
+    ``pretrain``, whose records are that network pruned once without fine-tuning). Its epochs count in
+    the reported budget of every method that starts from it."""
+
+    epochs: int = Field(gt=0)
+    # optim keys the pre-training sets differently from the sweep's (the sweep's optim is the fine-tuning)
+    optim: dict[str, Any] = Field(default_factory=dict)
+
+    def optim_update(self) -> dict[str, Any]:
+        return dict(self.optim) | {"epochs": self.epochs}
 
 
 class SweepConfig(Setup):
@@ -80,6 +102,8 @@ class SweepConfig(Setup):
     methods: dict[str, SweepMethodConfig]
     db: str = str(DEFAULT_PATH)
     quick: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --quick
+    # a dense pre-training job every method starts from (fine-tuning studies); None: from scratch
+    pretrain: PretrainConfig | None = added_field(None)
 
     @field_validator("seeds", "sparsities")
     @classmethod
@@ -97,6 +121,20 @@ class SweepConfig(Setup):
     def _targets_here(self) -> SweepConfig:
         if self.prune.sparsities != PruneConfig().sparsities:
             raise ValueError("a sweep's target sparsities are `sparsities`, not prune.sparsities")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrain(self) -> SweepConfig:
+        if self.pretrain is None:
+            return self
+        if PRETRAIN in self.methods:
+            raise ValueError(f"methods.{PRETRAIN}: that name is the [pretrain] job's; rename the method")
+        if self.model.init_from is not None:
+            raise ValueError("give either model.init_from or [pretrain] (where the methods start), not both")
+        try:
+            merged_optim(self.optim, self.pretrain.optim_update())
+        except ValueError as err:
+            raise ValueError(f"pretrain: {err}") from None
         return self
 
     @model_validator(mode="after")

@@ -40,6 +40,8 @@ class Job:
     ``not_in_result`` names the ``spec`` entries that do not change the job's results (where its outputs
     go, a list it does not read): two jobs equal up to those entries, the sweep and the method's name
     compute the same thing, so a sweep can take over the other's results (:meth:`ResultStore.adopt`).
+    ``needs`` are the keys of jobs that must be done first (e.g. the dense pre-training a fine-tuning job
+    starts from); the runner runs jobs in stages so that every job's needs are done before it starts.
     """
 
     sweep: str
@@ -49,6 +51,7 @@ class Job:
     spec: dict[str, Any]
     hyperparameters: dict[str, Any]
     not_in_result: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -104,6 +107,28 @@ def _execute(job: Job, run_job: RunJob, store: ResultStore, threads: int) -> tup
         store.fail(job.key, error)
         return ("failed", job.key, error)
     return ("ran", job.key, None)
+
+
+def _stages(todo: list[Job]) -> list[list[Job]]:
+    """``todo`` in stages: each job after the stage of every job it needs (needs outside ``todo`` are
+    taken as done or failed already)."""
+    level: dict[str, int] = {}
+    by_key = {job.key: job for job in todo}
+
+    def depth(job: Job, seen: tuple[str, ...] = ()) -> int:
+        if job.key in seen:
+            raise ValueError(f"jobs need each other in a cycle: {' -> '.join((*seen, job.key))}")
+        if job.key not in level:
+            inner = [depth(by_key[k], (*seen, job.key)) + 1 for k in job.needs if k in by_key]
+            level[job.key] = max(inner, default=0)
+        return level[job.key]
+
+    stages: list[list[Job]] = []
+    for job in todo:
+        d = depth(job)
+        stages.extend([] for _ in range(d + 1 - len(stages)))
+        stages[d].append(job)
+    return stages
 
 
 def _worker_init() -> None:
@@ -191,17 +216,27 @@ def run_sweep(
         bar.update(1)
         bar.set_postfix(failed=len(summary["failed"]), refresh=False)
 
+    if n_jobs > 1 and len(todo) > 1:
+        try:
+            pickle.dumps(run_job)
+        except Exception as e:
+            raise TypeError(f"run_job must be a picklable top-level function for n_jobs > 1: {e}") from None
     try:
-        if n_jobs == 1 or len(todo) <= 1:
-            _run_in_process(todo, run_job, store, threads, tally)
-        else:
-            try:
-                pickle.dumps(run_job)
-            except Exception as e:
-                raise TypeError(
-                    f"run_job must be a picklable top-level function for n_jobs > 1: {e}"
-                ) from None
-            _run_in_pool(todo, run_job, store, threads, min(n_jobs, len(todo)), tally)
+        for stage in _stages(todo):
+            ready = []
+            for job in stage:
+                missing = [k for k in job.needs if not store.is_done(k)]
+                if not missing:
+                    ready.append(job)
+                    continue
+                error = f"needs job {missing[0]}, which did not finish (see its error); rerun the sweep"
+                if store.claim(job):
+                    store.fail(job.key, error)
+                tally("failed", job.key, error)
+            if n_jobs == 1 or len(ready) <= 1:
+                _run_in_process(ready, run_job, store, threads, tally)
+            else:
+                _run_in_pool(ready, run_job, store, threads, min(n_jobs, len(ready)), tally)
     finally:
         bar.close()
     summary["wall_seconds"] = time.perf_counter() - start

@@ -19,24 +19,34 @@ from typing import Any
 
 import torch
 
-from haloprune.build import load_data
+from haloprune.build import load_data, source_digest
 from haloprune.config import DataConfig, RunConfig, deep_merge
 from haloprune.core.io import save_torch
 from haloprune.data import SplitData
-from haloprune.experiments.config import SweepConfig
+from haloprune.experiments.config import PRETRAIN, SweepConfig
 from haloprune.experiments.runner import Job
 from haloprune.methods import METHODS, Context
 from haloprune.training.callbacks import set_bar_slot
 
 
 def expand(cfg: SweepConfig) -> list[Job]:
-    """All jobs of a sweep, in a stable order."""
+    """All jobs of a sweep, in a stable order (its ``pretrain`` jobs first)."""
     jobs = []
     run = cfg.run_part()
+    # the weights model.init_from names define the jobs (a changed file makes new jobs), not only its path
+    digest = {"init_sha256": source_digest(cfg.model.init_from)} if cfg.model.init_from else {}
     states = str(Path(cfg.db).parent / cfg.name / "states")
+    pretrained: dict[int, Job] = {}
+    if cfg.pretrain is not None:
+        dense = deep_merge(run, {"optim": cfg.pretrain.optim_update()})
+        for seed in cfg.seeds:
+            spec = {"run": dense, "kind": "penalty", "params": {"penalty": {"name": "none"}}}
+            spec |= {"sparsities": list(cfg.sparsities), "states": states}
+            pretrained[seed] = Job(cfg.name, PRETRAIN, seed, None, spec, {}, ("states",))
+        jobs.extend(pretrained.values())
     for method, spec in cfg.methods.items():
         per_sparsity = METHODS[spec.kind].per_sparsity
-        update = dict(spec.optim) | ({"epochs": spec.epochs} if spec.epochs is not None else {})
+        update = spec.optim_update()
         budget = deep_merge(run, {"optim": update}) if update else run
         for i, params in enumerate(spec.points()):
             hyper = spec.grid[i] if spec.grid else {}
@@ -49,10 +59,17 @@ def expand(cfg: SweepConfig) -> list[Job]:
                         "params": params,
                         "sparsities": list(cfg.sparsities),
                         "states": states,
+                        **digest,
                     }
                     # Where the state goes never changes a result; a per-target job reads only its own target.
                     ignored = ("states", "sparsities") if per_sparsity else ("states",)
-                    jobs.append(Job(cfg.name, method, seed, s, job_spec, hyper, ignored))
+                    needs: tuple[str, ...] = ()
+                    if seed in pretrained:  # what it starts from, and where that is kept
+                        pre = pretrained[seed]
+                        job_spec["pretrain"] = pre.result_spec()
+                        job_spec["init_state"] = str(Path(states) / f"{pre.key}.pt")
+                        ignored, needs = (*ignored, "init_state"), (pre.key,)
+                    jobs.append(Job(cfg.name, method, seed, s, job_spec, hyper, ignored, needs))
     return jobs
 
 
@@ -75,6 +92,8 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
     """Run one job (in a worker process): returns its records and the epochs every network received."""
     spec = job.spec
     run = RunConfig.model_validate({**spec["run"], "seed": job.seed})
+    if "init_state" in spec:  # fine-tuning from the sweep's dense pre-training
+        run = run.model_copy(update={"model": run.model.model_copy(update={"init_from": spec["init_state"]})})
     torch.set_num_threads(threads)
     set_bar_slot(max(1, (multiprocessing.current_process()._identity or (1,))[0]))
     progress = False if os.environ.get("HALOPRUNE_PROGRESS") == "0" else None
@@ -90,6 +109,7 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
     method = METHODS[spec["kind"]](**spec["params"])
     targets = [job.sparsity] if job.sparsity is not None else spec["sparsities"]
     outcome = method.run(ctx, targets)
+    epochs = outcome.epochs_used + (spec["pretrain"]["run"]["optim"]["epochs"] if "pretrain" in spec else 0)
     if outcome.state:
         save_torch(outcome.state, Path(spec["states"]) / f"{job.key}.pt")
     records = [
@@ -99,8 +119,8 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
             "kind": spec["kind"],
             "seed": job.seed,
             "hyperparameters": job.hyperparameters,
-            "epochs": outcome.epochs_used,
+            "epochs": epochs,
         }
         for r in outcome.records
     ]
-    return records, outcome.epochs_used
+    return records, epochs

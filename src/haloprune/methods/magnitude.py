@@ -2,7 +2,8 @@
 
 * ``finetune`` — Han et al. 2015: train dense, prune once by global magnitude, fine-tune with the mask.
   The dense pre-training (``1 − finetune_fraction`` of the epochs) is shared by all targets; every
-  reported network has seen exactly the full budget.
+  reported network has seen exactly the full budget. ``finetune_fraction = 1`` prunes the network it
+  starts from (a sweep's ``[pretrain]``) and spends every epoch fine-tuning.
 * ``gmp`` — Zhu & Gupta 2017: prune gradually while training, sparsity following
   ``s_t = s_f + (s_i − s_f)(1 − (t − t_0)/(t_1 − t_0))³`` between the fractions ``start``/``end`` of the
   steps, updated every ``every`` steps.
@@ -41,7 +42,8 @@ def rewind_(model: torch.nn.Module, state: dict[str, torch.Tensor], masks: dict[
 
 
 class FineTuneParams(Params):
-    finetune_fraction: float = Field(0.25, gt=0, lt=1)  # share of the epochs spent fine-tuning
+    # share of the epochs spent fine-tuning (1: all of them, e.g. when the sweep starts from [pretrain])
+    finetune_fraction: float = Field(0.25, gt=0, le=1)
     finetune_lr: float = Field(0.01, gt=0)
 
 
@@ -52,15 +54,16 @@ class MagnitudeFineTune(Method):
         optim = ctx.run.optim
         ft_epochs = max(1, round(self.params.finetune_fraction * optim.epochs))
         model = ctx.new_model()
-        fit(
-            model,
-            ctx.data,
-            optim,
-            epochs=optim.epochs - ft_epochs,
-            seed=ctx.seed,
-            name=ctx.name,
-            progress=ctx.progress,
-        )
+        if ft_epochs < optim.epochs:
+            fit(
+                model,
+                ctx.data,
+                optim,
+                epochs=optim.epochs - ft_epochs,
+                seed=ctx.seed,
+                name=ctx.name,
+                progress=ctx.progress,
+            )
         ft_optim = optim.model_copy(update={"lr": self.params.finetune_lr})
         records = []
         for s in sparsities:
