@@ -138,7 +138,10 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """Vision Transformer (module doc); ``dim`` divisible by ``heads``, ``image_size`` by ``patch``."""
+    """Vision Transformer (module doc); ``dim`` divisible by ``heads``, ``image_size`` by ``patch``.
+
+    The defaults (41,770 parameters on Fashion-MNIST, 17 tokens of width 48) train 20 epochs of
+    Fashion-MNIST in about 5 minutes on one CPU core (see docs/results/transformers.md)."""
 
     def __init__(
         self,
@@ -146,8 +149,8 @@ class ViT(nn.Module):
         image_size: int = 28,
         num_classes: int = 10,
         *,
-        dim: int = 64,
-        depth: int = 3,
+        dim: int = 48,
+        depth: int = 2,
         heads: int = 4,
         mlp_ratio: float = 2.0,
         patch: int = 7,
