@@ -190,6 +190,9 @@ class PenaltyConfig(Section):
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)
     coupling: Literal["coupled", "decoupled"] | None = added_field(None)
+    # HALO: λ's storage (None: the weights' precision, at least float32); "bfloat16" halves HALO's memory
+    # (λ and its moments rounded stochastically inside the fused step)
+    lambda_dtype: Literal["float32", "bfloat16"] | None = added_field(None)
     # extra parameters by dotted-name glob (e.g. ["tok_emb.weight"]) / default ones left out
     include: list[str] | None = added_field(None)
     exclude: list[str] | None = added_field(None)

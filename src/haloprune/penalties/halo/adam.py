@@ -19,6 +19,7 @@ from haloprune.penalties.halo.fused import (
     lam_hyper,
     plan_for,
     step_values,
+    store,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
     """
     for i in range(len(t.ws)):
         w, g, hp = t.ws[i], t.grads[i], s.hp[i]
-        lam = torch.clamp(t.lams[i], c.lambda_min, c.lambda_max)
+        lam = torch.clamp(t.lams[i].to(w.dtype), c.lambda_min, c.lambda_max)  # bfloat16 λ: in float32
         inv = torch.reciprocal(lam)
         inv2 = inv * inv
         shrink = s.xi * inv2
@@ -93,7 +94,7 @@ def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
             lam_new = _adam(lam, g_l, t.lam_m[i], t.lam_v[i], hp[4], hp[5], hp[6], hp[7], c)
         else:
             lam_new = lam - hp[4] * (g_l + hp[5] * lam)
-        t.lams[i].copy_(torch.clamp(lam_new, c.lambda_min, c.lambda_max))
+        store(t.lams[i], torch.clamp(lam_new, c.lambda_min, c.lambda_max))
     for j in range(len(t.others)):
         p, hp = t.others[j], s.hp[len(t.ws) + j]
         p.copy_(_adam(p, t.other_grads[j], t.other_m[j], t.other_v[j], hp[0], hp[1], hp[2], hp[3], c))
@@ -119,8 +120,8 @@ def _adam(
         p_d = p
     m_new = m + (1.0 - c.beta1) * (g - m)
     v_new = c.beta2 * v + (1.0 - c.beta2) * g * g
-    m.copy_(m_new)
-    v.copy_(v_new)
+    store(m, m_new)
+    store(v, v_new)
     return p_d - step_size * m_new / (torch.sqrt(v_new) / bc2 + c.eps)
 
 

@@ -92,6 +92,18 @@ def check_optimizer(optimizer: torch.optim.Optimizer, supported: tuple[type, ...
     return "adam"
 
 
+def store(dst: torch.Tensor, value: torch.Tensor) -> None:
+    """``dst.copy_(value)``; into a bfloat16 ``dst`` from float32 with stochastic rounding: rounded up with
+    probability equal to the fraction of the bfloat16 step it lies above the value below, so the rounding
+    is unbiased and an update far smaller than bfloat16's resolution (about 0.4% of λ) still moves λ by
+    its expected amount. Inside the compiled kernels this is a few more pointwise operations."""
+    if dst.dtype == torch.bfloat16 and value.dtype == torch.float32:
+        bits = value.view(torch.int32)
+        noise = torch.randint_like(bits, 0, 1 << 16)
+        value = ((bits + noise) & -65536).view(torch.float32)  # low 16 bits cleared: exact in bfloat16
+    dst.copy_(value)
+
+
 def _views(flat: torch.Tensor, numels: list[int], shapes: list[tuple[int, ...]]) -> Tensors:
     return [c.view(s) for c, s in zip(flat.split(numels), shapes, strict=True)]
 
@@ -106,7 +118,7 @@ class Plan:
     The fields are never reassigned; ``xi``, ``psi`` (filled when target mode changes ξ and ψ) and
     ``counts`` are updated in place."""
 
-    key: tuple[int, int, int, int]  # the optimizer and λ's storage the plan was made for
+    key: tuple[int, ...]  # the optimizer and the storage of λ and its moments the plan was made for
     ws: Tensors  # the penalised weights
     groups: list[Group]  # the optimizer group of each penalised weight
     others: list[tuple[torch.Tensor, Group]]  # the optimizer's other parameters and their groups
@@ -137,7 +149,8 @@ def plan_for(
     ``same(group)`` are the hyperparameters the kernel takes as constants: they must agree for all
     penalised weights (and an other parameter is folded into the call only where they agree too)."""
     lam = halo.lam.detach()
-    key = (id(optimizer), len(optimizer.param_groups), lam.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
+    buffers = (halo.lam_momentum.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
+    key = (id(optimizer), len(optimizer.param_groups), lam.data_ptr(), *buffers)
     plan: Plan | None = halo.__dict__.get("_plan")
     if plan is not None and plan.key == key:
         return plan
@@ -157,7 +170,7 @@ def plan_for(
         others=[(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
         lam_group=group_of.get(id(halo.lam)),
         lams=_views(lam, halo.numels, halo.shapes),
-        bufs=_views(halo.lam_momentum, halo.numels, halo.shapes),
+        bufs=_views(halo.lam_momentum, halo.numels, halo.shapes) if halo.lam_momentum.numel() else [],
         sq=_views(halo.lam_exp_avg_sq, halo.numels, halo.shapes) if halo.lam_exp_avg_sq.numel() else [],
         dtype=dtype,
         psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),

@@ -15,6 +15,9 @@ from haloprune.penalties.halo.sgd import sgd_step
 from haloprune.penalties.halo.target import TOO_SPARSE, SparsityController, step_budget
 
 Coupling = Literal["coupled", "decoupled"]
+#: λ's storage: ``float32``, or ``bfloat16`` (half the memory; the fused step computes in float32 and
+#: rounds λ and its moments back stochastically, so updates far below bfloat16's resolution still count)
+LambdaDtype = Literal["float32", "bfloat16"]
 
 #: How HALO combines with Adam/AdamW when not told, for fixed ξ and ψ (measured on Fashion-MNIST
 #: LeNet-300-100 with AdamW: docs/results/adam.md). Target mode and ``prox`` are decoupled updates and
@@ -82,6 +85,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         coupling: Coupling | None = None,
         lambda_lr_scale: float = 1.0,
         lambda_weight_decay: float | None = None,
+        lambda_dtype: LambdaDtype | None = None,
         **selection: Unpack[SelectionArgs],
     ) -> None:
         self.controller: SparsityController | None = None
@@ -109,6 +113,13 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             )
         if prox and not fused:
             raise ValueError("prox=True is a fused-path update (fused=True, halo.attach(optimizer))")
+        if lambda_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"lambda_dtype must be 'float32' or 'bfloat16', got {lambda_dtype!r}")
+        if lambda_dtype == "bfloat16" and not fused:
+            raise ValueError(
+                "lambda_dtype='bfloat16' is a fused-path option (λ is rounded stochastically inside the "
+                "fused step): fused=True and halo.attach(optimizer)"
+            )
         if coupling not in (None, "coupled", "decoupled"):
             raise ValueError(f"coupling must be 'coupled' or 'decoupled', got {coupling!r}")
         super().__init__(model, **selection)
@@ -123,16 +134,18 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.lambda_weight_decay = lambda_weight_decay
         w0 = self.weights()[0]
         device = w0.device
-        # λ in the weights' precision, at least float32 (a float64 model gets float64 λ)
+        # λ in the weights' precision, at least float32 (a float64 model gets float64 λ), or as asked
         dtype = torch.promote_types(w0.dtype, torch.float32)
+        if lambda_dtype is not None:
+            dtype = getattr(torch, lambda_dtype)
         self.lam = nn.Parameter(
             torch.full((self.num_penalized,), float(lambda_init), device=device, dtype=dtype)
         )
-        # λ's momentum (SGD) or first Adam moment (coupled Adam) on the fused path; the optimizer keeps
-        # them on the in-loss path.
+        # λ's momentum (SGD) or first Adam moment (coupled Adam) on the fused path (emptied when attached
+        # to Adam decoupled, which steps λ without one); the optimizer keeps them on the in-loss path.
         self.register_buffer("lam_momentum", torch.zeros_like(self.lam, requires_grad=False))
         # λ's second Adam moment (coupled Adam only: empty until then).
-        self.register_buffer("lam_exp_avg_sq", torch.zeros(0, device=device))
+        self.register_buffer("lam_exp_avg_sq", torch.zeros(0, device=device, dtype=dtype))
         # Fused steps taken (λ's Adam step count; SGD with dampening initialises buffers on the first).
         self.register_buffer("fused_steps", torch.zeros((), dtype=torch.int64, device=device))
         self._kind: str | None = None  # the attached optimizer family: "sgd" or "adam"; None: in the loss
@@ -177,10 +190,18 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 self.begin_training(state["step_budget"])
 
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        sq = state_dict.get(prefix + "lam_exp_avg_sq")
-        if sq is not None and sq.shape != self.lam_exp_avg_sq.shape:  # saved by a coupled-Adam run
-            self.lam_exp_avg_sq = torch.zeros_like(self.lam_momentum)
+        # λ's moments are empty where the run that saved them had no use for them (see attach)
+        for name in ("lam_momentum", "lam_exp_avg_sq"):
+            saved = state_dict.get(prefix + name)
+            resized = saved is not None and saved.shape != getattr(self, name).shape
+            if resized and saved.numel() in (0, self.num_penalized):
+                setattr(self, name, self.lam.new_zeros(saved.shape, requires_grad=False))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def state_bytes_per_weight(self) -> float:
+        """Bytes HALO keeps per penalised weight: λ and, as attached, its moments."""
+        tensors = (self.lam, self.lam_momentum, self.lam_exp_avg_sq)
+        return sum(t.numel() * t.element_size() for t in tensors) / self.num_penalized
 
     # ----------------------------------------------------------------------------- the penalty
 
@@ -207,6 +228,11 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 "target_sparsity and prox are HALO updates inside optimizer.step(): call "
                 "halo.attach(optimizer) (target mode: halo.attach(optimizer, total_steps=N)) first"
             )
+        if self.lam.dtype == torch.bfloat16:
+            raise RuntimeError(
+                "lambda_dtype='bfloat16' needs the fused step (λ rounded stochastically): call "
+                "halo.attach(optimizer) and leave halo() out of the loss"
+            )
         if torch.is_grad_enabled():
             self._project_if_needed()
         return self._value(model)
@@ -214,9 +240,10 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     def _value(self, model: nn.Module | None) -> torch.Tensor:
         """The paper's formula, through autograd."""
         w_abs = torch.cat([w.abs().flatten() for w in self.weights(model)])
-        lam = self.lam.clamp(self.lambda_min, self.lambda_max)
-        shrink = (w_abs.to(lam.dtype) / lam.square()).sum()
-        return self.xi * shrink + self.psi * self.budget_term(self.lam.abs().sum())
+        dtype = torch.promote_types(self.lam.dtype, torch.float32)  # bfloat16 λ is read in float32
+        lam = self.lam.to(dtype).clamp(self.lambda_min, self.lambda_max)
+        shrink = (w_abs.to(dtype) / lam.square()).sum()
+        return self.xi * shrink + self.psi * self.budget_term(self.lam.to(dtype).abs().sum())
 
     @torch.no_grad()
     def _project_if_needed(self) -> None:
@@ -257,8 +284,10 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         else:
             self._kind = check_optimizer(optimizer, _SUPPORTED)
             self._coupled = self._resolve_coupling()
-            if self._kind == "adam" and self._coupled and self.lam_exp_avg_sq.numel() == 0:
-                self.lam_exp_avg_sq = torch.zeros_like(self.lam_momentum)
+            # λ's moments, only where the fused step reads them: SGD's momentum, coupled Adam's two
+            adam = self._kind == "adam"
+            self._size_buffer("lam_momentum", not adam or self._coupled)
+            self._size_buffer("lam_exp_avg_sq", adam and self._coupled)
             self.project_()
             handle = optimizer.register_step_pre_hook(lambda opt, *_: self._fused_step(opt))
         if self.controller is not None and self._kind is not None:
@@ -267,6 +296,14 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             w0 = self.weights()[0]
             self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, self._kind == "sgd"))
         return handle
+
+    def _size_buffer(self, name: str, needed: bool) -> None:
+        """Allocate λ's moment buffer ``name`` (zeros) if ``needed`` and empty; free it if not needed."""
+        buffer = getattr(self, name)
+        if needed and buffer.numel() == 0:
+            setattr(self, name, torch.zeros_like(self.lam, requires_grad=False))
+        elif not needed and buffer.numel():
+            setattr(self, name, self.lam.new_zeros(0, requires_grad=False))
 
     def _resolve_coupling(self) -> bool:
         if self._kind == "sgd":
@@ -292,7 +329,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     # ----------------------------------------------------------------------------- logging
 
     def stats(self) -> dict[str, float]:
-        lam = self.lam.detach()
+        lam = self.lam.detach().float()
         n = lam.numel()
         q = [lam.kthvalue(max(1, min(n, round(f * n)))).values.item() for f in (0.01, 0.5, 0.99)]
         return {

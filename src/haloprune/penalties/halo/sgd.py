@@ -27,6 +27,7 @@ from haloprune.penalties.halo.fused import (
     lam_hyper,
     plan_for,
     step_values,
+    store,
 )
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def halo_sgd_step(t: SGDTensors, s: StepValues, c: SGDConstants) -> None:
         w, lam = t.ws[i], t.lams[i]
         lr_w, wd_w, lr_l, wd_l = s.hp[i, 0], s.hp[i, 1], s.hp[i, 2], s.hp[i, 3]
         # λ is kept >= λ_min between steps; clamping here makes any value set from outside count as projected.
-        lam = torch.clamp(lam, c.lambda_min, c.lambda_max)
+        lam = torch.clamp(lam.to(w.dtype), c.lambda_min, c.lambda_max)  # bfloat16 λ is read in float32
         inv = torch.reciprocal(lam)
         inv2 = inv * inv
         shrink = s.xi * inv2
@@ -99,7 +100,7 @@ def halo_sgd_step(t: SGDTensors, s: StepValues, c: SGDConstants) -> None:
         if c.prox:
             w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - lr_w * shrink, 0.0)
         w.copy_(w_new)
-        t.lams[i].copy_(torch.clamp(lam - lr_l * g_l, c.lambda_min, c.lambda_max))
+        store(t.lams[i], torch.clamp(lam - lr_l * g_l, c.lambda_min, c.lambda_max))
     for i in range(len(t.others)):
         p = t.others[i]
         lr, wd = s.hp[len(t.ws) + i, 0], s.hp[len(t.ws) + i, 1]
@@ -118,7 +119,7 @@ def _momentum(g: torch.Tensor, buf: torch.Tensor, c: SGDConstants) -> torch.Tens
         new = c.momentum * buf + g
     else:
         new = c.momentum * buf + (1.0 - c.dampening) * g
-    buf.copy_(new)
+    store(buf, new)
     return new
 
 
