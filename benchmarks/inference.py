@@ -192,8 +192,9 @@ def latencies(
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, rounds: int, budget_s: float
 ) -> dict[str, dict[str, float]]:
     """Median seconds per call of each function on ``x`` over interleaved rounds: ``{"cpu": ..., "wall":
-    ...}``. ``cpu`` is the process's CPU time (``time.process_time``): on a shared machine it leaves out the
-    time the process waited for a core, which wall-clock time does not; on an idle core the two agree."""
+    ..., "cpu_quartiles": ...}``. ``cpu`` is the process's CPU time (``time.process_time``): on a shared
+    machine it leaves out the time the process waited for a core, which wall-clock time does not; on an
+    idle core the two agree."""
     for fn in fns.values():  # warm-up, and the number of calls per round that fills ~budget_s
         for _ in range(3):
             fn(x)
@@ -214,7 +215,16 @@ def latencies(
     return {
         "cpu": {n: statistics.median(v) for n, v in cpu.items()},
         "wall": {n: statistics.median(v) for n, v in wall.items()},
+        # the spread over the rounds: first and third quartile of the CPU time per call
+        "cpu_quartiles": {n: _quartiles(v) for n, v in cpu.items()},
     }
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
 
 
 def get_run(model: str, penalty: list[str], given: str | None, args: argparse.Namespace, data: Any):

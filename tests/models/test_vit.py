@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,3 +189,30 @@ def test_a_slimmed_vit_exports_to_onnx(tmp_path) -> None:
         x = torch.randn(batch, 1, 28, 28)
         (out,) = session.run(None, {"input": x.numpy()})
         assert abs(out - vit(x).detach().numpy()).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_structured_vit_benchmark_quick_slims_and_times_in_both_runtimes(
+    tmp_path: Path, real_fmnist: Path
+) -> None:
+    """benchmarks/vit_structured.py --quick: trains, group-prunes and slims a ViT on real data, checks each
+    runtime's outputs against its network, and writes the timing of every form at batch 1 and 256."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "vit_structured.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out-dir", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HALOPRUNE_DATA": str(real_fmnist)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "b-quick" / "vit_structured.json").read_text())
+    dense, *pruned = result["rows"]
+    assert [r["macs"] <= dense["macs"] // d for r, d in zip(pruned, (2, 2, 4, 4), strict=True)] == [True] * 4
+    forms = set(result["timing"]["256"]["cpu"])
+    assert forms == {f"{n} {r}" for n in ("dense", "2x", "4x") for r in ("eager", "onnxruntime")}
