@@ -101,7 +101,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--grid", default="1e-3:1e-3,3e-3:1e-3,1e-2:1e-3", help="group-halo ξ:ψ points")
+    parser.add_argument("--grid", default="3e-3:1e-3,1e-2:1e-3,3e-2:1e-3", help="group-halo ξ:ψ points")
     parser.add_argument("--divisors", default="2,4", help="MAC budgets: dense MACs / each")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (~10 ms each)")
     parser.add_argument("--out-dir", default="runs/vit-structured")
