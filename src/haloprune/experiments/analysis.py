@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from haloprune.build import build_network
-from haloprune.config import RunConfig
+from haloprune.config import PruneConfig, RunConfig
 from haloprune.core.io import load_torch
 from haloprune.core.layers import DENSE
 from haloprune.core.params import select_parameters
@@ -28,18 +28,19 @@ def load_state_model(
 ) -> tuple[nn.Module, dict]:
     """A model rebuilt from a sweep job's saved state (masks included), pruned to ``sparsity`` if given.
 
-    ``run`` is the job's run part (data, model: the network is shaped for the data and pruned in
-    ``prune.scope``), or just a model name for a model built with its defaults."""
+    ``run`` is the job's run part (data, model: the network is shaped for the data and pruned as its
+    ``prune`` says: scope, include / exclude, ``of``), or just a model name for a model built with its
+    defaults."""
     state = load_torch(path)
-    scope = "all"
+    prune = PruneConfig()
     if isinstance(run, str):
         model = build_model(run)
     else:
         cfg = RunConfig.model_validate(run)
-        model, scope = build_network(cfg), cfg.prune.scope
+        model, prune = build_network(cfg), cfg.prune
     load_state_dict(model, state["model"])
     if sparsity is not None:
-        global_magnitude_prune(model, sparsity, scope=scope)
+        global_magnitude_prune(model, sparsity, of=prune.of, **prune.selection())
     model.eval()
     return model, state
 

@@ -8,8 +8,11 @@ the eigen-energy spectra of the pruned networks' hidden layers (first seed of ea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from haloprune.build import load_data
 from haloprune.config import DataConfig
@@ -61,13 +64,12 @@ def sweep_report(
     return text + "\nwritten: " + ", ".join(str(p) for p in written) + "\n", records
 
 
-def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, sweep: str) -> list[Path]:
-    paths = [plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=sweep)]
-    sparsities = sorted({r["sparsity"] for r in chosen})
-    focus = 0.98 if 0.98 in sparsities else sparsities[-1]
-    layers: dict[str, dict[str, float]] = {}
-    spectra: dict[str, dict[str, Any]] = {}
-    data = None
+def focus_networks(
+    store: ResultStore, chosen: list[dict[str, Any]], folder: Path, focus: float
+) -> Iterator[tuple[str, nn.Module, dict[str, Any], dict[str, Any]]]:
+    """``(method, network, saved state, run)`` for each chosen setting at sparsity ``focus`` whose state
+    was saved (its first seed): the network as the tables report it, pruned once to ``focus`` as the run
+    prunes (a target-mode HALO state is the trained network, before that pruning)."""
     for row in chosen:
         if row["sparsity"] != focus:
             continue
@@ -76,16 +78,25 @@ def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, swe
         run = store.run(key)
         if run is None or not state_path.is_file():
             continue
+        model, state = load_state_model(state_path, run["config"]["run"], focus)
+        yield row["method"], model, state, run
+
+
+def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, sweep: str) -> list[Path]:
+    paths = [plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=sweep)]
+    sparsities = sorted({r["sparsity"] for r in chosen})
+    focus = 0.98 if 0.98 in sparsities else sparsities[-1]
+    layers: dict[str, dict[str, float]] = {}
+    spectra: dict[str, dict[str, Any]] = {}
+    data = None
+    for method, model, state, run in focus_networks(store, chosen, folder, focus):
         spec = run["config"]
-        per_target = run["sparsity"] is not None
-        model, state = load_state_model(state_path, spec["run"], None if per_target else focus)
-        method = row["method"]
         layers[method] = layer_sparsity(model)
         if data is None:
             data = _train_images(spec["run"]["data"], int(run["seed"]))
         spectra[method] = activation_spectra(model, data)
         if state.get("penalty") and "lam" in state["penalty"]:
-            unpruned, _ = load_state_model(state_path, spec["run"])
+            unpruned, _ = load_state_model(folder / "states" / f"{run['key']}.pt", spec["run"])
             try:
                 lam, w = lambda_and_weights(unpruned, state["penalty"])
             except ValueError:  # not one λ per weight (sws, layer-halo)
