@@ -2,7 +2,7 @@
 really faster — Fashion-MNIST, the ViT of configs/paper/fmnist-vit.toml (AdamW, 20 epochs).
 
 For every seed it trains (or reuses, if finished, under ``--out-dir``) exactly what ``haloprune train``
-would with that sweep's data, model and optimiser settings::
+would with that sweep's data, model and optimiser settings (an interrupted run is continued exactly)::
 
     haloprune train --config <fmnist-vit setup> --set name=dense_s<SEED> --set seed=<SEED>
     haloprune train --config <fmnist-vit setup> --set name=ghalo_xi<X>_psi<Y>_s<SEED> --set seed=<SEED> \\
@@ -25,7 +25,7 @@ onnxruntime thread, interleaved rounds (every form once per round, in turn); CPU
 interquartile range over the rounds. Prints the tables of docs/results/transformers.md (part 3) and writes
 ``<out-dir>/vit_structured.json``.
 
-    python benchmarks/vit_structured.py             # 3 seeds x (1 + 3 grid points) x 20 epochs, then timing
+    python benchmarks/vit_structured.py             # 3 seeds x (1 + 2 grid points) x 20 epochs, then timing
     python benchmarks/vit_structured.py --quick     # 1 epoch, 5,000 images, 1 seed, 1 grid point: smoke test
 """
 
@@ -64,8 +64,10 @@ def run_config(name: str, seed: int, args: argparse.Namespace, penalty: dict[str
 
 
 def trained(cfg: TrainConfig, data: Any = None) -> Any:
+    """The finished run (reused), an interrupted one continued exactly, or a new one."""
     t0 = time.perf_counter()
-    result = train(cfg, data=data, progress=False)
+    interrupted = (cfg.run_dir / "config.toml").is_file() and not (cfg.run_dir / "model.pt").is_file()
+    result = train(cfg, data=data, progress=False, resume=interrupted)
     print(f"  {cfg.run_dir}: {time.perf_counter() - t0:.0f} s", flush=True)
     return result
 
@@ -101,7 +103,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--grid", default="3e-3:1e-3,1e-2:1e-3,3e-2:1e-3", help="group-halo ξ:ψ points")
+    parser.add_argument("--grid", default="3e-3:1e-3,1e-2:1e-3", help="group-halo ξ:ψ points")
     parser.add_argument("--divisors", default="2,4", help="MAC budgets: dense MACs / each")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (~10 ms each)")
     parser.add_argument("--out-dir", default="runs/vit-structured")
