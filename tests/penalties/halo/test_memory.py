@@ -92,3 +92,18 @@ def test_config_key_and_state_dict_across_optimizers() -> None:
     assert halo.lam_momentum.shape == halo.lam.shape
     with pytest.raises(ValueError, match="lambda_dtype"):
         PenaltyConfig(name="l1", xi=1e-3, lambda_dtype="bfloat16")
+
+
+def test_stochastic_rounding_bits_depend_on_the_seed_and_repeat_with_it() -> None:
+    """The rounding of a step is a function of (element, step, tensor): another step rounds otherwise
+    (no systematic bias per element), the same step the same (a resumed run rounds as the uninterrupted
+    one)."""
+    value = torch.full((50_000,), 1.0 + 1e-3)
+    out = {}
+    for seed, salt in ((0, 0), (1, 0), (0, 1), (0, 0)):
+        dst = torch.empty_like(value, dtype=torch.bfloat16)
+        store(dst, value, torch.tensor(seed), salt)
+        out.setdefault((seed, salt), []).append(dst)
+        assert dst.double().mean().item() == pytest.approx(1.0 + 1e-3, abs=2e-4)
+    assert torch.equal(*out[0, 0])
+    assert not torch.equal(out[0, 0][0], out[1, 0][0]) and not torch.equal(out[0, 0][0], out[0, 1][0])

@@ -91,10 +91,12 @@ def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
             w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - hp[0] * shrink, 0.0)
         w.copy_(w_new)
         if c.coupled:
-            lam_new = _adam(lam, g_l, t.lam_m[i], t.lam_v[i], hp[4], hp[5], hp[6], hp[7], c)
+            lam_new = _adam(
+                lam, g_l, t.lam_m[i], t.lam_v[i], hp[4], hp[5], hp[6], hp[7], c, s.seed, 3 * i + 1
+            )
         else:
             lam_new = lam - hp[4] * (g_l + hp[5] * lam)
-        store(t.lams[i], torch.clamp(lam_new, c.lambda_min, c.lambda_max))
+        store(t.lams[i], torch.clamp(lam_new, c.lambda_min, c.lambda_max), s.seed, 3 * i)
     for j in range(len(t.others)):
         p, hp = t.others[j], s.hp[len(t.ws) + j]
         p.copy_(_adam(p, t.other_grads[j], t.other_m[j], t.other_v[j], hp[0], hp[1], hp[2], hp[3], c))
@@ -110,9 +112,12 @@ def _adam(
     step_size: torch.Tensor,
     bc2: torch.Tensor,
     c: AdamConstants,
+    seed: torch.Tensor | int = 0,
+    salt: int = 0,
 ) -> torch.Tensor:
     """``torch.optim.Adam``/``AdamW``'s update of one tensor: the moments ``m``, ``v`` in place, the new
-    value returned (``step_size = lr / (1 − β1^t)``, ``bc2 = sqrt(1 − β2^t)``)."""
+    value returned (``step_size = lr / (1 − β1^t)``, ``bc2 = sqrt(1 − β2^t)``; ``seed``, ``salt``: for
+    bfloat16 moments, see :func:`~.fused.store`)."""
     if c.decoupled_wd:
         p_d = p * (1.0 - lr * wd)
     else:
@@ -120,8 +125,8 @@ def _adam(
         p_d = p
     m_new = m + (1.0 - c.beta1) * (g - m)
     v_new = c.beta2 * v + (1.0 - c.beta2) * g * g
-    store(m, m_new)
-    store(v, v_new)
+    store(m, m_new, seed, salt)
+    store(v, v_new, seed, salt + 1_000_003)
     return p_d - step_size * m_new / (torch.sqrt(v_new) / bc2 + c.eps)
 
 

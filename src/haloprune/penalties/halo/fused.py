@@ -92,16 +92,34 @@ def check_optimizer(optimizer: torch.optim.Optimizer, supported: tuple[type, ...
     return "adam"
 
 
-def store(dst: torch.Tensor, value: torch.Tensor) -> None:
+def store(dst: torch.Tensor, value: torch.Tensor, seed: torch.Tensor | int = 0, salt: int = 0) -> None:
     """``dst.copy_(value)``; into a bfloat16 ``dst`` from float32 with stochastic rounding: rounded up with
     probability equal to the fraction of the bfloat16 step it lies above the value below, so the rounding
     is unbiased and an update far smaller than bfloat16's resolution (about 0.4% of λ) still moves λ by
-    its expected amount. Inside the compiled kernels this is a few more pointwise operations."""
+    its expected amount. The random bits are a counter-based hash of the element's index, ``seed`` (the
+    step count: the same run rounds the same way, and resumes exactly) and ``salt`` (which tensor): a few
+    integer operations fused into the kernel, where a random-number generator would double a CPU step."""
     if dst.dtype == torch.bfloat16 and value.dtype == torch.float32:
         bits = value.view(torch.int32)
-        noise = torch.randint_like(bits, 0, 1 << 16)
-        value = ((bits + noise) & -65536).view(torch.float32)  # low 16 bits cleared: exact in bfloat16
+        value = ((bits + _noise16(value, seed, salt)) & -65536).view(torch.float32)  # exact in bfloat16
     dst.copy_(value)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _noise16(like: torch.Tensor, seed: torch.Tensor | int, salt: int) -> torch.Tensor:
+    """16 pseudo-random bits per element of ``like`` (int32 in [0, 65536)): a 32-bit integer hash
+    (multiply-xorshift, as in murmur3's finaliser) of (index, seed, salt), computed in int64 without
+    overflow."""
+    idx = torch.arange(like.numel(), device=like.device, dtype=torch.int64).view(like.shape)
+    h = (idx * 0x9E3779B1 + (seed * 0x85EBCA6B + salt * 0xC2B2AE35)) & _MASK32
+    h = h ^ (h >> 16)
+    h = (h * 0x045D9F3B) & _MASK32
+    h = h ^ (h >> 16)
+    h = (h * 0x045D9F3B) & _MASK32
+    h = h ^ (h >> 16)
+    return (h & 0xFFFF).to(torch.int32)
 
 
 def _views(flat: torch.Tensor, numels: list[int], shapes: list[tuple[int, ...]]) -> Tensors:
@@ -139,6 +157,7 @@ class StepValues(NamedTuple):
     hp: torch.Tensor  # per-tensor hyperparameters, one row per tensor (layout: the kernel's docstring)
     lam_sum_term: torch.Tensor  # 0-dim, ψ·s of ∂/∂λ (see the module doc)
     xi: torch.Tensor  # 0-dim, ξ
+    seed: torch.Tensor | int = 0  # 0-dim int64 (the fused steps taken): the seed of bfloat16 λ's rounding
 
 
 def plan_for(
@@ -201,7 +220,7 @@ def budget_term(halo: HALO, plan: Plan) -> torch.Tensor:
 def step_values(halo: HALO, plan: Plan, hp: list[tuple[float, ...]]) -> StepValues:
     """This step's :class:`StepValues` from the rows of the hyperparameter table."""
     table = torch.tensor(hp, dtype=plan.dtype, device=halo.lam.device)
-    return StepValues(hp=table, lam_sum_term=budget_term(halo, plan), xi=plan.xi)
+    return StepValues(hp=table, lam_sum_term=budget_term(halo, plan), xi=plan.xi, seed=halo.fused_steps)
 
 
 def finish(halo: HALO, updated: Tensors) -> None:

@@ -93,14 +93,14 @@ def halo_sgd_step(t: SGDTensors, s: StepValues, c: SGDConstants) -> None:
         g_w = t.grads[i] + wd_w * w if c.prox else t.grads[i] + shrink * torch.sign(w) + wd_w * w
         g_l = (-2.0 * s.xi) * w.abs() * (inv2 * inv) + (s.lam_sum_term + wd_l * lam)  # sign(λ) = 1
         if c.momentum != 0.0:
-            b_w, b_l = _momentum(g_w, t.w_bufs[i], c), _momentum(g_l, t.lam_bufs[i], c)
+            b_w, b_l = _momentum(g_w, t.w_bufs[i], c), _momentum(g_l, t.lam_bufs[i], c, s.seed, 2 * i + 1)
             g_w = g_w + c.momentum * b_w if c.nesterov else b_w
             g_l = g_l + c.momentum * b_l if c.nesterov else b_l
         w_new = w - lr_w * g_w
         if c.prox:
             w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - lr_w * shrink, 0.0)
         w.copy_(w_new)
-        store(t.lams[i], torch.clamp(lam - lr_l * g_l, c.lambda_min, c.lambda_max))
+        store(t.lams[i], torch.clamp(lam - lr_l * g_l, c.lambda_min, c.lambda_max), s.seed, 2 * i)
     for i in range(len(t.others)):
         p = t.others[i]
         lr, wd = s.hp[len(t.ws) + i, 0], s.hp[len(t.ws) + i, 1]
@@ -111,15 +111,18 @@ def halo_sgd_step(t: SGDTensors, s: StepValues, c: SGDConstants) -> None:
         p.copy_(p - lr * d_p)
 
 
-def _momentum(g: torch.Tensor, buf: torch.Tensor, c: SGDConstants) -> torch.Tensor:
-    """``torch.optim.SGD``'s momentum buffer update: ``buf`` in place, its new value returned."""
+def _momentum(
+    g: torch.Tensor, buf: torch.Tensor, c: SGDConstants, seed: torch.Tensor | int = 0, salt: int = 0
+) -> torch.Tensor:
+    """``torch.optim.SGD``'s momentum buffer update: ``buf`` in place (``seed``, ``salt``: for a bfloat16
+    buffer, see :func:`~.fused.store`), its new value returned."""
     if c.first:
         new = g
     elif c.dampening == 0.0:
         new = c.momentum * buf + g
     else:
         new = c.momentum * buf + (1.0 - c.dampening) * g
-    store(buf, new)
+    store(buf, new, seed, salt)
     return new
 
 
