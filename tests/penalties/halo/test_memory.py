@@ -10,7 +10,7 @@ from haloprune import HALO
 from haloprune.config import PenaltyConfig
 from haloprune.penalties import build_penalty
 from haloprune.penalties.halo.fused import store
-from tests.helpers import mlp, train_steps
+from tests.helpers import batches, mlp, train_steps
 
 
 def optimizer(kind: str, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -42,7 +42,7 @@ def test_stochastic_rounding_is_unbiased_where_rounding_to_nearest_is_stuck() ->
     torch.manual_seed(0)
     value = torch.full((200_000,), 1.0 + 1e-3)  # bfloat16 has 1 and 1.0078125 around it
     dst = torch.empty_like(value, dtype=torch.bfloat16)
-    store(dst, value)
+    store(dst, value, seed=0)
     assert set(dst.unique().tolist()) == {1.0, 1.0078125}
     assert dst.double().mean().item() == pytest.approx(1.0 + 1e-3, abs=5e-5)
     assert value.to(torch.bfloat16).unique().tolist() == [1.0]  # round to nearest loses the update
@@ -107,3 +107,24 @@ def test_stochastic_rounding_bits_depend_on_the_seed_and_repeat_with_it() -> Non
         assert dst.double().mean().item() == pytest.approx(1.0 + 1e-3, abs=2e-4)
     assert torch.equal(*out[0, 0])
     assert not torch.equal(out[0, 0][0], out[1, 0][0]) and not torch.equal(out[0, 0][0], out[0, 1][0])
+
+
+@pytest.mark.parametrize("compile_step", ["1", "0"])
+def test_float32_lambda_of_a_bfloat16_model_is_computed_in_float32(
+    compile_step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bfloat16 model keeps float32 λ, and the fused step computes λ's update in float32, compiled or
+    eager (regression: the eager step read λ in the weights' bfloat16, where λ's per-step change of
+    lr·ψ = 5e-4 rounds away and λ never moved)."""
+    monkeypatch.setenv("HALOPRUNE_COMPILE", compile_step)
+    torch.manual_seed(0)
+    model = mlp(torch.bfloat16)
+    halo = HALO(model, xi=1e-4, psi=1e-2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    halo.attach(opt)
+    for x, y in batches(8, dtype=torch.bfloat16):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert halo.lam.dtype == torch.float32
+    assert halo.lam.double().mean().item() < 1.0 - 3e-3

@@ -18,6 +18,7 @@ from haloprune.penalties.halo.fused import (
     finish,
     lam_hyper,
     plan_for,
+    read,
     step_values,
     store,
 )
@@ -78,7 +79,7 @@ def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
     """
     for i in range(len(t.ws)):
         w, g, hp = t.ws[i], t.grads[i], s.hp[i]
-        lam = torch.clamp(t.lams[i].to(w.dtype), c.lambda_min, c.lambda_max)  # bfloat16 λ: in float32
+        lam = torch.clamp(read(t.lams[i]), c.lambda_min, c.lambda_max)
         inv = torch.reciprocal(lam)
         inv2 = inv * inv
         shrink = s.xi * inv2
@@ -112,12 +113,12 @@ def _adam(
     step_size: torch.Tensor,
     bc2: torch.Tensor,
     c: AdamConstants,
-    seed: torch.Tensor | int = 0,
+    seed: torch.Tensor | int | None = None,
     salt: int = 0,
 ) -> torch.Tensor:
     """``torch.optim.Adam``/``AdamW``'s update of one tensor: the moments ``m``, ``v`` in place, the new
-    value returned (``step_size = lr / (1 − β1^t)``, ``bc2 = sqrt(1 − β2^t)``; ``seed``, ``salt``: for
-    bfloat16 moments, see :func:`~.fused.store`)."""
+    value returned (``step_size = lr / (1 − β1^t)``, ``bc2 = sqrt(1 − β2^t)``; ``seed``, ``salt``: λ's
+    moments, see :func:`~.fused.store`)."""
     if c.decoupled_wd:
         p_d = p * (1.0 - lr * wd)
     else:

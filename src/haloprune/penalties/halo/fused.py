@@ -92,14 +92,25 @@ def check_optimizer(optimizer: torch.optim.Optimizer, supported: tuple[type, ...
     return "adam"
 
 
-def store(dst: torch.Tensor, value: torch.Tensor, seed: torch.Tensor | int = 0, salt: int = 0) -> None:
-    """``dst.copy_(value)``; into a bfloat16 ``dst`` from float32 with stochastic rounding: rounded up with
-    probability equal to the fraction of the bfloat16 step it lies above the value below, so the rounding
-    is unbiased and an update far smaller than bfloat16's resolution (about 0.4% of λ) still moves λ by
-    its expected amount. The random bits are a counter-based hash of the element's index, ``seed`` (the
-    step count: the same run rounds the same way, and resumes exactly) and ``salt`` (which tensor): a few
-    integer operations fused into the kernel, where a random-number generator would double a CPU step."""
-    if dst.dtype == torch.bfloat16 and value.dtype == torch.float32:
+def read(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the fused step computes with it: in its own precision, at least float32 (bfloat16 λ and
+    moments are read in float32, whatever the weights' precision)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def store(
+    dst: torch.Tensor, value: torch.Tensor, seed: torch.Tensor | int | None = None, salt: int = 0
+) -> None:
+    """``dst.copy_(value)``; with a ``seed`` (HALO's own λ and moments), into a bfloat16 ``dst`` with
+    stochastic rounding: rounded up with probability equal to the fraction of the bfloat16 step it lies
+    above the value below, so the rounding is unbiased and an update far smaller than bfloat16's
+    resolution (about 0.4% of λ) still moves λ by its expected amount. The random bits are a counter-based
+    hash of the element's index, ``seed`` (the step count: the same run rounds the same way, and resumes
+    exactly) and ``salt`` (which tensor): a few integer operations fused into the kernel, where a
+    random-number generator would double a CPU step. Without a seed (the optimizer's own buffers) the copy
+    rounds as ``torch.optim`` does."""
+    if seed is not None and dst.dtype == torch.bfloat16:
+        value = value.float()
         bits = value.view(torch.int32)
         value = ((bits + _noise16(value, seed, salt)) & -65536).view(torch.float32)  # exact in bfloat16
     dst.copy_(value)

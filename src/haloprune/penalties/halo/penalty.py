@@ -10,7 +10,7 @@ from torch import nn
 
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
-from haloprune.penalties.halo.fused import Plan, check_optimizer
+from haloprune.penalties.halo.fused import Plan, check_optimizer, read
 from haloprune.penalties.halo.sgd import sgd_step
 from haloprune.penalties.halo.target import TOO_SPARSE, SparsityController, step_budget
 
@@ -240,10 +240,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     def _value(self, model: nn.Module | None) -> torch.Tensor:
         """The paper's formula, through autograd."""
         w_abs = torch.cat([w.abs().flatten() for w in self.weights(model)])
-        dtype = torch.promote_types(self.lam.dtype, torch.float32)  # bfloat16 λ is read in float32
-        lam = self.lam.to(dtype).clamp(self.lambda_min, self.lambda_max)
-        shrink = (w_abs.to(dtype) / lam.square()).sum()
-        return self.xi * shrink + self.psi * self.budget_term(self.lam.to(dtype).abs().sum())
+        lam = read(self.lam)  # bfloat16 λ is read in float32
+        shrink = (w_abs.to(lam.dtype) / lam.clamp(self.lambda_min, self.lambda_max).square()).sum()
+        return self.xi * shrink + self.psi * self.budget_term(lam.abs().sum())
 
     @torch.no_grad()
     def _project_if_needed(self) -> None:

@@ -26,6 +26,7 @@ from haloprune.penalties.halo.fused import (
     finish,
     lam_hyper,
     plan_for,
+    read,
     step_values,
     store,
 )
@@ -86,7 +87,7 @@ def halo_sgd_step(t: SGDTensors, s: StepValues, c: SGDConstants) -> None:
         w, lam = t.ws[i], t.lams[i]
         lr_w, wd_w, lr_l, wd_l = s.hp[i, 0], s.hp[i, 1], s.hp[i, 2], s.hp[i, 3]
         # λ is kept >= λ_min between steps; clamping here makes any value set from outside count as projected.
-        lam = torch.clamp(lam.to(w.dtype), c.lambda_min, c.lambda_max)  # bfloat16 λ is read in float32
+        lam = torch.clamp(read(lam), c.lambda_min, c.lambda_max)
         inv = torch.reciprocal(lam)
         inv2 = inv * inv
         shrink = s.xi * inv2
@@ -112,10 +113,14 @@ def halo_sgd_step(t: SGDTensors, s: StepValues, c: SGDConstants) -> None:
 
 
 def _momentum(
-    g: torch.Tensor, buf: torch.Tensor, c: SGDConstants, seed: torch.Tensor | int = 0, salt: int = 0
+    g: torch.Tensor,
+    buf: torch.Tensor,
+    c: SGDConstants,
+    seed: torch.Tensor | int | None = None,
+    salt: int = 0,
 ) -> torch.Tensor:
-    """``torch.optim.SGD``'s momentum buffer update: ``buf`` in place (``seed``, ``salt``: for a bfloat16
-    buffer, see :func:`~.fused.store`), its new value returned."""
+    """``torch.optim.SGD``'s momentum buffer update: ``buf`` in place (``seed``, ``salt``: λ's buffer, see
+    :func:`~.fused.store`), its new value returned."""
     if c.first:
         new = g
     elif c.dampening == 0.0:
