@@ -64,6 +64,11 @@ def sweep_report(
     return text + "\nwritten: " + ", ".join(str(p) for p in written) + "\n", records
 
 
+def _state_path(folder: Path, key: str) -> Path:
+    """Where a sweep job's final state is saved (``runs/<sweep>/states/<key>.pt``)."""
+    return folder / "states" / f"{key}.pt"
+
+
 def focus_networks(
     store: ResultStore, chosen: list[dict[str, Any]], folder: Path, focus: float
 ) -> Iterator[tuple[str, nn.Module, dict[str, Any], dict[str, Any]]]:
@@ -74,7 +79,7 @@ def focus_networks(
         if row["sparsity"] != focus:
             continue
         key = row["runs"][0]
-        state_path = folder / "states" / f"{key}.pt"
+        state_path = _state_path(folder, key)
         run = store.run(key)
         if run is None or not state_path.is_file():
             continue
@@ -96,7 +101,7 @@ def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, swe
             data = _train_images(spec["run"]["data"], int(run["seed"]))
         spectra[method] = activation_spectra(model, data)
         if state.get("penalty") and "lam" in state["penalty"]:
-            unpruned, _ = load_state_model(folder / "states" / f"{run['key']}.pt", spec["run"])
+            unpruned, _ = load_state_model(_state_path(folder, run["key"]), spec["run"])
             try:
                 lam, w = lambda_and_weights(unpruned, state["penalty"])
             except ValueError:  # not one λ per weight (sws, layer-halo)
