@@ -214,3 +214,43 @@ def test_torch_compile_lenet5_gradients() -> None:
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     torch.testing.assert_close(compiled, model.conv1.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("opt_cls", "opt_kw", "halo_kw"),
+    [
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}, {"xi": 1e-3, "psi": 1e-2}),
+        (torch.optim.AdamW, {"lr": 1e-2}, {"xi": 1e-3, "psi": 1e-2}),
+        (torch.optim.AdamW, {"lr": 1e-2}, {"target_sparsity": 0.5}),
+    ],
+)
+def test_step_with_a_closure_equals_the_step_without(opt_cls, opt_kw: dict, halo_kw: dict) -> None:
+    """``optimizer.step(closure)`` (Lightning's automatic optimisation) computes the gradients inside
+    ``step()``: HALO's fused step must see them, not step on zeros."""
+    runs = []
+    for use_closure in (False, True):
+        model = _model()
+        halo = HALO(model, **halo_kw).double()
+        opt = opt_cls(model.parameters(), **opt_kw)
+        halo.attach(opt, total_steps=6)
+        losses = []
+        for x, y in _batches(6):
+
+            def closure(x=x, y=y, model=model, opt=opt) -> torch.Tensor:
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            if use_closure:
+                losses.append(opt.step(closure).item())
+            else:
+                losses.append(closure().item())
+                opt.step()
+        runs.append((losses, [p.detach().clone() for p in model.parameters()], halo.lam.detach().clone()))
+    (l0, p0, lam0), (l1, p1, lam1) = runs
+    assert l0 == l1
+    assert not torch.equal(lam0, torch.ones_like(lam0))
+    assert torch.equal(lam0, lam1)
+    for a, b in zip(p0, p1, strict=True):
+        assert torch.equal(a, b)

@@ -288,7 +288,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             self._size_buffer("lam_momentum", not adam or self._coupled)
             self._size_buffer("lam_exp_avg_sq", adam and self._coupled)
             self.project_()
-            handle = optimizer.register_step_pre_hook(lambda opt, *_: self._fused_step(opt))
+            handle = optimizer.register_step_pre_hook(self._pre_step)
         if self.controller is not None and self._kind is not None:
             self.controller.too_sparse = TOO_SPARSE[self._kind]
         if total_steps is not None and self.controller is not None:
@@ -321,6 +321,22 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 "proximal step of size lr): leave coupling unset or 'decoupled'"
             )
         return coupled
+
+    def _pre_step(
+        self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[tuple, dict[str, Any]] | None:
+        """The pre-step hook. ``optimizer.step(closure)`` (PyTorch Lightning's automatic optimisation,
+        any loop that passes a closure) computes the gradients *inside* ``step()``, after pre-step hooks:
+        the closure is run here first (with gradients enabled, as ``torch.optim`` does), then HALO's fused
+        step, and ``step()`` is handed a closure that returns the loss already computed."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._fused_step(optimizer)
+            return None
+        with torch.enable_grad():
+            loss = closure()
+        self._fused_step(optimizer)
+        return args[:1], {**kwargs, "closure": lambda: loss}
 
     def _fused_step(self, optimizer: torch.optim.Optimizer) -> None:
         (sgd_step if self._kind == "sgd" else adam_step)(self, optimizer)
