@@ -14,7 +14,7 @@ from haloprune import HALO
 from haloprune.config import PenaltyConfig, TrainConfig, load_config
 from haloprune.core.errors import ConfigError
 from haloprune.penalties.halo import fused, sgd
-from haloprune.penalties.halo.target import SparsityController
+from haloprune.penalties.halo.target import SparsityController, lr_trajectory, step_budget
 from haloprune.training.optim import LRSchedule
 from tests.helpers import mlp
 
@@ -270,3 +270,16 @@ def test_target_run_resumes_bit_identically(tmp_path, real_fmnist) -> None:
     assert torch.equal(resumed.penalty.lam, full.penalty.lam)
     assert resumed.penalty.controller.state() == full.penalty.controller.state()
     assert full.penalty.controller.steps == 2 * 15 and full.history[-1]["density"] < 1.0
+
+
+def test_step_budget_of_a_scheduler_stepped_per_epoch() -> None:
+    """``every``: a scheduler stepped once per epoch (Lightning's ``interval="epoch"``) holds each lr for
+    the epoch's steps; the last epoch may be cut short."""
+    w = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([w], lr=1.0, momentum=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    assert lr_trajectory(opt, 7, sched, every=3) == [1.0] * 3 + [0.5] * 3 + [0.25]
+    assert step_budget(opt, 7, sched, momentum=True, every=3) == pytest.approx((3 + 1.5 + 0.25) / 0.5)
+    assert opt.param_groups[0]["lr"] == 1.0  # the run's scheduler is untouched
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        step_budget(opt, 7, sched, every=0)

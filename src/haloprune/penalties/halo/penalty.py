@@ -264,6 +264,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         *,
         total_steps: int | None = None,
         scheduler: Any = None,
+        scheduler_every: int = 1,
     ) -> Any:
         """Hook HALO into ``optimizer.step()``; returns the removable hook handle.
 
@@ -274,7 +275,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
 
         ``total_steps`` (with the ``scheduler`` that sets the lr per step, if any): the optimizer steps of
         the run still to come, from which the target mode's step budget is computed (the scheduler is
-        stepped on a copy of its state and restored).
+        stepped on a copy of its state and restored), stepped once per ``scheduler_every`` optimizer
+        steps (the steps per epoch for a scheduler stepped per epoch).
         """
         if scheduler is not None and total_steps is None:
             raise ValueError("scheduler= needs total_steps= (the number of optimizer steps of the run)")
@@ -293,7 +295,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             self.controller.too_sparse = TOO_SPARSE[self._kind]
         if total_steps is not None and self.controller is not None:
             w0 = self.weights()[0]
-            self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, self._kind == "sgd"))
+            sgd = self._kind == "sgd"
+            self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, sgd, scheduler_every))
         return handle
 
     def _size_buffer(self, name: str, needed: bool) -> None:

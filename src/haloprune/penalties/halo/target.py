@@ -113,25 +113,32 @@ class SparsityController:
 
 
 def lr_trajectory(
-    optimizer: torch.optim.Optimizer, total_steps: int, scheduler: Any = None, param: Any = None
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    scheduler: Any = None,
+    param: Any = None,
+    every: int = 1,
 ) -> list[float]:
     """The learning rate of ``param``'s group (default: the first group) at each of the next
-    ``total_steps`` optimizer steps, as ``scheduler`` (stepped once per optimizer step) will set it.
+    ``total_steps`` optimizer steps, as ``scheduler`` will set it, stepped once per ``every`` optimizer
+    steps (1: per step; the steps per epoch for a scheduler stepped per epoch).
 
     The scheduler is stepped on its own state, which is then restored with the groups' hyperparameters,
     so nothing changes for the run. A scheduler driven by metrics (``ReduceLROnPlateau``) cannot be
     foreseen: give the budget to :meth:`HALO.begin_training` yourself.
     """
-    return [lr for lr, _ in _trajectory(optimizer, total_steps, scheduler, param)]
+    return [lr for lr, _ in _trajectory(optimizer, total_steps, scheduler, param, every)]
 
 
 def _trajectory(
-    optimizer: torch.optim.Optimizer, total_steps: int, scheduler: Any, param: Any
+    optimizer: torch.optim.Optimizer, total_steps: int, scheduler: Any, param: Any, every: int = 1
 ) -> list[tuple[float, float]]:
     """``(lr, momentum)`` of ``param``'s group at each of the next ``total_steps`` steps (momentum 0 for
-    groups without one; ``OneCycleLR`` cycles it)."""
+    groups without one; ``OneCycleLR`` cycles it), the scheduler stepped once per ``every`` steps."""
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
         raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+        raise ValueError(f"every must be a positive int (optimizer steps per scheduler step), got {every!r}")
     groups = optimizer.param_groups
     index = next((i for i, g in enumerate(groups) if any(p is param for p in g["params"])), 0)
 
@@ -154,9 +161,10 @@ def _trajectory(
     try:
         with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
             warnings.simplefilter("ignore")
-            for t in range(total_steps):
-                out.append(now())
-                if t + 1 < total_steps:
+            calls = -(-total_steps // every)
+            for t in range(calls):
+                out.extend([now()] * min(every, total_steps - t * every))
+                if t + 1 < calls:
                     scheduler.step()
     finally:
         scheduler.load_state_dict(saved)
@@ -171,10 +179,11 @@ def step_budget(
     scheduler: Any = None,
     param: Any = None,
     momentum: bool = False,
+    every: int = 1,
 ) -> float:
-    """``B = Σ_t lr_t / (1 − m_t)`` over the next ``total_steps`` steps (see :func:`lr_trajectory`): how far
-    HALO's update can move λ per unit of steady gradient. ``momentum``: count SGD's momentum ``m_t`` (as
-    the scheduler sets it, e.g. ``OneCycleLR``); with Adam/AdamW HALO's step is a plain one of size lr
-    (decoupled), so ``m_t = 0``."""
-    steps = _trajectory(optimizer, total_steps, scheduler, param)
+    """``B = Σ_t lr_t / (1 − m_t)`` over the next ``total_steps`` steps (see :func:`lr_trajectory`, and
+    ``every`` there): how far HALO's update can move λ per unit of steady gradient. ``momentum``: count
+    SGD's momentum ``m_t`` (as the scheduler sets it, e.g. ``OneCycleLR``); with Adam/AdamW HALO's step is
+    a plain one of size lr (decoupled), so ``m_t = 0``."""
+    steps = _trajectory(optimizer, total_steps, scheduler, param, every)
     return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
