@@ -14,7 +14,7 @@ from haloprune import HALO
 from haloprune.config import PenaltyConfig, TrainConfig, load_config
 from haloprune.core.errors import ConfigError
 from haloprune.penalties.halo import fused, sgd
-from haloprune.penalties.halo.target import SparsityController, lr_trajectory, step_budget
+from haloprune.penalties.halo.target import GAINS, SparsityController, lr_trajectory, step_budget
 from haloprune.training.optim import LRSchedule
 from tests.helpers import mlp
 
@@ -283,3 +283,39 @@ def test_step_budget_of_a_scheduler_stepped_per_epoch() -> None:
     assert opt.param_groups[0]["lr"] == 1.0  # the run's scheduler is untouched
     with pytest.raises(ValueError, match="every must be a positive int"):
         step_budget(opt, 7, sched, every=0)
+
+
+@pytest.mark.parametrize(
+    ("opt_cls", "kp", "ki"), [(torch.optim.SGD, 1.0, 20.0), (torch.optim.AdamW, 0.25, 20.0)]
+)
+def test_attach_sets_the_gains_of_the_optimizer_family(opt_cls, kp: float, ki: float) -> None:
+    model = mlp()
+    halo = HALO(model, target_sparsity=0.9)
+    halo.attach(opt_cls(model.parameters(), lr=1e-3), total_steps=10)
+    assert (halo.controller.kp, halo.controller.ki) == (kp, ki)
+
+
+def _final_swing(gains: dict[str, float], steepness: float = 3.0) -> float:
+    """A plant whose density answers log c at once and steeply, ``log d = −steepness·log(c / c*)`` around
+    the target (a dead weight's threshold goes as c³ when λ sits at its floor, as with Adam): the largest
+    |log(d / d_target)| over the last quarter of the run, once the target is held."""
+    ctrl = SparsityController(0.8, **gains)
+    budget, steps = 1.0, 4000
+    target_c = math.exp(ctrl.integral + 1.0)  # the c that gives the final target
+    swings = []
+    for t in range(steps):
+        if ctrl.step(budget / steps):
+            wanted = ctrl.target_density(ctrl.spent / budget)
+            c = ctrl.c(budget) * budget
+            density = min(1.0, 0.2 * (c / target_c) ** -steepness)
+            ctrl.update(density, budget)
+            if t > 0.75 * steps:
+                swings.append(abs(math.log(density / wanted)))
+    return max(swings)
+
+
+def test_adam_gains_hold_a_steep_plant_where_sgd_gains_oscillate() -> None:
+    """Why Adam has its own gains (``GAINS``): on a steep, lag-free plant SGD's proportional gain
+    overshoots every update (kp·steepness > 2) into a sustained swing; Adam's holds the target."""
+    assert _final_swing(GAINS["adam"]) < 0.05  # within 5% of the target density
+    assert _final_swing({**GAINS["sgd"], "too_sparse": 1.0}) > 1.0  # a factor e either way

@@ -12,7 +12,7 @@ from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, 
 from haloprune.penalties.halo.adam import adam_step
 from haloprune.penalties.halo.fused import Plan, check_optimizer, read
 from haloprune.penalties.halo.sgd import sgd_step
-from haloprune.penalties.halo.target import TOO_SPARSE, SparsityController, step_budget
+from haloprune.penalties.halo.target import GAINS, SparsityController, step_budget
 
 Coupling = Literal["coupled", "decoupled"]
 #: λ's storage: ``float32``, or ``bfloat16`` (half the memory; the fused step computes in float32 and
@@ -292,7 +292,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             self.project_()
             handle = optimizer.register_step_pre_hook(self._pre_step)
         if self.controller is not None and self._kind is not None:
-            self.controller.too_sparse = TOO_SPARSE[self._kind]
+            for gain, value in GAINS[self._kind].items():
+                setattr(self.controller, gain, value)
         if total_steps is not None and self.controller is not None:
             w0 = self.weights()[0]
             sgd = self._kind == "sgd"
