@@ -26,6 +26,7 @@ from haloprune.experiments.store import DEFAULT_PATH, ResultStore
 from haloprune.experiments.sweep import copy_state, expand, run_job
 from haloprune.experiments.sweep_report import sweep_report
 from haloprune.export import FORMATS, export_run
+from haloprune.integrations.loggers import LOGGING_ENV, build_logger, job_logging, log_pruned
 from haloprune.pruning import format_sparsity_report, sparsity_report
 from haloprune.training.distributed import teardown, world
 from haloprune.training.evaluate import prune_and_evaluate
@@ -59,6 +60,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
     p.add_argument("--name", help="run name, the folder under out_dir (shortcut for --set name=...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument(
+        "--logger",
+        choices=["tensorboard", "mlflow", "wandb"],
+        help="also log to this experiment tracker (sets logging.backend; metrics.jsonl stays the record)",
+    )
 
 
 def _sweep_args(p: argparse.ArgumentParser, jobs: int) -> None:
@@ -66,6 +72,11 @@ def _sweep_args(p: argparse.ArgumentParser, jobs: int) -> None:
     p.add_argument("--quick", action="store_true", help="apply the config's [quick] scale (CI-sized)")
     _set_and_data_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--logger",
+        choices=["tensorboard", "mlflow", "wandb"],
+        help="also log to this experiment tracker (sets logging.backend; metrics.jsonl stays the record)",
+    )
     p.add_argument(
         "--no-reuse",
         action="store_true",
@@ -93,8 +104,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"out_dir": str(args.resume.parent), "name": args.resume.name})
     else:
         cfg = load_config(TrainConfig, args.config, _overrides(args))
+    cfg = _with_logger(cfg, args.logger)
+    logger = build_logger(cfg.logging, cfg.name, cfg.out_dir) if world().is_main else None
     try:
-        result = train(cfg, progress=False if args.quiet else None, resume=args.resume is not None)
+        result = train(
+            cfg, progress=False if args.quiet else None, resume=args.resume is not None, logger=logger
+        )
+        if logger is not None:  # the prune table and figure of `haloprune prune`, at prune.sparsities
+            rows = prune_and_evaluate(
+                result.model,
+                result.data,
+                cfg.prune.sparsities,
+                per_layer=cfg.prune.per_layer,
+                recalibrate_bn=cfg.prune.recalibrate_bn,
+                of=cfg.prune.of,
+                zero_below=cfg.prune.zero_below,
+                **cfg.prune.selection(),
+            )
+            log_pruned(logger, [{"method": cfg.name, **r} for r in rows], cfg.optim.epochs, cfg.run_dir)
         if world().is_main:
             last = result.history[-1]
             print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
@@ -103,8 +130,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 acc = best["test_accuracy"]
                 print(f"kept the weights of epoch {best['epoch']}: best test accuracy {acc:.2f}%")
     finally:
+        if logger is not None:
+            logger.close()
         teardown()  # under torchrun: leave the process group
     return 0
+
+
+def _with_logger(cfg: Any, backend: str | None) -> Any:
+    """``--logger NAME`` sets ``logging.backend``."""
+    if backend is None:
+        return cfg
+    return cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"backend": backend})})
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -214,10 +250,12 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     """Run every job of ``cfg`` not yet in its store, then write and print its report."""
     if args.jobs < 1:
         raise HaloPruneError(f"--jobs must be >= 1, got {args.jobs}")
+    cfg = _with_logger(cfg, args.logger)
     if args.data_dir is not None:  # by environment, not config: a job's key never depends on the folder
         os.environ["HALOPRUNE_DATA"] = str(args.data_dir)
     jobs = expand(cfg)
     os.environ["HALOPRUNE_PROGRESS"] = "0" if args.quiet else "1"  # per-run bars in the workers
+    os.environ[LOGGING_ENV] = job_logging(cfg)  # each job a logged run (not part of any job key)
     with ResultStore(cfg.db) as store:
         print(
             f"sweep {cfg.name}: {len(jobs)} jobs ({len(cfg.methods)} methods, seeds {cfg.seeds}), "
@@ -240,6 +278,13 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     for key, error in summary["failed"]:
         print(f"  failed {key}: {error}", file=sys.stderr)
     _report(cfg.db, cfg.name, [j.key for j in jobs], as_json=False)
+    logger = build_logger(cfg.logging, f"{cfg.name}/report", Path(cfg.db).parent, group=cfg.name)
+    if logger is not None:  # the sweep's table and figures as one more run
+        folder = Path(cfg.db).parent / cfg.name
+        logger.log_text("report", (folder / "report.md").read_text())
+        for figure in sorted(folder.glob("*.png")):
+            logger.log_figure(figure.stem, figure)
+        logger.close()
     return 1 if summary["failed"] else 0
 
 

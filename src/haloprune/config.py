@@ -286,6 +286,20 @@ class PruneConfig(Section):
         return sorted(set(v))
 
 
+class LoggingConfig(Section):
+    """``[logging]``: where a run's metrics also go (``metrics.jsonl`` stays the record). Not part of a
+    run's identity: it is left out of ``config.toml`` and of sweep job keys, so adding a logger to a run
+    or a sweep reruns nothing. Backends are optional extras: ``haloprune[tensorboard]``, ``[mlflow]``,
+    ``[wandb]``."""
+
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    # TensorBoard event files / W&B run folders (default: <out_dir>/tensorboard, <out_dir>/wandb)
+    dir: str | None = None
+    tracking_uri: str | None = None  # MLflow (default: sqlite:///<out_dir>/mlflow.db)
+    project: str | None = None  # the MLflow experiment / W&B project (default: the run's or sweep's name)
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline needs no account
+
+
 class Setup(Section):
     """What a training run and a sweep's jobs share: the device, data, model, optimiser and pruning."""
 
@@ -312,6 +326,7 @@ class TrainConfig(RunConfig):
     """One training run (``haloprune train``)."""
 
     penalty: PenaltyConfig = PenaltyConfig()
+    logging: LoggingConfig = Field(LoggingConfig(), exclude=True)  # not part of the run (see LoggingConfig)
 
     @model_validator(mode="after")
     def _same_scope(self) -> TrainConfig:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from haloprune.config import (
+    LoggingConfig,
     OptimConfig,
     PruneConfig,
     Section,
@@ -104,6 +105,7 @@ class SweepConfig(Setup):
     quick: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --quick
     # a dense pre-training job every method starts from (fine-tuning studies); None: from scratch
     pretrain: PretrainConfig | None = added_field(None)
+    logging: LoggingConfig = Field(LoggingConfig(), exclude=True)  # each job a logged run; not in any key
 
     @field_validator("seeds", "sparsities")
     @classmethod

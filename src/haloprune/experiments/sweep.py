@@ -25,8 +25,9 @@ from haloprune.core.io import save_torch
 from haloprune.data import SplitData
 from haloprune.experiments.config import PRETRAIN, SweepConfig
 from haloprune.experiments.runner import Job
+from haloprune.integrations.loggers import job_logger, log_pruned
 from haloprune.methods import METHODS, Context
-from haloprune.training.callbacks import set_bar_slot
+from haloprune.training.callbacks import ExperimentLog, set_bar_slot
 
 
 def expand(cfg: SweepConfig) -> list[Job]:
@@ -98,6 +99,7 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
     set_bar_slot(max(1, (multiprocessing.current_process()._identity or (1,))[0]))
     progress = False if os.environ.get("HALOPRUNE_PROGRESS") == "0" else None
     data = _data(run.data, job.seed, run.device)
+    logger = job_logger(job.sweep, job.method, job.seed, job.sparsity)
     ctx = Context(
         run=run,
         data=data,
@@ -105,10 +107,19 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
         device=torch.device(run.device),
         progress=progress,
         name=f"{job.method}/s{job.seed}",
+        callbacks=[ExperimentLog(logger)] if logger is not None else [],
     )
     method = METHODS[spec["kind"]](**spec["params"])
     targets = [job.sparsity] if job.sparsity is not None else spec["sparsities"]
-    outcome = method.run(ctx, targets)
+    try:
+        if logger is not None:
+            logger.log_config({"job": job.key, "hyperparameters": job.hyperparameters, **spec})
+        outcome = method.run(ctx, targets)
+        if logger is not None:
+            log_pruned(logger, [{"method": job.method, **r} for r in outcome.records], outcome.epochs_used)
+    finally:
+        if logger is not None:
+            logger.close()
     epochs = outcome.epochs_used + (spec["pretrain"]["run"]["optim"]["epochs"] if "pretrain" in spec else 0)
     if outcome.state:
         save_torch(outcome.state, Path(spec["states"]) / f"{job.key}.pt")

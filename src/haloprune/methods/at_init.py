@@ -70,5 +70,13 @@ class RandomPruning(Method):
 def _train_masked(ctx: Context, model: nn.Module, masks: dict[str, torch.Tensor], target: float) -> Outcome:
     for n, m in masks.items():
         attach_mask(model, n, m)
-    fit(model, ctx.data, ctx.run.optim, seed=ctx.seed, name=ctx.name, progress=ctx.progress)
+    fit(
+        model,
+        ctx.data,
+        ctx.run.optim,
+        seed=ctx.seed,
+        name=ctx.name,
+        progress=ctx.progress,
+        callbacks=ctx.callbacks,
+    )
     return Outcome([ctx.record(model, target)], ctx.run.optim.epochs, {"model": model.state_dict()})

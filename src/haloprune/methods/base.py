@@ -23,6 +23,7 @@ from haloprune.config import RunConfig
 from haloprune.core.params import select_parameters
 from haloprune.data import SplitData
 from haloprune.pruning import global_magnitude_prune
+from haloprune.training.callbacks import Callback
 from haloprune.training.evaluate import pruned_copy, pruned_record
 
 
@@ -40,6 +41,7 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool | None = False
     name: str = "run"
+    callbacks: Sequence[Callback] = ()  # given to every fit of the method (e.g. a sweep job's logger)
 
     def new_model(self, seed: int | None = None) -> nn.Module:
         """A freshly initialised model, shaped for the data (seeded by ``seed``, default the context's)."""

@@ -63,6 +63,7 @@ class MagnitudeFineTune(Method):
                 seed=ctx.seed,
                 name=ctx.name,
                 progress=ctx.progress,
+                callbacks=ctx.callbacks,
             )
         ft_optim = optim.model_copy(update={"lr": self.params.finetune_lr})
         records = []
@@ -76,6 +77,7 @@ class MagnitudeFineTune(Method):
                 seed=ctx.seed + 1,
                 name=f"{ctx.name}/ft{s:g}",
                 progress=ctx.progress,
+                callbacks=ctx.callbacks,
             )
             records.append(ctx.record(pruned, s, finetune_epochs=ft_epochs))
         return Outcome(records, optim.epochs, {"model": model.state_dict()})
@@ -106,7 +108,16 @@ class GradualMagnitude(Method):
             if t0 <= step <= t1 and ((step - t0) % every == 0 or step == t1):
                 ctx.prune(model, cubic_sparsity(step, target, t0, t1))
 
-        fit(model, ctx.data, optim, seed=ctx.seed, name=ctx.name, progress=ctx.progress, on_step=on_step)
+        fit(
+            model,
+            ctx.data,
+            optim,
+            seed=ctx.seed,
+            name=ctx.name,
+            progress=ctx.progress,
+            callbacks=ctx.callbacks,
+            on_step=on_step,
+        )
         ctx.prune(model, target)  # no-op unless training ended before t1
         return Outcome([ctx.record(model, target)], optim.epochs, {"model": model.state_dict()})
 
@@ -146,6 +157,7 @@ class LotteryTicket(Method):
             seed=ctx.seed,
             name=f"{ctx.name}/r0",
             progress=ctx.progress,
+            callbacks=ctx.callbacks,
             on_step=keep_early,
         )
         names = ctx.prunable(model)
@@ -164,6 +176,7 @@ class LotteryTicket(Method):
                 seed=ctx.seed + r,
                 name=f"{ctx.name}/r{r}",
                 progress=ctx.progress,
+                callbacks=ctx.callbacks,
             )
         assert set(get_masks(model)) == set(names)
         record = ctx.record(model, target, rounds=rounds, epochs_per_round=per_round)

@@ -63,6 +63,7 @@ class PenaltyMethod(Method):
                 seed=ctx.seed,
                 name=f"{ctx.name}/fit1",
                 progress=ctx.progress,
+                callbacks=ctx.callbacks,
             )
             epochs -= first
         penalty = None if pen_cfg.name == "none" else build_penalty(pen_cfg.name, model, **pen_cfg.kwargs())
@@ -78,6 +79,7 @@ class PenaltyMethod(Method):
             seed=ctx.seed + 1000 * (epochs != optim.epochs),
             name=ctx.name,
             progress=ctx.progress,
+            callbacks=ctx.callbacks,
         )
         return model, penalty, history
 

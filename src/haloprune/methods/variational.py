@@ -42,7 +42,16 @@ class SparseVD(Method):
         def kl_term(m: torch.nn.Module, step: int) -> torch.Tensor:
             return svd.linear_kl_warmup(step, warmup) * svd.kl_divergence(m) / n_train
 
-        fit(model, ctx.data, optim, seed=ctx.seed, name=ctx.name, progress=ctx.progress, extra_loss=kl_term)
+        fit(
+            model,
+            ctx.data,
+            optim,
+            seed=ctx.seed,
+            name=ctx.name,
+            progress=ctx.progress,
+            callbacks=ctx.callbacks,
+            extra_loss=kl_term,
+        )
         model.eval()
         native = svd.to_pruned_dense(model, base, threshold=p.threshold)
         native_record = ctx.record(native, svd.sparsity(model, p.threshold))

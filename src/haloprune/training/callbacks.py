@@ -170,6 +170,41 @@ class Checkpoint(Callback):
         save_verified(state.checkpoint(), self.path)
 
 
+class ExperimentLogger:
+    """Where a run's metrics also go, besides ``metrics.jsonl`` (TensorBoard, MLflow, W&B:
+    :mod:`haloprune.integrations.loggers`). The defaults do nothing."""
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        pass
+
+    def log_text(self, name: str, text: str) -> None:
+        pass
+
+    def log_figure(self, name: str, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ExperimentLog(Callback):
+    """Each epoch's metrics row (the penalty's statistics included) to an :class:`ExperimentLogger`, with
+    the epoch as its step; a method that trains in phases (dense, then fine-tuning) gives one series."""
+
+    def __init__(self, logger: ExperimentLogger) -> None:
+        self.logger = logger
+        self.offset = 0  # epochs of the fits before this one
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        self.logger.log_metrics(row, self.offset + state.epoch)
+
+    def on_fit_end(self, state: FitState) -> None:
+        self.offset += state.epoch
+
+
 class KeepBestTest(Callback):
     """``optim.keep = "best-test"``: the test accuracy after every epoch goes in the metrics row, and when
     training ends the model gets back the weights of the epoch with the best one (ties: the earlier epoch).

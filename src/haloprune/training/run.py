@@ -17,7 +17,7 @@ from haloprune.data import SplitData
 from haloprune.penalties import Penalty
 from haloprune.pruning.masks import load_state_dict
 from haloprune.training import distributed
-from haloprune.training.callbacks import Checkpoint, MetricsFile
+from haloprune.training.callbacks import Checkpoint, ExperimentLog, ExperimentLogger, MetricsFile
 from haloprune.training.loop import fit
 
 
@@ -91,8 +91,12 @@ def train(
     save: bool = True,
     progress: bool | None = None,
     resume: bool = False,
+    logger: ExperimentLogger | None = None,
 ) -> TrainResult:
     """Train the model ``cfg`` describes. With ``save``, everything goes to ``cfg.run_dir``.
+
+    ``logger`` (:mod:`haloprune.integrations.loggers`) also gets the resolved config and every epoch's
+    metrics (on rank 0).
 
     ``resume`` continues an interrupted run from its last verified end-of-epoch checkpoint; the result is
     bit-identical to an uninterrupted run on CPU.
@@ -129,7 +133,7 @@ def train(
         if world.is_main:
             save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
 
-    writers = (
+    writers: list[Any] = (
         []
         if run_dir is None or not world.is_main
         else [
@@ -137,6 +141,9 @@ def train(
             Checkpoint(run_dir / "checkpoint.pt"),
         ]
     )
+    if logger is not None and world.is_main:
+        logger.log_config(cfg.model_dump(mode="json"))
+        writers.append(ExperimentLog(logger))
     history += fit(
         model,
         data,
