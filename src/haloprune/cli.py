@@ -20,13 +20,13 @@ from haloprune.core.io import save_json
 from haloprune.data import download, load_dataset
 from haloprune.data.datasets import DATASETS, default_cache_dir
 from haloprune.experiments.config import SweepConfig, load_sweep_config
-from haloprune.experiments.report import sparsity_table
+from haloprune.experiments.report import log_pruned, sparsity_table
 from haloprune.experiments.runner import run_sweep
 from haloprune.experiments.store import DEFAULT_PATH, ResultStore
 from haloprune.experiments.sweep import copy_state, expand, run_job
 from haloprune.experiments.sweep_report import sweep_report
 from haloprune.export import FORMATS, export_run
-from haloprune.integrations.loggers import LOGGING_ENV, build_logger, job_logging, log_pruned
+from haloprune.integrations.loggers import LOGGING_ENV, build_logger, job_logging
 from haloprune.pruning import format_sparsity_report, sparsity_report
 from haloprune.training.distributed import teardown, world
 from haloprune.training.evaluate import prune_and_evaluate
@@ -121,7 +121,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 zero_below=cfg.prune.zero_below,
                 **cfg.prune.selection(),
             )
-            log_pruned(logger, [{"method": cfg.name, **r} for r in rows], cfg.optim.epochs, cfg.run_dir)
+            figure = cfg.run_dir / "accuracy_vs_sparsity.png"
+            log_pruned(logger, [{"method": cfg.name, **r} for r in rows], cfg.optim.epochs, figure)
         if world().is_main:
             last = result.history[-1]
             print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")

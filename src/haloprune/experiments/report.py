@@ -1,4 +1,4 @@
-"""Result records → markdown tables (no I/O here)."""
+"""Result records → markdown tables; and a pruned run's table and figure to an experiment logger."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from haloprune.experiments.plots import plot_sweep_accuracy
+from haloprune.training.callbacks import ExperimentLogger
 
 
 def _pct(x: float | None) -> str:
@@ -161,3 +165,23 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def log_pruned(logger: ExperimentLogger, records: list[dict[str, Any]], step: int, figure: Path) -> None:
+    """A run pruned at several sparsities (``records``: ``method``, ``sparsity``, ``accuracy``,
+    ``achieved_sparsity``): their accuracies as metrics at ``step`` (``pruned/accuracy/98`` for 98%), the
+    table and the accuracy-vs-sparsity figure, drawn to ``figure`` (a PNG path)."""
+    metrics = {}
+    for r in records:
+        at = f"{100 * r['sparsity']:g}"
+        metrics[f"pruned/accuracy/{at}"] = r["accuracy"]
+        metrics[f"pruned/achieved_sparsity/{at}"] = 100 * r["achieved_sparsity"]
+    logger.log_metrics(metrics, step)
+    achieved = [{**r, "achieved": 100 * r["achieved_sparsity"]} for r in records]
+    table = (
+        f"test accuracy (%)\n\n{sparsity_table(records)}\n\n"
+        f"achieved sparsity (%)\n\n{sparsity_table(achieved, key='achieved')}\n"
+    )
+    logger.log_text("prune_table", table)
+    chosen = [{**r, "accuracy_mean": r["accuracy"], "accuracy_std": 0.0, "n": 1} for r in records]
+    logger.log_figure("accuracy_vs_sparsity", plot_sweep_accuracy(chosen, figure))

@@ -24,8 +24,9 @@ from haloprune.config import DataConfig, RunConfig, deep_merge
 from haloprune.core.io import save_torch
 from haloprune.data import SplitData
 from haloprune.experiments.config import PRETRAIN, SweepConfig
+from haloprune.experiments.report import log_pruned
 from haloprune.experiments.runner import Job
-from haloprune.integrations.loggers import job_logger, log_pruned
+from haloprune.integrations.loggers import job_logger
 from haloprune.methods import METHODS, Context
 from haloprune.training.callbacks import ExperimentLog, set_bar_slot
 
@@ -116,7 +117,10 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
             logger.log_config({"job": job.key, "hyperparameters": job.hyperparameters, **spec})
         outcome = method.run(ctx, targets)
         if logger is not None:
-            log_pruned(logger, [{"method": job.method, **r} for r in outcome.records], outcome.epochs_used)
+            figure = Path(spec["states"]) / f"{job.key}.accuracy_vs_sparsity.png"
+            log_pruned(
+                logger, [{"method": job.method, **r} for r in outcome.records], outcome.epochs_used, figure
+            )
     finally:
         if logger is not None:
             logger.close()

@@ -3,7 +3,8 @@
 (``haloprune[mlflow]``) and Weights & Biases (``haloprune[wandb]``, offline by default: no account).
 
 Each gets what ``metrics.jsonl`` holds — every epoch's row, with the penalty's statistics — plus the
-resolved config at the start and, at the end, the prune table and the accuracy-vs-sparsity figure. The
+resolved config at the start and, at the end, the prune table and the accuracy-vs-sparsity figure
+(:func:`haloprune.experiments.report.log_pruned`). The
 package of a backend is imported only when that backend is chosen; a missing one is a one-line error
 naming the extra to install. ``metrics.jsonl`` stays the record: a logger is a view of it.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from haloprune.config import LoggingConfig
 from haloprune.core.errors import ConfigError
 from haloprune.training.callbacks import ExperimentLogger
 
-__all__ = ["MLflowLogger", "TensorBoardLogger", "WandbLogger", "build_logger", "job_logger", "log_pruned"]
+__all__ = ["LOGGING_ENV", "MLflowLogger", "TensorBoardLogger", "WandbLogger", "build_logger", "job_logger"]
 
 #: How ``haloprune sweep`` tells its worker processes where jobs log (a job's key never depends on it).
 LOGGING_ENV = "HALOPRUNE_LOGGING"
@@ -106,8 +109,6 @@ class MLflowLogger(ExperimentLogger):
         return Param(key, str(value)[:6000])  # MLflow's limit on a parameter's value
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -189,8 +190,6 @@ def job_logging(cfg: Any) -> str:
 
 def job_logger(sweep: str, method: str, seed: int, sparsity: float | None) -> ExperimentLogger | None:
     """In a sweep worker: the logger of one job, as :data:`LOGGING_ENV` says (``None``: not logging)."""
-    import os
-
     raw = os.environ.get(LOGGING_ENV)
     if not raw:
         return None
@@ -199,32 +198,3 @@ def job_logger(sweep: str, method: str, seed: int, sparsity: float | None) -> Ex
         return None
     name = f"{sweep}/{method}/s{seed}" + (f"/{sparsity:g}" if sparsity is not None else "")
     return build_logger(LoggingConfig(**told["logging"]), name, told["out_dir"], group=sweep)
-
-
-def log_pruned(
-    logger: ExperimentLogger, records: list[dict[str, Any]], step: int, folder: Path | None = None
-) -> None:
-    """A run pruned at several sparsities (``records``: ``method``, ``sparsity``, ``accuracy``,
-    ``achieved_sparsity``): their accuracies as metrics at ``step`` (``pruned/accuracy/98`` for 98%), the
-    table and the accuracy-vs-sparsity figure, kept in ``folder`` (``None``: only the logger's copy)."""
-    import tempfile
-
-    from haloprune.experiments.plots import plot_sweep_accuracy
-    from haloprune.experiments.report import sparsity_table
-
-    metrics = {}
-    for r in records:
-        at = f"{100 * r['sparsity']:g}"
-        metrics[f"pruned/accuracy/{at}"] = r["accuracy"]
-        metrics[f"pruned/achieved_sparsity/{at}"] = 100 * r["achieved_sparsity"]
-    logger.log_metrics(metrics, step)
-    achieved = [{**r, "achieved": 100 * r["achieved_sparsity"]} for r in records]
-    table = (
-        f"test accuracy (%)\n\n{sparsity_table(records)}\n\n"
-        f"achieved sparsity (%)\n\n{sparsity_table(achieved, key='achieved')}\n"
-    )
-    logger.log_text("prune_table", table)
-    chosen = [{**r, "accuracy_mean": r["accuracy"], "accuracy_std": 0.0, "n": 1} for r in records]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(folder or tmp) / "accuracy_vs_sparsity.png"
-        logger.log_figure("accuracy_vs_sparsity", plot_sweep_accuracy(chosen, path))
