@@ -18,7 +18,6 @@ from haloprune.core.params import select_parameters
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import masks_from_scores
 from haloprune.pruning.masks import attach_mask
-from haloprune.training.loop import fit
 
 
 def snip_scores(
@@ -70,13 +69,8 @@ class RandomPruning(Method):
 def _train_masked(ctx: Context, model: nn.Module, masks: dict[str, torch.Tensor], target: float) -> Outcome:
     for n, m in masks.items():
         attach_mask(model, n, m)
-    fit(
+    ctx.fit(
         model,
-        ctx.data,
         ctx.run.optim,
-        seed=ctx.seed,
-        name=ctx.name,
-        progress=ctx.progress,
-        callbacks=ctx.callbacks,
     )
     return Outcome([ctx.record(model, target)], ctx.run.optim.epochs, {"model": model.state_dict()})

@@ -19,12 +19,13 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from haloprune.build import build_network, seed_everything
-from haloprune.config import RunConfig
+from haloprune.config import OptimConfig, RunConfig
 from haloprune.core.params import select_parameters
 from haloprune.data import SplitData
 from haloprune.pruning import global_magnitude_prune
 from haloprune.training.callbacks import Callback
 from haloprune.training.evaluate import pruned_copy, pruned_record
+from haloprune.training.loop import fit
 
 
 class Params(BaseModel):
@@ -42,6 +43,28 @@ class Context:
     progress: bool | None = False
     name: str = "run"
     callbacks: Sequence[Callback] = ()  # given to every fit of the method (e.g. a sweep job's logger)
+
+    def fit(
+        self,
+        model: nn.Module,
+        optim: OptimConfig,
+        *,
+        seed: int | None = None,
+        name: str | None = None,
+        **kw: Any,
+    ) -> list[dict[str, Any]]:
+        """:func:`~haloprune.training.fit` on this context's data, with its seed and name unless told, its
+        progress setting and callbacks; ``kw`` as ``fit`` takes them (``epochs``, ``penalty``, ...)."""
+        return fit(
+            model,
+            self.data,
+            optim,
+            seed=self.seed if seed is None else seed,
+            name=self.name if name is None else name,
+            progress=self.progress,
+            callbacks=self.callbacks,
+            **kw,
+        )
 
     def new_model(self, seed: int | None = None) -> nn.Module:
         """A freshly initialised model, shaped for the data (seeded by ``seed``, default the context's)."""

@@ -27,7 +27,6 @@ from haloprune.core.schedules import cubic_sparsity
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import magnitude_scores, masks_from_scores
 from haloprune.pruning.masks import attach_mask, get_masks, without_masks
-from haloprune.training.loop import fit
 
 
 @torch.no_grad()
@@ -55,29 +54,21 @@ class MagnitudeFineTune(Method):
         ft_epochs = max(1, round(self.params.finetune_fraction * optim.epochs))
         model = ctx.new_model()
         if ft_epochs < optim.epochs:
-            fit(
+            ctx.fit(
                 model,
-                ctx.data,
                 optim,
                 epochs=optim.epochs - ft_epochs,
-                seed=ctx.seed,
-                name=ctx.name,
-                progress=ctx.progress,
-                callbacks=ctx.callbacks,
             )
         ft_optim = optim.model_copy(update={"lr": self.params.finetune_lr})
         records = []
         for s in sparsities:
             pruned = ctx.prune_copy(model, s)
-            fit(
+            ctx.fit(
                 pruned,
-                ctx.data,
                 ft_optim,
                 epochs=ft_epochs,
                 seed=ctx.seed + 1,
                 name=f"{ctx.name}/ft{s:g}",
-                progress=ctx.progress,
-                callbacks=ctx.callbacks,
             )
             records.append(ctx.record(pruned, s, finetune_epochs=ft_epochs))
         return Outcome(records, optim.epochs, {"model": model.state_dict()})
@@ -108,14 +99,9 @@ class GradualMagnitude(Method):
             if t0 <= step <= t1 and ((step - t0) % every == 0 or step == t1):
                 ctx.prune(model, cubic_sparsity(step, target, t0, t1))
 
-        fit(
+        ctx.fit(
             model,
-            ctx.data,
             optim,
-            seed=ctx.seed,
-            name=ctx.name,
-            progress=ctx.progress,
-            callbacks=ctx.callbacks,
             on_step=on_step,
         )
         ctx.prune(model, target)  # no-op unless training ended before t1
@@ -149,15 +135,11 @@ class LotteryTicket(Method):
             if step == rewind_step and not saved:
                 saved.update({k: v.detach().clone() for k, v in model.state_dict().items()})
 
-        fit(
+        ctx.fit(
             model,
-            ctx.data,
             optim,
             epochs=per_round,
-            seed=ctx.seed,
             name=f"{ctx.name}/r0",
-            progress=ctx.progress,
-            callbacks=ctx.callbacks,
             on_step=keep_early,
         )
         names = ctx.prunable(model)
@@ -168,15 +150,12 @@ class LotteryTicket(Method):
             # control: a fresh random initialisation instead of the rewound weights
             start = ctx.new_model(seed=ctx.seed + 7919 * r).state_dict() if self.params.reinit else saved
             rewind_(model, start, masks)
-            fit(
+            ctx.fit(
                 model,
-                ctx.data,
                 optim,
                 epochs=per_round,
                 seed=ctx.seed + r,
                 name=f"{ctx.name}/r{r}",
-                progress=ctx.progress,
-                callbacks=ctx.callbacks,
             )
         assert set(get_masks(model)) == set(names)
         record = ctx.record(model, target, rounds=rounds, epochs_per_round=per_round)

@@ -21,7 +21,6 @@ from pydantic import Field
 from haloprune.config import PenaltyConfig
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.penalties import Penalty, build_penalty
-from haloprune.training.loop import fit
 
 
 class PenaltyParams(Params):
@@ -54,32 +53,24 @@ class PenaltyMethod(Method):
         if pen_cfg.name == "adaptive-lasso":
             first = max(1, round(self.params.first_fit_fraction * epochs))
             l1 = build_penalty("l1", model, **pen_cfg.kwargs("l1"))
-            fit(
+            ctx.fit(
                 model,
-                ctx.data,
                 optim,
                 epochs=first,
                 penalty=l1,
-                seed=ctx.seed,
                 name=f"{ctx.name}/fit1",
-                progress=ctx.progress,
-                callbacks=ctx.callbacks,
             )
             epochs -= first
         penalty = None if pen_cfg.name == "none" else build_penalty(pen_cfg.name, model, **pen_cfg.kwargs())
         if penalty is not None:
             penalty.to(ctx.device)
-        history = fit(
+        history = ctx.fit(
             model,
-            ctx.data,
             optim,
             epochs=epochs,
             penalty=penalty,
             penalty_cfg=pen_cfg,
             seed=ctx.seed + 1000 * (epochs != optim.epochs),
-            name=ctx.name,
-            progress=ctx.progress,
-            callbacks=ctx.callbacks,
         )
         return model, penalty, history
 

@@ -18,7 +18,6 @@ from haloprune.methods import sparsevd as svd
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import masks_from_scores
 from haloprune.pruning.masks import attach_mask
-from haloprune.training.loop import fit
 
 
 class SparseVDParams(Params):
@@ -42,14 +41,9 @@ class SparseVD(Method):
         def kl_term(m: torch.nn.Module, step: int) -> torch.Tensor:
             return svd.linear_kl_warmup(step, warmup) * svd.kl_divergence(m) / n_train
 
-        fit(
+        ctx.fit(
             model,
-            ctx.data,
             optim,
-            seed=ctx.seed,
-            name=ctx.name,
-            progress=ctx.progress,
-            callbacks=ctx.callbacks,
             extra_loss=kl_term,
         )
         model.eval()
