@@ -55,15 +55,11 @@ class HALOCallback(pl.Callback):
         xi: float | None = None,
         psi: float | None = None,
         *,
-        prune_at_end: bool = True,
-        prune_sparsity: float | None = None,
         log_every_n_steps: int | None = None,
-        **halo_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
-        self.session = HALOSession(
-            target_sparsity, xi, psi, prune_at_end=prune_at_end, prune_sparsity=prune_sparsity, **halo_kwargs
-        )
+        self.session = HALOSession(target_sparsity, xi, psi, **kwargs)
         if log_every_n_steps is not None and log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps must be >= 1, got {log_every_n_steps}")
         self.log_every_n_steps = log_every_n_steps

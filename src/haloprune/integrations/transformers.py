@@ -56,14 +56,10 @@ class HALOTrainerCallback(TrainerCallback):
         xi: float | None = None,
         psi: float | None = None,
         *,
-        prune_at_end: bool = True,
-        prune_sparsity: float | None = None,
         resume_from: str | Path | None = None,
-        **halo_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
-        self.session = HALOSession(
-            target_sparsity, xi, psi, prune_at_end=prune_at_end, prune_sparsity=prune_sparsity, **halo_kwargs
-        )
+        self.session = HALOSession(target_sparsity, xi, psi, **kwargs)
         self.resume_from = Path(resume_from) if resume_from is not None else None
 
     @property
