@@ -143,6 +143,49 @@ def test_cli_exports_onnx_and_reports_sizes(
         assert small <= 26_620
 
 
+def _decompressed(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a compressed-tensors checkpoint, as the library itself decompresses them."""
+    import json
+
+    from compressed_tensors.compressors import ModelCompressor
+
+    config = json.loads((folder / "config.json").read_text())["quantization_config"]
+    compressor = ModelCompressor.from_compression_config(config)
+    assert compressor.sparsity_config.format == "sparse-bitmask"
+    return dict(compressor.sparsity_compressor.decompress(str(folder / "model.safetensors")))
+
+
+@pytest.mark.parametrize(("name", "sparsity"), [("lenet-300-100", 0.98), ("lenet-5", 0.9), ("vit", 0.8)])
+def test_compressed_tensors_export_is_read_back_by_the_library_equal_to_the_masked_model(
+    tmp_path: Path, name: str, sparsity: float
+) -> None:
+    model = build_model(name)
+    global_magnitude_prune(model, sparsity)
+    folder = haloprune.export.save_compressed_tensors(model, tmp_path / "ct")
+    loaded = _decompressed(folder)
+    state = haloprune.pruning.masks.without_masks(model.state_dict())
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    weights = sum(m.numel() for m in get_masks(model).values())
+    size = (folder / "model.safetensors").stat().st_size
+    assert size < 0.5 * 4 * weights  # values + 1 bit per weight, far below the dense fp32 size
+
+
+def test_cli_exports_compressed_tensors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from haloprune.cli import main
+
+    run = _finished_run(tmp_path)
+    assert main(["export", str(run), "--sparsity", "0.95", "--format", "compressed-tensors"]) == 0
+    folder = run / "model-0.95-compressed-tensors"
+    assert str(folder) in capsys.readouterr().out
+    _, model, _ = haloprune.training.run.load_trained(run)
+    global_magnitude_prune(model, 0.95)
+    loaded = _decompressed(folder)
+    for key, value in haloprune.pruning.masks.without_masks(model.state_dict()).items():
+        assert torch.equal(loaded[key], value), key
+
+
 def test_cli_export_without_onnx_says_so_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

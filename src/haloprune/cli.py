@@ -377,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=FORMATS,
         default=FORMATS[0],
-        help="safetensors: surviving weights + masks, bit-exact; onnx: the slimmed dense model",
+        help="safetensors: surviving weights + masks, bit-exact; onnx: the slimmed dense model; "
+        "compressed-tensors: a folder in its sparse-bitmask format (vLLM, llmcompressor)",
     )
     p.add_argument(
         "--structured",

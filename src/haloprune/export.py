@@ -27,11 +27,26 @@ from haloprune.models import build_model
 from haloprune.pruning import Cost, count_cost, global_magnitude_prune, group_prune, sparsity_report
 from haloprune.pruning.masks import attach_mask, without_masks
 from haloprune.pruning.slim import slim
-from haloprune.pruning.storage import FORMAT, read_metadata, read_sparse, save_sparse
+from haloprune.pruning.storage import (
+    FORMAT,
+    read_metadata,
+    read_sparse,
+    save_compressed_tensors,
+    save_sparse,
+)
 from haloprune.training.run import load_trained
 
 # the compact format's writer and readers live in haloprune.pruning.storage; named here as before
-__all__ = ["FORMAT", "FORMATS", "export_onnx", "export_run", "load", "read_metadata", "save_sparse"]
+__all__ = [
+    "FORMAT",
+    "FORMATS",
+    "export_onnx",
+    "export_run",
+    "load",
+    "read_metadata",
+    "save_compressed_tensors",
+    "save_sparse",
+]
 
 
 def load(path: str | Path) -> nn.Module:
@@ -79,7 +94,7 @@ def export_onnx(
     return path
 
 
-FORMATS = ("safetensors", "onnx")
+FORMATS = ("safetensors", "onnx", "compressed-tensors")
 
 
 def export_run(
@@ -95,7 +110,9 @@ def export_run(
     Unstructured (default): global magnitude pruning at ``sparsity`` (the prunable weights of the run's
     ``prune.scope``). ``structured``: whole neurons/filters (:func:`~haloprune.pruning.group_prune`) until
     the slimmed model has no more weights than the unstructured one would keep. ``fmt="safetensors"``
-    keeps the masks (:func:`save_sparse`); ``fmt="onnx"`` writes the slimmed model (:func:`export_onnx`).
+    keeps the masks (:func:`save_sparse`); ``fmt="onnx"`` writes the slimmed model (:func:`export_onnx`);
+    ``fmt="compressed-tensors"`` a folder in compressed-tensors' ``sparse-bitmask`` format
+    (:func:`save_compressed_tensors`).
     """
     if not 0.0 <= sparsity < 1.0:
         raise HaloPruneError(f"--sparsity must be in [0, 1), got {sparsity}")
@@ -115,20 +132,24 @@ def export_run(
             raise HaloPruneError(str(err)) from None
     else:
         global_magnitude_prune(model, sparsity, **selection)
-    out = Path(out) if out is not None else Path(run_dir) / f"model-{sparsity:g}.{fmt}"
+    suffix = "-compressed-tensors" if fmt == "compressed-tensors" else f".{fmt}"
+    out = Path(out) if out is not None else Path(run_dir) / f"model-{sparsity:g}{suffix}"
+    architecture = {"name": cfg.model.name, "kwargs": kwargs}
     if fmt == "onnx":
         export_onnx(model, out, x)
+    elif fmt == "compressed-tensors":
+        save_compressed_tensors(model, out, config={"haloprune": {"architecture": architecture}})
     else:
         save_sparse(
             model,
             out,
-            architecture={"name": cfg.model.name, "kwargs": kwargs},
+            architecture=architecture,
             extra={"run": str(run_dir), "dataset": cfg.data.name},
         )
     masked = count_cost(model, x)
     small = count_cost(slim(model, x), x, nonzero_only=False)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    size = out.stat().st_size
+    size = sum(f.stat().st_size for f in out.iterdir()) if out.is_dir() else out.stat().st_size
     summary = (
         f"{out}: {size:,} bytes ({100 * size / dense_bytes:.1f}% of the dense fp32 parameters, "
         f"{dense_bytes:,} bytes)\n{_cost_line('dense', dense)}\n{_cost_line('pruned (nonzero)', masked)}\n"

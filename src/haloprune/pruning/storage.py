@@ -128,3 +128,67 @@ def read_sparse(path: str | Path) -> SparseFile:
         parts = {k.split("::", 1)[1]: v for k, v in stored.items() if k.startswith(f"{name}::")}
         state[name], masks[name] = _decode(parts, shape)
     return SparseFile(state, masks, meta)
+
+
+# ------------------------------------------------------------------------------ compressed-tensors
+
+#: The sparse format of the compressed-tensors library (``sparse-bitmask``): what vLLM's and
+#: llmcompressor's loaders read for unstructured sparsity.
+COMPRESSED_TENSORS_FORMAT = "sparse-bitmask"
+_CT_PARTS = ("compressed", "bitmask", "shape", "row_offsets")
+
+
+def save_compressed_tensors(
+    model: nn.Module, folder: str | Path, *, config: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` (masks attached) as a compressed-tensors ``sparse-bitmask`` checkpoint: ``folder``
+    gets ``model.safetensors`` and ``config.json``.
+
+    Each masked weight ``<module>.weight`` becomes ``<module>.compressed`` (its nonzero values in row-major
+    order, in its dtype), ``<module>.bitmask`` (``weight != 0`` packed 8 per byte along the last
+    dimension, little bit order), ``<module>.shape`` and ``<module>.row_offsets`` (where each row's values
+    start); every other tensor is stored as is. ``config.json`` holds ``config`` (the model's own
+    description, e.g. a Hugging Face config) with ``quantization_config`` set to a compressed-tensors
+    compression config whose ``sparsity_config`` names the compressed modules and the global sparsity.
+    """
+    model = unwrap(model)
+    masks = get_masks(model)
+    if not masks:
+        raise HaloPruneError("compressed-tensors export needs a pruned model (no masks are attached)")
+    tensors: dict[str, torch.Tensor] = {}
+    targets = []
+    for name, value in without_masks(model.state_dict()).items():
+        value = value.detach().cpu().contiguous()
+        if name not in masks:
+            tensors[name] = value
+            continue
+        if not name.endswith(".weight") or value.dim() < 2:
+            raise HaloPruneError(f"compressed-tensors stores masked '<module>.weight' tensors, not {name}")
+        module = name[: -len(".weight")]
+        nonzero = value != 0
+        counts = nonzero.reshape(-1, value.shape[-1]).sum(dim=-1)
+        tensors[f"{module}.compressed"] = value[nonzero]
+        tensors[f"{module}.bitmask"] = torch.from_numpy(
+            np.packbits(nonzero.numpy().astype(np.uint8), axis=-1, bitorder="little")
+        )
+        tensors[f"{module}.shape"] = torch.tensor(list(value.shape), dtype=torch.int64)
+        tensors[f"{module}.row_offsets"] = torch.cumsum(counts, 0) - counts
+        targets.append(module)
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    sparsity = {
+        "format": COMPRESSED_TENSORS_FORMAT,
+        "global_sparsity": 1 - kept / total,
+        "sparsity_structure": "unstructured",
+        "targets": targets,
+        "ignore": [],
+    }
+    # as compressed-tensors writes it for a sparse, unquantized model (no quantization fields)
+    quantization = {"quant_method": "compressed-tensors", "sparsity_config": sparsity}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "haloprune_version": __version__})
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps({**(config or {}), "quantization_config": quantization}, indent=2))
+    return folder
