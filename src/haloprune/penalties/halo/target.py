@@ -49,8 +49,8 @@ _MAX_RANGE = 15.0  # the integral part stays within e^±15 of its start
 #: put the ViT of configs/paper/fmnist-vit.toml (AdamW, 80%) into a limit cycle: ``c`` swung 10x and the
 #: density between 6% and 64% every epoch to the end, and the network lost 3 points to GMP (validation
 #: 84.66%). With 0.25 the density follows the ramp, ``c`` moves by at most 20% once the target is held,
-#: and the same run reaches 86.88% (ki 5 instead of 20: 87.22%, but a 240-step run then falls 10 points
-#: short of its target; docs/results/transformers.md).
+#: and the same run reaches 86.88% (ki 5 instead of 20: 87.22%, but the 240-step AdamW test run then
+#: ends at 79.8% for 90%; docs/results/transformers.md).
 GAINS: dict[str, dict[str, float]] = {
     "sgd": {"kp": 1.0, "ki": 20.0, "too_sparse": 5.0},
     "adam": {"kp": 0.25, "ki": 20.0, "too_sparse": 1.0},
