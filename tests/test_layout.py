@@ -43,6 +43,8 @@ LAZY_OK = {
     "tensorboard",
     "mlflow",
     "wandb",  # the experiment loggers' backends
+    "submitit",
+    "ray",  # the sweep executors' clusters
 }
 
 

@@ -10,18 +10,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from torch import nn
 
 from haloprune.build import load_data
-from haloprune.config import TrainConfig, load_config
+from haloprune.config import TrainConfig, load_config, one_line
 from haloprune.core import __version__
-from haloprune.core.errors import HaloPruneError
+from haloprune.core.errors import ConfigError, HaloPruneError
 from haloprune.core.io import save_json
 from haloprune.data import download, load_dataset
 from haloprune.data.datasets import DATASETS, default_cache_dir
-from haloprune.experiments.config import SweepConfig, load_sweep_config
+from haloprune.experiments.config import EXECUTOR_NAMES, ExecutorConfig, SweepConfig, load_sweep_config
+from haloprune.experiments.executors import build_executor
 from haloprune.experiments.report import log_pruned, sparsity_table
-from haloprune.experiments.runner import run_sweep
+from haloprune.experiments.runner import run_sweep, sweep_status
 from haloprune.experiments.store import DEFAULT_PATH, ResultStore
 from haloprune.experiments.sweep import copy_state, expand, run_job
 from haloprune.experiments.sweep_report import sweep_report
@@ -68,7 +70,23 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep_args(p: argparse.ArgumentParser, jobs: int) -> None:
-    p.add_argument("--jobs", type=int, default=jobs, help=f"parallel worker processes (default {jobs})")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help=f"jobs at once (local: worker processes, default {jobs}; submitit / ray: default "
+        "executor.parallel, else as many as the CPUs take, all on SLURM)",
+    )
+    p.set_defaults(default_jobs=jobs)
+    p.add_argument(
+        "--executor",
+        choices=list(EXECUTOR_NAMES),
+        help="where the jobs run (sets executor.name; default the config's [executor], else local)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print where the sweep's jobs stand (queued / running / done / failed) and exit",
+    )
     p.add_argument("--quick", action="store_true", help="apply the config's [quick] scale (CI-sized)")
     _set_and_data_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -247,34 +265,85 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return _sweep(load_sweep_config(args.config, args.overrides, quick=args.quick), args)
 
 
+def _with_executor(cfg: SweepConfig, name: str | None) -> SweepConfig:
+    """``--executor NAME`` sets ``executor.name`` (the other settings are checked against it)."""
+    if name is None:
+        return cfg
+    try:
+        executor = ExecutorConfig(**{**cfg.executor.model_dump(exclude_unset=True), "name": name})
+    except ValidationError as err:
+        raise ConfigError(f"--executor {name}: {one_line(err, '').split(': ', 1)[-1]}") from None
+    return cfg.model_copy(update={"executor": executor})
+
+
+def _print_status(cfg: SweepConfig, jobs: list[Any]) -> int:
+    """``haloprune sweep --status``: where the sweep's jobs stand, from its store and executor."""
+    if not Path(cfg.db).is_file():
+        raise HaloPruneError(f"no results store at {cfg.db}: the sweep {cfg.name} has not started")
+    folder = Path(cfg.db).parent / cfg.name
+    with ResultStore(cfg.db) as store:
+        running = any((store.run(j.key) or {}).get("status") == "running" for j in jobs)
+        executor = build_executor(cfg.executor, folder) if running and cfg.executor.name != "local" else None
+        try:
+            st = sweep_status(jobs, store, executor)
+        finally:
+            if executor is not None:
+                executor.close()
+    driver = f"driver running ({st['driver']})" if st["driver"] else "driver not running"
+    print(
+        f"sweep {cfg.name}: {len(jobs)} jobs, queued {st['queued']}, running {st['running']}, "
+        f"done {st['done']}, failed {st['failed']}; {driver}; executor {cfg.executor.name}"
+    )
+    for key, method, handle, state in st["running_jobs"]:
+        print(f"  running {key} ({method}): handle {handle or '-'}, {state}")
+    return 0
+
+
 def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     """Run every job of ``cfg`` not yet in its store, then write and print its report."""
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise HaloPruneError(f"--jobs must be >= 1, got {args.jobs}")
-    cfg = _with_logger(cfg, args.logger)
+    cfg = _with_executor(_with_logger(cfg, args.logger), args.executor)
+    jobs = expand(cfg)
+    if args.status:
+        return _print_status(cfg, jobs)
+    n_jobs = args.jobs if args.jobs is not None else args.default_jobs
+    if cfg.executor.name != "local" and args.jobs is not None:  # --jobs caps the jobs in flight
+        cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"parallel": args.jobs})})
     if args.data_dir is not None:  # by environment, not config: a job's key never depends on the folder
         os.environ["HALOPRUNE_DATA"] = str(args.data_dir)
-    jobs = expand(cfg)
     os.environ["HALOPRUNE_PROGRESS"] = "0" if args.quiet else "1"  # per-run bars in the workers
     os.environ[LOGGING_ENV] = job_logging(cfg)  # each job a logged run (not part of any job key)
     with ResultStore(cfg.db) as store:
         print(
             f"sweep {cfg.name}: {len(jobs)} jobs ({len(cfg.methods)} methods, seeds {cfg.seeds}), "
-            f"store {cfg.db}"
+            f"store {cfg.db}, executor {cfg.executor.name}"
         )
-        summary = run_sweep(
-            jobs,
-            run_job,
-            store,
-            n_jobs=args.jobs,
-            progress=False if args.quiet else None,
-            reuse=not args.no_reuse,
-            adopted=copy_state,
-        )
+        try:
+            summary = run_sweep(
+                jobs,
+                run_job,
+                store,
+                n_jobs=n_jobs,
+                progress=False if args.quiet else None,
+                reuse=not args.no_reuse,
+                adopted=copy_state,
+                executor=cfg.executor,
+            )
+        except KeyboardInterrupt:
+            if cfg.executor.name != "local":
+                print(
+                    "haloprune: driver stopped; jobs already submitted go on: run the same command again "
+                    "to follow them (--status shows them)",
+                    file=sys.stderr,
+                )
+            raise
+    attached = f" ({summary['attached']} re-attached)" if summary["attached"] else ""
+    retried = f", resubmitted {summary['retried']} (worker lost)" if summary["retried"] else ""
     print(
-        f"done {summary['done']}, skipped {summary['skipped']} (already done), "
+        f"done {summary['done']}{attached}, skipped {summary['skipped']} (already done), "
         f"reused {summary['reused']} (done by another sweep), "
-        f"failed {len(summary['failed'])}, {summary['wall_seconds']:.0f} s"
+        f"failed {len(summary['failed'])}{retried}, {summary['wall_seconds']:.0f} s"
     )
     for key, error in summary["failed"]:
         print(f"  failed {key}: {error}", file=sys.stderr)

@@ -22,7 +22,7 @@ import pytest
 from haloprune.cli import main
 from haloprune.core.errors import HaloPruneError
 from haloprune.experiments.runner import Job, run_sweep, worker_threads
-from haloprune.experiments.store import ResultStore, git_commit
+from haloprune.experiments.store import SCHEMA_VERSION, ResultStore, git_commit
 from haloprune.experiments.sweep_report import sweep_report
 
 SPARSITIES = [0.5, 0.9]
@@ -31,7 +31,7 @@ SPARSITIES = [0.5, 0.9]
 _calls = 0
 
 
-def fake_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
+def fake_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[list[dict[str, Any]], int]:
     """One record per target sparsity; sleeps / raises / hangs as ``job.spec`` and the env ask."""
     global _calls
     _calls += 1
@@ -386,7 +386,7 @@ def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
         assert s.is_done("k")
         (record,) = s.records("s")
         assert record["accuracy"] == 0.8 and record["reused_from"] is None
-    assert sql(path, "PRAGMA user_version")[0][0] == 2
+    assert sql(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
 
 
 def test_sweeps_lists_every_sweep_and_the_cli_reports_them_all(

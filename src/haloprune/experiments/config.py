@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -77,6 +77,56 @@ def merged_optim(optim: OptimConfig, update: dict[str, Any]) -> OptimConfig:
         raise ValueError(f"optim: {one_line(err, '').split(': ', 1)[1]}") from None
 
 
+EXECUTOR_NAMES = ("local", "submitit", "ray")
+# the settings that only one executor reads: giving one to another executor is an error, not ignored
+_ONLY_FOR = {
+    "cluster": "submitit",
+    "folder": "submitit",
+    "partition": "submitit",
+    "mem_gb": "submitit",
+    "timeout_min": "submitit",
+    "slurm": "submitit",
+    "address": "ray",
+    "num_cpus": "ray",
+}
+
+
+class ExecutorConfig(Section):
+    """``[executor]`` (or ``--executor``): where a sweep's jobs run. Never part of a job's key: the same
+    sweep gives the same jobs and results on any executor. Only the driver (the ``haloprune sweep``
+    process) writes the results store; the run folders (``<db folder>/<sweep>/``) must be on a file
+    system the workers share with it."""
+
+    name: Literal["local", "submitit", "ray"] = "local"
+    # every executor: torch threads and CPUs per job (default: local, the machine's cores / --jobs;
+    # submitit and ray: 1), GPUs per job, and how often a job whose worker died (killed, preempted
+    # without notice, node lost) is submitted again: it resumes from its last end-of-epoch checkpoint
+    cpus_per_job: int | None = Field(None, gt=0)
+    gpus_per_job: int = Field(0, ge=0)
+    max_retries: int = Field(2, ge=0)
+    # jobs in flight at once (default: local --jobs; submitit's local cluster and ray: as many as the
+    # CPUs allow; SLURM: every job, the scheduler queues them)
+    parallel: int | None = Field(None, gt=0)
+    # submitit: "slurm", "local" (this machine, same code path: how it is tested) or "auto" (SLURM when
+    # sbatch is there); its logs and pickles (default <db folder>/<sweep>/submitit); SLURM resources
+    cluster: Literal["auto", "slurm", "local"] = "auto"
+    folder: str | None = None
+    partition: str | None = None
+    mem_gb: float | None = Field(None, gt=0)
+    timeout_min: int = Field(24 * 60, gt=0)  # SLURM's time limit per job; on timeout a job is requeued
+    slurm: dict[str, Any] = Field(default_factory=dict)  # any other slurm_* setting: {account = "x"}
+    # ray: the cluster's address ("auto", "ray://head:10001"); None starts a local one with num_cpus
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _settings_of_this_executor(self) -> ExecutorConfig:
+        for key, owner in _ONLY_FOR.items():
+            if owner != self.name and key in self.model_fields_set:
+                raise ValueError(f"{key} is a setting of the {owner} executor, not of {self.name!r}")
+        return self
+
+
 PRETRAIN = "pretrain"  # the method name of a sweep's dense pre-training job
 
 
@@ -106,6 +156,7 @@ class SweepConfig(Setup):
     # a dense pre-training job every method starts from (fine-tuning studies); None: from scratch
     pretrain: PretrainConfig | None = added_field(None)
     logging: LoggingConfig = Field(LoggingConfig(), exclude=True)  # each job a logged run; not in any key
+    executor: ExecutorConfig = Field(ExecutorConfig(), exclude=True)  # where jobs run; not in any key
 
     @field_validator("seeds", "sparsities")
     @classmethod
@@ -180,4 +231,5 @@ def load_sweep_config(
     data["name"] = f"{cfg.name}-quick"
     for method in data["methods"].values():  # the first grid point only
         method["grid"] = method["grid"][:1]
-    return validate(SweepConfig, data, f"{path} with --quick")
+    quick = validate(SweepConfig, data, f"{path} with --quick")
+    return quick.model_copy(update={"logging": cfg.logging, "executor": cfg.executor})  # not dumped

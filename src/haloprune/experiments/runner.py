@@ -1,9 +1,16 @@
-"""Parallel sweep runner: run many independent jobs once each, recording them in a :class:`ResultStore`.
+"""The sweep driver: run many independent jobs once each, on an executor, recording them in a
+:class:`ResultStore`.
 
-The runner knows nothing about what a job computes: ``run_job(job, worker_threads)`` returns
-``(records, epochs_used)``. Jobs already done in the store are skipped, so an interrupted or killed
-sweep is resumed by running it again. Each job is claimed by the process that runs it, so two sweeps
-started at once never run the same job twice.
+The runner knows nothing about what a job computes: ``run_job(job, threads, checkpoints)`` returns
+``(records, epochs_used)`` and keeps its end-of-epoch checkpoints in the folder ``checkpoints``, so a
+job run again resumes where it stopped. Nor where it runs: an executor
+(:mod:`haloprune.experiments.executors`: local processes, SLURM through submitit, Ray) runs it and hands
+the outcome back. The driver alone writes the store: it claims a job, submits it, keeps the executor's
+handle with the claim, and records the result when it comes back. Jobs already done are skipped, so an
+interrupted or killed sweep is resumed by running it again; a driver started again re-attaches to the
+jobs its predecessor left running on a cluster, picks up those that finished meanwhile (each worker
+leaves its result in the job's work folder), and counts none twice. Two drivers started at once never
+run the same job twice: the second sees the first's live claim.
 """
 
 from __future__ import annotations
@@ -11,25 +18,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
-import os
 import pickle
-import signal
+import shutil
 import time
-import traceback
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from haloprune.experiments.config import ExecutorConfig
+from haloprune.experiments.executors import (
+    Executor,
+    JobError,
+    JobResult,
+    JobTask,
+    RunJob,
+    build_executor,
+    read_result,
+    work_folder,
+    worker_threads,
+)
 from haloprune.experiments.store import ResultStore
 
-RunJob = Callable[["Job", int], tuple[list[dict[str, Any]], int]]
+__all__ = ["Job", "RunJob", "run_sweep", "sweep_status", "worker_threads"]
 
 
 @dataclass(frozen=True)
@@ -78,37 +91,6 @@ class Job:
         return {k: v for k, v in spec.items() if k not in self.not_in_result}
 
 
-def worker_threads(n_jobs: int) -> int:
-    """Torch threads per worker when ``n_jobs`` jobs run at once."""
-    return max(1, (os.cpu_count() or 1) // max(1, n_jobs))
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: message (at file:line)``, on one line."""
-    text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames:
-        line += f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})"
-    return line
-
-
-def _execute(job: Job, run_job: RunJob, store: ResultStore, threads: int) -> tuple[str, str, str | None]:
-    """Claim, run and record one job; returns (outcome, key, error) with outcome done|busy|failed."""
-    if not store.claim(job):
-        return ("done" if store.is_done(job.key) else "busy", job.key, None)
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    try:
-        records, epochs_used = run_job(job, threads)
-        store.finish(job.key, list(records), epochs_used, time.perf_counter() - start)
-    except Exception as e:
-        error = _one_line(e)
-        store.fail(job.key, error)
-        return ("failed", job.key, error)
-    return ("ran", job.key, None)
-
-
 def _stages(todo: list[Job]) -> list[list[Job]]:
     """``todo`` in stages: each job after the stage of every job it needs (needs outside ``todo`` are
     taken as done or failed already)."""
@@ -131,27 +113,6 @@ def _stages(todo: list[Job]) -> list[list[Job]]:
     return stages
 
 
-def _worker_init() -> None:
-    # Ctrl-C reaches the whole process group: let the parent handle it and stop the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _worker(job: Job, run_job: RunJob, store: ResultStore, threads: int) -> tuple[str, str, str | None]:
-    return _execute(job, run_job, store, threads)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Cancel queued jobs and kill running workers (their claims die with their pids)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        with contextlib.suppress(Exception):
-            p.terminate()
-    for p in processes:
-        with contextlib.suppress(Exception):
-            p.join(timeout=5)
-
-
 def run_sweep(
     jobs: list[Job],
     run_job: RunJob,
@@ -161,21 +122,26 @@ def run_sweep(
     progress: bool | None = None,
     reuse: bool = True,
     adopted: Callable[[Job, dict[str, Any]], None] | None = None,
+    executor: ExecutorConfig | Executor | None = None,
 ) -> dict[str, Any]:
-    """Run every job not yet done in ``store``, ``n_jobs`` at a time; returns a summary.
+    """Run every job not yet done in ``store`` on ``executor`` (default: local, ``n_jobs`` at a time);
+    returns a summary.
 
-    ``run_job(job, worker_threads) -> (records, epochs_used)`` must be a picklable top-level function
-    when ``n_jobs > 1`` (workers are spawned). Each worker uses ``cpu_count // n_jobs`` torch threads. A
-    job that raises is recorded failed and the sweep goes on; a later sweep retries it. Ctrl-C stops
-    the sweep (KeyboardInterrupt is re-raised); jobs cut short are run again by the next sweep.
+    ``run_job(job, threads, checkpoints) -> (records, epochs_used)`` must be a picklable top-level
+    function unless it runs in this process (local, one job at a time). A job that raises is recorded
+    failed and the sweep goes on; a later sweep retries it. A job whose worker was lost (killed,
+    preempted, its node gone) is submitted again up to ``executor.max_retries`` times, and resumes from
+    its checkpoints. Ctrl-C stops the sweep (KeyboardInterrupt is re-raised): the local executor's jobs
+    are stopped and given back; jobs on a cluster go on, and the next sweep re-attaches to them.
 
     With ``reuse``, a job that computes the same as one already done in another sweep of the store takes
     over its results instead of running (:meth:`ResultStore.adopt`); ``adopted(job, source_run)`` is then
     called, e.g. to copy files the source wrote.
 
-    Summary: ``done`` (jobs run to completion now), ``skipped`` (already done), ``reused`` (taken over
-    from another sweep), ``busy`` (running in another live process), ``failed`` (list of (key, error))
-    and ``wall_seconds``.
+    Summary: ``done`` (jobs finished now, collected or re-attached included), ``skipped`` (already done),
+    ``reused`` (taken over from another sweep), ``attached`` (of ``done``: left running by an earlier
+    driver and followed to the end), ``retried`` (submissions again after a lost worker), ``busy``
+    (claimed by another live driver), ``failed`` (list of (key, error)) and ``wall_seconds``.
     """
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
@@ -191,107 +157,181 @@ def run_sweep(
                 todo.append(job)
             elif adopted is not None:
                 adopted(job, source)
-    reused = len(unique) - skipped - len(todo)
     summary: dict[str, Any] = {
         "done": 0,
         "skipped": skipped,
-        "reused": reused,
+        "reused": len(unique) - skipped - len(todo),
+        "attached": 0,
+        "retried": 0,
         "busy": 0,
         "failed": [],
         "wall_seconds": 0.0,
     }
-    threads = worker_threads(n_jobs)
-    disable = None if progress is None else not progress
-    bar = tqdm(total=len(unique), initial=skipped + reused, desc="sweep", unit="job", disable=disable)
-
-    def tally(outcome: str, key: str, error: str | None) -> None:
-        if outcome == "ran":
-            summary["done"] += 1
-        elif outcome == "done":
-            summary["skipped"] += 1
-        elif outcome == "busy":
-            summary["busy"] += 1
-        else:
-            summary["failed"].append((key, error))
-        bar.update(1)
-        bar.set_postfix(failed=len(summary["failed"]), refresh=False)
-
-    if n_jobs > 1 and len(todo) > 1:
+    if not todo:
+        summary["wall_seconds"] = time.perf_counter() - start
+        return summary
+    if isinstance(executor, Executor):
+        ex = executor
+    else:
+        cfg = executor if executor is not None else ExecutorConfig()
+        ex = build_executor(cfg, store.path.parent / unique[0].sweep, n_jobs)
+    if ex.name != "local" or (ex.capacity or 1) > 1:
         try:
             pickle.dumps(run_job)
         except Exception as e:
-            raise TypeError(f"run_job must be a picklable top-level function for n_jobs > 1: {e}") from None
+            raise TypeError(f"run_job must be a picklable top-level function to run elsewhere: {e}") from None
+    bar = tqdm(
+        total=len(unique),
+        initial=len(unique) - len(todo),
+        desc="sweep",
+        unit="job",
+        disable=None if progress is None else not progress,
+    )
+    driver = _Driver(ex, run_job, store, summary, bar, queued=len(todo))
     try:
-        for stage in _stages(todo):
-            ready = []
-            for job in stage:
-                missing = [k for k in job.needs if not store.is_done(k)]
-                if not missing:
-                    ready.append(job)
-                    continue
-                error = f"needs job {missing[0]}, which did not finish (see its error); rerun the sweep"
-                if store.claim(job):
-                    store.fail(job.key, error)
-                tally("failed", job.key, error)
-            if n_jobs == 1 or len(ready) <= 1:
-                _run_in_process(ready, run_job, store, threads, tally)
-            else:
-                _run_in_pool(ready, run_job, store, threads, min(n_jobs, len(ready)), tally)
+        with ex:
+            for stage in _stages(todo):
+                driver.run(stage)
     finally:
         bar.close()
     summary["wall_seconds"] = time.perf_counter() - start
     return summary
 
 
-def _run_in_process(
-    todo: list[Job],
-    run_job: RunJob,
-    store: ResultStore,
-    threads: int,
-    tally: Callable[[str, str, str | None], None],
-) -> None:
-    previous = torch.get_num_threads()
-    current: Job | None = None
-    try:
-        for job in todo:
-            current = job
-            tally(*_execute(job, run_job, store, threads))
-            current = None
-    except KeyboardInterrupt:
-        if current is not None:  # this process lives on: give the claim back explicitly
-            with contextlib.suppress(Exception):
-                store.release(current.key)
-        raise
-    finally:
-        torch.set_num_threads(previous)
+class _Driver:
+    """Claims, submits, follows and records the jobs of one sweep on one executor."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        run_job: RunJob,
+        store: ResultStore,
+        summary: dict[str, Any],
+        bar: Any,
+        queued: int,
+    ) -> None:
+        self.ex, self.run_job, self.store, self.summary, self.bar = executor, run_job, store, summary, bar
+        self.queued = queued
+        self.flight: dict[str, tuple[Job, int]] = {}  # handle -> (job, submissions so far)
+
+    def run(self, stage: list[Job]) -> None:
+        waiting = deque(stage)
+        try:
+            while waiting or self.flight:
+                while waiting and (self.ex.capacity is None or len(self.flight) < self.ex.capacity):
+                    self.start(waiting.popleft())
+                    self.queued -= 1
+                self.show()
+                for handle, outcome in self.ex.poll(timeout=1.0):
+                    self.collect(handle, outcome)
+                self.show()
+        except KeyboardInterrupt:
+            if self.ex.name == "local":  # this process lives on: give the claims back explicitly
+                for job, _ in self.flight.values():
+                    with contextlib.suppress(Exception):
+                        self.store.release(job.key)
+            raise
+
+    def tally(self, outcome: str, key: str, error: str | None = None) -> None:
+        if outcome == "ran":
+            self.summary["done"] += 1
+        elif outcome == "done":
+            self.summary["skipped"] += 1
+        elif outcome == "busy":
+            self.summary["busy"] += 1
+        else:
+            self.summary["failed"].append((key, error))
+        self.bar.update(1)
+
+    def show(self) -> None:
+        running = self.ex.running()
+        flight = len(self.flight)
+        running = flight if running is None else running
+        self.bar.set_postfix(
+            queued=self.queued + flight - running,
+            running=running,
+            failed=len(self.summary["failed"]),
+            refresh=True,
+        )
+
+    def start(self, job: Job) -> None:
+        """Claim ``job`` and have it run: its result if a worker left one, the earlier driver's
+        submission if it still runs, else a new submission."""
+        missing = [k for k in job.needs if not self.store.is_done(k)]
+        if missing:
+            error = f"needs job {missing[0]}, which did not finish (see its error); rerun the sweep"
+            if self.store.claim(job):
+                self.store.fail(job.key, error)
+            self.tally("failed", job.key, error)
+            return
+        if not self.store.claim(job):
+            self.tally("done" if self.store.is_done(job.key) else "busy", job.key)
+            return
+        folder = work_folder(self.store.path, job)
+        left = read_result(folder)
+        if left is not None:  # finished while no driver was there to record it
+            self.record(job, left)
+            return
+        handle = self.store.handle(job.key, self.ex.name)
+        if handle is not None and self.ex.attach(handle):
+            self.flight[handle] = (job, 1)
+            self.summary["attached"] += 1
+            return
+        self.submit(job, 0)
+
+    def submit(self, job: Job, submissions: int) -> None:
+        folder = work_folder(self.store.path, job)
+        handle = self.ex.submit(JobTask(job, self.run_job, self.ex.threads, folder))
+        self.store.set_handle(job.key, self.ex.name, handle)
+        self.flight[handle] = (job, submissions + 1)
+
+    def collect(self, handle: str, outcome: JobResult | JobError | BaseException) -> None:
+        job, submissions = self.flight.pop(handle)
+        if isinstance(outcome, JobResult):
+            self.record(job, outcome)
+        elif isinstance(outcome, JobError):
+            self.store.fail(job.key, outcome.error)
+            self.tally("failed", job.key, outcome.error)
+        elif submissions <= self.ex.cfg.max_retries:  # the worker was lost: again, from its checkpoints
+            self.summary["retried"] += 1
+            self.submit(job, submissions)
+        else:
+            error = f"{' '.join(str(outcome).split())} (after {submissions} submissions); rerun the sweep"
+            self.store.fail(job.key, error)
+            self.tally("failed", job.key, error)
+
+    def record(self, job: Job, result: JobResult) -> None:
+        try:
+            self.store.finish(job.key, result.records, result.epochs_used, result.seconds)
+        except (KeyError, ValueError) as e:  # records the store cannot take: the job's fault
+            self.store.fail(job.key, str(e))
+            self.tally("failed", job.key, str(e))
+            return
+        shutil.rmtree(work_folder(self.store.path, job), ignore_errors=True)
+        self.tally("ran", job.key)
 
 
-def _run_in_pool(
-    todo: list[Job],
-    run_job: RunJob,
-    store: ResultStore,
-    threads: int,
-    workers: int,
-    tally: Callable[[str, str, str | None], None],
-) -> None:
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
-    try:
-        futures: dict[Future[tuple[str, str, str | None]], Job] = {
-            pool.submit(_worker, job, run_job, store, threads): job for job in todo
-        }
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                tally(*future.result())
-            except BrokenProcessPool:
-                tally("failed", job.key, "worker process died (killed or out of memory); rerun the sweep")
-            except Exception as e:  # e.g. the store failed inside the worker
-                error = _one_line(e)
-                with contextlib.suppress(Exception):
-                    store.fail(job.key, error)
-                tally("failed", job.key, error)
-    except BaseException:
-        _stop_workers(pool)
-        raise
-    pool.shutdown(wait=True)
+def sweep_status(jobs: list[Job], store: ResultStore, executor: Executor | None = None) -> dict[str, Any]:
+    """Where each job of a sweep stands, from the store (and ``executor``, asked about the jobs a driver
+    submitted): counts of ``queued`` / ``running`` / ``done`` / ``failed``, ``driver`` (a live driver's
+    ``pid@host``, or None) and ``running_jobs``: (key, method, handle, what the executor says)."""
+    counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
+    drivers: set[str] = set()
+    running_jobs = []
+    for job in {j.key: j for j in jobs}.values():
+        run = store.run(job.key)
+        status = run["status"] if run is not None else "pending"
+        if status == "done":
+            counts["done"] += 1
+        elif status == "failed":
+            counts["failed"] += 1
+        elif status == "running":
+            counts["running"] += 1
+            if store.claimed_live(job.key):
+                drivers.add(f"{run['pid']}@{run['host']}")
+            handle = run.get("handle") if run.get("executor") == getattr(executor, "name", None) else None
+            state = executor.describe(handle) if executor is not None and handle else "unknown"
+            running_jobs.append((job.key, job.method, run.get("handle"), state))
+        else:
+            counts["queued"] += 1
+    return {**counts, "driver": ", ".join(sorted(drivers)) or None, "running_jobs": running_jobs}

@@ -6,6 +6,12 @@ never deadlock on a lock upgrade). A job is *claimed* before it runs; a claim he
 has since died (killed, crashed, out of memory) is taken over, so no job is lost, and
 :meth:`ResultStore.finish` replaces a job's results and marks it done in one transaction, so none is
 counted twice.
+
+Only the process that runs the sweep (the *driver*) writes the store; wherever the jobs run (worker
+processes, SLURM through submitit, Ray), they hand their records back to it. A claim names the driver's
+pid and host and, once the job is submitted, the executor and its handle for the job (a SLURM job id, a
+Ray actor name), so a driver started again after the first one died re-attaches to the job instead of
+submitting it twice.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = Path("runs/results.sqlite")
 STATUSES = ("pending", "running", "done", "failed")
-SCHEMA_VERSION = 2  # 2: runs.reused_from
+SCHEMA_VERSION = 3  # 2: runs.reused_from; 3: runs.executor, runs.handle
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -51,7 +57,9 @@ CREATE TABLE IF NOT EXISTS runs (
     epochs_used INTEGER,
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    reused_from TEXT
+    reused_from TEXT,
+    executor TEXT,
+    handle TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep);
 CREATE TABLE IF NOT EXISTS results (
@@ -79,7 +87,8 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _dumps(obj: Any) -> str:
+def dumps(obj: Any) -> str:
+    """``obj`` as the store writes JSON: sorted keys, numpy / torch scalars and arrays as numbers."""
     return json.dumps(obj, sort_keys=True, default=_json_default)
 
 
@@ -214,8 +223,9 @@ class ResultStore:
                         f"{where}: it was written by a newer haloprune (schema {version}); upgrade haloprune"
                     )
                 columns = {row[1] for row in c.execute("PRAGMA table_info(runs)")}
-                if "reused_from" not in columns:  # a schema-1 store: results are kept, nothing reruns
-                    c.execute("ALTER TABLE runs ADD COLUMN reused_from TEXT")
+                for added in ("reused_from", "executor", "handle"):  # an older store: results are kept
+                    if added not in columns:
+                        c.execute(f"ALTER TABLE runs ADD COLUMN {added} TEXT")
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             conn.close()
@@ -297,8 +307,8 @@ class ResultStore:
                 "method": job.method,
                 "seed": int(job.seed),
                 "sparsity": sparsity,
-                "config": _dumps(job.spec),
-                "hyperparameters": _dumps(job.hyperparameters),
+                "config": dumps(job.spec),
+                "hyperparameters": dumps(job.hyperparameters),
                 "git_commit": git_commit(),
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
@@ -351,7 +361,7 @@ class ResultStore:
                         _float_or_none(record.get("achieved_sparsity")),
                         _float_or_none(record.get("accuracy")),
                         _float_or_none(record.get("val_accuracy")),
-                        _dumps(record),
+                        dumps(record),
                     )
                 )
             _replace_results(c, job_key, rows)
@@ -383,7 +393,7 @@ class ResultStore:
             candidates = c.execute(
                 """SELECT key, config, reused_from FROM runs WHERE status = 'done' AND key != ?
                    AND seed = ? AND sparsity IS ? AND hyperparameters = ? ORDER BY finished""",
-                (job.key, int(job.seed), _float_or_none(job.sparsity), _dumps(job.hyperparameters)),
+                (job.key, int(job.seed), _float_or_none(job.sparsity), dumps(job.hyperparameters)),
             ).fetchall()
             match = next(
                 ((k, r) for k, cfg, r in candidates if job.result_spec(json.loads(cfg)) == wanted), None
@@ -408,7 +418,7 @@ class ResultStore:
                     "key": job.key,
                     "sweep": job.sweep,
                     "method": job.method,
-                    "config": _dumps(job.spec),
+                    "config": dumps(job.spec),
                     "now": now,
                     "origin": origin,
                     "source": source,
@@ -420,7 +430,7 @@ class ResultStore:
                 (source,),
             ).fetchall()
             rows = [
-                (job.method, int(job.seed), *values, _dumps({**json.loads(metrics), "method": job.method}))
+                (job.method, int(job.seed), *values, dumps({**json.loads(metrics), "method": job.method}))
                 for *values, metrics in copied
             ]
             _replace_results(c, job.key, rows)
@@ -434,6 +444,23 @@ class ResultStore:
                 "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE key = ?",
                 (time.time(), line, job_key),
             )
+
+    def set_handle(self, job_key: str, executor: str, handle: str) -> None:
+        """Record where the claimed job was submitted: the executor's name and its handle for the job."""
+        with self._write() as c:
+            c.execute("UPDATE runs SET executor = ?, handle = ? WHERE key = ?", (executor, handle, job_key))
+
+    def handle(self, job_key: str, executor: str) -> str | None:
+        """The handle ``executor`` gave the job when it was last submitted (None: never, or elsewhere)."""
+        row = self.conn.execute("SELECT executor, handle FROM runs WHERE key = ?", (job_key,)).fetchone()
+        return row[1] if row is not None and row[0] == executor else None
+
+    def claimed_live(self, job_key: str) -> bool:
+        """Whether the job is 'running' under a driver that is still alive."""
+        row = self.conn.execute(
+            "SELECT status, pid, host, started FROM runs WHERE key = ?", (job_key,)
+        ).fetchone()
+        return row is not None and row[0] == "running" and self._claim_is_live(row[1:], time.time())
 
     def release(self, job_key: str) -> None:
         """Give a claimed job back (status 'pending'), e.g. after an interrupt in this process."""

@@ -90,8 +90,10 @@ def _data(data: DataConfig, seed: int, device: str) -> SplitData:
     return load_data(data, seed, device)
 
 
-def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
-    """Run one job (in a worker process): returns its records and the epochs every network received."""
+def run_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Run one job (in a worker): returns its records and the epochs every network received. With
+    ``checkpoints``, every fit of the method checkpoints each epoch there, and a job run again with the
+    same folder resumes exactly where it stopped."""
     spec = job.spec
     run = RunConfig.model_validate({**spec["run"], "seed": job.seed})
     if "init_state" in spec:  # fine-tuning from the sweep's dense pre-training
@@ -109,6 +111,7 @@ def run_job(job: Job, threads: int) -> tuple[list[dict[str, Any]], int]:
         progress=progress,
         name=f"{job.method}/s{job.seed}",
         callbacks=[ExperimentLog(logger)] if logger is not None else [],
+        checkpoints=checkpoints,
     )
     method = METHODS[spec["kind"]](**spec["params"])
     targets = [job.sparsity] if job.sparsity is not None else spec["sparsities"]

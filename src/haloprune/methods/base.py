@@ -6,12 +6,22 @@ epochs every reported network received (all of them count: pre-training, fine-tu
 and the final state worth keeping (for the report's plots). Methods whose procedure depends on the target
 (gradual pruning, lottery tickets, pruning at initialisation) set ``per_sparsity = True`` and are run once
 per target; the others (train once, prune at every sparsity) see all targets at once.
+
+A context with a ``checkpoints`` folder makes a method resumable without its knowing: every
+:meth:`Context.fit` writes a verified checkpoint at the end of each epoch (``fit<i>.pt`` for the method's
+i-th fit), and a method run again with the same folder replays itself: a fit already finished is restored
+from its last checkpoint instead of trained, the one cut short continues from its last epoch, exactly as
+``haloprune train --resume`` does. What a method computes between its fits is deterministic given the
+weights and the RNG state, both of which the checkpoints restore, so the replay ends bit-identical (on
+CPU) to a run never interrupted. State a method keeps from *inside* a fit belongs in ``FitState.extras``
+(a callback's, e.g. :class:`KeepWeightsAt`), which the checkpoints carry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -20,10 +30,13 @@ from torch import nn
 
 from haloprune.build import build_network, seed_everything
 from haloprune.config import OptimConfig, RunConfig
+from haloprune.core.io import load_verified, save_verified
 from haloprune.core.params import select_parameters
 from haloprune.data import SplitData
+from haloprune.penalties import Penalty
 from haloprune.pruning import global_magnitude_prune
-from haloprune.training.callbacks import Callback
+from haloprune.pruning.masks import load_state_dict
+from haloprune.training.callbacks import Callback, FitState, Hooks
 from haloprune.training.evaluate import pruned_copy, pruned_record
 from haloprune.training.loop import fit
 
@@ -43,6 +56,9 @@ class Context:
     progress: bool | None = False
     name: str = "run"
     callbacks: Sequence[Callback] = ()  # given to every fit of the method (e.g. a sweep job's logger)
+    # end-of-epoch checkpoints of every fit, to resume the method exactly when it is run again (sweep jobs)
+    checkpoints: Path | None = None
+    _fits: int = field(default=0, init=False, repr=False)
 
     def fit(
         self,
@@ -51,18 +67,39 @@ class Context:
         *,
         seed: int | None = None,
         name: str | None = None,
+        penalty: Penalty | None = None,
+        callbacks: Sequence[Callback] = (),
+        on_step: Any = None,
+        on_epoch: Any = None,
         **kw: Any,
     ) -> list[dict[str, Any]]:
         """:func:`~haloprune.training.fit` on this context's data, with its seed and name unless told, its
-        progress setting and callbacks; ``kw`` as ``fit`` takes them (``epochs``, ``penalty``, ...)."""
-        return fit(
+        progress setting and callbacks (then ``callbacks``); ``kw`` as ``fit`` takes them (``epochs``,
+        ``penalty_cfg``, ...). With ``checkpoints``, resumed or replayed from this fit's checkpoint."""
+        # the method's own hooks run before the checkpoint is written, so it holds what they did
+        hooks: list[Callback] = [*self.callbacks, *callbacks, Hooks(on_step, on_epoch)]
+        before: list[dict[str, Any]] = []
+        resume = None
+        if self.checkpoints is not None:
+            path = self.checkpoints / f"fit{self._fits}.pt"
+            self._fits += 1
+            if path.exists():
+                resume = load_verified(path, map_location=self.device)
+                load_state_dict(model, resume["model"])
+                if penalty is not None:
+                    penalty.load_state_dict(resume["penalty"])
+                before = resume["history"]
+            hooks.append(_FitCheckpoint(path, before))
+        return before + fit(
             model,
             self.data,
             optim,
             seed=self.seed if seed is None else seed,
             name=self.name if name is None else name,
             progress=self.progress,
-            callbacks=self.callbacks,
+            penalty=penalty,
+            callbacks=hooks,
+            resume=resume,
             **kw,
         )
 
@@ -102,6 +139,34 @@ class Context:
             zero_below=prune.zero_below,
         )
         return pruned
+
+
+class _FitCheckpoint(Callback):
+    """A fit's end-of-epoch checkpoint, with its metrics rows (those of earlier attempts first)."""
+
+    def __init__(self, path: Path, before: list[dict[str, Any]]) -> None:
+        self.path, self.before = path, before
+
+    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_verified({**state.checkpoint(), "history": self.before + state.history}, self.path)
+
+
+class KeepWeightsAt(Callback):
+    """Keeps a copy of the model's ``state_dict`` as it is after optimizer step ``step`` (e.g. the weights
+    a lottery ticket rewinds to), in ``FitState.extras`` so that checkpoints carry it; read ``weights``
+    after the fit (None if the fit never reached ``step``)."""
+
+    def __init__(self, step: int, key: str = "kept_weights") -> None:
+        self.step, self.key = step, key
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_step_end(self, state: FitState) -> None:
+        if state.step == self.step:
+            state.extras[self.key] = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+
+    def on_fit_end(self, state: FitState) -> None:
+        self.weights = state.extras.get(self.key)
 
 
 @dataclass

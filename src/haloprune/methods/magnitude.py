@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from haloprune.core.schedules import cubic_sparsity
-from haloprune.methods.base import Context, Method, Outcome, Params
+from haloprune.methods.base import Context, KeepWeightsAt, Method, Outcome, Params
 from haloprune.pruning import magnitude_scores, masks_from_scores
 from haloprune.pruning.masks import attach_mask, get_masks, without_masks
 
@@ -127,21 +127,17 @@ class LotteryTicket(Method):
         rewind_step = round(
             self.params.rewind_fraction * per_round * math.ceil(len(ctx.data.y_train) / optim.batch_size)
         )
-        saved: dict[str, torch.Tensor] = {}
-        if rewind_step == 0:  # rewind to initialisation (the original lottery ticket)
-            saved.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-
-        def keep_early(step: int) -> None:
-            if step == rewind_step and not saved:
-                saved.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        early = KeepWeightsAt(rewind_step)  # in the fit's checkpoints: a resumed job rewinds the same
         ctx.fit(
             model,
             optim,
             epochs=per_round,
             name=f"{ctx.name}/r0",
-            on_step=keep_early,
+            callbacks=[early],
         )
+        # step 0: rewind to initialisation (the original lottery ticket)
+        saved = initial if rewind_step == 0 else (early.weights or {})
         names = ctx.prunable(model)
         keep_per_round = (1.0 - target) ** (1.0 / rounds)
         for r in range(1, rounds + 1):
