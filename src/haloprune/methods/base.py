@@ -19,6 +19,7 @@ CPU) to a run never interrupted. State a method keeps from *inside* a fit belong
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from torch import nn
 
 from haloprune.build import build_network, seed_everything
 from haloprune.config import OptimConfig, RunConfig
+from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import load_verified, save_verified
 from haloprune.core.params import select_parameters
 from haloprune.data import SplitData
@@ -84,7 +86,11 @@ class Context:
             path = self.checkpoints / f"fit{self._fits}.pt"
             self._fits += 1
             if path.exists():
-                resume = load_verified(path, map_location=self.device)
+                try:
+                    resume = load_verified(path, map_location=self.device)
+                except HaloPruneError as err:  # killed while writing the first: this fit starts over
+                    warnings.warn(f"{err}; training this fit from its start", RuntimeWarning, stacklevel=2)
+            if resume is not None:
                 load_state_dict(model, resume["model"])
                 if penalty is not None:
                     penalty.load_state_dict(resume["penalty"])

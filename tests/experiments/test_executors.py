@@ -1,0 +1,274 @@
+"""Sweeps on every executor, with the real packages: submitit's local cluster (the same code path as
+SLURM) and a local Ray cluster. The same jobs give the same records everywhere; a driver killed mid-sweep
+and started again finishes without running a finished job again or counting one twice (re-attaching to
+the jobs still running on submitit and Ray); a worker killed or preempted mid-job resumes from its
+checkpoint and ends bit-identical to a job never interrupted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from haloprune.cli import main
+from haloprune.core.io import load_torch
+from haloprune.experiments.config import ExecutorConfig, load_sweep_config
+from haloprune.experiments.runner import Job, run_sweep
+from haloprune.experiments.store import ResultStore
+from haloprune.experiments.sweep import expand
+from tests.experiments.executor_jobs import epoch_logged_job, logged_job
+from tests.helpers import REPO
+
+MAIN = REPO / "configs" / "main.toml"
+
+
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers import the test jobs from this checkout; a test Ray cluster needs no token."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def ray_cluster(worker_env: None) -> Iterator[str]:
+    """A Ray cluster of 2 CPUs on this machine that outlives the drivers connected to it."""
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    port = _free_port()
+    start = [ray, "start", "--head", "--num-cpus=2", f"--port={port}", "--node-ip-address=127.0.0.1"]
+    start += ["--include-dashboard=false", "--disable-usage-stats"]
+    subprocess.run(start, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+# ------------------------------------------------------------------ the same records on every executor
+
+
+def _quick_sweep(
+    folder: Path, executor: list[str], monkeypatch: pytest.MonkeyPatch
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The --quick sweep of configs/main.toml run in ``folder`` (its store runs/results.sqlite there)."""
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    args = ["sweep", str(MAIN), "--quick", "--quiet"]
+    for setting in executor:
+        args += ["--set", f"executor.{setting}"]
+    assert main(args) == 0
+    with ResultStore("runs/results.sqlite") as store:
+        return {(r["run_key"], r["sparsity"]): r for r in store.records()}
+
+
+def test_quick_sweep_gives_the_same_records_on_every_executor(
+    real_fmnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = _quick_sweep(tmp_path / "local", [], monkeypatch)
+    submitit = _quick_sweep(tmp_path / "submitit", ["name='submitit'", "cluster='local'"], monkeypatch)
+    ray = _quick_sweep(tmp_path / "ray", ["name='ray'", "num_cpus=2"], monkeypatch)
+    # 6 jobs: halo and gmp once per target, magnitude-ft and dense once for both targets
+    assert len({key for key, _ in local}) == 6 and len(local) == 8
+    columns = ("method", "seed", "accuracy", "val_accuracy", "achieved_sparsity", "epochs_used", "metrics")
+    for other in (submitit, ray):
+        assert other.keys() == local.keys()  # the same job keys ...
+        for k, r in local.items():  # ... and the same numbers, bit for bit
+            assert {c: other[k].get(c) for c in columns} == {c: r.get(c) for c in columns}
+        assert all(other[k]["wall_seconds"] > 0 for k in other)
+
+
+# --------------------------------------------------------------------- a driver killed and started again
+
+N_JOBS = 6
+
+
+def _jobs(log: Path, sleep: float) -> list[Job]:
+    spec = {"sparsities": [0.5, 0.9], "log": str(log), "sleep": sleep}
+    return [Job("kill", f"m{i}", 0, None, {**spec, "i": i}, {}, ("log", "sleep")) for i in range(N_JOBS)]
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+from haloprune.experiments.config import ExecutorConfig
+from haloprune.experiments.runner import run_sweep
+from haloprune.experiments.store import ResultStore
+from tests.experiments.executor_jobs import logged_job
+from tests.experiments.test_executors import _jobs
+cfg = ExecutorConfig.model_validate_json(sys.argv[3])
+run_sweep(_jobs(Path(sys.argv[2]), 1.5), logged_job, ResultStore(sys.argv[1]), n_jobs=2, progress=False,
+          executor=cfg)
+"""
+
+
+def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen[bytes] | None, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the driver exited early ({what})"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _kill_driver_mid_sweep(tmp_path: Path, cfg: ExecutorConfig) -> tuple[ResultStore, Path, list[Job]]:
+    """Start a driver in a process of its own, SIGKILL it once a job is done and others run."""
+    db, log = tmp_path / "runs" / "results.sqlite", tmp_path / "jobs.log"
+    store = ResultStore(db)
+    script = textwrap.dedent(DRIVER)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(db), str(log), cfg.model_dump_json(exclude_unset=True)]
+    )
+    try:
+
+        def mid_sweep() -> bool:
+            status = store.status()
+            return status["done"] >= 1 and status["running"] >= 1 and status["done"] + status["running"] < 6
+
+        _wait_for(mid_sweep, proc, "a job done and another running")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return store, log, _jobs(log, 1.5)
+
+
+def _lines(log: Path, word: str) -> Counter[str]:
+    return Counter(line.split()[1] for line in log.read_text().splitlines() if line.startswith(word + " "))
+
+
+def _finish_and_check(store: ResultStore, log: Path, jobs: list[Job], cfg: ExecutorConfig) -> dict[str, Any]:
+    done_before = {j.key for j in jobs if store.is_done(j.key)}
+    ended_before = _lines(log, "end")
+    summary = run_sweep(jobs, logged_job, store, n_jobs=2, progress=False, executor=cfg)
+    assert summary["failed"] == [] and summary["skipped"] == len(done_before), summary
+    assert summary["done"] == N_JOBS - len(done_before), summary
+    assert store.status() == {"pending": 0, "running": 0, "done": N_JOBS, "failed": 0}
+    assert len(store.records()) == N_JOBS * 2  # no job counted twice
+    ended = _lines(log, "end")
+    assert set(ended) == {j.key for j in jobs} and max(ended.values()) == 1  # none finished twice
+    assert all(ended_before[k] == 1 for k in done_before)  # the finished ones were not run again
+    assert not (store.path.parent / "kill" / "jobs").exists() or not any(
+        (store.path.parent / "kill" / "jobs").iterdir()
+    )  # work folders are removed once their job is recorded
+    return summary
+
+
+def test_local_driver_killed_and_restarted(worker_env: None, tmp_path: Path) -> None:
+    cfg = ExecutorConfig()
+    store, log, jobs = _kill_driver_mid_sweep(tmp_path, cfg)
+    time.sleep(0.5)  # its workers die with it (parent-death signal)
+    started = _lines(log, "start")
+    summary = _finish_and_check(store, log, jobs, cfg)
+    assert summary["attached"] == 0
+    again = _lines(log, "start")
+    assert any(again[k] == 2 for k in started if started[k] == 1 and _lines(log, "end")[k] == 1)
+
+
+def test_submitit_driver_killed_and_restarted_reattaches(worker_env: None, tmp_path: Path) -> None:
+    cfg = ExecutorConfig(name="submitit", cluster="local", parallel=2)
+    store, log, jobs = _kill_driver_mid_sweep(tmp_path, cfg)
+    summary = _finish_and_check(store, log, jobs, cfg)
+    # the jobs the dead driver had submitted went on; the new driver followed them: nothing ran twice
+    assert summary["attached"] >= 1
+    assert max(_lines(log, "start").values()) == 1
+
+
+def test_ray_driver_killed_and_restarted_reattaches(ray_cluster: str, tmp_path: Path) -> None:
+    cfg = ExecutorConfig(name="ray", address=ray_cluster)
+    store, log, jobs = _kill_driver_mid_sweep(tmp_path, cfg)
+    summary = _finish_and_check(store, log, jobs, cfg)
+    assert summary["attached"] >= 1  # detached actors outlive the driver that submitted them
+    assert max(_lines(log, "start").values()) == 1
+
+
+# ----------------------------------------------------------------- a worker killed or preempted mid-job
+
+
+def _one_job(tmp_path: Path, name: str) -> tuple[ResultStore, Job]:
+    """magnitude + fine-tuning on real Fashion-MNIST: a dense fit, then a fine-tuning fit per target."""
+    db = tmp_path / name / "results.sqlite"
+    overrides = [f"db='{db}'", "optim.epochs=6", "data.train_subset=10000", "methods.magnitude-ft.grid=[]"]
+    cfg = load_sweep_config(MAIN, overrides, quick=True)
+    [job] = [j for j in expand(cfg) if j.method == "magnitude-ft"]
+    return ResultStore(db), job
+
+
+def _worker_of(controller: int) -> int:
+    """The pid of the process running the job under submitit's local controller ``controller``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == controller:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker under submitit's controller {controller}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGUSR2], ids=["killed", "preempted"])
+def test_a_submitit_worker_cut_short_resumes_bit_identical(
+    real_fmnist: Path, worker_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    """SIGKILL: the worker is lost, the driver submits the job again. SIGUSR2 (SLURM's preemption and
+    time-limit warning): submitit checkpoints and requeues it itself. Either way it resumes."""
+    log = tmp_path / "epochs.log"
+    monkeypatch.setenv("HALOPRUNE_TEST_EPOCH_LOG", str(log))
+    ref_store, ref_job = _one_job(tmp_path, "reference")
+    one_thread = ExecutorConfig(cpus_per_job=1)  # as each submitit job has: the same sums in the same order
+    assert run_sweep([ref_job], epoch_logged_job, ref_store, progress=False, executor=one_thread)["done"] == 1
+    uninterrupted = [line.split(maxsplit=2)[2] for line in log.read_text().splitlines()]
+    log.unlink()
+
+    store, job = _one_job(tmp_path, "cut")
+    checkpoint = tmp_path / "cut" / job.sweep / "jobs" / job.key / "checkpoints" / "fit0.pt.sha256"
+
+    def cut_short() -> None:
+        _wait_for(checkpoint.exists, None, "the job's first complete checkpoint")
+        with ResultStore(store.path) as own:  # a connection of this thread's
+            controller = int(own.run(job.key)["handle"])
+        os.kill(_worker_of(controller), signum)
+
+    killer = threading.Thread(target=cut_short)
+    killer.start()
+    cfg = ExecutorConfig(name="submitit", cluster="local")
+    summary = run_sweep([job], epoch_logged_job, store, progress=False, executor=cfg)
+    killer.join()
+    assert summary["done"] == 1 and summary["failed"] == []
+    assert summary["retried"] == (1 if signum == signal.SIGKILL else 0)  # SIGUSR2: submitit requeued it
+
+    # two processes trained it; the second started after the last checkpoint of the first, and together
+    # they trained every epoch of the uninterrupted job exactly once
+    lines = [line.split(maxsplit=2) for line in log.read_text().splitlines()]
+    pids = list(dict.fromkeys(pid for _, pid, _ in lines))
+    assert len(pids) == 2
+    trained = [what for _, _, what in lines]
+    first = [what for _, pid, what in lines if pid == pids[0]]
+    assert trained[: len(first)] == first and len(set(trained)) == len(trained)
+    assert sorted(trained) == sorted(uninterrupted)
+
+    ref, cut = ref_store.records(), store.records()
+    assert [r["sparsity"] for r in ref] == [r["sparsity"] for r in cut] == [0.9, 0.98]
+    for a, b in zip(ref, cut, strict=True):
+        for column in ("accuracy", "val_accuracy", "achieved_sparsity", "epochs_used"):
+            assert a[column] == b[column]
+    state_a = load_torch(Path(ref_job.spec["states"]) / f"{ref_job.key}.pt")["model"]
+    state_b = load_torch(Path(job.spec["states"]) / f"{job.key}.pt")["model"]
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
