@@ -20,7 +20,13 @@ from haloprune.core.errors import ConfigError, HaloPruneError
 from haloprune.core.io import save_json
 from haloprune.data import download, load_dataset
 from haloprune.data.datasets import DATASETS, default_cache_dir
-from haloprune.experiments.config import EXECUTOR_NAMES, ExecutorConfig, SweepConfig, load_sweep_config
+from haloprune.experiments.config import (
+    EXECUTOR_NAMES,
+    EXECUTOR_SETTINGS,
+    ExecutorConfig,
+    SweepConfig,
+    load_sweep_config,
+)
 from haloprune.experiments.executors import build_executor
 from haloprune.experiments.report import log_pruned, sparsity_table
 from haloprune.experiments.runner import run_sweep, sweep_status
@@ -266,11 +272,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _with_executor(cfg: SweepConfig, name: str | None) -> SweepConfig:
-    """``--executor NAME`` sets ``executor.name`` (the other settings are checked against it)."""
+    """``--executor NAME`` sets ``executor.name``; the config's settings of another executor are set
+    aside, with a note (a SLURM sweep's config tried on this machine with ``--executor local``)."""
     if name is None:
         return cfg
+    given = cfg.executor.model_dump(exclude_unset=True, exclude={"name"})
+    aside = sorted(k for k in given if EXECUTOR_SETTINGS.get(k, name) != name)
+    if aside:
+        print(f"note: --executor {name} sets aside executor.{', executor.'.join(aside)}", file=sys.stderr)
     try:
-        executor = ExecutorConfig(**{**cfg.executor.model_dump(exclude_unset=True), "name": name})
+        executor = ExecutorConfig(**{k: v for k, v in given.items() if k not in aside}, name=name)
     except ValidationError as err:
         raise ConfigError(f"--executor {name}: {one_line(err, '').split(': ', 1)[-1]}") from None
     return cfg.model_copy(update={"executor": executor})

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 
-from haloprune.cli import main
+from haloprune.cli import _with_executor, main
 from haloprune.core.io import load_torch
 from haloprune.experiments.config import ExecutorConfig, load_sweep_config
 from haloprune.experiments.runner import Job, run_sweep
@@ -272,3 +272,78 @@ def test_a_submitit_worker_cut_short_resumes_bit_identical(
     state_b = load_torch(Path(job.spec["states"]) / f"{job.key}.pt")["model"]
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+# ------------------------------------------------------------------------------ --status, bad settings
+
+
+def test_status_of_a_sweep_whose_driver_is_not_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    submitit = ["--set", "executor.name='submitit'", "--set", "executor.cluster='local'"]
+    assert main(["sweep", str(MAIN), "--quick", "--status", *submitit]) == 2
+    assert "has not started" in capsys.readouterr().err
+    cfg = load_sweep_config(MAIN, quick=True)
+    done, lost, failed, *_ = jobs = expand(cfg)
+    with ResultStore(cfg.db) as store:
+        for job in (done, lost, failed):
+            assert store.claim(job)
+        store.finish(done.key, [{"sparsity": done.sparsity or 0.9, "accuracy": 50.0}], 2, 1.0)
+        store.fail(failed.key, "boom")
+        store.set_handle(lost.key, "submitit", "999999999")  # a local controller that no longer exists
+        assert main(["sweep", str(MAIN), "--quick", "--status", *submitit]) == 0
+        first = capsys.readouterr().out.splitlines()
+        # the driver that claimed them (this process) is alive ...
+        assert f"driver running ({os.getpid()}@" in first[0]
+        store.conn.execute("UPDATE runs SET pid = 999999999 WHERE status = 'running'")  # ... now it is not
+    assert main(["sweep", str(MAIN), "--quick", "--status", *submitit]) == 0
+    out = capsys.readouterr().out.splitlines()
+    queued = len(jobs) - 3
+    assert out[0] == (
+        f"sweep main-quick: {len(jobs)} jobs, queued {queued}, running 1, done 1, failed 1; "
+        "driver not running; executor submitit"
+    )
+    assert out[1] == f"  running {lost.key} ({lost.method}): handle 999999999, gone"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--executor", "ray", "--set", "executor.partition='gpu'"],
+            "partition is a setting of the submitit",
+        ),
+        (["--set", "executor.adress='auto'"], "executor.adress: unknown key"),
+        (["--set", "executor.name='slurm'"], "executor.name"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+    ],
+)
+def test_bad_executor_settings_are_one_line_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", str(MAIN), "--quick", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("haloprune: error:") and message in err and err.count("\n") == 1, err
+    assert not Path("runs").exists()  # nothing started
+
+
+def test_executor_flag_sets_aside_another_executors_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SLURM sweep's config tried on this machine: --executor local sets its SLURM settings aside."""
+    config = tmp_path / "slurm.toml"
+    config.write_text(
+        MAIN.read_text() + '\n[executor]\nname = "submitit"\npartition = "gpu"\nmax_retries = 5\n'
+    )
+    cfg = load_sweep_config(config, quick=True)
+    assert cfg.executor.partition == "gpu"
+    local = _with_executor(cfg, "local")
+    assert local.executor == ExecutorConfig(name="local", max_retries=5)
+    assert capsys.readouterr().err == "note: --executor local sets aside executor.partition\n"
+    assert [j.key for j in expand(local)] == [j.key for j in expand(cfg)]  # never part of a job's key

@@ -79,7 +79,7 @@ def merged_optim(optim: OptimConfig, update: dict[str, Any]) -> OptimConfig:
 
 EXECUTOR_NAMES = ("local", "submitit", "ray")
 # the settings that only one executor reads: giving one to another executor is an error, not ignored
-_ONLY_FOR = {
+EXECUTOR_SETTINGS = {
     "cluster": "submitit",
     "folder": "submitit",
     "partition": "submitit",
@@ -121,7 +121,7 @@ class ExecutorConfig(Section):
 
     @model_validator(mode="after")
     def _settings_of_this_executor(self) -> ExecutorConfig:
-        for key, owner in _ONLY_FOR.items():
+        for key, owner in EXECUTOR_SETTINGS.items():
             if owner != self.name and key in self.model_fields_set:
                 raise ValueError(f"{key} is a setting of the {owner} executor, not of {self.name!r}")
         return self
