@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from torch import nn
 
 from haloprune.build import load_data
-from haloprune.config import TrainConfig, load_config, one_line
+from haloprune.config import TrainConfig, load_config
 from haloprune.core import __version__
-from haloprune.core.errors import ConfigError, HaloPruneError
+from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import save_json
 from haloprune.data import download, load_dataset
 from haloprune.data.datasets import DATASETS, default_cache_dir
@@ -273,18 +272,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _with_executor(cfg: SweepConfig, name: str | None) -> SweepConfig:
     """``--executor NAME`` sets ``executor.name``; the config's settings of another executor are set
-    aside, with a note (a SLURM sweep's config tried on this machine with ``--executor local``)."""
-    if name is None:
-        return cfg
-    given = cfg.executor.model_dump(exclude_unset=True, exclude={"name"})
-    aside = sorted(k for k in given if EXECUTOR_SETTINGS.get(k, name) != name)
-    if aside:
-        print(f"note: --executor {name} sets aside executor.{', executor.'.join(aside)}", file=sys.stderr)
-    try:
+    aside, with a note (a SLURM sweep's config tried on this machine with ``--executor local``). Then
+    the settings are checked against the executor (one line if one belongs to another)."""
+    if name is not None:
+        given = cfg.executor.model_dump(exclude_unset=True, exclude={"name"})
+        aside = sorted(k for k in given if EXECUTOR_SETTINGS.get(k, name) != name)
+        if aside:
+            print(f"note: --executor {name} sets aside executor.{', executor.'.join(aside)}", file=sys.stderr)
         executor = ExecutorConfig(**{k: v for k, v in given.items() if k not in aside}, name=name)
-    except ValidationError as err:
-        raise ConfigError(f"--executor {name}: {one_line(err, '').split(': ', 1)[-1]}") from None
-    return cfg.model_copy(update={"executor": executor})
+        cfg = cfg.model_copy(update={"executor": executor})
+    cfg.executor.check()
+    return cfg
 
 
 def _print_status(cfg: SweepConfig, jobs: list[Any]) -> int:

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from haloprune.cli import _with_executor, main
+from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import load_torch
 from haloprune.experiments.config import ExecutorConfig, load_sweep_config
 from haloprune.experiments.runner import Job, run_sweep
@@ -311,8 +312,12 @@ def test_status_of_a_sweep_whose_driver_is_not_running(
     ("args", "message"),
     [
         (
-            ["--executor", "ray", "--set", "executor.partition='gpu'"],
-            "partition is a setting of the submitit",
+            ["--set", "executor.name='ray'", "--set", "executor.partition='gpu'"],
+            "executor.partition is a setting of the submitit executor, not of 'ray'",
+        ),
+        (
+            ["--executor", "ray", "--set", "executor.address='auto'", "--set", "executor.num_cpus=2"],
+            "not both",
         ),
         (["--set", "executor.adress='auto'"], "executor.adress: unknown key"),
         (["--set", "executor.name='slurm'"], "executor.name"),
@@ -347,3 +352,8 @@ def test_executor_flag_sets_aside_another_executors_settings(
     assert local.executor == ExecutorConfig(name="local", max_retries=5)
     assert capsys.readouterr().err == "note: --executor local sets aside executor.partition\n"
     assert [j.key for j in expand(local)] == [j.key for j in expand(cfg)]  # never part of a job's key
+    # --executor submitit with a --set of its own settings on a config written for the local executor
+    tried = load_sweep_config(MAIN, ["executor.cluster='local'"], quick=True)
+    assert _with_executor(tried, "submitit").executor == ExecutorConfig(name="submitit", cluster="local")
+    with pytest.raises(HaloPruneError, match=r"executor\.cluster is a setting of the submitit executor"):
+        _with_executor(tried, None)

@@ -26,6 +26,7 @@ from haloprune.config import (
     one_line,
     validate,
 )
+from haloprune.core.errors import ConfigError
 from haloprune.experiments.store import DEFAULT_PATH
 from haloprune.methods import METHODS
 
@@ -119,12 +120,15 @@ class ExecutorConfig(Section):
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
 
-    @model_validator(mode="after")
-    def _settings_of_this_executor(self) -> ExecutorConfig:
+    def check(self) -> None:
+        """Refuse a setting of another executor (``partition`` for ray): it would be ignored. Checked when
+        the executor is built, so that ``--executor`` may set another executor's settings aside first."""
         for key, owner in EXECUTOR_SETTINGS.items():
             if owner != self.name and key in self.model_fields_set:
-                raise ValueError(f"{key} is a setting of the {owner} executor, not of {self.name!r}")
-        return self
+                why = f"a setting of the {owner} executor, not of {self.name!r}"
+                raise ConfigError(f"executor.{key} is {why}")
+        if self.address is not None and self.num_cpus is not None:
+            raise ConfigError("executor.num_cpus sizes a local Ray cluster: give it or address, not both")
 
 
 PRETRAIN = "pretrain"  # the method name of a sweep's dense pre-training job

@@ -30,6 +30,7 @@ EXECUTORS: Registry[Executor] = Registry(
 def build_executor(cfg: ExecutorConfig, folder: Path, jobs: int | None = None) -> Executor:
     """The executor ``cfg`` names, for the sweep whose run folder is ``folder``; ``jobs``: jobs at once
     unless ``cfg.parallel`` says (the local executor's worker processes)."""
+    cfg.check()
     return EXECUTORS[cfg.name](cfg, folder=folder, jobs=jobs)
 
 
