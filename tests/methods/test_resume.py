@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from haloprune.methods import METHODS, Context
+from haloprune.methods import METHODS
 from haloprune.training.callbacks import Callback, FitState
 from tests.methods.test_methods import _ctx
 
@@ -85,7 +85,10 @@ def _equal(a: Any, b: Any, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize(("kind", "params", "targets"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+
+
+@pytest.mark.parametrize(("kind", "params", "targets"), CASES, ids=IDS)
 def test_a_stopped_method_resumes_bit_identical(
     kind: str, params: dict[str, Any], targets: list[float], tmp_path: Path
 ) -> None:

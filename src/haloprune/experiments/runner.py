@@ -140,7 +140,8 @@ def run_sweep(
 
     Summary: ``done`` (jobs finished now, collected or re-attached included), ``skipped`` (already done),
     ``reused`` (taken over from another sweep), ``attached`` (of ``done``: left running by an earlier
-    driver and followed to the end), ``retried`` (submissions again after a lost worker), ``busy``
+    driver and followed to the end), ``collected`` (of ``done``: finished while no driver was there, their
+    result taken from the work folder), ``retried`` (submissions again after a lost worker), ``busy``
     (claimed by another live driver), ``failed`` (list of (key, error)) and ``wall_seconds``.
     """
     if n_jobs < 1:
@@ -162,6 +163,7 @@ def run_sweep(
         "skipped": skipped,
         "reused": len(unique) - skipped - len(todo),
         "attached": 0,
+        "collected": 0,
         "retried": 0,
         "busy": 0,
         "failed": [],
@@ -270,18 +272,22 @@ class _Driver:
         folder = work_folder(self.store.path, job)
         left = read_result(folder)
         if left is not None:  # finished while no driver was there to record it
+            self.summary["collected"] += 1
             self.record(job, left)
             return
-        handle = self.store.handle(job.key, self.ex.name)
-        if handle is not None and self.ex.attach(handle):
+        handle = self.ex.attach(self.task(job), self.store.handle(job.key, self.ex.name))
+        if handle is not None:  # still running (or finished) where the last driver submitted it
+            self.store.set_handle(job.key, self.ex.name, handle)
             self.flight[handle] = (job, 1)
             self.summary["attached"] += 1
             return
         self.submit(job, 0)
 
+    def task(self, job: Job) -> JobTask:
+        return JobTask(job, self.run_job, self.ex.threads, work_folder(self.store.path, job))
+
     def submit(self, job: Job, submissions: int) -> None:
-        folder = work_folder(self.store.path, job)
-        handle = self.ex.submit(JobTask(job, self.run_job, self.ex.threads, folder))
+        handle = self.ex.submit(self.task(job))
         self.store.set_handle(job.key, self.ex.name, handle)
         self.flight[handle] = (job, submissions + 1)
 
@@ -311,6 +317,10 @@ class _Driver:
         self.tally("ran", job.key)
 
 
+def _not_run(job: Job, threads: int, checkpoints: Any) -> tuple[list[dict[str, Any]], int]:
+    raise AssertionError("a status query runs no job")
+
+
 def sweep_status(jobs: list[Job], store: ResultStore, executor: Executor | None = None) -> dict[str, Any]:
     """Where each job of a sweep stands, from the store (and ``executor``, asked about the jobs a driver
     submitted): counts of ``queued`` / ``running`` / ``done`` / ``failed``, ``driver`` (a live driver's
@@ -330,7 +340,8 @@ def sweep_status(jobs: list[Job], store: ResultStore, executor: Executor | None 
             if store.claimed_live(job.key):
                 drivers.add(f"{run['pid']}@{run['host']}")
             handle = run.get("handle") if run.get("executor") == getattr(executor, "name", None) else None
-            state = executor.describe(handle) if executor is not None and handle else "unknown"
+            task = JobTask(job, _not_run, 1, work_folder(store.path, job))
+            state = executor.describe(task, handle) if executor is not None and handle else "unknown"
             running_jobs.append((job.key, job.method, run.get("handle"), state))
         else:
             counts["queued"] += 1

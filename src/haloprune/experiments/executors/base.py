@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import save_text
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.store import dumps
@@ -80,16 +79,20 @@ def read_result(folder: Path) -> JobResult | None:
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """Hold the job's lock file: two workers never write one job's checkpoints at once."""
+def _exclusive(folder: Path) -> Iterator[bool]:
+    """Hold the job's lock file, so two workers never write one job's checkpoints at once (a second
+    submission of a job, by a driver that died before it kept the first one's handle, waits for the
+    first). Yields False when the folder was removed while waiting: the job was recorded meanwhile."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "lock").open("w") as fh:
+    path = folder / "lock"
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise HaloPruneError(f"another worker is running this job ({folder})") from None
-        try:
-            yield
+            try:
+                current = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                current = False
+            yield current
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -115,7 +118,9 @@ class JobTask:
         torch.set_num_threads(self.threads)
         start = time.perf_counter()
         try:
-            with _exclusive(self.folder):
+            with _exclusive(self.folder) as current:
+                if not current:
+                    return JobError("the job was recorded while this worker waited for it")
                 done = read_result(self.folder)
                 if done is not None:  # finished before: hand it back again, never run it twice
                     return done
@@ -162,17 +167,18 @@ class Executor(ABC):
     @abstractmethod
     def poll(self, timeout: float) -> list[Finished]: ...
 
-    def attach(self, handle: str) -> bool:
-        """Follow ``handle`` (submitted by an earlier driver) if its job is still running or has finished
-        on the cluster; False if it is gone (the driver then submits the job again)."""
-        return False
+    def attach(self, task: JobTask, handle: str | None) -> str | None:
+        """Follow the job of ``task`` that an earlier driver submitted (``handle``, as the store kept it;
+        None if that driver died before keeping it), if it still runs or has finished on the cluster;
+        returns the handle followed, or None when it is gone (the driver then submits the job again)."""
+        return None
 
     def running(self) -> int | None:
         """How many of the submitted jobs the executor says are running (None: it cannot tell, all are)."""
         return None
 
-    def describe(self, handle: str) -> str:
-        """What the executor knows of ``handle`` now (``haloprune sweep --status``)."""
+    def describe(self, task: JobTask, handle: str) -> str:
+        """What the executor knows of the job submitted as ``handle`` now (``haloprune sweep --status``)."""
         return "unknown"
 
     def close(self, interrupted: bool = False) -> None:

@@ -91,12 +91,13 @@ class RayExecutor(Executor):
         except ValueError:
             return None
 
-    def attach(self, handle: str) -> bool:
+    def attach(self, task: JobTask, handle: str | None) -> str | None:
+        handle = self._name(task)  # the actor's name says which job it runs: no handle needed
         actor = self._get(handle)
         if actor is None:
-            return False
+            return None
         self._refs[actor.result.remote()] = (handle, actor)
-        return True
+        return handle
 
     def poll(self, timeout: float) -> list[Finished]:
         if not self._refs:
@@ -116,7 +117,7 @@ class RayExecutor(Executor):
             self._ray.kill(actor)  # detached: it would live on
         return out
 
-    def describe(self, handle: str) -> str:
+    def describe(self, task: JobTask, handle: str) -> str:
         return "running" if self._get(handle) is not None else "gone"
 
     def close(self, interrupted: bool = False) -> None:

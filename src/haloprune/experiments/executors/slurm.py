@@ -10,7 +10,10 @@ resumes it the same way.
 ``cluster = "local"`` runs the same code on this machine (submitit's local executor: a controller
 process per job that outlives the driver, like a SLURM job); that is how it is tested. The handle kept in
 the store is submitit's job id (SLURM's, or the local controller's pid), so a driver started again
-follows the jobs still running instead of submitting them twice.
+follows the jobs still running instead of submitting them twice. Each job's submissions have a folder of
+their own (``<sweep>/submitit/<job key>/<job id>/``: submitit's pickles and the job's logs), so a driver
+that died between submitting a job and keeping its handle is followed too: the next finds the
+submission there.
 """
 
 from __future__ import annotations
@@ -59,17 +62,18 @@ class SubmititExecutor(Executor):
             ) from None
         self._submitit = submitit
         self.logs = Path(cfg.folder) if cfg.folder else folder / "submitit"
-        cluster = None if cfg.cluster == "auto" else cfg.cluster
+        self.cluster = None if cfg.cluster == "auto" else cfg.cluster
         try:
-            self.executor = submitit.AutoExecutor(folder=self.logs / "%j", cluster=cluster)
+            probe = submitit.AutoExecutor(folder=self.logs / "%j", cluster=self.cluster)
         except RuntimeError as e:  # "auto" with neither SLURM nor a fallback
             raise HaloPruneError(f"submitit: {e}; set executor.cluster") from None
-        self.local = self.executor.cluster == "local"
+        self.local = probe.cluster == "local"
+        self.job_class = probe.job_class
         if self.local and cfg.parallel is None:  # one machine: as many jobs as its cores take
             self.capacity = max(1, (os.cpu_count() or 1) // self.threads)
         elif cfg.parallel is None:
             self.capacity = None  # SLURM queues them
-        params: dict[str, Any] = {
+        self.params: dict[str, Any] = {
             "name": f"haloprune-{folder.name}",
             "timeout_min": cfg.timeout_min,
             "cpus_per_task": self.threads,
@@ -80,28 +84,46 @@ class SubmititExecutor(Executor):
             "slurm_partition": cfg.partition,
             **{f"slurm_{k}": v for k, v in cfg.slurm.items()},
         }
+        self._configure(probe)  # a setting submitit refuses: one line now, not at the first job
+        self._jobs: dict[str, Any] = {}
+
+    def _folder(self, key: str) -> Path:
+        """submitit's folder for one job's submissions: ``<logs>/<job key>/<submitit's job id>/``."""
+        return self.logs / key / "%j"
+
+    def _configure(self, executor: Any) -> Any:
         try:
-            self.executor.update_parameters(**params)
+            executor.update_parameters(**self.params)
         except (NameError, AssertionError, ValueError) as e:
             why = " ".join(str(e).split())
             raise HaloPruneError(f"executor: submitit refused a setting: {why}") from None
-        self._jobs: dict[str, Any] = {}
+        return executor
+
+    def _executor_for(self, key: str) -> Any:
+        return self._configure(self._submitit.AutoExecutor(folder=self._folder(key), cluster=self.cluster))
 
     def submit(self, task: JobTask) -> str:
         requeueable = CheckpointableTask(**vars(task))
-        job = self.executor.submit(requeueable)
-        self._jobs[job.job_id] = job
+        job = self._executor_for(task.job.key).submit(requeueable)
+        self._jobs[str(job.job_id)] = job
         return str(job.job_id)
 
-    def attach(self, handle: str) -> bool:
-        job = self.executor.job_class(folder=self.logs / "%j", job_id=handle)
+    def attach(self, task: JobTask, handle: str | None) -> str | None:
+        if handle is None:  # the driver died before it kept the handle: the newest submission, if any
+            submitted = sorted(
+                (self.logs / task.job.key).glob("*/*_submitted.pkl"), key=lambda f: f.stat().st_mtime
+            )
+            if not submitted:
+                return None
+            handle = submitted[-1].parent.name
+        job = self.job_class(folder=self._folder(task.job.key), job_id=handle)
         if self.local:
             if not (_local_controller_alive(handle) or job.paths.result_pickle.exists()):
-                return False
+                return None
         elif job.done() and not job.paths.result_pickle.exists():
-            return False  # SLURM says it ended without a result: it is gone
+            return None  # SLURM says it ended without a result: it is gone
         self._jobs[handle] = job
-        return True
+        return handle
 
     def _done(self, handle: str, job: Any) -> bool:
         if job.paths.result_pickle.exists():
@@ -135,8 +157,8 @@ class SubmititExecutor(Executor):
             return None
         return sum(1 for job in self._jobs.values() if job.state == "RUNNING")
 
-    def describe(self, handle: str) -> str:
-        job = self.executor.job_class(folder=self.logs / "%j", job_id=handle)
+    def describe(self, task: JobTask, handle: str) -> str:
+        job = self.job_class(folder=self._folder(task.job.key), job_id=handle)
         if job.paths.result_pickle.exists():
             return "finished"
         if self.local:
