@@ -45,8 +45,9 @@ def noop_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[l
     return [{"sparsity": 0.9, "accuracy": 0.0}], 0
 
 
-def _summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
+def _summary(values: list[float], digits: int = 2) -> str:
+    lo, mid, hi = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
 
 
 def per_job(label: str, jobs: int, round_no: int, workdir: Path) -> tuple[float, float]:
@@ -98,13 +99,13 @@ def main() -> None:
                 job_s[name].append(j)
                 if not args.skip_sweep:
                     sweep_s[name].append(quick_sweep(name, r, workdir))
-                print(f"round {r + 1}/{args.rounds} {name}: start-up {s:.2f} s, {j:.2f} s/job", flush=True)
+                print(f"round {r + 1}/{args.rounds} {name}: start-up {s:.2f} s, {j:.3f} s/job", flush=True)
     print(f"\ncpus: {os.cpu_count()}, rounds: {args.rounds}, no-op jobs per round: {args.jobs_per_round}")
     print("| executor | start-up (s) | added per job (s) | quick sweep wall (s) |")
     print("|---|---:|---:|---:|")
     for name in EXECUTORS:
         sweep = _summary(sweep_s[name]) if sweep_s[name] else "—"
-        print(f"| {name} | {_summary(startup[name])} | {_summary(job_s[name])} | {sweep} |")
+        print(f"| {name} | {_summary(startup[name])} | {_summary(job_s[name], 3)} | {sweep} |")
 
 
 if __name__ == "__main__":

@@ -292,7 +292,9 @@ def _print_status(cfg: SweepConfig, jobs: list[Any]) -> int:
     folder = Path(cfg.db).parent / cfg.name
     with ResultStore(cfg.db) as store:
         running = any((store.run(j.key) or {}).get("status") == "running" for j in jobs)
-        executor = build_executor(cfg.executor, folder) if running and cfg.executor.name != "local" else None
+        # the local executor's jobs live in its driver; a local Ray cluster, too: nothing to ask
+        ask = cfg.executor.name == "submitit" or (cfg.executor.name == "ray" and cfg.executor.address)
+        executor = build_executor(cfg.executor, folder) if running and ask else None
         try:
             st = sweep_status(jobs, store, executor)
         finally:

@@ -6,6 +6,7 @@ checkpoint and ends bit-identical to a job never interrupted."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from haloprune.cli import _with_executor, main
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import load_torch
 from haloprune.experiments.config import ExecutorConfig, load_sweep_config
+from haloprune.experiments.executors import JobError, JobResult, JobTask, SubmititExecutor
 from haloprune.experiments.runner import Job, run_sweep
 from haloprune.experiments.store import ResultStore
 from haloprune.experiments.sweep import expand
@@ -139,9 +141,12 @@ def _kill_driver_mid_sweep(tmp_path: Path, cfg: ExecutorConfig) -> tuple[ResultS
     )
     try:
 
-        def mid_sweep() -> bool:
+        def mid_sweep() -> bool:  # a job recorded, another in the middle of its work, some not started
             status = store.status()
-            return status["done"] >= 1 and status["running"] >= 1 and status["done"] + status["running"] < 6
+            started = _lines(log, "start") if log.exists() else Counter()
+            ended = _lines(log, "end") if log.exists() else Counter()
+            working = any(k not in ended for k in started)
+            return status["done"] >= 1 and working and status["done"] + status["running"] < N_JOBS
 
         _wait_for(mid_sweep, proc, "a job done and another running")
     finally:
@@ -176,11 +181,12 @@ def test_local_driver_killed_and_restarted(worker_env: None, tmp_path: Path) -> 
     cfg = ExecutorConfig()
     store, log, jobs = _kill_driver_mid_sweep(tmp_path, cfg)
     time.sleep(0.5)  # its workers die with it (parent-death signal)
-    started = _lines(log, "start")
+    started, ended = _lines(log, "start"), _lines(log, "end")
+    cut = {k for k in started if k not in ended}
     summary = _finish_and_check(store, log, jobs, cfg)
-    assert summary["attached"] == 0
-    again = _lines(log, "start")
-    assert any(again[k] == 2 for k in started if started[k] == 1 and _lines(log, "end")[k] == 1)
+    assert summary["attached"] == 0 and cut
+    # the jobs cut short died with the driver and ran again; no other job started twice
+    assert {k for k, n in _lines(log, "start").items() if n == 2} == cut
 
 
 def test_submitit_driver_killed_and_restarted_reattaches(worker_env: None, tmp_path: Path) -> None:
@@ -360,3 +366,57 @@ def test_executor_flag_sets_aside_another_executors_settings(
     assert _with_executor(tried, "submitit").executor == ExecutorConfig(name="submitit", cluster="local")
     with pytest.raises(HaloPruneError, match=r"executor\.cluster is a setting of the submitit executor"):
         _with_executor(tried, None)
+
+
+# ---------------------------------------------------------------------- one job submitted twice
+
+
+def test_a_second_worker_on_a_job_waits_and_hands_back_the_first_ones_result(tmp_path: Path) -> None:
+    """A driver that died between submitting a job and keeping its handle: the next one may submit it
+    again. The second worker waits for the first and returns its result; the job runs once."""
+    log = tmp_path / "jobs.log"
+    [job] = _jobs(log, 1.0)[:1]
+    folder = tmp_path / "work"
+    outcomes: list[Any] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(JobTask(job, logged_job, 1, folder)()))
+        for _ in range(2)
+    ]
+    for w in workers:
+        w.start()
+        time.sleep(0.2)
+    for w in workers:
+        w.join()
+    assert outcomes[0] == outcomes[1] and isinstance(outcomes[0], JobResult)
+    assert _lines(log, "start")[job.key] == 1
+    # once the driver has recorded it (and removed its folder), a late worker leaves no trace
+    holder = JobTask(job, logged_job, 1, tmp_path / "work2")
+    late: list[Any] = []
+    (tmp_path / "work2").mkdir()
+    with (tmp_path / "work2" / "lock").open("a") as fh:  # the first worker, still at it
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: late.append(holder()))
+        waiter.start()
+        time.sleep(0.3)
+        shutil.rmtree(tmp_path / "work2")  # recorded meanwhile
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    waiter.join()
+    assert isinstance(late[0], JobError) and "recorded" in late[0].error
+    assert not (tmp_path / "work2").exists() and _lines(log, "start")[job.key] == 1
+
+
+def test_submitit_finds_a_submission_whose_handle_was_never_kept(worker_env: None, tmp_path: Path) -> None:
+    cfg = ExecutorConfig(name="submitit", cluster="local")
+    log = tmp_path / "jobs.log"
+    [job] = _jobs(log, 0.0)[:1]
+    task = JobTask(job, logged_job, 1, tmp_path / "work")
+    first = SubmititExecutor(cfg, folder=tmp_path / "sweep")
+    handle = first.submit(task)  # ... and the driver dies before the store has the handle
+    second = SubmititExecutor(cfg, folder=tmp_path / "sweep")
+    assert second.attach(task, None) == handle
+    deadline = time.monotonic() + 60
+    finished: list[Any] = []
+    while not finished and time.monotonic() < deadline:
+        finished = second.poll(timeout=1.0)
+    assert [(h, type(o)) for h, o in finished] == [(handle, JobResult)]
+    assert second.attach(JobTask(_jobs(log, 0.0)[1], logged_job, 1, tmp_path / "w"), None) is None

@@ -102,7 +102,10 @@ class RayExecutor(Executor):
     def poll(self, timeout: float) -> list[Finished]:
         if not self._refs:
             return []
-        ready, _ = self._ray.wait(list(self._refs), num_returns=len(self._refs), timeout=timeout)
+        refs = list(self._refs)
+        ready, rest = self._ray.wait(refs, num_returns=1, timeout=timeout)  # as soon as one is done
+        if ready and rest:  # and any others done by then
+            ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         out: list[Finished] = []
         for ref in ready:
             handle, actor = self._refs.pop(ref)
