@@ -319,7 +319,7 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     if args.status:
         return _print_status(cfg, jobs)
     n_jobs = args.jobs if args.jobs is not None else args.default_jobs
-    if cfg.executor.name != "local" and args.jobs is not None:  # --jobs caps the jobs in flight
+    if args.jobs is not None:  # --jobs wins over executor.parallel
         cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"parallel": args.jobs})})
     if args.data_dir is not None:  # by environment, not config: a job's key never depends on the folder
         os.environ["HALOPRUNE_DATA"] = str(args.data_dir)

@@ -39,14 +39,15 @@ class CheckpointableTask(JobTask):
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _local_controller_alive(job_id: str) -> bool:
-    """Whether submitit's local controller ``job_id`` (its pid) is still running."""
+def _local_controller_alive(job: Any) -> bool:
+    """Whether submitit's local controller of ``job`` (its job id is the controller's pid) still runs: a
+    live process with that pid, started when the job was submitted (not a later one reusing the pid)."""
     try:
-        pid = int(job_id)
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        pid = int(job.job_id)
+        submitted = job.paths.submitted_pickle.stat().st_mtime  # written just before the controller
     except (ValueError, OSError):
         return False
-    return b"submitit" in cmdline and pid_alive(pid)
+    return pid_alive(pid, since=submitted)
 
 
 class SubmititExecutor(Executor):
@@ -118,7 +119,7 @@ class SubmititExecutor(Executor):
             handle = submitted[-1].parent.name
         job = self.job_class(folder=self._folder(task.job.key), job_id=handle)
         if self.local:
-            if not (_local_controller_alive(handle) or job.paths.result_pickle.exists()):
+            if not (_local_controller_alive(job) or job.paths.result_pickle.exists()):
                 return None
         elif job.done() and not job.paths.result_pickle.exists():
             return None  # SLURM says it ended without a result: it is gone
@@ -129,7 +130,7 @@ class SubmititExecutor(Executor):
         if job.paths.result_pickle.exists():
             return True
         if self.local and getattr(job, "_process", None) is None:  # attached: follow its pid
-            return not _local_controller_alive(handle)
+            return not _local_controller_alive(job)
         return bool(job.done())
 
     def poll(self, timeout: float) -> list[Finished]:
@@ -162,7 +163,7 @@ class SubmititExecutor(Executor):
         if job.paths.result_pickle.exists():
             return "finished"
         if self.local:
-            return "running" if _local_controller_alive(handle) else "gone"
+            return "running" if _local_controller_alive(job) else "gone"
         return str(job.state).lower()
 
     def close(self, interrupted: bool = False) -> None:
