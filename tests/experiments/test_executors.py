@@ -355,8 +355,10 @@ def test_executor_flag_sets_aside_another_executors_settings(
     config.write_text(
         MAIN.read_text() + '\n[executor]\nname = "submitit"\npartition = "gpu"\nmax_retries = 5\n'
     )
+    config.write_text(config.read_text() + '\n[logging]\nbackend = "tensorboard"\n')
     cfg = load_sweep_config(config, quick=True)
-    assert cfg.executor.partition == "gpu"
+    assert cfg.executor.partition == "gpu"  # --quick keeps [executor] and [logging] (it lost [logging])
+    assert cfg.logging.backend == "tensorboard" and cfg.name == "main-quick"
     local = _with_executor(cfg, "local")
     assert local.executor == ExecutorConfig(name="local", max_retries=5)
     assert capsys.readouterr().err == "note: --executor local sets aside executor.partition\n"
