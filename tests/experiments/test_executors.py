@@ -331,6 +331,11 @@ def test_status_of_a_sweep_whose_driver_is_not_running(
         (["--set", "executor.adress='auto'"], "executor.adress: unknown key"),
         (["--set", "executor.name='slurm'"], "executor.name"),
         (["--jobs", "0"], "--jobs must be >= 1"),
+        (
+            ["--executor", "submitit", "--set", "executor.cluster='local'"]
+            + ["--set", "executor.slurm={acount=1}"],
+            "submitit refused a setting: Unknown argument 'acount' for executor 'slurm'",
+        ),
     ],
 )
 def test_bad_executor_settings_are_one_line_errors(
@@ -344,7 +349,7 @@ def test_bad_executor_settings_are_one_line_errors(
     assert main(["sweep", str(MAIN), "--quick", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("haloprune: error:") and message in err and err.count("\n") == 1, err
-    assert not Path("runs").exists()  # nothing started
+    assert not list(Path().glob("runs/*/jobs/*"))  # no job started
 
 
 def test_executor_flag_sets_aside_another_executors_settings(

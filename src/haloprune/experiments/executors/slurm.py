@@ -96,7 +96,7 @@ class SubmititExecutor(Executor):
         try:
             executor.update_parameters(**self.params)
         except (NameError, AssertionError, ValueError) as e:
-            why = " ".join(str(e).split())
+            why = " ".join(str(e).split()).split(" Known executors:")[0]  # what follows is its reminder
             raise HaloPruneError(f"executor: submitit refused a setting: {why}") from None
         return executor
 
