@@ -332,8 +332,14 @@ def test_status_of_a_sweep_whose_driver_is_not_running(
         (["--set", "executor.name='slurm'"], "executor.name"),
         (["--jobs", "0"], "--jobs must be >= 1"),
         (
-            ["--executor", "submitit", "--set", "executor.cluster='local'"]
-            + ["--set", "executor.slurm={acount=1}"],
+            [
+                "--executor",
+                "submitit",
+                "--set",
+                "executor.cluster='local'",
+                "--set",
+                "executor.slurm={acount=1}",
+            ],
             "submitit refused a setting: Unknown argument 'acount' for executor 'slurm'",
         ),
     ],
