@@ -43,8 +43,7 @@ LAZY_OK = {
     "tensorboard",
     "mlflow",
     "wandb",  # the experiment loggers' backends
-    "submitit",
-    "ray",  # the sweep executors' clusters
+    "submitit",  # a requeued sweep job's checkpoint hook, in submitit's worker
 }
 
 

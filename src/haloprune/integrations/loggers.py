@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from haloprune.config import LoggingConfig
-from haloprune.core.errors import ConfigError
+from haloprune.core.optional import require
 from haloprune.training.callbacks import ExperimentLogger
 
 __all__ = ["LOGGING_ENV", "MLflowLogger", "TensorBoardLogger", "WandbLogger", "build_logger", "job_logger"]
@@ -39,13 +39,7 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _require(module: str, extra: str) -> Any:
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError:
-        raise ConfigError(
-            f"logging.backend needs the {module.split('.')[0]} package: pip install 'haloprune[{extra}]'"
-        ) from None
+NEEDED_BY = "logging.backend"  # what the user set that needs a tracker's package
 
 
 class TensorBoardLogger(ExperimentLogger):
@@ -53,7 +47,7 @@ class TensorBoardLogger(ExperimentLogger):
     prune table as text, the figure as an image."""
 
     def __init__(self, log_dir: Path) -> None:
-        _require("tensorboard", "tensorboard")
+        require("tensorboard", "tensorboard", NEEDED_BY)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
@@ -84,7 +78,7 @@ class MLflowLogger(ExperimentLogger):
     artifacts."""
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifacts: Path | None) -> None:
-        mlflow = _require("mlflow", "mlflow")
+        mlflow = require("mlflow", "mlflow", NEEDED_BY)
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
@@ -129,7 +123,7 @@ class WandbLogger(ExperimentLogger):
     """One W&B run (offline by default: ``wandb sync <dir>`` uploads it later)."""
 
     def __init__(self, project: str, run_name: str, run_dir: Path, mode: str, group: str | None) -> None:
-        self.wandb = _require("wandb", "wandb")
+        self.wandb = require("wandb", "wandb", NEEDED_BY)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = self.wandb.init(
             project=project, name=run_name, dir=str(run_dir), mode=mode, group=group, reinit="create_new"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from haloprune.core.errors import HaloPruneError
+from haloprune.core.optional import require
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import Executor, Finished, JobError, JobResult, JobTask
 
@@ -39,12 +40,7 @@ class RayExecutor(Executor):
 
     def __init__(self, cfg: ExecutorConfig, *, folder: Path, jobs: int | None = None) -> None:
         super().__init__(cfg, folder=folder, jobs=jobs)
-        try:
-            import ray
-        except ImportError:
-            need = "the ray executor needs the ray package"
-            raise HaloPruneError(f"{need}: pip install 'haloprune[ray]'") from None
-        self._ray = ray
+        self._ray = ray = require("ray", "ray", "the ray executor")
         self._started = False
         if not ray.is_initialized():
             try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from haloprune.core.errors import HaloPruneError
+from haloprune.core.optional import require
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import Executor, Finished, JobTask
 from haloprune.experiments.store import pid_alive
@@ -55,13 +56,7 @@ class SubmititExecutor(Executor):
 
     def __init__(self, cfg: ExecutorConfig, *, folder: Path, jobs: int | None = None) -> None:
         super().__init__(cfg, folder=folder, jobs=jobs)
-        try:
-            import submitit
-        except ImportError:
-            raise HaloPruneError(
-                "the submitit executor needs the submitit package: pip install 'haloprune[submitit]'"
-            ) from None
-        self._submitit = submitit
+        self._submitit = submitit = require("submitit", "submitit", "the submitit executor")
         self.logs = Path(cfg.folder) if cfg.folder else folder / "submitit"
         self.cluster = None if cfg.cluster == "auto" else cfg.cluster
         try:
