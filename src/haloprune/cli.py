@@ -291,7 +291,7 @@ def _print_status(cfg: SweepConfig, jobs: list[Any]) -> int:
         raise HaloPruneError(f"no results store at {cfg.db}: the sweep {cfg.name} has not started")
     folder = Path(cfg.db).parent / cfg.name
     with ResultStore(cfg.db) as store:
-        running = any((store.run(j.key) or {}).get("status") == "running" for j in jobs)
+        running = store.status(cfg.name)["running"] > 0
         # the local executor's jobs live in its driver; a local Ray cluster, too: nothing to ask
         ask = cfg.executor.name == "submitit" or (cfg.executor.name == "ray" and cfg.executor.address)
         executor = build_executor(cfg.executor, folder) if running and ask else None

@@ -426,10 +426,10 @@ def test_submitit_finds_a_submission_whose_handle_was_never_kept(worker_env: Non
     first = SubmititExecutor(cfg, folder=tmp_path / "sweep")
     handle = first.submit(task)  # ... and the driver dies before the store has the handle
     second = SubmititExecutor(cfg, folder=tmp_path / "sweep")
-    assert second.attach(task, None) == handle
+    assert second.attach(job, None) == handle
     deadline = time.monotonic() + 60
     finished: list[Any] = []
     while not finished and time.monotonic() < deadline:
         finished = second.poll(timeout=1.0)
     assert [(h, type(o)) for h, o in finished] == [(handle, JobResult)]
-    assert second.attach(JobTask(_jobs(log, 0.0)[1], logged_job, 1, tmp_path / "w"), None) is None
+    assert second.attach(_jobs(log, 0.0)[1], None) is None  # never submitted

@@ -269,13 +269,12 @@ class _Driver:
         if not self.store.claim(job):
             self.tally("done" if self.store.is_done(job.key) else "busy", job.key)
             return
-        folder = work_folder(self.store.path, job)
-        left = read_result(folder)
+        left = read_result(work_folder(self.store.path, job))
         if left is not None:  # finished while no driver was there to record it
             self.summary["collected"] += 1
             self.record(job, left)
             return
-        handle = self.ex.attach(self.task(job), self.store.handle(job.key, self.ex.name))
+        handle = self.ex.attach(job, self.store.handle(job.key, self.ex.name))
         if handle is not None:  # still running (or finished) where the last driver submitted it
             self.store.set_handle(job.key, self.ex.name, handle)
             self.flight[handle] = (job, 1)
@@ -283,11 +282,9 @@ class _Driver:
             return
         self.submit(job, 0)
 
-    def task(self, job: Job) -> JobTask:
-        return JobTask(job, self.run_job, self.ex.threads, work_folder(self.store.path, job))
-
     def submit(self, job: Job, submissions: int) -> None:
-        handle = self.ex.submit(self.task(job))
+        task = JobTask(job, self.run_job, self.ex.threads, work_folder(self.store.path, job))
+        handle = self.ex.submit(task)
         self.store.set_handle(job.key, self.ex.name, handle)
         self.flight[handle] = (job, submissions + 1)
 
@@ -317,10 +314,6 @@ class _Driver:
         self.tally("ran", job.key)
 
 
-def _not_run(job: Job, threads: int, checkpoints: Any) -> tuple[list[dict[str, Any]], int]:
-    raise AssertionError("a status query runs no job")
-
-
 def sweep_status(jobs: list[Job], store: ResultStore, executor: Executor | None = None) -> dict[str, Any]:
     """Where each job of a sweep stands, from the store (and ``executor``, asked about the jobs a driver
     submitted): counts of ``queued`` / ``running`` / ``done`` / ``failed``, ``driver`` (a live driver's
@@ -340,8 +333,7 @@ def sweep_status(jobs: list[Job], store: ResultStore, executor: Executor | None 
             if store.claimed_live(job.key):
                 drivers.add(f"{run['pid']}@{run['host']}")
             handle = run.get("handle") if run.get("executor") == getattr(executor, "name", None) else None
-            task = JobTask(job, _not_run, 1, work_folder(store.path, job))
-            state = executor.describe(task, handle) if executor is not None and handle else "unknown"
+            state = executor.describe(job, handle) if executor is not None and handle else "unknown"
             running_jobs.append((job.key, job.method, run.get("handle"), state))
         else:
             counts["queued"] += 1

@@ -167,8 +167,8 @@ class Executor(ABC):
     @abstractmethod
     def poll(self, timeout: float) -> list[Finished]: ...
 
-    def attach(self, task: JobTask, handle: str | None) -> str | None:
-        """Follow the job of ``task`` that an earlier driver submitted (``handle``, as the store kept it;
+    def attach(self, job: Job, handle: str | None) -> str | None:
+        """Follow ``job`` as an earlier driver submitted it (``handle``, as the store kept it;
         None if that driver died before keeping it), if it still runs or has finished on the cluster;
         returns the handle followed, or None when it is gone (the driver then submits the job again)."""
         return None
@@ -177,8 +177,8 @@ class Executor(ABC):
         """How many of the submitted jobs the executor says are running (None: it cannot tell, all are)."""
         return None
 
-    def describe(self, task: JobTask, handle: str) -> str:
-        """What the executor knows of the job submitted as ``handle`` now (``haloprune sweep --status``)."""
+    def describe(self, job: Job, handle: str) -> str:
+        """What the executor knows of ``job``, submitted as ``handle``, now (``haloprune sweep --status``)."""
         return "unknown"
 
     def close(self, interrupted: bool = False) -> None:

@@ -11,12 +11,15 @@ whose actor dies (its worker killed, its node lost) is submitted again by the dr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.optional import require
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import Executor, Finished, JobError, JobResult, JobTask
+
+if TYPE_CHECKING:
+    from haloprune.experiments.runner import Job
 
 NAMESPACE = "haloprune"
 
@@ -62,11 +65,11 @@ class RayExecutor(Executor):
         self._actor_class = ray.remote(_JobActor)
         self._refs: dict[Any, tuple[str, Any]] = {}  # object ref -> (handle, actor)
 
-    def _name(self, task: JobTask) -> str:
-        return f"haloprune-{task.job.key}-{self.folder.name}"
+    def _name(self, job: Job) -> str:
+        return f"haloprune-{job.key}-{self.folder.name}"
 
     def submit(self, task: JobTask) -> str:
-        handle = self._name(task)
+        handle = self._name(task.job)
         old = self._get(handle)
         if old is not None:  # a dead job's actor, still registered: replace it
             self._ray.kill(old)
@@ -87,8 +90,8 @@ class RayExecutor(Executor):
         except ValueError:
             return None
 
-    def attach(self, task: JobTask, handle: str | None) -> str | None:
-        handle = self._name(task)  # the actor's name says which job it runs: no handle needed
+    def attach(self, job: Job, handle: str | None) -> str | None:
+        handle = self._name(job)  # the actor's name says which job it runs: no handle needed
         actor = self._get(handle)
         if actor is None:
             return None
@@ -116,7 +119,7 @@ class RayExecutor(Executor):
             self._ray.kill(actor)  # detached: it would live on
         return out
 
-    def describe(self, task: JobTask, handle: str) -> str:
+    def describe(self, job: Job, handle: str) -> str:
         return "running" if self._get(handle) is not None else "gone"
 
     def close(self, interrupted: bool = False) -> None:

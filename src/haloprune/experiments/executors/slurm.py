@@ -21,13 +21,16 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.optional import require
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import Executor, Finished, JobTask
 from haloprune.experiments.store import pid_alive
+
+if TYPE_CHECKING:
+    from haloprune.experiments.runner import Job
 
 
 class CheckpointableTask(JobTask):
@@ -104,21 +107,21 @@ class SubmititExecutor(Executor):
         self._jobs[str(job.job_id)] = job
         return str(job.job_id)
 
-    def attach(self, task: JobTask, handle: str | None) -> str | None:
+    def attach(self, job: Job, handle: str | None) -> str | None:
         if handle is None:  # the driver died before it kept the handle: the newest submission, if any
             submitted = sorted(
-                (self.logs / task.job.key).glob("*/*_submitted.pkl"), key=lambda f: f.stat().st_mtime
+                (self.logs / job.key).glob("*/*_submitted.pkl"), key=lambda f: f.stat().st_mtime
             )
             if not submitted:
                 return None
             handle = submitted[-1].parent.name
-        job = self.job_class(folder=self._folder(task.job.key), job_id=handle)
+        submitted = self.job_class(folder=self._folder(job.key), job_id=handle)
         if self.local:
-            if not (_local_controller_alive(job) or job.paths.result_pickle.exists()):
+            if not (_local_controller_alive(submitted) or submitted.paths.result_pickle.exists()):
                 return None
-        elif job.done() and not job.paths.result_pickle.exists():
+        elif submitted.done() and not submitted.paths.result_pickle.exists():
             return None  # SLURM says it ended without a result: it is gone
-        self._jobs[handle] = job
+        self._jobs[handle] = submitted
         return handle
 
     def _done(self, handle: str, job: Any) -> bool:
@@ -153,13 +156,13 @@ class SubmititExecutor(Executor):
             return None
         return sum(1 for job in self._jobs.values() if job.state == "RUNNING")
 
-    def describe(self, task: JobTask, handle: str) -> str:
-        job = self.job_class(folder=self._folder(task.job.key), job_id=handle)
-        if job.paths.result_pickle.exists():
+    def describe(self, job: Job, handle: str) -> str:
+        submitted = self.job_class(folder=self._folder(job.key), job_id=handle)
+        if submitted.paths.result_pickle.exists():
             return "finished"
         if self.local:
-            return "running" if _local_controller_alive(job) else "gone"
-        return str(job.state).lower()
+            return "running" if _local_controller_alive(submitted) else "gone"
+        return str(submitted.state).lower()
 
     def close(self, interrupted: bool = False) -> None:
         # jobs on the cluster go on (a driver started again re-attaches to them); nothing to release
