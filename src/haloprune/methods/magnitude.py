@@ -127,7 +127,8 @@ class LotteryTicket(Method):
         rewind_step = round(
             self.params.rewind_fraction * per_round * math.ceil(len(ctx.data.y_train) / optim.batch_size)
         )
-        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # step 0: rewind to initialisation (the original lottery ticket)
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if rewind_step == 0 else {}
         early = KeepWeightsAt(rewind_step)  # in the fit's checkpoints: a resumed job rewinds the same
         ctx.fit(
             model,
@@ -136,7 +137,6 @@ class LotteryTicket(Method):
             name=f"{ctx.name}/r0",
             callbacks=[early],
         )
-        # step 0: rewind to initialisation (the original lottery ticket)
         saved = initial if rewind_step == 0 else (early.weights or {})
         names = ctx.prunable(model)
         keep_per_round = (1.0 - target) ** (1.0 / rounds)
