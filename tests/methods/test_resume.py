@@ -45,6 +45,7 @@ CASES = [
     ("finetune", {}, [0.9, 0.95]),  # dense fit, then one fine-tuning fit per target
     ("gmp", {"every": 3}, [0.9]),
     ("imp", {"rounds": 2, "rewind_fraction": 0.5}, [0.9]),  # three fits; the rewind point mid-fit
+    ("imp", {"rounds": 1, "rewind_fraction": 0.0}, [0.9]),  # rewound to its initialisation
     ("penalty", {"penalty": {"name": "halo", "xi": 1e-4, "psi": 1e-3}}, [0.9, 0.95]),
     ("target", {"penalty": {"name": "halo"}}, [0.9]),
     ("penalty", {"penalty": {"name": "adaptive-lasso", "xi": 1e-4}}, [0.9]),  # two fits
