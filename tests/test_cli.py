@@ -91,6 +91,39 @@ def test_cli_prune_on_non_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 2 and "--recalibrate-bn must be >= 0" in err
 
 
+@pytest.mark.parametrize(
+    ("sets", "fragment"),
+    [
+        (['penalty.name="halo"'], "'halo' with xi = psi = 0 and no target_sparsity cannot act"),
+        (["penalty.name='halo'", "penalty.xi=1e-6"], "'halo' with psi = 0"),
+        (["penalty.name='l1'"], "'l1' with xi = 0 cannot act: give xi"),
+        (["penalty.name='l1'", "penalty.xi=0"], "'l1' with xi = 0 cannot act: give xi"),
+    ],
+)
+def test_a_penalty_that_cannot_act_is_one_line_exit_2(
+    sets: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No silent no-op: ``penalty.name = "halo"`` without ξ, ψ or target_sparsity once trained with
+    ξ = ψ = 0 and was reported as a HALO run. Refused before any data is read or run folder written."""
+    args = ["train", "--quiet", "--data-dir", str(tmp_path / "nowhere"), "--set", f"out_dir='{tmp_path}'"]
+    for s in sets:
+        args += ["--set", s]
+    code, err = _run_cli(args, capsys)
+    assert code == 2, err
+    assert err.startswith("haloprune: error: invalid config") and err.count("\n") == 1, err
+    assert fragment in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_penalty_that_acts_gets_past_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same command with ξ and ψ given is a valid config: it stops only at the missing data."""
+    args = ["train", "--quiet", "--data-dir", str(tmp_path / "nowhere"), "--set", f"out_dir='{tmp_path}'"]
+    for s in ["penalty.name='halo'", "penalty.xi=1e-6", "penalty.psi=1e-3"]:
+        args += ["--set", s]
+    code, err = _run_cli(args, capsys)
+    assert code == 2 and "invalid config" not in err and "fashion-mnist" in err, err
+
+
 COMBOS = st.fixed_dictionaries(
     {
         "optim.optimizer": st.sampled_from(["sgd", "adam", "adamw"]),

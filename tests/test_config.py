@@ -14,6 +14,8 @@ from haloprune.config import OptimConfig, PenaltyConfig, TrainConfig, apply_over
 from haloprune.core.errors import ConfigError
 from haloprune.data.datasets import DATASETS
 from haloprune.experiments.config import SweepConfig, load_sweep_config
+from haloprune.penalties import HALO, L1, PENALTIES, build_penalty
+from tests.helpers import conv_net
 
 
 def test_a_config_key_that_does_not_apply_is_an_error() -> None:
@@ -29,11 +31,12 @@ def test_a_config_key_that_does_not_apply_is_an_error() -> None:
 
 
 def test_penalty_and_pruning_scope_must_agree() -> None:
+    halo_sets = ['prune.scope="conv"', "penalty.name=halo", "penalty.xi=1e-6", "penalty.psi=1e-3"]
     with pytest.raises(ConfigError, match=r"penalty.scope is 'all' but prune.scope is 'conv'"):
-        load_config(TrainConfig, None, ['prune.scope="conv"', "penalty.name=halo"])
-    ok = load_config(TrainConfig, None, ['prune.scope="conv"', "penalty.name=halo", 'penalty.scope="conv"'])
+        load_config(TrainConfig, None, halo_sets)
+    ok = load_config(TrainConfig, None, [*halo_sets, 'penalty.scope="conv"'])
     assert ok.prune.scope == "conv"
-    halo = 'methods.h={kind="penalty", params={penalty={name="halo"}}}'
+    halo = 'methods.h={kind="penalty", params={penalty={name="halo", xi=1e-6, psi=1e-3}}}'
     with pytest.raises(ConfigError, match=r"methods\.h: penalty\.scope"):
         load_config(SweepConfig, None, ['prune.scope="conv"', halo])
 
@@ -104,7 +107,14 @@ def test_defaults_and_overrides() -> None:
     cfg = load_config(
         TrainConfig,
         None,
-        ["optim.epochs=3", "penalty.name=halo", "penalty.xi=1e-6", "prune.sparsities=[0.9, 0.5]", "name=abc"],
+        [
+            "optim.epochs=3",
+            "penalty.name=halo",
+            "penalty.xi=1e-6",
+            "penalty.psi=1e-3",
+            "prune.sparsities=[0.9, 0.5]",
+            "name=abc",
+        ],
     )
     assert cfg.optim.epochs == 3 and cfg.penalty.name == "halo" and cfg.penalty.xi == 1e-6
     assert cfg.prune.sparsities == [0.5, 0.9]
@@ -193,3 +203,72 @@ def test_bad_override_syntax() -> None:
         apply_overrides({}, ["novalue"])
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"optim": 3}, ["optim.lr=1"])
+
+
+NO_OP = [
+    (["penalty.name=halo"], "'halo' with xi = psi = 0 and no target_sparsity cannot act"),
+    (["penalty.name=halo", "penalty.xi=1e-6"], "'halo' with psi = 0 and no target_sparsity cannot act"),
+    (["penalty.name=halo", "penalty.psi=1e-3"], "'halo' with xi = 0 and no target_sparsity cannot act"),
+    (["penalty.name=l1"], "'l1' with xi = 0 cannot act: give xi"),
+    (["penalty.name=l1", "penalty.xi=0"], "'l1' with xi = 0 cannot act: give xi"),
+    (["penalty.name=adaptive-lasso"], "'adaptive-lasso' with xi = 0 cannot act"),
+    (["penalty.name=mcp", "penalty.xi=1e-3"], "'mcp' with psi = 0 cannot act: give xi and psi"),
+    (["penalty.name=scad"], "'scad' with xi = 0 cannot act"),
+    (["penalty.name=sws", "penalty.psi=1"], "'sws' with xi = 0 cannot act: give xi and psi"),
+    (["penalty.name=group-halo", "penalty.xi=1e-3"], "'group-halo' with psi = 0 cannot act"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), NO_OP)
+def test_a_penalty_that_cannot_act_is_one_config_error(overrides: list[str], fragment: str) -> None:
+    """No silent no-op: a penalty whose strength is 0 is refused (saying what to give), not trained as a
+    run that is reported under the penalty's name."""
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, overrides)
+    assert f"penalty: {fragment}" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # no penalty
+        ["penalty.name=halo", "penalty.xi=1e-6", "penalty.psi=1e-3"],
+        ["penalty.name=halo", "penalty.target_sparsity=0.9"],  # target mode sets xi and psi itself
+        ["penalty.name=l1", "penalty.xi=1e-5"],
+        ["penalty.name=mcp", "penalty.xi=1e-3", "penalty.psi=100"],
+        ["penalty.name=group-lasso", "penalty.xi=1e-4"],
+    ],
+)
+def test_a_penalty_that_acts_is_accepted(overrides: list[str]) -> None:
+    load_config(TrainConfig, None, overrides)
+
+
+@pytest.mark.parametrize("name", PENALTIES.names())
+def test_config_and_constructor_refuse_the_same_no_op(name: str) -> None:
+    """One rule (the class's ``cannot_act``) for the config and the Python API: every registered penalty
+    with its strengths left at 0 is refused by both, and given them, accepted by both."""
+    cls = PENALTIES[name]
+    off = PenaltyConfig(name=name).kwargs()
+    assert cls.cannot_act(off) is not None
+    with pytest.raises(ValueError):
+        build_penalty(name, conv_net(), **off)
+    with pytest.raises(ConfigError, match=f"'{name}' with .* cannot act"):
+        load_config(TrainConfig, None, [f"penalty.name={name}"])
+    strengths = {k: 1e-3 for k in cls.strengths}
+    on = PenaltyConfig(name=name, **strengths)
+    assert cls.cannot_act(on.kwargs()) is None
+    assert build_penalty(name, conv_net(), **on.kwargs())
+    assert load_config(TrainConfig, None, [f"penalty.name={name}", *(f"penalty.{k}=1e-3" for k in strengths)])
+
+
+def test_the_python_api_says_what_to_give() -> None:
+    model = conv_net()
+    with pytest.raises(ValueError, match="give xi and psi, or target_sparsity"):
+        HALO(model)
+    with pytest.raises(ValueError, match=r"HALO with xi = psi = 0 and no target_sparsity cannot act"):
+        HALO(model, xi=0.0, psi=0.0)
+    with pytest.raises(ValueError, match=r"HALO with psi = 0 and no target_sparsity cannot act"):
+        HALO(model, xi=1e-6, psi=0.0)
+    with pytest.raises(ValueError, match=r"L1 with xi = 0 cannot act: give xi$"):
+        L1(model, xi=0.0)
+    assert HALO(model, target_sparsity=0.9).xi == 0.0  # target mode sets ξ and ψ itself

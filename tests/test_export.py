@@ -1,5 +1,6 @@
 """Export of pruned models: compact safetensors (bit-exact round trip, small files), slimmed ONNX (onnxruntime
-agrees with torch), the CLI, clear errors."""
+agrees with torch), dense checkpoints that transformers loads and compressed-tensors reads, the CLI, clear
+errors."""
 
 from __future__ import annotations
 
@@ -143,36 +144,199 @@ def test_cli_exports_onnx_and_reports_sizes(
         assert small <= 26_620
 
 
-def _decompressed(folder: Path) -> dict[str, torch.Tensor]:
-    """The weights of a compressed-tensors checkpoint, as the library itself decompresses them."""
+# ------------------------------------------------------- dense checkpoints: transformers, compressed-tensors
+
+
+def _hf_model(name: str) -> tuple[torch.nn.Module, type, list[str]]:
+    """A small transformers model built from a config (no download), its Auto class and what to prune
+    besides the default selection (GPT-2's Conv1D layers, named so the test holds whether or not the
+    default selection covers Conv1D)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if name == "gpt2":
+        config = transformers.GPT2Config(
+            n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0
+        )
+        include = ["*.c_attn.weight", "*.c_proj.weight", "*.c_fc.weight"]
+        return transformers.GPT2LMHeadModel(config), transformers.AutoModelForCausalLM, include
+    if name == "llama":
+        config = transformers.LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=100,
+            max_position_embeddings=32,
+        )
+        return transformers.LlamaForCausalLM(config), transformers.AutoModelForCausalLM, []
+    config = transformers.BertConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        vocab_size=100,
+        max_position_embeddings=32,
+    )
+    return transformers.BertModel(config), transformers.AutoModel, []
+
+
+def _from_pretrained(auto: type, folder: Path) -> tuple[torch.nn.Module, str]:
+    """``auto.from_pretrained(folder)`` and everything it warned: transformers' logger at warning level
+    (its load report of unused / newly initialized weights) and Python warnings."""
+    import io
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    hf_logging.add_handler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = auto.from_pretrained(folder)
+    finally:
+        hf_logging.remove_handler(handler)
+        hf_logging.set_verbosity(before)
+    return model.eval(), stream.getvalue() + "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+
+
+def _outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def _check_compressed_tensors_reads(folder: Path, model: torch.nn.Module) -> None:
+    """compressed-tensors takes the config as transformers hands it over, and its sparsity config is a
+    dense one recording what was pruned (read as the library and vLLM read it)."""
     import json
 
+    pytest.importorskip("compressed_tensors")
     from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.config import (
+        CompressionFormat,
+        DenseSparsityConfig,
+        SparsityCompressionConfig,
+        SparsityStructure,
+    )
+    from transformers import CompressedTensorsConfig
 
-    config = json.loads((folder / "config.json").read_text())["quantization_config"]
-    compressor = ModelCompressor.from_compression_config(config)
-    assert compressor.sparsity_config.format == "sparse-bitmask"
-    return dict(compressor.sparsity_compressor.decompress(str(folder / "model.safetensors")))
+    config = json.loads((folder / "config.json").read_text())
+    block = config["quantization_config"]
+    assert block["quant_method"] == "compressed-tensors" and block["format"] == "dense"
+    compressor = ModelCompressor.from_compression_config(CompressedTensorsConfig.from_dict(config))
+    assert compressor.quantization_config is None  # nothing quantized: the weights load as they are
+    raw = block["sparsity_config"]
+    sparsity = SparsityCompressionConfig.load_from_registry(raw["format"], **raw)
+    assert isinstance(sparsity, DenseSparsityConfig) and sparsity.format == CompressionFormat.dense.value
+    assert SparsityCompressionConfig.model_validate(raw).model_dump() == sparsity.model_dump()  # as vLLM
+    masks = get_masks(model)
+    pruned = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert sparsity.global_sparsity == pytest.approx(pruned, abs=1e-12)
+    assert SparsityStructure(sparsity.sparsity_structure) == SparsityStructure.UNSTRUCTURED
+    assert set(sparsity.targets) == {name.rpartition(".")[0] for name in masks} and sparsity.ignore == []
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+def test_save_pretrained_loads_back_in_transformers_equal_with_no_warnings(tmp_path: Path, name: str) -> None:
+    from haloprune.pruning.masks import without_masks
+
+    model, auto, include = _hf_model(name)
+    model.eval()
+    global_magnitude_prune(model, 0.9, include=include)
+    masks = {k: v.clone() for k, v in get_masks(model).items()}
+    folder = haloprune.export.save_pretrained(model, tmp_path / "hf")
+    assert "quantization_config" not in model.config.__dict__ and get_masks(model).keys() == masks.keys()
+
+    loaded, warned = _from_pretrained(auto, folder)
+    assert warned == ""  # no unused / missing weights, nothing else
+    state, loaded_state = without_masks(model.state_dict()), loaded.state_dict()
+    assert set(loaded_state) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded_state[key], value), key
+    for key, mask in masks.items():  # the zeros are intact
+        assert not loaded.get_parameter(key)[~mask].any(), key
+    x = torch.randint(0, 100, (2, 16))
+    assert torch.equal(_outputs(loaded, x), _outputs(model, x))
+    _check_compressed_tensors_reads(folder, model)
+
+
+def test_the_warning_capture_sees_an_unused_weight(tmp_path: Path) -> None:
+    """The instrument of the test above: a checkpoint with a weight the model lacks is reported."""
+    from safetensors.torch import load_file, save_file
+
+    model, auto, _ = _hf_model("llama")
+    model.save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "model.safetensors"
+    save_file({**load_file(path), "lm_head.weight_mask": torch.ones(3)}, path, metadata={"format": "pt"})
+    assert "lm_head.weight_mask" in _from_pretrained(auto, tmp_path / "hf")[1]
+
+
+def test_a_loaded_export_pruned_further_saves_again(tmp_path: Path) -> None:
+    """A model loaded from such a folder (transformers attaches a compressed-tensors quantizer that
+    quantizes nothing) can be pruned further and saved again; the new folder records the new sparsity."""
+    import json
+
+    model, auto, _ = _hf_model("llama")
+    global_magnitude_prune(model, 0.5)
+    loaded, _ = _from_pretrained(auto, haloprune.export.save_pretrained(model, tmp_path / "a"))
+    global_magnitude_prune(loaded, 0.8)
+    folder = haloprune.export.save_pretrained(loaded, tmp_path / "b")
+    again, warned = _from_pretrained(auto, folder)
+    assert warned == ""
+    x = torch.randint(0, 100, (2, 16))
+    assert torch.equal(_outputs(again, x), _outputs(loaded, x))
+    block = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert block["sparsity_config"]["global_sparsity"] == pytest.approx(0.8, abs=1e-4)
+
+
+def test_save_pretrained_errors_are_one_line(tmp_path: Path) -> None:
+    model = build_model("lenet-300-100")
+    global_magnitude_prune(model, 0.5)
+    with pytest.raises(HaloPruneError, match="needs a Hugging Face transformers model") as err:
+        haloprune.export.save_pretrained(model, tmp_path / "x")
+    assert "\n" not in str(err.value)
+    hf, _, _ = _hf_model("llama")
+    with pytest.raises(HaloPruneError, match="no masks are attached") as err:
+        haloprune.export.save_pretrained(hf, tmp_path / "y")
+    assert "\n" not in str(err.value)
+    with pytest.raises(HaloPruneError, match="no masks are attached"):
+        haloprune.export.save_compressed_tensors(build_model("lenet-5"), tmp_path / "z")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("name", "sparsity"), [("lenet-300-100", 0.98), ("lenet-5", 0.9), ("vit", 0.8)])
-def test_compressed_tensors_export_is_read_back_by_the_library_equal_to_the_masked_model(
+def test_compressed_tensors_export_is_the_dense_state_dict_with_the_sparsity_recorded(
     tmp_path: Path, name: str, sparsity: float
 ) -> None:
-    model = build_model(name)
+    from safetensors.torch import load_file
+
+    model = build_model(name).eval()
     global_magnitude_prune(model, sparsity)
-    folder = haloprune.export.save_compressed_tensors(model, tmp_path / "ct")
-    loaded = _decompressed(folder)
+    folder = haloprune.export.save_compressed_tensors(model, tmp_path / "ct", config={"model": name})
+    stored = load_file(folder / "model.safetensors")
     state = haloprune.pruning.masks.without_masks(model.state_dict())
-    assert set(loaded) == set(state)
+    assert set(stored) == set(state)
     for key, value in state.items():
-        assert torch.equal(loaded[key], value), key
-    weights = sum(m.numel() for m in get_masks(model).values())
-    size = (folder / "model.safetensors").stat().st_size
-    assert size < 0.5 * 4 * weights  # values + 1 bit per weight, far below the dense fp32 size
+        assert torch.equal(stored[key], value), key
+    fresh = build_model(name).eval()
+    fresh.load_state_dict(stored)  # strict: the model's own layout, a model that never saw haloprune
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    _check_compressed_tensors_reads(folder, model)
 
 
 def test_cli_exports_compressed_tensors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
     from haloprune.cli import main
 
     run = _finished_run(tmp_path)
@@ -181,9 +345,15 @@ def test_cli_exports_compressed_tensors(tmp_path: Path, capsys: pytest.CaptureFi
     assert str(folder) in capsys.readouterr().out
     _, model, _ = haloprune.training.run.load_trained(run)
     global_magnitude_prune(model, 0.95)
-    loaded = _decompressed(folder)
+    stored = load_file(folder / "model.safetensors")
     for key, value in haloprune.pruning.masks.without_masks(model.state_dict()).items():
-        assert torch.equal(loaded[key], value), key
+        assert torch.equal(stored[key], value), key
+    config = json.loads((folder / "config.json").read_text())
+    assert config["haloprune"]["architecture"]["name"] == "lenet-300-100"
+    assert config["quantization_config"]["sparsity_config"]["global_sparsity"] == pytest.approx(
+        0.95, abs=1e-4
+    )
+    _check_compressed_tensors_reads(folder, model)
 
 
 def test_cli_export_without_onnx_says_so_in_one_line(

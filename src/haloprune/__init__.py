@@ -18,7 +18,15 @@ from haloprune.pruning import (
     recalibrate_batchnorm,
     sparsity_report,
 )
-from haloprune.pruning.masks import apply_masks_, keep_masked, load_state_dict
+from haloprune.pruning.masks import (
+    apply_masks_,
+    get_masks,
+    keep_masked,
+    load_state_dict,
+    masked_state_dict,
+    remove_masks,
+    restore_masks,
+)
 from haloprune.pruning.slim import slim
 
 __all__ = [
@@ -33,13 +41,17 @@ __all__ = [
     "build_penalty",
     "count_cost",
     "format_sparsity_report",
+    "get_masks",
     "global_magnitude_prune",
     "group_prune",
     "keep_masked",
     "layerwise_magnitude_prune",
     "load",
     "load_state_dict",
+    "masked_state_dict",
     "recalibrate_batchnorm",
+    "remove_masks",
+    "restore_masks",
     "save_sparse",
     "slim",
     "sparsity_report",

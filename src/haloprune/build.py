@@ -133,7 +133,7 @@ def init_from(model: nn.Module, source: str | Path) -> None:
         raise ConfigError(f"model.init_from {source} does not fit the model: {'; '.join(problems[:3])}{more}")
     for name, mask in masks.items():
         attach_mask(model, name, mask)
-    load_state_dict(model, {**model.state_dict(), **state})  # the masks a state dict carries, attached
+    load_state_dict(model, {**model.state_dict(), **state}, restore=False)  # with the masks it carries
 
 
 def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Penalty | None]:

@@ -449,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
-        "export", help="prune a trained run once and write it (compact safetensors, or slimmed ONNX)"
+        "export",
+        help="prune a trained run once and write it (compact safetensors, slimmed ONNX, or a dense "
+        "compressed-tensors checkpoint)",
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--sparsity", type=float, required=True)
@@ -458,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORMATS,
         default=FORMATS[0],
         help="safetensors: surviving weights + masks, bit-exact; onnx: the slimmed dense model; "
-        "compressed-tensors: a folder in its sparse-bitmask format (vLLM, llmcompressor)",
+        "compressed-tensors: a folder with the dense weights (pruned ones zero) and config.json recording "
+        "the sparsity in compressed-tensors' dense form (no longer sparse-bitmask)",
     )
     p.add_argument(
         "--structured",

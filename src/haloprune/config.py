@@ -328,11 +328,29 @@ class TrainConfig(RunConfig):
     penalty: PenaltyConfig = PenaltyConfig()
     logging: LoggingConfig = Field(LoggingConfig(), exclude=True)  # not part of the run (see LoggingConfig)
 
+    @field_validator("penalty")
+    @classmethod
+    def _acts(cls, v: PenaltyConfig) -> PenaltyConfig:
+        check_acts(v.model_dump())
+        return v
+
     @model_validator(mode="after")
     def _same_scope(self) -> TrainConfig:
         check_scope(self.penalty.model_dump(), self.prune, "penalty")
         check_penalty_optim(self.penalty.model_dump(), self.optim, "penalty")
         return self
+
+
+def check_acts(penalty: dict[str, Any], where: str = "") -> None:
+    """No silent no-op: a penalty that cannot act (L1 with xi = 0, HALO with xi = psi = 0 and no
+    target_sparsity, ...) is refused, by the rule its class declares
+    (:meth:`~haloprune.penalties.base.Penalty.cannot_act`), which its constructor applies too. Checked
+    where the penalty is run as configured (a training run, a sweep's grid points), not on a
+    :class:`PenaltyConfig` alone: a sweep's ``target`` methods set target_sparsity per job."""
+    name = penalty.get("name", "none")
+    why = None if name == "none" else PENALTIES[name].cannot_act(penalty)
+    if why:
+        raise ValueError(f"{where}{' ' if where else ''}{name!r} {why}")
 
 
 def check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> None:

@@ -1,8 +1,15 @@
-"""Files for pruned models: compact safetensors (bit-exact, masks kept) or a slimmed ONNX graph.
+"""Files for pruned models: compact safetensors (bit-exact, masks kept), a dense checkpoint that other
+tools load (transformers, compressed-tensors, vLLM) or a slimmed ONNX graph.
 
 ``save_sparse(model, path, ...)`` writes the compact safetensors format of
 :mod:`haloprune.pruning.storage` (masked weights as values plus a bitmask or positions; the model to build
 in the metadata); ``load(path)`` rebuilds the model with identical weights and its masks attached.
+
+``save_pretrained(model, folder)`` saves a pruned Hugging Face model with its own ``save_pretrained``:
+the pruned weights are zeros in the model's own layout and ``config.json`` records the sparsity as a
+compressed-tensors ``dense`` ``quantization_config``, so ``AutoModel*.from_pretrained(folder)`` gives the
+same model back (compressed-tensors must be installed to load it). ``save_compressed_tensors(model,
+folder)`` writes the same two files for any model (``haloprune export --format compressed-tensors``).
 
 ``export_onnx(model, path, example_input)`` writes the *slimmed* model (:func:`haloprune.pruning.slim`: dead
 neurons and filters physically removed, plain dense layers) as an ONNX graph with a dynamic batch
@@ -16,6 +23,7 @@ import importlib.util
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,12 +31,15 @@ from torch import nn
 from haloprune.build import network_kwargs
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import atomic_path
+from haloprune.core.params import unwrap
 from haloprune.models import build_model
 from haloprune.pruning import Cost, count_cost, global_magnitude_prune, group_prune, sparsity_report
 from haloprune.pruning.masks import attach_mask, without_masks
 from haloprune.pruning.slim import slim
 from haloprune.pruning.storage import (
+    COMPRESSED_TENSORS_FORMAT,
     FORMAT,
+    compressed_tensors_config,
     read_metadata,
     read_sparse,
     save_compressed_tensors,
@@ -38,13 +49,16 @@ from haloprune.training.run import load_trained
 
 # the compact format's writer and readers live in haloprune.pruning.storage; named here as before
 __all__ = [
+    "COMPRESSED_TENSORS_FORMAT",
     "FORMAT",
     "FORMATS",
+    "compressed_tensors_config",
     "export_onnx",
     "export_run",
     "load",
     "read_metadata",
     "save_compressed_tensors",
+    "save_pretrained",
     "save_sparse",
 ]
 
@@ -62,6 +76,49 @@ def load(path: str | Path) -> nn.Module:
         raise HaloPruneError(f"{path} lacks {sorted(missing)[:3]} for model {arch['name']!r}")
     model.load_state_dict({**model.state_dict(), **state})
     return model.eval()
+
+
+def save_pretrained(model: nn.Module, folder: str | Path, **kwargs: Any) -> Path:
+    """Save a pruned Hugging Face model (a transformers ``PreTrainedModel``, masks attached) to ``folder``
+    with ``model.save_pretrained(folder, **kwargs)``, so that ``from_pretrained(folder)`` loads it.
+
+    The weights are the model's own (mask buffers left out, pruned entries zero) in its own layout;
+    ``config.json`` also gets ``quantization_config`` = :func:`compressed_tensors_config`, the sparsity in
+    compressed-tensors' ``dense`` form. ``kwargs`` go to ``save_pretrained`` (``max_shard_size``,
+    ``push_to_hub``, ...; a ``state_dict`` given there is saved without its masks). The model is left as it
+    was. One-line :class:`HaloPruneError` for a model that is not a transformers model, has no masks, or is
+    quantized.
+    """
+    model = unwrap(model)
+    save, config = getattr(model, "save_pretrained", None), getattr(model, "config", None)
+    if not callable(save) or config is None:
+        raise HaloPruneError(
+            f"save_pretrained needs a Hugging Face transformers model (PreTrainedModel), not "
+            f"{type(model).__name__}; use save_compressed_tensors(model, folder) for other models"
+        )
+    quantization = compressed_tensors_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and getattr(quantizer.quantization_config, "is_quantized", True):
+        method = getattr(quantizer.quantization_config, "quant_method", "?")
+        method = getattr(method, "value", method)
+        raise HaloPruneError(f"save_pretrained writes dense weights; this model is quantized ({method})")
+    state = kwargs.pop("state_dict", None)
+    state = without_masks(model.state_dict() if state is None else state)
+    missing = object()
+    before = config.__dict__.get("quantization_config", missing)
+    try:
+        config.quantization_config = quantization
+        if quantizer is not None:  # loaded from such a checkpoint: a compressed-tensors quantizer that
+            model.hf_quantizer = None  # quantizes nothing, with which save_pretrained ignores state_dict
+        save(folder, state_dict=state, **kwargs)
+    finally:
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
+        if before is missing:
+            del config.quantization_config
+        else:
+            config.quantization_config = before
+    return Path(folder)
 
 
 def export_onnx(
@@ -111,8 +168,8 @@ def export_run(
     ``prune.scope``). ``structured``: whole neurons/filters (:func:`~haloprune.pruning.group_prune`) until
     the slimmed model has no more weights than the unstructured one would keep. ``fmt="safetensors"``
     keeps the masks (:func:`save_sparse`); ``fmt="onnx"`` writes the slimmed model (:func:`export_onnx`);
-    ``fmt="compressed-tensors"`` a folder in compressed-tensors' ``sparse-bitmask`` format
-    (:func:`save_compressed_tensors`).
+    ``fmt="compressed-tensors"`` a folder with the dense weights (pruned ones zero) and a ``config.json``
+    recording the sparsity in compressed-tensors' ``dense`` form (:func:`save_compressed_tensors`).
     """
     if not 0.0 <= sparsity < 1.0:
         raise HaloPruneError(f"--sparsity must be in [0, 1), got {sparsity}")

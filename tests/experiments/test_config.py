@@ -70,3 +70,25 @@ def test_a_method_sets_its_own_optim_keys_and_jobs_carry_every_pruning_setting()
         load_config(SweepConfig, None, [*sets, "optim.milestones=[1]"])
     with pytest.raises(ConfigError, match=r"methods\.m: optim"):
         load_config(SweepConfig, None, ["methods={m={kind='gmp', optim={lrr=1}}}"])
+
+
+def test_a_sweep_refuses_a_penalty_that_cannot_act_but_not_one_whose_grid_gives_its_strength() -> None:
+    """No silent no-op in a sweep either: every grid point is checked as its jobs run it (the grid's ξ and
+    ψ merged into params; a ``target`` method with the target_sparsity it sets per job)."""
+    with pytest.raises(
+        ConfigError, match=r"methods\.h: penalty 'halo' with xi = psi = 0 and no target_sparsity"
+    ):
+        load_config(SweepConfig, None, ["methods={h={kind='penalty', params={penalty={name='halo'}}}}"])
+    l1 = "l={kind='penalty', params={penalty={name='l1'}}, grid=[{penalty={xi=1e-4}}, {penalty={xi=0.0}}]}"
+    with pytest.raises(ConfigError, match=r"methods\.l: grid point 1: penalty 'l1' with xi = 0 cannot act"):
+        load_config(SweepConfig, None, [f"methods={{{l1}}}"])
+    ok = [
+        "h={kind='penalty', params={penalty={name='halo', psi=1e-3}}, grid=[{penalty={xi=1e-7}}]}",
+        "t={kind='target', params={penalty={name='halo'}}}",  # target_sparsity is set per job
+        "d={kind='penalty', params={penalty={name='none'}}}",
+        "g={kind='gmp'}",
+    ]
+    cfg = load_config(SweepConfig, None, [f"methods={{{', '.join(ok)}}}"])
+    assert set(cfg.methods) == {"h", "t", "d", "g"} and expand(cfg)
+    with pytest.raises(ConfigError, match=r"methods\.t: penalty 'l1' with xi = 0"):  # target mode is HALO's
+        load_config(SweepConfig, None, ["methods={t={kind='target', params={penalty={name='l1'}}}}"])

@@ -15,8 +15,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from haloprune import load_state_dict, sparsity_report
+from haloprune import global_magnitude_prune, load_state_dict, sparsity_report
 from haloprune.integrations.lightning import HALOCallback
+from haloprune.pruning.masks import get_masks
 from tests.integrations.lightning_app import LeNetModule, accuracy, loaders, trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,6 +101,31 @@ def test_resume_from_a_lightning_checkpoint_is_bit_identical(real_fmnist: Path, 
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert not torch.equal(cb_cut.halo.lam, cb_whole.halo.lam)
+
+
+def test_a_pruned_module_resumed_from_a_lightning_checkpoint_gets_its_masks_back(
+    real_fmnist: Path, tmp_path: Path
+) -> None:
+    """The checkpoint's model state is plain (zeros, no masks); the masks come back from the callback's
+    state into a fresh module and hold through the rest of the fit."""
+    loader, _ = loaders(real_fmnist, 1000)
+    module = LeNetModule(3 * len(loader))
+    masks = {n: m.clone() for n, m in global_magnitude_prune(module, 0.8).items()}
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    cb = HALOCallback(xi=1e-6, psi=1e-3, prune_at_end=False)
+    trainer(tmp_path, 1, [cb, ckpt]).fit(module, loader)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert not any(k.endswith("_mask") for k in saved["state_dict"])
+    fresh = LeNetModule(3 * len(loader))
+    assert get_masks(fresh) == {}
+    cb = HALOCallback(xi=1e-6, psi=1e-3, prune_at_end=False)
+    trainer(tmp_path, 3, [cb, ModelCheckpoint(dirpath=tmp_path)]).fit(
+        fresh, loader, ckpt_path=tmp_path / "last.ckpt"
+    )
+    assert get_masks(fresh).keys() == masks.keys()
+    for n, m in masks.items():
+        assert torch.equal(get_masks(fresh)[n], m)
+        assert (fresh.get_parameter(n)[~m] == 0).all()
 
 
 def test_ddp_on_cpu_keeps_the_ranks_identical(real_fmnist: Path, tmp_path: Path) -> None:

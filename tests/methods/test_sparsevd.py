@@ -25,7 +25,7 @@ from haloprune.methods.sparsevd import (
     to_sparse_vd,
 )
 from haloprune.models import build_model
-from haloprune.pruning.masks import get_masks, load_state_dict
+from haloprune.pruning.masks import get_masks, load_state_dict, masked_state_dict
 
 LENETS = ["lenet-300-100", "lenet-5", "lenet-5-caffe"]
 
@@ -162,7 +162,7 @@ def test_to_pruned_dense_equals_svdo_eval(name: str) -> None:
         copied = copy.deepcopy(dense)
         assert set(get_masks(copied)) == set(masks)
         assert (copied(x) - expected).abs().max() <= 1e-5
-        sd = dense.state_dict()
+        sd = masked_state_dict(dense)
         assert all(f"{p}_mask" in sd for p in masks)
         fresh = build_model(name)
         load_state_dict(fresh, sd)

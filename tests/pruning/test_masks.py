@@ -20,7 +20,13 @@ from haloprune import (
     load_state_dict,
     sparsity_report,
 )
-from haloprune.pruning.masks import apply_masks_, get_masks, remove_masks, without_masks
+from haloprune.pruning.masks import (
+    apply_masks_,
+    get_masks,
+    masked_state_dict,
+    remove_masks,
+    without_masks,
+)
 from tests.helpers import batches, mlp, train_steps
 
 
@@ -168,7 +174,8 @@ def test_remove_masks_and_reapply() -> None:
 def test_without_masks_drops_exactly_the_mask_buffers() -> None:
     model = build_model("lenet-300-100")
     global_magnitude_prune(model, 0.5)
-    state = model.state_dict()
+    state = masked_state_dict(model)
     kept = without_masks(state)
     assert set(state) - set(kept) == {f"{n}_mask" for n in get_masks(model)}
     assert all(kept[k] is state[k] for k in kept)
+    assert set(kept) == set(model.state_dict())  # the plain state dict has no masks

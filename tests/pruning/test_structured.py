@@ -13,7 +13,7 @@ from torch import nn
 import haloprune
 from haloprune import build_model
 from haloprune.pruning import Cost, count_cost, group_prune, group_scores
-from haloprune.pruning.masks import get_masks, load_state_dict
+from haloprune.pruning.masks import get_masks, load_state_dict, masked_state_dict
 from haloprune.pruning.slim import slim
 from haloprune.pruning.structured import _attach_group_masks
 
@@ -62,7 +62,7 @@ def test_group_prune_to_a_flops_budget_and_masks_survive_state_dict_deepcopy_and
     assert _slim_cost(model).macs <= dense.macs // 10
     twin = copy.deepcopy(model)
     fresh = build_model("lenet-5")
-    load_state_dict(fresh, model.state_dict())
+    load_state_dict(fresh, masked_state_dict(model))
     exported = haloprune.load(
         haloprune.save_sparse(model, tmp_path / "m.safetensors", architecture={"name": "lenet-5"})
     )
@@ -70,6 +70,12 @@ def test_group_prune_to_a_flops_budget_and_masks_survive_state_dict_deepcopy_and
         assert get_masks(m).keys() == get_masks(model).keys()
         for n, mask in get_masks(model).items():
             assert torch.equal(get_masks(m)[n], mask)
+    # a plain state dict: masks from the zeros, which are the pruned units' weights (the all-True mask of
+    # the output layer, which keeps its units, is not needed to hold anything)
+    plain = build_model("lenet-5")
+    load_state_dict(plain, model.state_dict())
+    for n, mask in get_masks(model).items():
+        assert torch.equal(get_masks(plain).get(n, torch.ones_like(mask)), mask)
 
 
 def test_group_scores_normalise_by_size_or_layer() -> None:

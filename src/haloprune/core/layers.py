@@ -1,44 +1,103 @@
 """What haloprune knows about layer types, in one place: which modules carry prunable weights, which
-are convolutions or BatchNorm, and what a "group" (one output unit of a layer) is.
+are convolutions or BatchNorm, along which axis a weight holds its outputs, and what a "group" (one output
+unit of a layer) is.
+
+Layers of optional packages (Hugging Face ``transformers``' ``Conv1D``, the linear layer of GPT-2 and its
+relatives, whose weight is stored ``(in, out)``) are recognised by where their class lives, looked up in
+``sys.modules`` when a model is inspected: a module of that class exists only if its package was imported,
+so haloprune never imports an optional package to recognise its layers.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from haloprune.core.hf_units import FOREIGN_UNITS
+from haloprune.core.units import UnitPart, Units, UnitSource
+
+__all__ = ["UnitPart", "Units"]  # defined in haloprune.core.units; named here as before
+
 CONV: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-#: Modules whose weights are penalised and pruned like a Linear layer's by default.
+#: Transposed convolutions: weight ``(in, out / groups, *kernel)``, outputs on axis 1.
+CONV_TRANSPOSE: tuple[type[nn.Module], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: Modules whose weights are penalised and pruned like a Linear layer's by default (with the optional
+#: packages' layers of :data:`FOREIGN_LINEAR`).
 LINEAR: tuple[type[nn.Module], ...] = (nn.Linear, nn.MultiheadAttention)
+#: Linear layers of optional packages, as ``(module, class name, axis of the outputs in its weight)``.
+FOREIGN_LINEAR: tuple[tuple[str, str, int], ...] = (("transformers.pytorch_utils", "Conv1D", 1),)
 #: BatchNorm layers, including the ``SyncBatchNorm`` that distributed training on CUDA converts them to.
 BATCHNORM: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-#: Layers whose cost (weights x positions) :func:`haloprune.pruning.count_cost` counts.
-DENSE: tuple[type[nn.Module], ...] = (nn.Linear, *CONV)
+#: Layers whose cost (weights x positions) :func:`haloprune.pruning.count_cost` counts (with the optional
+#: packages' linear layers).
+DENSE: tuple[type[nn.Module], ...] = (nn.Linear, *CONV, *CONV_TRANSPOSE)
+
+LayerKind = Literal["linear", "conv"]
 
 
-@dataclass(frozen=True)
-class UnitPart:
-    """Where the units of a block live in one parameter: unit ``u`` is the indices
-    ``[offset + u * size, offset + (u + 1) * size)`` along ``dim``."""
+def _foreign_linear() -> list[tuple[type, int]]:
+    """The classes of :data:`FOREIGN_LINEAR` whose package is imported, with their output axis."""
+    out = []
+    for module_name, class_name, dim in FOREIGN_LINEAR:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type):
+            out.append((cls, dim))
+    return out
 
-    param: str  # dotted name: relative to the declaring module in ``Units``, absolute in ``OutputGroups``
-    dim: int
-    offset: int
-    size: int
+
+def layer_kind(module: nn.Module) -> LayerKind | None:
+    """``"linear"`` (Linear, attention, ``transformers``' Conv1D), ``"conv"`` (Conv and ConvTranspose) or
+    ``None``: the layers whose weights haloprune penalises and prunes by default."""
+    if isinstance(module, LINEAR):
+        return "linear"
+    if isinstance(module, CONV + CONV_TRANSPOSE):
+        return "conv"
+    if any(isinstance(module, cls) for cls, _ in _foreign_linear()):
+        return "linear"
+    return None
 
 
-@dataclass(frozen=True)
-class Units:
-    """Removable units a module declares through ``structured_units()`` (an attention's heads, an MLP's
-    hidden neurons): ``count`` units of one ``kind``, each the union of its slices in ``parts``. Such a
-    module also has ``remove_units(kind, keep)``, which :func:`haloprune.pruning.slim` calls."""
+def is_dense_layer(module: nn.Module) -> bool:
+    """A layer with one ``weight`` applied at every position: what :func:`~haloprune.pruning.count_cost`
+    counts (Linear, Conv, ConvTranspose, ``transformers``' Conv1D)."""
+    return isinstance(module, DENSE) or any(isinstance(module, cls) for cls, _ in _foreign_linear())
 
-    kind: str
-    count: int
-    parts: tuple[UnitPart, ...]
+
+def output_dim(module: nn.Module) -> int:
+    """The axis of ``module.weight`` that indexes the layer's outputs: 0 for ``(out, in, ...)`` (Linear,
+    Conv, an attention's projections), 1 for ConvTranspose ``(in, out / groups, ...)`` and Conv1D
+    ``(in, out)``."""
+    if isinstance(module, CONV_TRANSPOSE):
+        return 1
+    for cls, dim in _foreign_linear():
+        if isinstance(module, cls):
+            return dim
+    return 0
+
+
+def output_units(module: nn.Module) -> int:
+    """How many outputs (features, channels) a :func:`is_dense_layer` layer has."""
+    w = module.weight
+    if isinstance(module, CONV_TRANSPOSE):
+        return w.shape[1] * module.groups
+    return w.shape[output_dim(module)]
+
+
+def units_of(module: nn.Module) -> UnitSource | None:
+    """What declares the removable units of ``module``: the module itself if it has
+    ``structured_units()`` (haloprune's ViT), an adapter for a known module of an optional package
+    (:data:`~haloprune.core.hf_units.FOREIGN_UNITS`: GPT-2's attention and MLP), else ``None``."""
+    if hasattr(module, "structured_units"):
+        return module  # type: ignore[return-value]
+    for (module_name, class_name), adapter in FOREIGN_UNITS.items():
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type) and isinstance(module, cls):
+            return adapter(module)
+    return None
 
 
 def declared_units(model: nn.Module, names: Sequence[str]) -> list[tuple[str, Units]]:
@@ -48,11 +107,11 @@ def declared_units(model: nn.Module, names: Sequence[str]) -> list[tuple[str, Un
     wanted = set(names)
     out = []
     for mod_name, module in model.named_modules():
-        declare = getattr(module, "structured_units", None)
-        if declare is None:
+        source = units_of(module)
+        if source is None:
             continue
         prefix = f"{mod_name}." if mod_name else ""
-        for units in declare():
+        for units in source.structured_units():
             parts = tuple(
                 UnitPart(prefix + p.param, p.dim, p.offset, p.size)
                 for p in units.parts
@@ -67,7 +126,10 @@ class OutputGroups:
     """The structured groups of a list of parameters, in blocks of groups.
 
     By default a group is one output unit of a layer: row ``o`` of a ``Linear`` weight, or filter ``o`` of a
-    ``Conv`` weight (``weight[o]`` over in-channels × kernel); when the layer's bias is in ``names`` too,
+    ``Conv`` weight (``weight[o]`` over in-channels × kernel) — the slice ``o`` along the weight's output
+    axis ``out_dims[i]`` (1 for a ConvTranspose or a ``transformers`` Conv1D, whose weights are stored
+    in-first; see :func:`output_groups`, which reads the axes from the model); when the layer's bias is in
+    ``names`` too,
     ``bias[o]`` joins its group; each layer is a block. Modules that declare their own units (``units``,
     from :func:`declared_units`: an attention head is its q/k/v rows and its output-projection columns, an
     MLP neuron its ``fc1`` row and ``fc2`` column) give one block per kind, before the layers; the
@@ -80,8 +142,10 @@ class OutputGroups:
         names: Sequence[str],
         shapes: Sequence[tuple[int, ...]],
         units: Sequence[tuple[str, Units]] = (),
+        out_dims: Sequence[int] | None = None,
     ) -> None:
         self.names, self.shapes = list(names), [tuple(s) for s in shapes]
+        dims = list(out_dims) if out_dims is not None else [0] * len(self.names)
         index = {n: i for i, n in enumerate(self.names)}
         claimed = {p.param for _, u in units for p in u.parts}
         # per block: its name, number of groups, and parts as (parameter index, dim, offset, size)
@@ -92,13 +156,14 @@ class OutputGroups:
         for i, name in enumerate(self.names):
             if name in claimed or not (name == "weight" or name.endswith(".weight")):
                 continue
-            parts = [(i, 0, 0, 1)]
+            dim = dims[i]
+            parts = [(i, dim, 0, 1)]
             b = index.get(name[: -len("weight")] + "bias")
             if b is not None and self.names[b] not in claimed:
-                if self.shapes[b] != (self.shapes[i][0],):
+                if self.shapes[b] != (self.shapes[i][dim],):
                     raise ValueError(f"bias {self.names[b]!r} does not match its weight's output units")
                 parts.append((b, 0, 0, 1))
-            self.blocks.append((name, self.shapes[i][0], parts))
+            self.blocks.append((name, self.shapes[i][dim], parts))
         for block, count, parts in self.blocks:
             for i, dim, offset, size in parts:
                 if offset + count * size > self.shapes[i][dim]:
@@ -166,3 +231,20 @@ class OutputGroups:
                 )
                 out[name] = mask
         return out
+
+
+def output_groups(model: nn.Module, names: Sequence[str]) -> OutputGroups:
+    """The :class:`OutputGroups` of the parameters ``names`` of ``model``: the units its modules declare,
+    and each layer's output axis (:func:`output_dim`). A grouped ConvTranspose has no output unit along one
+    axis of its weight and is refused."""
+    shapes, dims = [], []
+    for name in names:
+        mod_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(mod_name) if mod_name else model
+        shapes.append(tuple(model.get_parameter(name).shape))
+        if isinstance(module, CONV_TRANSPOSE) and module.groups != 1:
+            raise ValueError(
+                f"{name}: a ConvTranspose with groups={module.groups} has no output units to group"
+            )
+        dims.append(output_dim(module) if attr == "weight" else 0)
+    return OutputGroups(names, shapes, declared_units(model, names), dims)

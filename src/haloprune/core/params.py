@@ -1,12 +1,19 @@
 """Which parameters a penalty or a pruning method acts on, always named by dotted parameter name.
 
-The default is the weights of every ``nn.Linear``, ``nn.Conv{1,2,3}d`` and ``nn.MultiheadAttention``
-(its input projection, ``in_proj_weight`` or ``q/k/v_proj_weight``; its ``out_proj`` is a Linear). Biases
-can be added (the HALO reference penalises conv biases on CIFAR), and the scope can be narrowed to conv or
-linear layers only (the reference prunes only convolutions on CIFAR; attention counts as linear). Any
-other parameter (an ``nn.Embedding``'s table, a ViT's position embedding, ...) is added by name with
-``include=["tok_emb.weight"]`` and any default one left out with ``exclude=["head.*"]`` (shell-style
-globs on dotted names; a pattern that matches no parameter is an error, not a silent no-op).
+The default is the weights of every layer :func:`haloprune.core.layers.layer_kind` knows:
+``nn.Linear``, ``nn.Conv{1,2,3}d``, ``nn.ConvTranspose{1,2,3}d``, ``nn.MultiheadAttention`` (its input
+projection, ``in_proj_weight`` or ``q/k/v_proj_weight``; its ``out_proj`` is a Linear) and Hugging Face
+``transformers``' ``Conv1D`` (GPT-2's attention and MLP layers). Biases can be added (the HALO reference
+penalises conv biases on CIFAR), and the scope can be narrowed to conv or linear layers only (the
+reference prunes only convolutions on CIFAR; attention and Conv1D count as linear).
+
+**Embeddings and language-model heads stay dense by default**, as in the LLM pruning tools: an
+``nn.Embedding``'s table is never a default parameter, nor is a layer's weight tied to one (GPT-2's
+``lm_head``, which *is* its token embedding), nor the output embeddings of a model that names them
+(``model.get_output_embeddings()``: the LM head of a ``transformers`` model, tied or not). A classifier
+head (a LeNet's last layer, a ViT's ``head``) is an ordinary layer and is pruned. Any parameter is added by
+name with ``include=["lm_head.weight"]`` and any default one left out with ``exclude=["head.*"]``
+(shell-style globs on dotted names; a pattern that matches no parameter is an error, not a silent no-op).
 
 A parameter shared by several modules (a GPT's embedding tied to its output head) is selected once,
 under its first name in ``model.named_parameters()``; patterns match any of its names. Names, not
@@ -17,12 +24,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, Unpack
 
 from torch import nn
 
 from haloprune.core.errors import SelectionError
-from haloprune.core.layers import CONV, LINEAR
+from haloprune.core.layers import layer_kind
 
 Scope = Literal["all", "conv", "linear"]
 
@@ -54,6 +61,18 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _output_embeddings(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model.get_output_embeddings()`` (a ``transformers`` model's LM head), if any."""
+    get = getattr(model, "get_output_embeddings", None)
+    if not callable(get):
+        return []
+    try:
+        head = get()
+    except (AttributeError, NotImplementedError, TypeError):
+        return []
+    return list(head.parameters()) if isinstance(head, nn.Module) else []
+
+
 def _patterns(value: Sequence[str] | None, what: str) -> list[str]:
     if value is None:
         return []
@@ -82,16 +101,22 @@ def select_parameters(
         raise ValueError(f"scope must be 'all', 'conv' or 'linear', got {scope!r}")
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
     model = unwrap(model)
-    types = {"all": CONV + LINEAR, "conv": CONV, "linear": LINEAR}[scope]
+    kinds = ("linear", "conv") if scope == "all" else (scope,)
     attrs = _WEIGHTS + (_BIASES if include_bias else ())
     default: set[int] = set()
+    dense: set[int] = set()  # embeddings, and layers tied to them or named the output embeddings
     aliases: dict[int, list[str]] = {}
     for mod_name, module in model.named_modules(remove_duplicate=False):
         prefix = f"{mod_name}." if mod_name else ""
+        kind = layer_kind(module)
         for attr, param in module.named_parameters(recurse=False):
             aliases.setdefault(id(param), []).append(prefix + attr)
-            if isinstance(module, types) and attr in attrs:
+            if kind in kinds and attr in attrs:
                 default.add(id(param))
+            if isinstance(module, nn.Embedding):
+                dense.add(id(param))
+    dense |= {id(p) for p in _output_embeddings(model)}
+    default -= dense
     canonical = list(model.named_parameters())  # first name of each parameter, in module order
 
     def matching(patterns: list[str], what: str) -> set[int]:
@@ -108,3 +133,19 @@ def select_parameters(
 
     chosen = (default | matching(inc, "include")) - matching(exc, "exclude")
     return [n for n, p in canonical if id(p) in chosen]
+
+
+def require_parameters(model: nn.Module, what: str, **selection: Unpack[SelectionArgs]) -> list[str]:
+    """:func:`select_parameters`, refusing with a one-line :class:`SelectionError` when it selects
+    nothing (``what`` says for what: "penalise", "prune"): a model whose layers the default does not
+    know is never silently left dense."""
+    names = select_parameters(unwrap(model), **selection)
+    if not names:
+        given = ", ".join(f"{k}={v!r}" for k, v in selection.items() if v)
+        layers = sorted({type(m).__name__ for m in unwrap(model).modules() if m._parameters})[:6]
+        raise SelectionError(
+            f"{type(unwrap(model)).__name__} has no parameters to {what} in "
+            + (f"this selection ({given})" if given else "the default selection")
+            + f" (layers with parameters: {', '.join(layers) or 'none'}); name them with include=[...]"
+        )
+    return names

@@ -38,7 +38,7 @@ def load_state_model(
     else:
         cfg = RunConfig.model_validate(run)
         model, prune = build_network(cfg), cfg.prune
-    load_state_dict(model, state["model"])
+    load_state_dict(model, state["model"], restore=False)
     if sparsity is not None:
         global_magnitude_prune(model, sparsity, of=prune.of, **prune.selection())
     model.eval()

@@ -18,6 +18,7 @@ from haloprune.config import (
     Sparsity,
     added_field,
     apply_overrides,
+    check_acts,
     check_method_names,
     check_penalty_optim,
     check_scope,
@@ -29,6 +30,7 @@ from haloprune.config import (
 from haloprune.core.errors import ConfigError
 from haloprune.experiments.store import DEFAULT_PATH
 from haloprune.methods import METHODS
+from haloprune.methods.penalty import TargetPenaltyMethod
 
 
 class SweepMethodConfig(Section):
@@ -201,8 +203,16 @@ class SweepConfig(Setup):
                 optim = method.run_optim(self.optim)
             except ValueError as err:
                 raise ValueError(f"methods.{name}: {err}") from None
-            for params in method.points():
+            # a target method sets the penalty's target_sparsity per job: check it as the jobs run it
+            target = (
+                {"target_sparsity": self.sparsities[0]}
+                if issubclass(METHODS[method.kind], TargetPenaltyMethod)
+                else {}
+            )
+            for i, params in enumerate(method.points()):
                 if isinstance(params.get("penalty"), dict):
+                    where = f"grid point {i}: " if method.grid else ""
+                    check_acts(params["penalty"] | target, f"methods.{name}: {where}penalty")
                     check_scope(params["penalty"], self.prune, f"methods.{name}: penalty")
                     check_penalty_optim(params["penalty"], optim, f"methods.{name}: penalty")
             if method.kind == "sparsevd" and self.prune.scope != "all":  # its noise is on every layer

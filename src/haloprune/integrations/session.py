@@ -5,6 +5,10 @@ first step), calls :meth:`~HALOSession.start` when the model and its optimizer e
 :meth:`~HALOSession.stats`, puts :meth:`~HALOSession.state_dict` in its checkpoints and hands it back with
 :meth:`~HALOSession.load_state_dict` (before or after ``start``: it is applied once HALO exists), and
 calls :meth:`~HALOSession.finish` when training ends.
+
+The state holds the model's masks too (a model pruned before this run, or by a fit that ended earlier):
+the frameworks' checkpoints hold the model's plain ``state_dict`` (zeros, no masks; see
+:mod:`haloprune.pruning.masks`), and a run resumed from one gets its masks back from the session's state.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from haloprune.core.params import SELECTION_KEYS
 from haloprune.penalties.base import check_keywords
 from haloprune.penalties.halo import HALO
 from haloprune.pruning.magnitude import global_magnitude_prune
+from haloprune.pruning.masks import attach_mask, get_masks
 
 
 class HALOSession:
@@ -62,6 +67,8 @@ class HALOSession:
         self.halo: HALO | None = None
         self._pending: dict[str, Any] | None = None
         self._handle: Any = None
+        self._model: nn.Module | None = None
+        self._pending_masks: dict[str, torch.Tensor] | None = None
         self.masks: dict[str, torch.Tensor] | None = None
 
     @property
@@ -84,6 +91,10 @@ class HALOSession:
             raise ValueError(
                 "target_sparsity needs the run's length: give the trainer max_epochs or max_steps"
             )
+        self._model = model
+        if self._pending_masks is not None:
+            self._restore_masks(self._pending_masks)
+            self._pending_masks = None
         if self.halo is None:
             kwargs = dict(self.halo_kwargs)
             if self.target_sparsity is not None:
@@ -111,12 +122,25 @@ class HALOSession:
         return {prefix + k: v for k, v in self.halo.stats().items()}
 
     def state_dict(self) -> dict[str, Any]:
-        """HALO's state (λ, its moments, the controller): what a checkpoint needs to resume exactly."""
+        """HALO's state (λ, its moments, the controller) and the model's masks: what a checkpoint needs to
+        resume exactly."""
+        state: dict[str, Any] = {}
         if self.halo is not None:
-            return {"halo": self.halo.state_dict()}
-        return {"halo": self._pending} if self._pending is not None else {}
+            state["halo"] = self.halo.state_dict()
+        elif self._pending is not None:
+            state["halo"] = self._pending
+        masks = get_masks(self._model) if self._model is not None else self._pending_masks
+        if masks:
+            state["masks"] = {name: mask.cpu() for name, mask in masks.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        masks = state.get("masks")
+        if masks:
+            if self._model is not None:
+                self._restore_masks(masks)
+            else:
+                self._pending_masks = masks
         saved = state.get("halo")
         if saved is None:
             return
@@ -124,6 +148,11 @@ class HALOSession:
             self.halo.load_state_dict(saved)
         else:
             self._pending = saved
+
+    def _restore_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        assert self._model is not None
+        for name, mask in masks.items():
+            attach_mask(self._model, name, mask)
 
     def finish(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """Detach HALO from the optimizer and, with ``prune_at_end``, prune ``model`` (in place); returns

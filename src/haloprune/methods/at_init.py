@@ -17,7 +17,7 @@ from torch import nn
 from haloprune.core.params import select_parameters
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import masks_from_scores
-from haloprune.pruning.masks import attach_mask
+from haloprune.pruning.masks import attach_mask, masked_state_dict
 
 
 def snip_scores(
@@ -73,4 +73,4 @@ def _train_masked(ctx: Context, model: nn.Module, masks: dict[str, torch.Tensor]
         model,
         ctx.run.optim,
     )
-    return Outcome([ctx.record(model, target)], ctx.run.optim.epochs, {"model": model.state_dict()})
+    return Outcome([ctx.record(model, target)], ctx.run.optim.epochs, {"model": masked_state_dict(model)})

@@ -91,7 +91,7 @@ class Context:
                 except HaloPruneError as err:  # killed while writing the first: this fit starts over
                     warnings.warn(f"{err}; training this fit from its start", RuntimeWarning, stacklevel=2)
             if resume is not None:
-                load_state_dict(model, resume["model"])
+                load_state_dict(model, resume["model"], restore=False)
                 if penalty is not None:
                     penalty.load_state_dict(resume["penalty"])
                 before = resume["history"]

@@ -26,7 +26,7 @@ from pydantic import Field
 from haloprune.core.schedules import cubic_sparsity
 from haloprune.methods.base import Context, KeepWeightsAt, Method, Outcome, Params
 from haloprune.pruning import magnitude_scores, masks_from_scores
-from haloprune.pruning.masks import attach_mask, get_masks, without_masks
+from haloprune.pruning.masks import attach_mask, get_masks, masked_state_dict, without_masks
 
 
 @torch.no_grad()
@@ -71,7 +71,7 @@ class MagnitudeFineTune(Method):
                 name=f"{ctx.name}/ft{s:g}",
             )
             records.append(ctx.record(pruned, s, finetune_epochs=ft_epochs))
-        return Outcome(records, optim.epochs, {"model": model.state_dict()})
+        return Outcome(records, optim.epochs, {"model": masked_state_dict(model)})
 
 
 class GMPParams(Params):
@@ -105,7 +105,7 @@ class GradualMagnitude(Method):
             on_step=on_step,
         )
         ctx.prune(model, target)  # no-op unless training ended before t1
-        return Outcome([ctx.record(model, target)], optim.epochs, {"model": model.state_dict()})
+        return Outcome([ctx.record(model, target)], optim.epochs, {"model": masked_state_dict(model)})
 
 
 class IMPParams(Params):
@@ -155,4 +155,4 @@ class LotteryTicket(Method):
             )
         assert set(get_masks(model)) == set(names)
         record = ctx.record(model, target, rounds=rounds, epochs_per_round=per_round)
-        return Outcome([record], per_round * (rounds + 1), {"model": copy.deepcopy(model.state_dict())})
+        return Outcome([record], per_round * (rounds + 1), {"model": copy.deepcopy(masked_state_dict(model))})

@@ -21,6 +21,7 @@ from pydantic import Field
 from haloprune.config import PenaltyConfig
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.penalties import Penalty, build_penalty
+from haloprune.pruning.masks import masked_state_dict
 
 
 class PenaltyParams(Params):
@@ -38,7 +39,7 @@ class PenaltyMethod(Method):
         for r in records:
             r.update(extra)
         state = {
-            "model": model.state_dict(),
+            "model": masked_state_dict(model),
             "penalty": penalty.state_dict() if penalty is not None else None,
         }
         return Outcome(records, ctx.run.optim.epochs, state)
@@ -92,5 +93,5 @@ class TargetPenaltyMethod(PenaltyMethod):
             unpruned_accuracy=trained["accuracy"],
             unpruned_val_accuracy=trained["val_accuracy"],
         )
-        state = {"model": model.state_dict(), "penalty": penalty.state_dict() if penalty else None}
+        state = {"model": masked_state_dict(model), "penalty": penalty.state_dict() if penalty else None}
         return Outcome([record], ctx.run.optim.epochs, state)

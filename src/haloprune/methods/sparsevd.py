@@ -347,7 +347,7 @@ def to_pruned_dense(
     _masks.remove_masks(dense)
     state = {k: v for k, v in unwrap(svd_model).state_dict().items() if not k.endswith(".log_sigma2")}
     state = {k: v for k, v in state.items() if k != "log_sigma2"}
-    _masks.load_state_dict(dense, state, strict=True)
+    _masks.load_state_dict(dense, state, strict=True, restore=False)
     for name, layer in layers.items():
         target = dense.get_submodule(name) if name else dense
         expected = nn.Conv2d if isinstance(layer, Conv2dSVDO) else nn.Linear

@@ -17,7 +17,7 @@ from pydantic import Field
 from haloprune.methods import sparsevd as svd
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import masks_from_scores
-from haloprune.pruning.masks import attach_mask
+from haloprune.pruning.masks import attach_mask, masked_state_dict
 
 
 class SparseVDParams(Params):
@@ -65,4 +65,4 @@ class SparseVD(Method):
             for name, mask in masks_from_scores(scores, s).items():
                 attach_mask(pruned, name, mask)
             records.append(ctx.record(pruned, s, **extra))
-        return Outcome(records, ctx.run.optim.epochs, {"model": native.state_dict()})
+        return Outcome(records, ctx.run.optim.epochs, {"model": masked_state_dict(native)})

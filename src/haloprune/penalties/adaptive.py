@@ -41,6 +41,7 @@ class AdaptiveLasso(ChecksParameterNames, Penalty):
     ) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
+        self.check_acts(xi=xi)
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if eps <= 0:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping
 from typing import Any, ClassVar, Unpack
 
 import torch
 from torch import nn
 
-from haloprune.core.errors import SelectionError
-from haloprune.core.params import SELECTION_KEYS, Scope, SelectionArgs, select_parameters, unwrap
+from haloprune.core.params import SELECTION_KEYS, Scope, SelectionArgs, require_parameters, unwrap
 
 __all__ = ["BudgetTerm", "ChecksParameterNames", "Penalty", "Scope", "SelectionArgs"]
 
@@ -64,18 +64,40 @@ class Penalty(nn.Module):
 
     #: True for penalties with learned parameters of their own (λ), which get their own optimizer group.
     learns: ClassVar[bool] = False
+    #: The settings that give the penalty its strength: with one of them at 0 it cannot act (ξ scales
+    #: every penalty's term on the weights; the HALO family's ψ is what holds λ back). See :meth:`cannot_act`.
+    strengths: ClassVar[tuple[str, ...]] = ("xi",)
+    #: A setting that stands in for the strengths (HALO's ``target_sparsity`` sets ξ and ψ itself).
+    strengths_from: ClassVar[str | None] = None
+
+    @classmethod
+    def cannot_act(cls, settings: Mapping[str, Any]) -> str | None:
+        """Why a penalty of this class with these settings (keyword arguments or a penalty config; one
+        left out or ``None`` counts as 0) cannot act, as ``"with xi = 0 cannot act: give xi"``; ``None``
+        if it can. The one rule for "no silent no-op": constructors (:meth:`check_acts`) and configs
+        (:func:`haloprune.config.check_acts`) both refuse such a penalty."""
+        if cls.strengths_from is not None and settings.get(cls.strengths_from) is not None:
+            return None
+        zero = [k for k in cls.strengths if not settings.get(k)]
+        if not zero:
+            return None
+        unless = f" and no {cls.strengths_from}" if cls.strengths_from else ""
+        give = " and ".join(cls.strengths) + (f", or {cls.strengths_from}" if cls.strengths_from else "")
+        return f"with {' = '.join(zero)} = 0{unless} cannot act: give {give}"
+
+    @classmethod
+    def check_acts(cls, **settings: Any) -> None:
+        """Raise ``ValueError`` if a penalty of this class with these settings cannot act
+        (:meth:`cannot_act`)."""
+        why = cls.cannot_act(settings)
+        if why:
+            raise ValueError(f"{cls.__name__} {why}")
 
     def __init__(self, model: nn.Module, **selection: Unpack[SelectionArgs]) -> None:
         check_keywords(type(self), dict(selection))
         super().__init__()
         model = unwrap(model)
-        self.param_names: list[str] = select_parameters(model, **selection)
-        if not self.param_names:
-            raise SelectionError(
-                f"{type(model).__name__} has no parameters to penalise in this selection "
-                f"({', '.join(f'{k}={v!r}' for k, v in selection.items() if v)}"
-                ")"
-            )
+        self.param_names: list[str] = require_parameters(model, "penalise", **selection)
         params = dict(model.named_parameters())
         self.shapes: list[tuple[int, ...]] = [tuple(params[n].shape) for n in self.param_names]
         self.numels: list[int] = [params[n].numel() for n in self.param_names]

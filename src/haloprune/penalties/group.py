@@ -11,7 +11,8 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from haloprune.core.layers import OutputGroups, declared_units
+from haloprune.core.layers import output_groups
+from haloprune.core.params import unwrap
 from haloprune.penalties.base import Penalty, SelectionArgs
 
 
@@ -25,9 +26,10 @@ class GroupLasso(Penalty):
     def __init__(self, model: nn.Module, xi: float, **selection: Unpack[SelectionArgs]) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
+        self.check_acts(xi=xi)
         super().__init__(model, **selection)
         self.xi = float(xi)
-        self.groups = OutputGroups(self.param_names, self.shapes, declared_units(model, self.param_names))
+        self.groups = output_groups(unwrap(model), self.param_names)
 
     @property
     def num_groups(self) -> int:

@@ -16,6 +16,7 @@ class L1(Penalty):
     def __init__(self, model: nn.Module, xi: float, **selection: Unpack[SelectionArgs]) -> None:
         if xi < 0:
             raise ValueError(f"xi must be >= 0, got {xi}")
+        self.check_acts(xi=xi)
         super().__init__(model, **selection)
         self.xi = float(xi)
 

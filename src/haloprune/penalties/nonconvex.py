@@ -40,6 +40,8 @@ def scad(w: torch.Tensor, xi: float, a: float) -> torch.Tensor:
 class MCP(Penalty):
     """``Σ_j MCP(w_j; ξ, ψ)`` over the penalised weights (see :func:`mcp`); ``psi`` must be > 0."""
 
+    strengths = ("xi", "psi")
+
     def __init__(
         self,
         model: nn.Module,
@@ -51,6 +53,7 @@ class MCP(Penalty):
             raise ValueError(f"xi must be >= 0, got {xi}")
         if psi <= 0:
             raise ValueError(f"psi (MCP's concavity) must be > 0, got {psi}")
+        self.check_acts(xi=xi, psi=psi)
         super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
 
@@ -82,6 +85,7 @@ class SCAD(Penalty):
             raise ValueError(f"xi must be >= 0, got {xi}")
         if not a > 2:
             raise ValueError(f"a (SCAD's shape) must be > 2, got {a}")
+        self.check_acts(xi=xi)
         super().__init__(model, **selection)
         self.xi, self.a = float(xi), float(a)
 

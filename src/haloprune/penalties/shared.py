@@ -25,6 +25,7 @@ class _LearnedScale(ChecksParameterNames, Penalty):
     """Shared plumbing: ξ/ψ/λ checks, λ's floor, and the penalised-parameter check on load."""
 
     learns = True
+    strengths = ("xi", "psi")
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class _LearnedScale(ChecksParameterNames, Penalty):
     ) -> None:
         if xi < 0 or psi < 0:
             raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
+        self.check_acts(xi=xi, psi=psi)
         if not 0 < lambda_min <= lambda_init:
             raise ValueError(f"need 0 < lambda_min <= lambda_init, got {lambda_min} and {lambda_init}")
         super().__init__(model, **selection)

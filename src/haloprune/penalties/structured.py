@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from haloprune.core.layers import OutputGroups, declared_units
+from haloprune.core.layers import output_groups
 from haloprune.penalties.shared import _GroupedScale
 
 
@@ -32,8 +32,7 @@ class GroupHALO(_GroupedScale):
     """
 
     def _setup_groups(self) -> int:
-        units = declared_units(self.__dict__["_model"], self.param_names)
-        self.groups = OutputGroups(self.param_names, self.shapes, units)
+        self.groups = output_groups(self.__dict__["_model"], self.param_names)
         return self.groups.num_groups
 
     @property

@@ -21,7 +21,9 @@ from haloprune.pruning.masks import (
     get_masks,
     keep_masked,
     load_state_dict,
+    masked_state_dict,
     remove_masks,
+    restore_masks,
     without_masks,
 )
 from haloprune.pruning.slim import slim
@@ -43,9 +45,11 @@ __all__ = [
     "layerwise_magnitude_prune",
     "load_state_dict",
     "magnitude_scores",
+    "masked_state_dict",
     "masks_from_scores",
     "recalibrate_batchnorm",
     "remove_masks",
+    "restore_masks",
     "slim",
     "sparsity_report",
     "without_masks",

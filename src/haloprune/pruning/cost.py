@@ -1,4 +1,5 @@
-"""The one FLOPs counter: weights and multiply-accumulates per input of a model's Linear/Conv layers."""
+"""The one FLOPs counter: weights and multiply-accumulates per input of a model's Linear/Conv layers
+(ConvTranspose and ``transformers``' Conv1D included)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from haloprune.core.layers import DENSE
+from haloprune.core.layers import CONV_TRANSPOSE, is_dense_layer, output_units
 from haloprune.core.params import unwrap
 
 
@@ -29,7 +30,9 @@ def count_cost(model: nn.Module, example_input: torch.Tensor, *, nonzero_only: b
     and for a masked model the number of surviving weights. ``nonzero_only=False`` counts every weight:
     what dense kernels really do (use it for a slimmed model). A layer's MACs are its counted weights
     times the number of positions it is applied at (1 for a ``Linear`` on ``(N, F)``, the output's
-    spatial size for a ``Conv``), measured by running ``example_input`` (batch ``N``) through the model.
+    spatial size for a ``Conv``, the tokens for a layer on ``(N, T, F)``; the *input*'s spatial size for a
+    ``ConvTranspose``, which applies every weight once per input position), measured by running
+    ``example_input`` (batch ``N``) through the model.
     """
     model = unwrap(model)
     batch = example_input.shape[0]
@@ -37,19 +40,21 @@ def count_cost(model: nn.Module, example_input: torch.Tensor, *, nonzero_only: b
     seen: set[int] = set()
     handles = []
 
-    def hook(module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal params, macs
         w = module.weight
         counted = int(torch.count_nonzero(w)) if nonzero_only else w.numel()
-        units = w.shape[0]
-        positions = out.numel() // (batch * units)
+        if isinstance(module, CONV_TRANSPOSE):
+            positions = inputs[0].numel() // (batch * w.shape[0])
+        else:
+            positions = out.numel() // (batch * output_units(module))
         macs += counted * positions
         if id(w) not in seen:  # a weight shared by several layers is counted once
             seen.add(id(w))
             params += counted
 
     for m in model.modules():
-        if isinstance(m, DENSE):
+        if is_dense_layer(m):
             handles.append(m.register_forward_hook(hook))
     was_training = model.training
     try:

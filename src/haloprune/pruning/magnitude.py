@@ -18,7 +18,7 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from haloprune.core.params import SelectionArgs, select_parameters, unwrap
+from haloprune.core.params import SelectionArgs, require_parameters, select_parameters, unwrap
 from haloprune.pruning.masks import attach_mask, get_masks
 
 
@@ -82,7 +82,7 @@ def masks_from_scores(
 def _prune(
     model: nn.Module, sparsity: float, per_layer: bool, of: str, **selection: Unpack[SelectionArgs]
 ) -> dict[str, torch.Tensor]:
-    names = select_parameters(model, **selection)
+    names = require_parameters(model, "prune", **selection)
     masks = masks_from_scores(magnitude_scores(model, names), sparsity, per_layer=per_layer, of=of)
     for n, m in masks.items():
         attach_mask(model, n, m)

@@ -2,9 +2,18 @@
 
 A mask is a boolean buffer named ``<param>_mask`` on the module that owns the parameter (``fc1.weight``
 → buffer ``fc1.weight_mask``), and the pruned entries of the parameter itself are zero. No forward hooks
-and no parametrizations, so a masked model keeps its masks in ``state_dict()``, ``copy.deepcopy``,
-``pickle`` / ``torch.save(model)``, runs at dense speed and compiles with ``torch.compile`` like the plain
-model.
+and no parametrizations, so a masked model keeps its masks through ``copy.deepcopy``, ``pickle`` /
+``torch.save(model)`` and ``.to(device)``, runs at dense speed and compiles with ``torch.compile`` like the
+plain model.
+
+**A pruned model's checkpoint is a plain one.** The mask buffers are *not persistent*: ``state_dict()``
+holds exactly the keys of the unpruned model, with zeros where weights were pruned, so it loads with plain
+``model.load_state_dict(sd)`` (strict) into a fresh model that never saw haloprune, and Hugging Face's
+``save_pretrained`` / ``from_pretrained`` round-trips it without an "unused weights" warning. The masks
+come back wherever haloprune is in the loop: :func:`load_state_dict` re-attaches them (exactly, from the
+``<param>_mask`` entries of :func:`masked_state_dict`, haloprune's own checkpoints; else from the zeros),
+and :func:`restore_masks` re-attaches them to any loaded model from the exact zeros of its prunable
+weights. :func:`remove_masks` makes pruning permanent (the zeros stay, nothing holds them there).
 
 **Pruned weights stay pruned, with no call from you.** Importing haloprune installs one global
 optimizer step post-hook (:func:`torch.optim.optimizer.register_optimizer_step_post_hook`): after every
@@ -16,21 +25,20 @@ the mask buffer through it, so the mask in ``state_dict`` is always the one enfo
 nothing for optimizers without masked parameters (the "masked" column of ``benchmarks/penalty_overhead.py``
 measures the cost with them).
 
-To load a pruned ``state_dict`` into a fresh, unpruned model use :func:`load_state_dict`, which attaches
-the masks first. :func:`keep_masked` is kept for code that called it; it is no longer needed.
+:func:`keep_masked` is kept for code that called it; it is no longer needed.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from haloprune.core.params import unwrap
+from haloprune.core.params import SelectionArgs, select_parameters, unwrap
 
 SUFFIX = "_mask"
 _LINK = "_haloprune_mask"  # parameter attribute: (MaskOwner, attribute name)
@@ -102,8 +110,8 @@ def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     existing = module._buffers.get(attr + SUFFIX)
     if isinstance(existing, torch.Tensor) and existing.shape == mask.shape:
         existing.copy_(mask)
-    else:
-        module.register_buffer(attr + SUFFIX, mask.clone())
+    else:  # not persistent: state_dict() stays the plain model's (see the module doc)
+        module.register_buffer(attr + SUFFIX, mask.clone(), persistent=False)
     param.mul_(mask)
     _link(module, attr)
     _generation += 1
@@ -135,7 +143,8 @@ def apply_masks_(model: nn.Module) -> None:
 
 
 def remove_masks(model: nn.Module) -> None:
-    """Drop the mask buffers; the pruned weights stay zero but are free to grow back if trained."""
+    """Make pruning permanent: drop the masks (the pruned weights stay zero, but nothing holds them there
+    any more: training lets them grow back). The model is then a plain model in every respect."""
     global _generation
     model = unwrap(model)
     for name in list(get_masks(model)):
@@ -156,16 +165,63 @@ def keep_masked(optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
     return optimizer.register_step_post_hook(lambda *_: apply_masks_(model))
 
 
-def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> Any:
-    """Load a (possibly pruned) ``state_dict`` into ``model``, attaching the masks it carries first."""
+def masked_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` plus each mask as ``<param>_mask``: haloprune's own checkpoints, which
+    :func:`load_state_dict` restores exactly (a mask can cover weights that are not zero, e.g. a
+    group-pruned unit's bias, and a weight can be zero without being pruned)."""
+    state = unwrap(model).state_dict()
+    return {**state, **{name + SUFFIX: mask for name, mask in get_masks(model).items()}}
+
+
+def load_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    *,
+    restore: bool = True,
+    **selection: Unpack[SelectionArgs],
+) -> Any:
+    """Load a (possibly pruned) ``state_dict`` into ``model`` and re-attach its masks.
+
+    A state dict with ``<param>_mask`` entries (:func:`masked_state_dict`, and files of haloprune before
+    0.2) gets exactly those masks. A plain one (``model.state_dict()`` of a pruned model, a
+    ``from_pretrained`` folder's weights) gets its masks from the zeros of its prunable weights
+    (:func:`restore_masks` with ``**selection``), unless ``restore=False``. Returns what
+    ``nn.Module.load_state_dict`` returns.
+    """
     model = unwrap(model)
     params = dict(model.named_parameters())
-    for key, value in state_dict.items():
-        if key.endswith(SUFFIX) and key[: -len(SUFFIX)] in params:
-            attach_mask(model, key[: -len(SUFFIX)], value)
-    result = model.load_state_dict(state_dict, strict=strict)
+    masks = {
+        k[: -len(SUFFIX)]: v
+        for k, v in state_dict.items()
+        if k.endswith(SUFFIX) and k[: -len(SUFFIX)] in params
+    }
+    plain = {k: v for k, v in state_dict.items() if not (k.endswith(SUFFIX) and k[: -len(SUFFIX)] in masks)}
+    result = model.load_state_dict(plain, strict=strict)
+    for name, mask in masks.items():
+        attach_mask(model, name, mask)
+    if not masks and restore:
+        restore_masks(model, **selection)
     apply_masks_(model)
     return result
+
+
+@torch.no_grad()
+def restore_masks(model: nn.Module, **selection: Unpack[SelectionArgs]) -> dict[str, torch.Tensor]:
+    """Re-attach masks to a loaded pruned model from the exact zeros of its prunable weights.
+
+    Every parameter of the selection (the same keywords as pruning: ``scope``, ``include_bias``,
+    ``include``, ``exclude``; see :mod:`haloprune.core.params`) that has zeros gets the mask ``w != 0``
+    (replacing any it had); one without zeros is left unmasked. From then on the zeros are held through
+    training by any optimizer, as after pruning. Returns the masks attached."""
+    model = unwrap(model)
+    out = {}
+    for name in select_parameters(model, **selection):
+        keep = model.get_parameter(name) != 0
+        if not bool(keep.all()):
+            attach_mask(model, name, keep)
+            out[name] = keep
+    return out
 
 
 # ------------------------------------------------------------------------------ the optimizer hook

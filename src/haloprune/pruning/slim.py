@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +49,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from haloprune.core.errors import HaloPruneError
-from haloprune.core.layers import BATCHNORM, CONV
+from haloprune.core.layers import BATCHNORM, CONV, units_of
 from haloprune.core.params import unwrap
 from haloprune.pruning.masks import apply_masks_, remove_masks
 
@@ -415,21 +416,26 @@ def remove_dead_units(model: nn.Module) -> int:
     Returns how many units were removed."""
     removed = 0
     for module in list(model.modules()):
-        if not hasattr(module, "structured_units"):
+        source = units_of(module)
+        if source is None:
             continue
-        for units in module.structured_units():
-            dead = module.dead_units(units.kind)
+        for units in source.structured_units():
+            dead = source.dead_units(units.kind)
             keep = ~dead
             if not keep.any():
                 keep[0] = True
             if not keep.all():
-                module.remove_units(units.kind, keep)
+                source.remove_units(units.kind, keep)
                 removed += int((~keep).sum())
     return removed
 
 
-def slim(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """A smaller dense copy of ``model`` (eval mode) without its dead neurons/filters; see the module doc.
+
+    A model ``torch.fx`` cannot trace (a Hugging Face GPT-2) but whose modules declare units (its heads
+    and MLP neurons, :mod:`haloprune.core.hf_units`) is slimmed by removing the dead units alone, with a
+    warning saying so; any other untraceable model is a :class:`HaloPruneError`.
 
     ``example_input`` (any batch size) fixes the shapes. The model must be traceable by
     ``torch.fx.symbolic_trace``. ``model`` itself is not changed; its masks, if any, are applied to the
@@ -442,6 +448,13 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as err:
+        if any(units_of(m) is not None for m in model.modules()):
+            warnings.warn(
+                f"slim: torch.fx cannot trace {type(model).__name__}, so only its declared units (attention "
+                "heads, MLP neurons) were removed; its other layers keep their shapes",
+                stacklevel=2,
+            )
+            return model
         raise HaloPruneError(
             f"slim needs a model torch.fx can trace; {type(model).__name__}: {str(err).splitlines()[0]}"
         ) from None

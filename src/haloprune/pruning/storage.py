@@ -1,4 +1,5 @@
-"""Pruned models on disk: the compact safetensors format (bit-exact, masks kept).
+"""Pruned models on disk: the compact safetensors format (bit-exact, masks kept) and a dense
+compressed-tensors checkpoint.
 
 ``save_sparse(model, path, ...)`` writes a safetensors file in which every masked weight is stored as its
 nonzero values plus either a bitmask (1 bit per weight) or the flat positions of the survivors (uint16 or
@@ -7,10 +8,16 @@ densely. The file's metadata says which model to build (registry name and argume
 haloprune version. :func:`read_sparse` gives back the state dict and the masks;
 :func:`haloprune.export.load` rebuilds the model from them. Files are read with safetensors, which stores
 plain tensors only: loading one cannot run code.
+
+:func:`save_compressed_tensors` writes what other tools read: the model's own state dict with the pruned
+weights as zeros, and a ``config.json`` whose ``quantization_config`` records the sparsity in
+compressed-tensors' ``dense`` form (:func:`compressed_tensors_config`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,63 +139,89 @@ def read_sparse(path: str | Path) -> SparseFile:
 
 # ------------------------------------------------------------------------------ compressed-tensors
 
-#: The sparse format of the compressed-tensors library (``sparse-bitmask``): what vLLM's and
-#: llmcompressor's loaders read for unstructured sparsity.
-COMPRESSED_TENSORS_FORMAT = "sparse-bitmask"
-_CT_PARTS = ("compressed", "bitmask", "shape", "row_offsets")
+#: The compressed-tensors format of :func:`save_compressed_tensors` and
+#: :func:`haloprune.export.save_pretrained`: ``dense``, the weights in the model's own layout with the
+#: pruned entries stored as zeros and the sparsity recorded in ``config.json``. (Before, haloprune wrote
+#: ``sparse-bitmask``, which compressed-tensors >= 0.15 and vLLM no longer read.)
+COMPRESSED_TENSORS_FORMAT = "dense"
 
 
-def save_compressed_tensors(
-    model: nn.Module, folder: str | Path, *, config: dict[str, Any] | None = None
-) -> Path:
-    """Write ``model`` (masks attached) as a compressed-tensors ``sparse-bitmask`` checkpoint: ``folder``
-    gets ``model.safetensors`` and ``config.json``.
+def _masked_modules(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the modules that hold a masked parameter, in module order; a parameter shared by several
+    modules (an embedding tied to the output head) names all of them."""
+    masked = {id(model.get_parameter(name)) for name in masks}
+    names: list[str] = []
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module.named_parameters(recurse=False):
+            if id(param) in masked:
+                name = mod_name or attr  # a parameter of the root module: named by itself
+                if name not in names:
+                    names.append(name)
+    return names
 
-    Each masked weight ``<module>.weight`` becomes ``<module>.compressed`` (its nonzero values in row-major
-    order, in its dtype), ``<module>.bitmask`` (``weight != 0`` packed 8 per byte along the last
-    dimension, little bit order), ``<module>.shape`` and ``<module>.row_offsets`` (where each row's values
-    start); every other tensor is stored as is. ``config.json`` holds ``config`` (the model's own
-    description, e.g. a Hugging Face config) with ``quantization_config`` set to a compressed-tensors
-    compression config whose ``sparsity_config`` names the compressed modules and the global sparsity.
+
+def compressed_tensors_config(model: nn.Module) -> dict[str, Any]:
+    """The ``quantization_config`` block that records ``model``'s pruning in compressed-tensors' terms.
+
+    A compressed-tensors config with no quantization (no ``config_groups``) whose ``sparsity_config`` is
+    compressed-tensors' ``DenseSparsityConfig``: format ``dense`` (the checkpoint holds dense tensors,
+    zeros included), ``global_sparsity`` (the fraction of the masked weights that are pruned, all masked
+    parameters together), ``sparsity_structure`` ``unstructured``, ``targets`` (the modules holding a
+    masked weight) and ``ignore`` ``[]``. One-line :class:`HaloPruneError` if no masks are attached.
     """
     model = unwrap(model)
     masks = get_masks(model)
     if not masks:
         raise HaloPruneError("compressed-tensors export needs a pruned model (no masks are attached)")
-    tensors: dict[str, torch.Tensor] = {}
-    targets = []
-    for name, value in without_masks(model.state_dict()).items():
-        value = value.detach().cpu().contiguous()
-        if name not in masks:
-            tensors[name] = value
-            continue
-        if not name.endswith(".weight") or value.dim() < 2:
-            raise HaloPruneError(f"compressed-tensors stores masked '<module>.weight' tensors, not {name}")
-        module = name[: -len(".weight")]
-        nonzero = value != 0
-        counts = nonzero.reshape(-1, value.shape[-1]).sum(dim=-1)
-        tensors[f"{module}.compressed"] = value[nonzero]
-        tensors[f"{module}.bitmask"] = torch.from_numpy(
-            np.packbits(nonzero.numpy().astype(np.uint8), axis=-1, bitorder="little")
-        )
-        tensors[f"{module}.shape"] = torch.tensor(list(value.shape), dtype=torch.int64)
-        tensors[f"{module}.row_offsets"] = torch.cumsum(counts, 0) - counts
-        targets.append(module)
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
-    sparsity = {
+    block: dict[str, Any] = {"quant_method": "compressed-tensors", "format": COMPRESSED_TENSORS_FORMAT}
+    # as compressed-tensors writes it (ModelCompressor.update_config), if it is installed
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        block["version"] = importlib.metadata.version("compressed-tensors")
+    block["sparsity_config"] = {
         "format": COMPRESSED_TENSORS_FORMAT,
         "global_sparsity": 1 - kept / total,
         "sparsity_structure": "unstructured",
-        "targets": targets,
+        "targets": _masked_modules(model, masks),
         "ignore": [],
     }
-    # as compressed-tensors writes it for a sparse, unquantized model (no quantization fields)
-    quantization = {"quant_method": "compressed-tensors", "sparsity_config": sparsity}
+    return block
+
+
+def save_compressed_tensors(
+    model: nn.Module, folder: str | Path, *, config: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` (masks attached) as a dense compressed-tensors checkpoint: ``folder`` gets
+    ``model.safetensors`` and ``config.json``.
+
+    ``model.safetensors`` holds the model's own state dict (mask buffers left out; pruned weights are
+    zeros), under the model's own names. ``config.json`` holds ``config`` (the model's own description,
+    e.g. a Hugging Face config as a dict) with ``quantization_config`` set to
+    :func:`compressed_tensors_config`. For a Hugging Face model use
+    :func:`haloprune.export.save_pretrained`, which writes the same through ``model.save_pretrained`` so
+    that ``from_pretrained`` loads it.
+    """
+    model = unwrap(model)
+    quantization = compressed_tensors_config(model)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in without_masks(model.state_dict()).items():
+        value = value.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in seen:  # a tied weight: safetensors stores no shared memory
+            value = value.clone()
+        seen.add(storage)
+        tensors[name] = value
+    metadata = {
+        "format": "pt",
+        "sparsity": f"{quantization['sparsity_config']['global_sparsity']:.6f}",
+        "haloprune_version": __version__,
+    }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "haloprune_version": __version__})
+        save_file(tensors, str(tmp), metadata=metadata)
     with atomic_path(folder / "config.json") as tmp:
         tmp.write_text(json.dumps({**(config or {}), "quantization_config": quantization}, indent=2))
     return folder

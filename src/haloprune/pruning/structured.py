@@ -5,13 +5,14 @@ number of parameters or multiply-accumulates of the slimmed model (:func:`halopr
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from haloprune.core.layers import OutputGroups, declared_units
+from haloprune.core.layers import OutputGroups, output_groups
 from haloprune.core.params import Scope, select_parameters, unwrap
 from haloprune.pruning.cost import count_cost
 from haloprune.pruning.masks import attach_mask, get_masks
@@ -45,7 +46,7 @@ def group_scores(
     model = unwrap(model)
     names = select_parameters(model, scope=scope, include_bias=include_bias, include=include, exclude=exclude)
     params = [model.get_parameter(n).detach().float() for n in names]
-    groups = OutputGroups(names, [tuple(p.shape) for p in params], declared_units(model, names))
+    groups = output_groups(model, names)
     norms = groups.norms(params)
     if normalize == "rms":
         return groups, [n / size**0.5 for n, size in zip(norms, groups.sizes, strict=True)]
@@ -128,7 +129,10 @@ def group_prune(
 
     def fits(k: int) -> bool:
         trial = _copy_with_masks(model, groups, keep_for(k))
-        cost = count_cost(slim(trial, example_input), example_input, nonzero_only=False)
+        with warnings.catch_warnings():  # slim's note on a model fx cannot trace: once, by the caller's slim
+            warnings.simplefilter("ignore")
+            small = slim(trial, example_input)
+        cost = count_cost(small, example_input, nonzero_only=False)
         return (params is None or cost.params <= params) and (macs is None or cost.macs <= macs)
 
     lo, hi = 0, len(order)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import save_verified
 from haloprune.penalties import Penalty
+from haloprune.pruning.masks import load_state_dict, masked_state_dict
 from haloprune.training.evaluate import evaluate
 
 
@@ -51,7 +52,7 @@ class FitState:
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to continue exactly after this epoch (``fit(resume=...)``)."""
         return {
-            "model": self.model.state_dict(),
+            "model": masked_state_dict(self.model),
             "penalty": self.penalty.state_dict() if self.penalty is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -219,13 +220,13 @@ class KeepBestTest(Callback):
         row["test_accuracy"] = acc
         best = state.extras.get("best_test")
         if best is None or acc > best["accuracy"]:
-            weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+            weights = {k: v.detach().clone() for k, v in masked_state_dict(state.model).items()}
             state.extras["best_test"] = {"accuracy": acc, "epoch": state.epoch, "model": weights}
 
     def on_fit_end(self, state: FitState) -> None:
         best = state.extras.get("best_test")
         if best is not None:
-            state.model.load_state_dict(best["model"])
+            load_state_dict(state.model, best["model"], restore=False)
 
 
 class Hooks(Callback):

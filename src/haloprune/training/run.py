@@ -15,7 +15,7 @@ from haloprune.core.errors import ConfigError, HaloPruneError
 from haloprune.core.io import load_torch, load_verified, save_json, save_text, save_torch
 from haloprune.data import SplitData
 from haloprune.penalties import Penalty
-from haloprune.pruning.masks import load_state_dict
+from haloprune.pruning.masks import load_state_dict, masked_state_dict
 from haloprune.training import distributed
 from haloprune.training.callbacks import Checkpoint, ExperimentLog, ExperimentLogger, MetricsFile
 from haloprune.training.loop import fit
@@ -78,7 +78,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig,
     state = load_torch(run_dir / "model.pt", map_location=device)
     model, penalty = build(cfg, device)
 
-    load_state_dict(model, state["model"])
+    load_state_dict(model, state["model"], restore=False)
     if penalty is not None and state.get("penalty") is not None:
         penalty.load_state_dict(state["penalty"])
     return cfg, model, penalty
@@ -119,7 +119,7 @@ def train(
     state, history = None, []
     if run_dir is not None and resume and _has_checkpoint(run_dir):
         state = load_verified(run_dir / "checkpoint.pt", map_location=device)
-        load_state_dict(model, state["model"])
+        load_state_dict(model, state["model"], restore=False)
         if penalty is not None:
             penalty.load_state_dict(state["penalty"])
     if run_dir is not None:  # metrics written after the checkpoint we resume from are replayed
@@ -158,7 +158,7 @@ def train(
     )
     if run_dir is not None and world.is_main:
         final = {
-            "model": model.state_dict(),
+            "model": masked_state_dict(model),
             "penalty": penalty.state_dict() if penalty is not None else None,
             "epoch": cfg.optim.epochs,
         }

@@ -64,6 +64,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     """
 
     learns = True
+    strengths = ("xi", "psi")
+    strengths_from = "target_sparsity"
 
     def __init__(
         self,
@@ -105,6 +107,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             raise ValueError("give xi and psi, or target_sparsity")
         if xi < 0 or psi < 0:
             raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
+        self.check_acts(xi=xi, psi=psi, target_sparsity=target_sparsity)
         self._init_budget(p, form)
         if not 0 < lambda_min <= lambda_init <= lambda_max:
             raise ValueError(
