@@ -147,38 +147,14 @@ def test_cli_exports_onnx_and_reports_sizes(
 # ------------------------------------------------------- dense checkpoints: transformers, compressed-tensors
 
 
-def _hf_model(name: str) -> tuple[torch.nn.Module, type, list[str]]:
-    """A small transformers model built from a config (no download), its Auto class and what to prune
-    besides the default selection (GPT-2's Conv1D layers, named so the test holds whether or not the
-    default selection covers Conv1D)."""
+def _hf_model(name: str) -> tuple[torch.nn.Module, type]:
+    """A small transformers model built from a config (no download; tests/integrations/hf_tiny.py) and
+    its Auto class."""
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    if name == "gpt2":
-        config = transformers.GPT2Config(
-            n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0
-        )
-        include = ["*.c_attn.weight", "*.c_proj.weight", "*.c_fc.weight"]
-        return transformers.GPT2LMHeadModel(config), transformers.AutoModelForCausalLM, include
-    if name == "llama":
-        config = transformers.LlamaConfig(
-            num_hidden_layers=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=100,
-            max_position_embeddings=32,
-        )
-        return transformers.LlamaForCausalLM(config), transformers.AutoModelForCausalLM, []
-    config = transformers.BertConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        vocab_size=100,
-        max_position_embeddings=32,
-    )
-    return transformers.BertModel(config), transformers.AutoModel, []
+    from tests.integrations.hf_tiny import build
+
+    auto = {"gpt2": "AutoModelForCausalLM", "llama": "AutoModelForCausalLM"}
+    return build(name), getattr(transformers, auto.get(name, "AutoModelForSequenceClassification"))
 
 
 def _from_pretrained(auto: type, folder: Path) -> tuple[torch.nn.Module, str]:
@@ -246,9 +222,9 @@ def _check_compressed_tensors_reads(folder: Path, model: torch.nn.Module) -> Non
 def test_save_pretrained_loads_back_in_transformers_equal_with_no_warnings(tmp_path: Path, name: str) -> None:
     from haloprune.pruning.masks import without_masks
 
-    model, auto, include = _hf_model(name)
+    model, auto = _hf_model(name)
     model.eval()
-    global_magnitude_prune(model, 0.9, include=include)
+    global_magnitude_prune(model, 0.9)
     masks = {k: v.clone() for k, v in get_masks(model).items()}
     folder = haloprune.export.save_pretrained(model, tmp_path / "hf")
     assert "quantization_config" not in model.config.__dict__ and get_masks(model).keys() == masks.keys()
@@ -270,7 +246,7 @@ def test_the_warning_capture_sees_an_unused_weight(tmp_path: Path) -> None:
     """The instrument of the test above: a checkpoint with a weight the model lacks is reported."""
     from safetensors.torch import load_file, save_file
 
-    model, auto, _ = _hf_model("llama")
+    model, auto = _hf_model("llama")
     model.save_pretrained(tmp_path / "hf")
     path = tmp_path / "hf" / "model.safetensors"
     save_file({**load_file(path), "lm_head.weight_mask": torch.ones(3)}, path, metadata={"format": "pt"})
@@ -282,7 +258,7 @@ def test_a_loaded_export_pruned_further_saves_again(tmp_path: Path) -> None:
     quantizes nothing) can be pruned further and saved again; the new folder records the new sparsity."""
     import json
 
-    model, auto, _ = _hf_model("llama")
+    model, auto = _hf_model("llama")
     global_magnitude_prune(model, 0.5)
     loaded, _ = _from_pretrained(auto, haloprune.export.save_pretrained(model, tmp_path / "a"))
     global_magnitude_prune(loaded, 0.8)
@@ -301,7 +277,7 @@ def test_save_pretrained_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(HaloPruneError, match="needs a Hugging Face transformers model") as err:
         haloprune.export.save_pretrained(model, tmp_path / "x")
     assert "\n" not in str(err.value)
-    hf, _, _ = _hf_model("llama")
+    hf, _ = _hf_model("llama")
     with pytest.raises(HaloPruneError, match="no masks are attached") as err:
         haloprune.export.save_pretrained(hf, tmp_path / "y")
     assert "\n" not in str(err.value)

@@ -333,8 +333,8 @@ def test_trainer_checkpoint_resumes_with_masks_that_hold(tmp_path: Path) -> None
 
 
 def test_group_halo_on_gpt2_slims_to_fewer_heads_and_neurons_with_equal_outputs() -> None:
-    from haloprune.pruning import count_cost, group_prune, slim
     from haloprune.penalties import build_penalty
+    from haloprune.pruning import count_cost, group_prune, slim
 
     model = build("gpt2")
     halo = build_penalty("group-halo", model, xi=1e-3, psi=1e-2)

@@ -159,3 +159,5 @@ def test_bad_arguments_fail_at_construction() -> None:
         HALOCallback(xi=1e-6, psi=1e-3)
     with pytest.raises(ValueError, match=r"target_sparsity must be in \(0, 1\)"):
         HALOCallback(target_sparsity=95)
+    with pytest.raises(ValueError, match="xi = 0 and no target_sparsity cannot act"):  # refused at once
+        HALOCallback(xi=0.0, psi=1e-3, prune_sparsity=0.9)

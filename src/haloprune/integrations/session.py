@@ -56,6 +56,7 @@ class HALOSession:
             raise ValueError("target_sparsity sets xi and psi itself: give one or the other")
         if target_sparsity is not None and not 0.0 < target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be in (0, 1), got {target_sparsity}")
+        HALO.check_acts(xi=xi, psi=psi, target_sparsity=target_sparsity)  # xi = 0 trains nothing: refused now
         prune_sparsity = target_sparsity if prune_sparsity is None else prune_sparsity
         if prune_at_end and prune_sparsity is None:
             raise ValueError("prune_at_end with xi and psi needs prune_sparsity (the fraction to prune)")
