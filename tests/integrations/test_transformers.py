@@ -90,7 +90,7 @@ def test_trainer_with_the_callback_in_target_mode_ends_pruned(
         acc = (model(pixel_values=x_test).logits.argmax(1) == y_test).float().mean().item()
     assert acc > 0.55  # the dense network of these 400 steps: 66.5%
     fresh = tiny_vit()
-    load_state_dict(fresh, model.state_dict())  # the masks travel with the state_dict
+    load_state_dict(fresh, model.state_dict())  # a plain state dict: masks restored from its zeros
     assert _zeros(fresh) == _zeros(model)
 
 

@@ -16,7 +16,9 @@ as usual. Target mode's step budget comes from ``trainer.estimated_stepping_batc
 optimizer's scheduler (per-step or per-epoch). λ and the controller are saved in Lightning checkpoints
 (the callback's ``state_dict``) and restored by ``trainer.fit(..., ckpt_path=...)``, so a resumed run ends
 as the uninterrupted one would. Under DDP every rank steps the same λ on the same all-reduced gradients.
-A pruned checkpoint loads into a fresh module with :func:`haloprune.load_state_dict` (it carries the masks).
+The model's masks are in the callback's state too: a pruned module resumed from a checkpoint gets them
+back. A checkpoint's model state is plain (zeros, no masks): it loads into a fresh module with plain
+``load_state_dict``, and :func:`haloprune.load_state_dict` re-attaches the masks from the zeros.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ from ``max_steps`` and the Trainer's scheduler (it covers ``num_train_epochs`` t
 ``halo/lambda_median``, ...) are added to every training log — ``trainer.state.log_history`` and the
 loggers of ``report_to``, which see them when the callback comes before them:
 ``trainer.callback_handler.callbacks.insert(0, halo)`` instead of ``callbacks=[halo]``. λ and the
-controller are saved as ``halo.pt`` in every ``checkpoint-N`` folder and read back by
-``trainer.train(resume_from_checkpoint=...)``. A pruned model's ``state_dict`` carries its masks:
-:func:`haloprune.load_state_dict` loads it into a fresh model.
+controller (and the model's masks) are saved as ``halo.pt`` in every ``checkpoint-N`` folder and read
+back by ``trainer.train(resume_from_checkpoint=...)``. A pruned model's ``state_dict`` / ``save_pretrained``
+folder is a plain one (zeros, no masks): :func:`haloprune.restore_masks` or
+:func:`haloprune.load_state_dict` re-attach the masks from its zeros.
 """
 
 from __future__ import annotations

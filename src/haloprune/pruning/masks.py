@@ -183,8 +183,8 @@ def load_state_dict(
 ) -> Any:
     """Load a (possibly pruned) ``state_dict`` into ``model`` and re-attach its masks.
 
-    A state dict with ``<param>_mask`` entries (:func:`masked_state_dict`, and files of haloprune before
-    0.2) gets exactly those masks. A plain one (``model.state_dict()`` of a pruned model, a
+    A state dict with ``<param>_mask`` entries (:func:`masked_state_dict`, and the state dicts of earlier
+    haloprune versions) gets exactly those masks. A plain one (``model.state_dict()`` of a pruned model, a
     ``from_pretrained`` folder's weights) gets its masks from the zeros of its prunable weights
     (:func:`restore_masks` with ``**selection``), unless ``restore=False``. Returns what
     ``nn.Module.load_state_dict`` returns.
