@@ -39,7 +39,7 @@ def test_default_coupling_with_adam_is_coupled_and_target_mode_decoupled() -> No
     fixed.attach(torch.optim.AdamW(model.parameters()))
     target = HALO(model, target_sparsity=0.9)
     target.attach(torch.optim.AdamW(model.parameters()), total_steps=10)
-    assert fixed._coupled and not target._coupled
+    assert fixed.update.coupled and not target.update.coupled
     with pytest.raises(ValueError, match="decoupled"):
         HALO(model, target_sparsity=0.9, coupling="coupled").attach(torch.optim.Adam(model.parameters()))
     with pytest.raises(ValueError, match="coupling applies to Adam"):

@@ -4,27 +4,21 @@ for the coupled and decoupled semantics, and :mod:`~haloprune.penalties.halo.fus
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from haloprune.penalties.halo.fused import (
+    FusedUpdate,
     Group,
     Plan,
     StepValues,
     Tensors,
     compiled,
-    control,
-    finish,
-    lam_hyper,
-    plan_for,
-    read,
-    step_values,
+    lam_terms,
+    soft_threshold,
     store,
 )
-
-if TYPE_CHECKING:
-    from haloprune.penalties.halo.penalty import HALO
 
 _ADAM_CONSTANTS = ("betas", "eps")
 
@@ -79,17 +73,14 @@ def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
     """
     for i in range(len(t.ws)):
         w, g, hp = t.ws[i], t.grads[i], s.hp[i]
-        lam = torch.clamp(read(t.lams[i]), c.lambda_min, c.lambda_max)
-        inv = torch.reciprocal(lam)
-        inv2 = inv * inv
-        shrink = s.xi * inv2
-        g_l = (-2.0 * s.xi) * w.abs() * (inv2 * inv) + s.lam_sum_term  # sign(λ) = 1
+        lam, shrink, g_l = lam_terms(w, t.lams[i], s, c.lambda_min, c.lambda_max)
+        g_l = g_l + s.lam_sum_term  # sign(λ) = 1
         g_w = g + shrink * torch.sign(w) if c.coupled else g
         w_new = _adam(w, g_w, t.w_m[i], t.w_v[i], hp[0], hp[1], hp[2], hp[3], c)
         if not c.coupled and not c.prox:
             w_new = w_new - (hp[0] * shrink) * torch.sign(w)
         if c.prox:
-            w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - hp[0] * shrink, 0.0)
+            w_new = soft_threshold(w_new, hp[0] * shrink)
         w.copy_(w_new)
         if c.coupled:
             lam_new = _adam(
@@ -158,9 +149,10 @@ def _advance(step: torch.Tensor, counts: dict[int | str, int], key: int | str) -
 
 
 @torch.no_grad()
-def adam_step(halo: HALO, optimizer: torch.optim.Optimizer) -> None:
+def adam_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
     """HALO's fused step with ``torch.optim.Adam`` / ``AdamW`` (see :func:`halo_adam_step`)."""
-    plan = plan_for(halo, optimizer, _adam_constants, _ADAM_CONSTANTS)
+    halo = update.penalty
+    plan = update.plan_for(optimizer, _adam_constants, _ADAM_CONSTANTS)
     g0 = plan.groups[0]
     beta1, beta2 = g0["betas"]
     c = AdamConstants(
@@ -170,24 +162,23 @@ def adam_step(halo: HALO, optimizer: torch.optim.Optimizer) -> None:
         beta2=float(beta2),
         eps=float(g0["eps"]),
         decoupled_wd=type(optimizer) is torch.optim.AdamW or bool(g0.get("decoupled_weight_decay")),
-        coupled=halo._coupled,
+        coupled=update.coupled,
         prox=halo.prox,
     )
-    control(halo, plan.ws, float(g0["lr"]))
-    t, steps, hp = _gather(halo, optimizer, plan, c)
-    compiled(halo_adam_step, halo.lam.device.type)(t, step_values(halo, plan, hp), c)
+    halo.control(plan.ws, float(g0["lr"]))
+    t, steps, hp = _gather(update, optimizer, plan, c)
+    compiled(halo_adam_step, halo.lam.device.type)(t, update.step_values(hp), c)
     torch._foreach_add_(steps, 1.0)
-    finish(halo, [*t.ws, *t.others])
+    update.finish([*t.ws, *t.others])
 
 
 def _gather(
-    halo: HALO, optimizer: torch.optim.Optimizer, plan: Plan, c: AdamConstants
+    update: FusedUpdate, optimizer: torch.optim.Optimizer, plan: Plan, c: AdamConstants
 ) -> tuple[AdamTensors, Tensors, list[tuple[float, ...]]]:
     """This step's tensors, the optimizer's step-count tensors to advance after it, and the
     hyperparameter rows: the penalised weights, then the other parameters that can take their plain
     Adam(W) step in the same call."""
-    g0 = plan.groups[0]
-    bc1_l, bc2_l = _corrections(_advance(halo.fused_steps, plan.counts, "halo"), c)
+    bc1_l, bc2_l = _corrections(_advance(update.penalty.fused_steps, plan.counts, "halo"), c)
     grads, ms, vs, steps, hp = [], [], [], [], []
 
     def take(p: torch.Tensor, g: Group) -> tuple[float, float, float, float]:
@@ -200,12 +191,10 @@ def _gather(
 
     for w, g in zip(plan.ws, plan.groups, strict=True):
         grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
-        lr_l, wd_l = lam_hyper(halo, plan, g)
+        lr_l, wd_l = update.lam_hyper(g)
         hp.append((*take(w, g), lr_l, wd_l, lr_l / bc1_l, bc2_l))
     others, o_grads = [], []
-    for p, g in plan.others:
-        if p.grad is None or p.grad.is_sparse or _adam_constants(g) != _adam_constants(g0):
-            continue  # left to optimizer.step()
+    for p, g in update.others(plan, _adam_constants):
         others.append(p)
         o_grads.append(p.grad)
         hp.append((*take(p, g), 0.0, 0.0, 0.0, 0.0))

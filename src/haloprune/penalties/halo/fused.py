@@ -11,8 +11,11 @@ inside ``optimizer.step()`` together with exactly the update the optimizer would
 weights, their λ and the optimizer's other parameters, in one function per optimizer family
 (:mod:`~haloprune.penalties.halo.sgd`, :mod:`~haloprune.penalties.halo.adam`) that ``torch.compile``
 turns into a single loop per tensor. This module holds what they share: compiling the kernels (with an
-eager fallback), checking the optimizer, the per-optimizer :class:`Plan` (which tensors, which
-hyperparameters) and the :class:`StepValues` every kernel takes.
+eager fallback), checking the optimizer, the :class:`FusedUpdate` that ``HALO.attach`` creates and the
+penalty owns (optimizer family, coupling, the per-optimizer :class:`Plan` of tensors and
+hyperparameters), the :class:`StepValues` every kernel takes, and the math both kernels do alike
+(:func:`lam_terms`, :func:`soft_threshold`). The drivers read the penalty only through
+:class:`Penalised` (its λ, its buffers and settings): this module and the drivers never import it.
 A new optimizer family is one more module like ``sgd.py``: a kernel and a driver built on these pieces.
 """
 
@@ -20,14 +23,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from haloprune.penalties.halo.penalty import HALO
 
 Tensors = list[torch.Tensor]
 
@@ -171,88 +171,158 @@ class StepValues(NamedTuple):
     seed: torch.Tensor | int = 0  # 0-dim int64 (the fused steps taken): the seed of bfloat16 λ's rounding
 
 
-def plan_for(
-    halo: HALO, optimizer: torch.optim.Optimizer, same: Callable[[Group], tuple], constants: tuple[str, ...]
-) -> Plan:
-    """The :class:`Plan` for ``optimizer``, made once and cached on ``halo``.
+class Penalised(Protocol):
+    """What the fused step reads of its penalty (``HALO``): λ and its buffers, its settings, its weights;
+    ``control`` is called once per step before the kernel (target mode steers ξ there)."""
 
-    ``same(group)`` are the hyperparameters the kernel takes as constants: they must agree for all
-    penalised weights (and an other parameter is folded into the call only where they agree too)."""
-    lam = halo.lam.detach()
-    buffers = (halo.lam_momentum.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
-    key = (id(optimizer), len(optimizer.param_groups), lam.data_ptr(), *buffers)
-    plan: Plan | None = halo.__dict__.get("_plan")
-    if plan is not None and plan.key == key:
-        return plan
-    ws = halo.weights()
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    groups = [group_of.get(id(w)) for w in ws]
-    if any(g is None for g in groups):
-        raise ValueError("fused HALO: the penalised weights are not all in the optimizer it is attached to")
-    if len({same(g) for g in groups}) != 1:
-        raise ValueError(f"fused HALO needs the same {'/'.join(constants)} for all penalised weights")
-    penalised = {id(w) for w in ws} | {id(halo.lam)}
-    dtype = torch.promote_types(lam.dtype, torch.float32)
-    plan = Plan(
-        key=key,
-        ws=ws,
-        groups=groups,
-        others=[(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
-        lam_group=group_of.get(id(halo.lam)),
-        lams=_views(lam, halo.numels, halo.shapes),
-        bufs=_views(halo.lam_momentum, halo.numels, halo.shapes) if halo.lam_momentum.numel() else [],
-        sq=_views(halo.lam_exp_avg_sq, halo.numels, halo.shapes) if halo.lam_exp_avg_sq.numel() else [],
-        dtype=dtype,
-        psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
-        xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),
-        counts={},
-    )
-    halo.__dict__["_plan"] = plan
-    return plan
+    lam: torch.Tensor
+    lam_momentum: torch.Tensor
+    lam_exp_avg_sq: torch.Tensor
+    fused_steps: torch.Tensor
+    numels: list[int]
+    shapes: list[tuple[int, ...]]
+    num_penalized: int
+    lambda_min: float
+    lambda_max: float
+    lambda_lr_scale: float
+    lambda_weight_decay: float | None
+    prox: bool
+    form: str
+    p: float
+    xi: float
+    psi: float
+
+    def weights(self) -> list[torch.Tensor]: ...
+
+    def control(self, ws: Tensors, step_size: float) -> None: ...
 
 
-def lam_hyper(halo: HALO, plan: Plan, g: Group) -> tuple[float, float]:
-    """λ's lr and weight decay: its own optimizer group's if it is in the optimizer, else the weights'
-    scaled by ``lambda_lr_scale`` (and ``lambda_weight_decay`` if set)."""
-    if plan.lam_group is not None:  # λ is in the optimizer: its group (and scheduler) rules
-        return plan.lam_group["lr"], plan.lam_group["weight_decay"]
-    wd = g["weight_decay"] if halo.lambda_weight_decay is None else halo.lambda_weight_decay
-    return g["lr"] * halo.lambda_lr_scale, wd
+Driver = Callable[["FusedUpdate", torch.optim.Optimizer], None]
 
 
-def budget_term(halo: HALO, plan: Plan) -> torch.Tensor:
-    """ψ·s of ∂/∂λ (see the module doc)."""
-    if halo.form == "l1" and halo.p == 0.0:
-        return plan.psi  # ψ·sign(Σ|λ|) with every λ > 0
-    d = halo.lam.detach().abs().sum() - halo.p
-    return halo.psi * (2.0 * d if halo.form == "l2" else torch.sign(d))
+class FusedUpdate:
+    """HALO's update inside ``optimizer.step()``: made by ``HALO.attach`` and owned by the penalty.
 
+    ``family`` (``"sgd"``, ``"adam"``) and ``coupled`` (Adam: HALO's gradients through Adam's
+    normalisation) are fixed at attach; :meth:`step` runs ``driver`` (:func:`~.sgd.sgd_step`,
+    :func:`~.adam.adam_step`), which builds the tensors and constants of its kernel from this object: the
+    :class:`Plan` (made once per optimizer, kept here), λ's hyperparameters, ψ's term, the step values."""
 
-def step_values(halo: HALO, plan: Plan, hp: list[tuple[float, ...]]) -> StepValues:
-    """This step's :class:`StepValues` from the rows of the hyperparameter table."""
-    table = torch.tensor(hp, dtype=plan.dtype, device=halo.lam.device)
-    return StepValues(hp=table, lam_sum_term=budget_term(halo, plan), xi=plan.xi, seed=halo.fused_steps)
+    def __init__(self, penalty: Penalised, family: str, coupled: bool, driver: Driver) -> None:
+        self.penalty, self.family, self.coupled, self.driver = penalty, family, coupled, driver
+        self.plan: Plan | None = None
 
+    @torch.no_grad()
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.driver(self, optimizer)
 
-def finish(halo: HALO, updated: Tensors) -> None:
-    """After the kernel: count the step, and clear the gradients of what it updated, so that
-    ``optimizer.step()`` skips them."""
-    halo.fused_steps.add_(1)
-    for p in updated:
-        p.grad = None
+    def set_strengths(self, xi: float, psi: float) -> None:
+        """ξ and ψ changed (target mode): into the plan's tensors, so the kernel is not recompiled."""
+        if self.plan is not None:
+            self.plan.xi.fill_(xi)
+            self.plan.psi.fill_(psi)
 
+    def plan_for(
+        self, optimizer: torch.optim.Optimizer, same: Callable[[Group], tuple], constants: tuple[str, ...]
+    ) -> Plan:
+        """The :class:`Plan` for ``optimizer``, made once and kept (remade if the optimizer's groups or
+        the storage of λ and its moments change).
 
-def control(halo: HALO, ws: Tensors, step_size: float) -> None:
-    """Target mode: account for this step in the budget and, when due, steer ξ from the density."""
-    ctrl = halo.controller
-    if ctrl is None:
-        return
-    if halo.step_budget is None:
-        raise RuntimeError(
-            "target_sparsity: give the run's length, halo.attach(optimizer, total_steps=N, "
-            "scheduler=sched), or call halo.begin_training(step_budget) before training"
+        ``same(group)`` are the hyperparameters the kernel takes as constants: they must agree for all
+        penalised weights (and an other parameter is folded into the call only where they agree too)."""
+        halo = self.penalty
+        lam = halo.lam.detach()
+        buffers = (halo.lam_momentum.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
+        key = (id(optimizer), len(optimizer.param_groups), lam.data_ptr(), *buffers)
+        if self.plan is not None and self.plan.key == key:
+            return self.plan
+        ws = halo.weights()
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        groups = [group_of.get(id(w)) for w in ws]
+        if any(g is None for g in groups):
+            raise ValueError(
+                "fused HALO: the penalised weights are not all in the optimizer it is attached to"
+            )
+        if len({same(g) for g in groups}) != 1:
+            raise ValueError(f"fused HALO needs the same {'/'.join(constants)} for all penalised weights")
+        penalised = {id(w) for w in ws} | {id(halo.lam)}
+        dtype = torch.promote_types(lam.dtype, torch.float32)
+        self.plan = Plan(
+            key=key,
+            ws=ws,
+            groups=groups,
+            others=[(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
+            lam_group=group_of.get(id(halo.lam)),
+            lams=_views(lam, halo.numels, halo.shapes),
+            bufs=_views(halo.lam_momentum, halo.numels, halo.shapes) if halo.lam_momentum.numel() else [],
+            sq=_views(halo.lam_exp_avg_sq, halo.numels, halo.shapes) if halo.lam_exp_avg_sq.numel() else [],
+            dtype=dtype,
+            psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
+            xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),
+            counts={},
         )
-    if ctrl.step(step_size):
-        nonzero = sum(int(torch.count_nonzero(w)) for w in ws)
-        ctrl.update(nonzero / halo.num_penalized, halo.step_budget)
-        halo._set_xi()
+        return self.plan
+
+    def others(self, plan: Plan, same: Callable[[Group], tuple]) -> Iterator[tuple[torch.Tensor, Group]]:
+        """The optimizer's other parameters that take their plain step in the same call: those with a
+        dense gradient and the same kernel constants as the penalised weights (the rest are left to
+        ``optimizer.step()``)."""
+        first = same(plan.groups[0])
+        for p, g in plan.others:
+            if p.grad is not None and not p.grad.is_sparse and same(g) == first:
+                yield p, g
+
+    def lam_hyper(self, g: Group) -> tuple[float, float]:
+        """λ's lr and weight decay: its own optimizer group's if it is in the optimizer, else the weights'
+        scaled by ``lambda_lr_scale`` (and ``lambda_weight_decay`` if set)."""
+        assert self.plan is not None
+        if self.plan.lam_group is not None:  # λ is in the optimizer: its group (and scheduler) rules
+            return self.plan.lam_group["lr"], self.plan.lam_group["weight_decay"]
+        halo = self.penalty
+        wd = g["weight_decay"] if halo.lambda_weight_decay is None else halo.lambda_weight_decay
+        return g["lr"] * halo.lambda_lr_scale, wd
+
+    def budget_term(self) -> torch.Tensor:
+        """ψ·s of ∂/∂λ (see the module doc)."""
+        halo, plan = self.penalty, self.plan
+        assert plan is not None
+        if halo.form == "l1" and halo.p == 0.0:
+            return plan.psi  # ψ·sign(Σ|λ|) with every λ > 0
+        d = halo.lam.detach().abs().sum() - halo.p
+        return halo.psi * (2.0 * d if halo.form == "l2" else torch.sign(d))
+
+    def step_values(self, hp: list[tuple[float, ...]]) -> StepValues:
+        """This step's :class:`StepValues` from the rows of the hyperparameter table."""
+        plan = self.plan
+        assert plan is not None
+        table = torch.tensor(hp, dtype=plan.dtype, device=self.penalty.lam.device)
+        return StepValues(
+            hp=table, lam_sum_term=self.budget_term(), xi=plan.xi, seed=self.penalty.fused_steps
+        )
+
+    def finish(self, updated: Tensors) -> None:
+        """After the kernel: count the step, and clear the gradients of what it updated, so that
+        ``optimizer.step()`` skips them."""
+        self.penalty.fused_steps.add_(1)
+        for p in updated:
+            p.grad = None
+
+
+# ------------------------------------------------------------------------------ the kernels' shared math
+
+
+def lam_terms(
+    w: torch.Tensor, lam: torch.Tensor, s: StepValues, lambda_min: float, lambda_max: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a weight tensor and its stored λ: λ read and clamped into its box, the shrinkage ``ξ/λ²``
+    (``∂/∂|w|``), and the weight term of ``∂/∂λ``, ``−2ξ|w|/λ³`` (the caller adds ψ's term and λ's decay)."""
+    # λ is kept >= λ_min between steps; clamping here makes any value set from outside count as projected.
+    lam = torch.clamp(read(lam), lambda_min, lambda_max)
+    inv = torch.reciprocal(lam)
+    inv2 = inv * inv
+    return lam, s.xi * inv2, (-2.0 * s.xi) * w.abs() * (inv2 * inv)
+
+
+def soft_threshold(w: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The proximal map of ``threshold·|w|``: ``sign(w)·max(|w| − threshold, 0)`` (exact zeros)."""
+    return torch.sign(w) * torch.clamp_min(w.abs() - threshold, 0.0)

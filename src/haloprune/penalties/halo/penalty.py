@@ -1,8 +1,11 @@
-"""HALO, the hierarchical adaptive lasso: the penalty module (its fused steps: ``sgd``, ``adam``)."""
+"""HALO, the hierarchical adaptive lasso: the penalty (the formula and its λ).
+
+What it owns, each in its own module: the fused update that ``attach`` creates
+(:class:`~haloprune.penalties.halo.fused.FusedUpdate`, run by the ``sgd`` and ``adam`` drivers) and
+target mode (:class:`~haloprune.penalties.halo.target.TargetMode`)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Unpack
 
 import torch
@@ -10,9 +13,9 @@ from torch import nn
 
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
-from haloprune.penalties.halo.fused import Plan, check_optimizer, read
+from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read
 from haloprune.penalties.halo.sgd import sgd_step
-from haloprune.penalties.halo.target import GAINS, SparsityController, step_budget
+from haloprune.penalties.halo.target import SparsityController, TargetMode, step_budget
 
 Coupling = Literal["coupled", "decoupled"]
 #: λ's storage: ``float32``, or ``bfloat16`` (half the memory; the fused step computes in float32 and
@@ -25,6 +28,7 @@ LambdaDtype = Literal["float32", "bfloat16"]
 DEFAULT_COUPLING: Coupling = "coupled"
 
 _SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+_DRIVERS: dict[str, Driver] = {"sgd": sgd_step, "adam": adam_step}  # per optimizer family
 
 
 class HALO(BudgetTerm, ChecksParameterNames, Penalty):
@@ -90,7 +94,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         lambda_dtype: LambdaDtype | None = None,
         **selection: Unpack[SelectionArgs],
     ) -> None:
-        self.controller: SparsityController | None = None
+        self.target: TargetMode | None = None
         if target_sparsity is not None:
             if xi or psi:
                 raise ValueError(
@@ -99,9 +103,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 )
             if not fused:
                 raise ValueError("target_sparsity needs the fused path (fused=True, halo.attach(optimizer))")
-            if psi_hat <= 0:
-                raise ValueError(f"psi_hat must be > 0, got {psi_hat}")
-            self.controller = SparsityController(float(target_sparsity), ramp_end=float(ramp_end))
+            self.target = TargetMode(target_sparsity, psi_hat, ramp_end)
             xi, psi, prox = 0.0, 0.0, True
         elif xi is None or psi is None:
             raise ValueError("give xi and psi, or target_sparsity")
@@ -128,9 +130,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
         self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
-        self.psi_hat = float(psi_hat)
         self.prox = prox
-        self.step_budget: float | None = None
         self.fused = fused
         self.coupling = coupling
         self.lambda_lr_scale = float(lambda_lr_scale)
@@ -151,44 +151,53 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.register_buffer("lam_exp_avg_sq", torch.zeros(0, device=device, dtype=dtype))
         # Fused steps taken (λ's Adam step count; SGD with dampening initialises buffers on the first).
         self.register_buffer("fused_steps", torch.zeros((), dtype=torch.int64, device=device))
-        self._kind: str | None = None  # the attached optimizer family: "sgd" or "adam"; None: in the loss
-        self._coupled = True
+        self.update: FusedUpdate | None = None  # made by attach (fused); None: in the loss
         if step_budget is not None:
             self.begin_training(step_budget)
 
     # ----------------------------------------------------------------------------- target mode
 
+    @property
+    def controller(self) -> SparsityController | None:
+        """Target mode's controller (``None`` for fixed ξ and ψ)."""
+        return self.target.controller if self.target is not None else None
+
+    @property
+    def step_budget(self) -> float | None:
+        """Target mode's step budget ``B``, once known."""
+        return self.target.step_budget if self.target is not None else None
+
     def begin_training(self, step_budget: float) -> None:
         """Tell the penalty the run's step budget ``B`` (target mode needs it): ``Σ_t lr_t / (1 − momentum)``
         with SGD, ``Σ_t lr_t`` with Adam/AdamW. ``attach(optimizer, total_steps=N)`` calls it for you."""
-        if self.controller is None:
+        if self.target is None:
             return
-        if not step_budget > 0 or not math.isfinite(step_budget):
-            raise ValueError(f"step budget must be a positive number, got {step_budget}")
-        self.step_budget = float(step_budget)
-        self.psi = self.psi_hat / self.step_budget
-        self._set_xi()
+        self.target.begin(step_budget)
+        self._set_strengths()
 
-    def _set_xi(self) -> None:
-        """ξ = c³/ψ² for the controller's current c."""
-        assert self.controller is not None and self.step_budget is not None
-        self.xi = self.controller.c(self.step_budget) ** 3 / self.psi**2
-        plan: Plan | None = self.__dict__.get("_plan")  # the fused step's, made by fused.plan_for
-        if plan is not None:
-            plan.xi.fill_(self.xi)
-            plan.psi.fill_(self.psi)
+    def control(self, ws: Tensors, step_size: float) -> None:
+        """Before each fused step: target mode accounts for it and, when due, steers ξ (no-op otherwise)."""
+        if self.target is not None and self.target.control(ws, self.num_penalized, step_size):
+            self._set_strengths()
+
+    def _set_strengths(self) -> None:
+        """ξ and ψ from target mode, into the fused update's tensors too."""
+        assert self.target is not None
+        self.xi, self.psi = self.target.strengths()
+        if self.update is not None:
+            self.update.set_strengths(self.xi, self.psi)
 
     def get_extra_state(self) -> dict[str, Any]:
         state = super().get_extra_state()
-        if self.controller is not None:
-            state["controller"] = self.controller.state()
-            state["step_budget"] = self.step_budget
+        if self.target is not None:
+            state["controller"] = self.target.controller.state()
+            state["step_budget"] = self.target.step_budget
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
-        if self.controller is not None and "controller" in state:
-            self.controller.load(state["controller"])
+        if self.target is not None and "controller" in state:
+            self.target.controller.load(state["controller"])
             if state.get("step_budget") is not None:
                 self.begin_training(state["step_budget"])
 
@@ -216,7 +225,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     @property
     def attached(self) -> bool:
         """True once :meth:`attach` has hooked the fused update into an optimizer."""
-        return self._kind is not None
+        return self.update is not None
 
     @property
     def in_loss(self) -> bool:
@@ -226,7 +235,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         if self.attached:
             with torch.no_grad():
                 return self._value(model)
-        if self.controller is not None or self.prox:
+        if self.target is not None or self.prox:
             raise RuntimeError(
                 "target_sparsity and prox are HALO updates inside optimizer.step(): call "
                 "halo.attach(optimizer) (target mode: halo.attach(optimizer, total_steps=N)) first"
@@ -286,20 +295,20 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         if not self.fused:
             handle = super().attach(optimizer)
         else:
-            self._kind = check_optimizer(optimizer, _SUPPORTED)
-            self._coupled = self._resolve_coupling()
+            family = check_optimizer(optimizer, _SUPPORTED)
+            coupled = self._resolve_coupling(family)
+            self.update = FusedUpdate(self, family, coupled, _DRIVERS[family])
             # λ's moments, only where the fused step reads them: SGD's momentum, coupled Adam's two
-            adam = self._kind == "adam"
-            self._size_buffer("lam_momentum", not adam or self._coupled)
-            self._size_buffer("lam_exp_avg_sq", adam and self._coupled)
+            adam = family == "adam"
+            self._size_buffer("lam_momentum", not adam or coupled)
+            self._size_buffer("lam_exp_avg_sq", adam and coupled)
             self.project_()
             handle = optimizer.register_step_pre_hook(self._pre_step)
-        if self.controller is not None and self._kind is not None:
-            for gain, value in GAINS[self._kind].items():
-                setattr(self.controller, gain, value)
-        if total_steps is not None and self.controller is not None:
+        if self.target is not None and self.update is not None:
+            self.target.use_gains(self.update.family)
+        if total_steps is not None and self.target is not None:
             w0 = self.weights()[0]
-            sgd = self._kind == "sgd"
+            sgd = self.update is not None and self.update.family == "sgd"
             self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, sgd, scheduler_every))
         return handle
 
@@ -311,15 +320,15 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         elif not needed and buffer.numel():
             setattr(self, name, self.lam.new_zeros(0, requires_grad=False))
 
-    def _resolve_coupling(self) -> bool:
-        if self._kind == "sgd":
+    def _resolve_coupling(self, family: str) -> bool:
+        if family == "sgd":
             if self.coupling is not None:
                 raise ValueError(
                     "coupling applies to Adam/AdamW; with SGD HALO's gradient goes through SGD's momentum "
                     "as in the paper (leave coupling unset)"
                 )
             return True
-        proximal = self.prox or self.controller is not None
+        proximal = self.prox or self.target is not None
         default = "decoupled" if proximal else DEFAULT_COUPLING
         coupled = (self.coupling or default) == "coupled"
         if coupled and proximal:
@@ -336,17 +345,15 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         any loop that passes a closure) computes the gradients *inside* ``step()``, after pre-step hooks:
         the closure is run here first (with gradients enabled, as ``torch.optim`` does), then HALO's fused
         step, and ``step()`` is handed a closure that returns the loss already computed."""
+        assert self.update is not None
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._fused_step(optimizer)
+            self.update.step(optimizer)
             return None
         with torch.enable_grad():
             loss = closure()
-        self._fused_step(optimizer)
+        self.update.step(optimizer)
         return args[:1], {**kwargs, "closure": lambda: loss}
-
-    def _fused_step(self, optimizer: torch.optim.Optimizer) -> None:
-        (sgd_step if self._kind == "sgd" else adam_step)(self, optimizer)
 
     # ----------------------------------------------------------------------------- logging
 
@@ -361,20 +368,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             "lambda_median": q[1],
             "lambda_p99": q[2],
             "lambda_at_floor": (lam <= self.lambda_min).float().mean().item(),
-            **self._target_stats(),
-        }
-
-    def _target_stats(self) -> dict[str, float]:
-        ctrl = self.controller
-        if ctrl is None or self.step_budget is None:
-            return {}
-        return {
-            "xi": self.xi,
-            "psi": self.psi,
-            "c_hat": math.exp(ctrl.log_c_hat),
-            "density": ctrl.density,
-            "target_density": ctrl.target_density(ctrl.spent / self.step_budget),
-            "budget_spent": ctrl.spent / self.step_budget,
+            **(self.target.stats(self.xi, self.psi) if self.target is not None else {}),
         }
 
     def extra_repr(self) -> str:

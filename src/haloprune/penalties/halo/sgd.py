@@ -5,34 +5,29 @@ together with exactly the update ``torch.optim.SGD`` would make (weight decay, m
 Nesterov) for the penalised weights and their λ, and the plain SGD update of the optimizer's other
 parameters; ``torch.compile`` turns it into one loop per tensor (one read of w, grad, λ and the two momentum
 buffers, one write of w, λ and the buffers). The step is memory-bound: its floor is reading and writing λ
-and λ's momentum once per step. :func:`sgd_step` drives it from a HALO attached to an SGD optimizer.
+and λ's momentum once per step. :func:`sgd_step` drives it from the :class:`~.fused.FusedUpdate` of a
+HALO attached to an SGD optimizer.
 The result equals the reference formulation up to floating-point round-off
 (``tests/penalties/halo/test_fused.py``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from haloprune.penalties.halo.fused import (
+    FusedUpdate,
     Group,
     Plan,
     StepValues,
     Tensors,
     compiled,
-    control,
-    finish,
-    lam_hyper,
-    plan_for,
-    read,
-    step_values,
+    lam_terms,
+    soft_threshold,
     store,
 )
-
-if TYPE_CHECKING:
-    from haloprune.penalties.halo.penalty import HALO
 
 _SGD_CONSTANTS = ("momentum", "dampening", "nesterov")
 
@@ -86,20 +81,16 @@ def halo_sgd_step(t: SGDTensors, s: StepValues, c: SGDConstants) -> None:
     for i in range(len(t.ws)):
         w, lam = t.ws[i], t.lams[i]
         lr_w, wd_w, lr_l, wd_l = s.hp[i, 0], s.hp[i, 1], s.hp[i, 2], s.hp[i, 3]
-        # λ is kept >= λ_min between steps; clamping here makes any value set from outside count as projected.
-        lam = torch.clamp(read(lam), c.lambda_min, c.lambda_max)
-        inv = torch.reciprocal(lam)
-        inv2 = inv * inv
-        shrink = s.xi * inv2
+        lam, shrink, g_l = lam_terms(w, lam, s, c.lambda_min, c.lambda_max)
         g_w = t.grads[i] + wd_w * w if c.prox else t.grads[i] + shrink * torch.sign(w) + wd_w * w
-        g_l = (-2.0 * s.xi) * w.abs() * (inv2 * inv) + (s.lam_sum_term + wd_l * lam)  # sign(λ) = 1
+        g_l = g_l + (s.lam_sum_term + wd_l * lam)  # sign(λ) = 1
         if c.momentum != 0.0:
             b_w, b_l = _momentum(g_w, t.w_bufs[i], c), _momentum(g_l, t.lam_bufs[i], c, s.seed, 2 * i + 1)
             g_w = g_w + c.momentum * b_w if c.nesterov else b_w
             g_l = g_l + c.momentum * b_l if c.nesterov else b_l
         w_new = w - lr_w * g_w
         if c.prox:
-            w_new = torch.sign(w_new) * torch.clamp_min(w_new.abs() - lr_w * shrink, 0.0)
+            w_new = soft_threshold(w_new, lr_w * shrink)
         w.copy_(w_new)
         store(t.lams[i], torch.clamp(lam - lr_l * g_l, c.lambda_min, c.lambda_max), s.seed, 2 * i)
     for i in range(len(t.others)):
@@ -136,10 +127,11 @@ def _sgd_constants(g: Group) -> tuple:
 
 
 @torch.no_grad()
-def sgd_step(halo: HALO, optimizer: torch.optim.Optimizer) -> None:
+def sgd_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
     """HALO's fused step with ``torch.optim.SGD`` (a pre-step hook: ``optimizer.step()`` then skips the
     parameters updated here, whose gradients are set to ``None``)."""
-    plan = plan_for(halo, optimizer, _sgd_constants, _SGD_CONSTANTS)
+    halo = update.penalty
+    plan = update.plan_for(optimizer, _sgd_constants, _SGD_CONSTANTS)
     g0 = plan.groups[0]
     momentum, dampening = float(g0["momentum"]), float(g0["dampening"])
     c = SGDConstants(
@@ -151,28 +143,25 @@ def sgd_step(halo: HALO, optimizer: torch.optim.Optimizer) -> None:
         first=dampening != 0.0 and int(halo.fused_steps) == 0,
         prox=halo.prox,
     )
-    control(halo, plan.ws, float(g0["lr"]) / (1.0 - momentum))
-    t, hp = _gather(halo, optimizer, plan, momentum != 0.0)
-    compiled(halo_sgd_step, halo.lam.device.type)(t, step_values(halo, plan, hp), c)
-    finish(halo, [*t.ws, *t.others])
+    halo.control(plan.ws, float(g0["lr"]) / (1.0 - momentum))
+    t, hp = _gather(update, optimizer, plan, momentum != 0.0)
+    compiled(halo_sgd_step, halo.lam.device.type)(t, update.step_values(hp), c)
+    update.finish([*t.ws, *t.others])
 
 
 def _gather(
-    halo: HALO, optimizer: torch.optim.Optimizer, plan: Plan, momentum: bool
+    update: FusedUpdate, optimizer: torch.optim.Optimizer, plan: Plan, momentum: bool
 ) -> tuple[SGDTensors, list[tuple[float, ...]]]:
     """This step's tensors and hyperparameter rows: the penalised weights, then the optimizer's other
     parameters that can take their plain SGD step in the same call (``momentum``: with buffers)."""
-    g0 = plan.groups[0]
     grads, w_bufs, hp = [], [], []
     for w, g in zip(plan.ws, plan.groups, strict=True):
         grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
         if momentum:
             w_bufs.append(_sgd_buffer(optimizer, w))
-        hp.append((g["lr"], g["weight_decay"], *lam_hyper(halo, plan, g)))
+        hp.append((g["lr"], g["weight_decay"], *update.lam_hyper(g)))
     others, o_grads, o_bufs = [], [], []
-    for p, g in plan.others:
-        if p.grad is None or p.grad.is_sparse or _sgd_constants(g) != _sgd_constants(g0):
-            continue  # left to optimizer.step()
+    for p, g in update.others(plan, _sgd_constants):
         others.append(p)
         o_grads.append(p.grad)
         if momentum:

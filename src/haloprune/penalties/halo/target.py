@@ -202,3 +202,62 @@ def step_budget(
     a plain one of size lr (decoupled), so ``m_t = 0``."""
     steps = _trajectory(optimizer, total_steps, scheduler, param, every)
     return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
+
+
+class TargetMode:
+    """HALO's target mode, whole: the sparsity asked for, the :class:`SparsityController` that steers
+    ``c`` from the measured density, and the strengths it implies once the run's step budget ``B`` is known
+    (``ψ = psi_hat / B``, ``ξ = c³ / ψ²``). The penalty holds one and asks it for ξ and ψ."""
+
+    def __init__(self, sparsity: float, psi_hat: float = 5.0, ramp_end: float = 0.75) -> None:
+        if psi_hat <= 0:
+            raise ValueError(f"psi_hat must be > 0, got {psi_hat}")
+        self.controller = SparsityController(float(sparsity), ramp_end=float(ramp_end))
+        self.psi_hat = float(psi_hat)
+        self.step_budget: float | None = None
+
+    def use_gains(self, family: str) -> None:
+        """The controller's gains for an optimizer family (``"sgd"``, ``"adam"``; see :data:`GAINS`)."""
+        for gain, value in GAINS[family].items():
+            setattr(self.controller, gain, value)
+
+    def begin(self, step_budget: float) -> None:
+        """The run's step budget ``B`` (see :func:`step_budget`)."""
+        if not step_budget > 0 or not math.isfinite(step_budget):
+            raise ValueError(f"step budget must be a positive number, got {step_budget}")
+        self.step_budget = float(step_budget)
+
+    def strengths(self) -> tuple[float, float]:
+        """``(ξ, ψ)`` for the controller's current ``c``."""
+        if self.step_budget is None:
+            raise RuntimeError("target mode has no step budget yet (begin(step_budget) first)")
+        psi = self.psi_hat / self.step_budget
+        return self.controller.c(self.step_budget) ** 3 / psi**2, psi
+
+    def control(self, weights: list[torch.Tensor], num_penalized: int, step_size: float) -> bool:
+        """Account for one optimizer step (``step_size``: ``lr / (1 − momentum)``, or ``lr``) and, when the
+        controller is due, steer ``c`` from the density of ``weights``; True if ``c`` changed."""
+        if self.step_budget is None:
+            raise RuntimeError(
+                "target_sparsity: give the run's length, halo.attach(optimizer, total_steps=N, "
+                "scheduler=sched), or call halo.begin_training(step_budget) before training"
+            )
+        if not self.controller.step(step_size):
+            return False
+        nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
+        self.controller.update(nonzero / num_penalized, self.step_budget)
+        return True
+
+    def stats(self, xi: float, psi: float) -> dict[str, float]:
+        """ξ, ψ, c·B, the density last measured and the target density now, the share of the budget spent."""
+        ctrl, budget = self.controller, self.step_budget
+        if budget is None:
+            return {}
+        return {
+            "xi": xi,
+            "psi": psi,
+            "c_hat": math.exp(ctrl.log_c_hat),
+            "density": ctrl.density,
+            "target_density": ctrl.target_density(ctrl.spent / budget),
+            "budget_spent": ctrl.spent / budget,
+        }
