@@ -63,8 +63,7 @@ def test_callbacks_see_every_step_and_epoch_and_a_checkpoint_resumes_exactly(tmp
 
     state = load_torch(tmp_path / "epoch1.pt")
     assert state["epoch"] == 1 and state["step"] == 4
-    resumed = build_model("lenet-300-100")
-    resumed.load_state_dict(state["model"])
+    resumed = build_model("lenet-300-100")  # fresh weights: fit(resume=) restores the checkpoint's
     fit(resumed, data, optim, progress=False, resume=state)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -105,7 +104,59 @@ def test_keep_best_test_puts_back_the_best_epochs_weights_also_after_a_resume() 
 
     cut = best  # resume after the best epoch: the best must survive in the checkpoint
     resumed = build_model("lenet-300-100")
-    resumed.load_state_dict(checkpoints[cut]["model"])
     fit(resumed, data, optim, progress=False, resume=checkpoints[cut])
     for k, v in resumed.state_dict().items():
         assert torch.equal(v, snapshots[best][k]), k
+
+
+def test_resume_restores_model_masks_penalty_and_lambda_or_refuses_another_model() -> None:
+    """One resume path: ``fit(fresh_model, data, resume=ckpt)`` restores everything the checkpoint holds —
+    weights, masks, HALO's λ, its moments and target mode's controller, the metrics rows — and ends equal to
+    the run trained straight through; a model or penalty that is not the checkpoint's is refused."""
+    import pytest
+
+    from haloprune import HALO, global_magnitude_prune
+    from haloprune.build import seed_everything
+    from haloprune.config import OptimConfig
+    from haloprune.data import SplitData
+    from haloprune.data.datasets import DATASETS
+    from haloprune.models import build_model
+    from haloprune.pruning.masks import get_masks
+    from haloprune.training import Callback, FitState, fit
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
+    data = SplitData(x[:200], y[:200], x[200:], y[200:], x[200:], y[200:], DATASETS["fashion-mnist"])
+    optim = OptimConfig(epochs=3, batch_size=50)
+    saved: dict[int, dict] = {}
+
+    class Keep(Callback):
+        def on_epoch_end(self, state: FitState, row: dict) -> None:
+            saved[state.epoch] = copy.deepcopy(state.checkpoint())
+
+    def start(seed: int) -> tuple[torch.nn.Module, HALO]:
+        seed_everything(seed)
+        model = build_model("lenet-300-100")
+        global_magnitude_prune(model, 0.5, exclude=["fc3.weight"])  # masks from before the fit
+        return model, HALO(model, target_sparsity=0.7)
+
+    model, halo = start(0)
+    rows = fit(model, data, optim, penalty=halo, progress=False, callbacks=[Keep()])
+
+    fresh, fresh_halo = start(1)  # other weights, other masks, λ at its start
+    resumed_rows = fit(fresh, data, optim, penalty=fresh_halo, progress=False, resume=saved[1])
+    timing = ("seconds", "images_per_s")
+    untimed = [[{k: v for k, v in r.items() if k not in timing} for r in rr] for rr in (rows, resumed_rows)]
+    assert untimed[0] == untimed[1]  # epoch 1's row comes from the checkpoint
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert get_masks(fresh).keys() == get_masks(model).keys()
+    assert all(torch.equal(get_masks(fresh)[n], m) for n, m in get_masks(model).items())
+    assert torch.equal(fresh_halo.lam, halo.lam) and torch.equal(fresh_halo.lam_momentum, halo.lam_momentum)
+    assert fresh_halo.controller.state() == halo.controller.state() and fresh_halo.xi == halo.xi
+
+    other = build_model("lenet-5")
+    with pytest.raises(ValueError, match="not the checkpoint's"):
+        fit(other, data, optim, penalty=HALO(other, target_sparsity=0.7), progress=False, resume=saved[1])
+    with pytest.raises(ValueError, match="a penalty on one side only"):
+        fit(start(0)[0], data, optim, progress=False, resume=saved[1])

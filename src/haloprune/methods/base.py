@@ -32,13 +32,12 @@ from torch import nn
 from haloprune.build import build_network, seed_everything
 from haloprune.config import OptimConfig, RunConfig
 from haloprune.core.errors import HaloPruneError
-from haloprune.core.io import load_verified, save_verified
+from haloprune.core.io import load_verified
 from haloprune.core.params import select_parameters
 from haloprune.data import SplitData
 from haloprune.penalties import Penalty
 from haloprune.pruning import global_magnitude_prune
-from haloprune.pruning.masks import load_state_dict
-from haloprune.training.callbacks import Callback, FitState, Hooks
+from haloprune.training.callbacks import Callback, Checkpoint, FitState
 from haloprune.training.evaluate import pruned_copy, pruned_record
 from haloprune.training.loop import fit
 
@@ -71,16 +70,14 @@ class Context:
         name: str | None = None,
         penalty: Penalty | None = None,
         callbacks: Sequence[Callback] = (),
-        on_step: Any = None,
-        on_epoch: Any = None,
         **kw: Any,
     ) -> list[dict[str, Any]]:
         """:func:`~haloprune.training.fit` on this context's data, with its seed and name unless told, its
         progress setting and callbacks (then ``callbacks``); ``kw`` as ``fit`` takes them (``epochs``,
-        ``penalty_cfg``, ...). With ``checkpoints``, resumed or replayed from this fit's checkpoint."""
+        ``penalty_cfg``, ...). With ``checkpoints``, resumed or replayed from this fit's checkpoint (which
+        ``fit`` restores whole: model, penalty, optimizer, metrics rows)."""
         # the method's own hooks run before the checkpoint is written, so it holds what they did
-        hooks: list[Callback] = [*self.callbacks, *callbacks, Hooks(on_step, on_epoch)]
-        before: list[dict[str, Any]] = []
+        hooks: list[Callback] = [*self.callbacks, *callbacks]
         resume = None
         if self.checkpoints is not None:
             path = self.checkpoints / f"fit{self._fits}.pt"
@@ -90,13 +87,8 @@ class Context:
                     resume = load_verified(path, map_location=self.device)
                 except HaloPruneError as err:  # killed while writing the first: this fit starts over
                     warnings.warn(f"{err}; training this fit from its start", RuntimeWarning, stacklevel=2)
-            if resume is not None:
-                load_state_dict(model, resume["model"], restore=False)
-                if penalty is not None:
-                    penalty.load_state_dict(resume["penalty"])
-                before = resume["history"]
-            hooks.append(_FitCheckpoint(path, before))
-        return before + fit(
+            hooks.append(Checkpoint(path))
+        return fit(
             model,
             self.data,
             optim,
@@ -145,17 +137,6 @@ class Context:
             zero_below=prune.zero_below,
         )
         return pruned
-
-
-class _FitCheckpoint(Callback):
-    """A fit's end-of-epoch checkpoint, with its metrics rows (those of earlier attempts first)."""
-
-    def __init__(self, path: Path, before: list[dict[str, Any]]) -> None:
-        self.path, self.before = path, before
-
-    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        save_verified({**state.checkpoint(), "history": self.before + state.history}, self.path)
 
 
 class KeepWeightsAt(Callback):

@@ -27,6 +27,7 @@ from haloprune.core.schedules import cubic_sparsity
 from haloprune.methods.base import Context, KeepWeightsAt, Method, Outcome, Params
 from haloprune.pruning import magnitude_scores, masks_from_scores
 from haloprune.pruning.masks import attach_mask, get_masks, masked_state_dict, without_masks
+from haloprune.training.callbacks import Callback, FitState
 
 
 @torch.no_grad()
@@ -95,15 +96,13 @@ class GradualMagnitude(Method):
         )
         every = self.params.every
 
-        def on_step(step: int) -> None:
-            if t0 <= step <= t1 and ((step - t0) % every == 0 or step == t1):
-                ctx.prune(model, cubic_sparsity(step, target, t0, t1))
+        class Gradual(Callback):  # Zhu & Gupta's cubic schedule, pruned every `every` steps
+            def on_step_end(self, state: FitState) -> None:
+                step = state.step
+                if t0 <= step <= t1 and ((step - t0) % every == 0 or step == t1):
+                    ctx.prune(model, cubic_sparsity(step, target, t0, t1))
 
-        ctx.fit(
-            model,
-            optim,
-            on_step=on_step,
-        )
+        ctx.fit(model, optim, callbacks=[Gradual()])
         ctx.prune(model, target)  # no-op unless training ended before t1
         return Outcome([ctx.record(model, target)], optim.epochs, {"model": masked_state_dict(model)})
 

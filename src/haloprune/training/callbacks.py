@@ -9,7 +9,6 @@ runs :class:`NaNGuard` and :class:`ProgressBar`; :func:`~haloprune.training.trai
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ class FitState:
             "epoch": self.epoch,
             "step": self.step,
             "extras": self.extras,
+            "history": self.history,
         }
 
 
@@ -168,6 +168,7 @@ class Checkpoint(Callback):
         self.path = path
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         save_verified(state.checkpoint(), self.path)
 
 
@@ -227,23 +228,3 @@ class KeepBestTest(Callback):
         best = state.extras.get("best_test")
         if best is not None:
             load_state_dict(state.model, best["model"], restore=False)
-
-
-class Hooks(Callback):
-    """The plain functions ``fit(on_step=..., on_epoch=...)`` takes, as a callback."""
-
-    def __init__(
-        self,
-        on_step: Callable[[int], None] | None,
-        on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None] | None,
-    ) -> None:
-        self.on_step, self.on_epoch = on_step, on_epoch
-
-    def on_step_end(self, state: FitState) -> None:
-        if self.on_step is not None:
-            self.on_step(state.step)
-
-    def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
-        if self.on_epoch is not None:
-            loop = {"optimizer": state.optimizer, "scheduler": state.scheduler, "generator": state.generator}
-            self.on_epoch(state.epoch, row, {**loop, "step": state.step})

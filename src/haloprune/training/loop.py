@@ -19,11 +19,11 @@ from haloprune.core.params import select_parameters
 from haloprune.data import SplitData
 from haloprune.data.augment import CropFlip
 from haloprune.penalties import Penalty
+from haloprune.pruning.masks import load_state_dict
 from haloprune.training import distributed
 from haloprune.training.callbacks import (
     Callback,
     FitState,
-    Hooks,
     KeepBestTest,
     NaNGuard,
     ProgressBar,
@@ -89,8 +89,6 @@ def fit(
     name: str = "run",
     progress: bool | None = None,
     extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None,
-    on_step: Callable[[int], None] | None = None,
-    on_epoch: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
     loss_fn: LossFn = F.cross_entropy,
     val_data: Batches | None = None,
@@ -109,12 +107,16 @@ def fit(
 
     Per step: forward → task loss (+ penalty if it goes in the loss, + ``extra_loss(model, step)``) →
     backward → optimizer step (an attached penalty applies itself there; masked weights stay zero) → lr
-    schedule → callbacks' ``on_step_end`` (``on_step(step)``). Per epoch: evaluate, one metrics row, then
-    callbacks' ``on_epoch_end`` (``on_epoch(epoch, row, state)``, ``state`` holding the optimizer,
-    scheduler and generator). ``callbacks`` (:mod:`haloprune.training.callbacks`) run after the NaN guard
-    and the progress bar. Returns the metrics rows. ``resume`` (a checkpoint written at the end of an
-    epoch, :meth:`FitState.checkpoint`) restores the optimizer, scheduler, batch generator and RNG states
-    and continues with the next epoch, exactly as if never interrupted (``SplitData`` only).
+    schedule → callbacks' ``on_step_end``. Per epoch: evaluate, one metrics row, then callbacks'
+    ``on_epoch_end``. ``callbacks`` (:mod:`haloprune.training.callbacks`: the one hook system) run after
+    the NaN guard and the progress bar. Returns the metrics rows of the whole run.
+
+    ``resume`` (a checkpoint written at the end of an epoch, :meth:`FitState.checkpoint`, e.g. by the
+    :class:`~haloprune.training.callbacks.Checkpoint` callback) restores everything it holds — the model's
+    weights and masks, the penalty (λ, its moments, target mode's controller), the optimizer, scheduler,
+    batch generator and RNG states, the metrics rows so far — and continues with the next epoch, exactly
+    as if never interrupted (``SplitData`` only). A model or penalty that is not the checkpoint's (other
+    parameters or shapes, a penalty missing on one side) is refused with a ``ValueError``.
 
     Under ``torchrun`` (a process group set up by :func:`haloprune.training.distributed.setup`) the model is
     trained data-parallel: ``optim.batch_size`` is the global batch, split across ranks. ``optim.amp``
@@ -140,7 +142,7 @@ def fit(
                 'optim.keep = "best-test" needs the library\'s SplitData (it evaluates the test split)'
             )
         hooks.append(KeepBestTest(data.x_test, data.y_test, optim.eval_batch_size))
-    hooks += [*callbacks, Hooks(on_step, on_epoch)]
+    hooks += callbacks
     prunable = select_parameters(model, **(penalty_cfg.selection() if penalty_cfg is not None else {}))
     for epoch in range(state.epoch + 1, epochs + 1):
         state.epoch = epoch
@@ -206,8 +208,10 @@ def _start(
     steps_per_epoch: int,
     resume: dict[str, Any] | None,
 ) -> FitState:
-    """Optimizer, lr schedule (the penalty attached to both) and batch generator, at step 0 or where
-    ``resume`` left off."""
+    """Optimizer, lr schedule (the penalty attached to both) and batch generator, at step 0 or, with the
+    model and penalty, where ``resume`` left off."""
+    if resume is not None:
+        _restore(model, penalty, resume)
     opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
     total = steps_per_epoch * epochs
     schedule = LRSchedule.of(optim, steps_per_epoch, total)
@@ -225,7 +229,24 @@ def _start(
         torch.set_rng_state(resume["torch_rng"])
         state.step, state.epoch = int(resume["step"]), int(resume["epoch"])
         state.extras = resume.get("extras", {})
+        state.history = list(resume.get("history", []))
     return state
+
+
+def _restore(model: nn.Module, penalty: Penalty | None, resume: dict[str, Any]) -> None:
+    """The model (weights and masks) and penalty of a checkpoint, or a ``ValueError`` saying why they are
+    not this checkpoint's."""
+    saved_penalty = resume.get("penalty")
+    if (penalty is None) != (saved_penalty is None):
+        ours = "the fit has no penalty" if penalty is None else "the checkpoint has no penalty state"
+        raise ValueError(f"resume: {ours} (a penalty on one side only)")
+    try:
+        load_state_dict(model, resume["model"], restore=False)
+        if penalty is not None:
+            penalty.load_state_dict(saved_penalty)
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"resume: the model or penalty is not the checkpoint's ({first})") from None
 
 
 def _tally(state: FitState, out: torch.Tensor, yb: torch.Tensor, ce: torch.Tensor) -> None:

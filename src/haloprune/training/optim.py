@@ -58,12 +58,6 @@ class LRSchedule:
             return replace(self, gamma=pen.lambda_gamma)
         return self
 
-    def step_budget(self, lr: float, momentum: float) -> float:
-        """``B = Σ_t lr_t / (1 − momentum)`` over the whole run: how far SGD with momentum can move a
-        parameter per unit of steady gradient. Penalties in step-budget units (target-sparsity HALO) use
-        it."""
-        return lr * sum(self(t) for t in range(self.total_steps)) / (1.0 - momentum)
-
 
 def build_optimizer(
     model: nn.Module, penalty: Penalty | None, optim: OptimConfig, pen: PenaltyConfig

@@ -118,10 +118,7 @@ def train(
     model, penalty = build(cfg, device)
     state, history = None, []
     if run_dir is not None and resume and _has_checkpoint(run_dir):
-        state = load_verified(run_dir / "checkpoint.pt", map_location=device)
-        load_state_dict(model, state["model"], restore=False)
-        if penalty is not None:
-            penalty.load_state_dict(state["penalty"])
+        state = load_verified(run_dir / "checkpoint.pt", map_location=device)  # fit restores it whole
     if run_dir is not None:  # metrics written after the checkpoint we resume from are replayed
         lines = (
             (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -129,6 +126,8 @@ def train(
             else []
         )
         history = [json.loads(line) for line in lines[: state["epoch"] if state else 0]]
+        if state is not None:
+            state.setdefault("history", history)  # checkpoints written before they held the rows
         distributed.barrier(world)  # every rank has read it before rank 0 rewrites it
         if world.is_main:
             save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
@@ -144,7 +143,7 @@ def train(
     if logger is not None and world.is_main:
         logger.log_config(cfg.model_dump(mode="json"))
         writers.append(ExperimentLog(logger))
-    history += fit(
+    history = fit(
         model,
         data,
         cfg.optim,
