@@ -5,6 +5,7 @@ Every section forbids unknown keys, so a typo is an error, not a silently ignore
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -142,6 +143,10 @@ class OptimConfig(Section):
                 f"momentum is an SGD setting; optimizer is {self.optimizer!r} (Adam's are betas)"
             )
         return self
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimizer steps in one epoch over ``n_train`` images: global batches, the last one partial."""
+        return math.ceil(n_train / self.batch_size)
 
 
 M = TypeVar("M")

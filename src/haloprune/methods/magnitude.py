@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -89,7 +88,7 @@ class GradualMagnitude(Method):
         (target,) = sparsities
         optim = ctx.run.optim
         model = ctx.new_model()
-        total = math.ceil(len(ctx.data.y_train) / optim.batch_size) * optim.epochs
+        total = optim.steps_per_epoch(len(ctx.data.y_train)) * optim.epochs
         t0, t1 = (
             round(self.params.start * total),
             max(round(self.params.start * total) + 1, round(self.params.end * total)),
@@ -124,7 +123,7 @@ class LotteryTicket(Method):
         per_round = max(1, optim.epochs // (rounds + 1))
         model = ctx.new_model()
         rewind_step = round(
-            self.params.rewind_fraction * per_round * math.ceil(len(ctx.data.y_train) / optim.batch_size)
+            self.params.rewind_fraction * per_round * optim.steps_per_epoch(len(ctx.data.y_train))
         )
         # step 0: rewind to initialisation (the original lottery ticket)
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if rewind_step == 0 else {}

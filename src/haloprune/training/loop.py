@@ -5,7 +5,6 @@ penalty. Around the step, what a run also does (progress bar, NaN guard, metrics
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -127,7 +126,7 @@ def fit(
     epochs = optim.epochs if epochs is None else epochs
     device, world, own_data = _device_of(model), distributed.world(), isinstance(data, SplitData)
     if own_data:
-        steps_per_epoch = math.ceil(len(data.y_train) / optim.batch_size)  # global batches
+        steps_per_epoch = optim.steps_per_epoch(len(data.y_train))
     else:
         steps_per_epoch = _steps_per_epoch(data, steps_per_epoch, epochs)
         if resume is not None:
