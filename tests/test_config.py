@@ -272,3 +272,42 @@ def test_the_python_api_says_what_to_give() -> None:
     with pytest.raises(ValueError, match=r"L1 with xi = 0 cannot act: give xi$"):
         L1(model, xi=0.0)
     assert HALO(model, target_sparsity=0.9).xi == 0.0  # target mode sets ξ and ψ itself
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"target_sparsity": 0.9, "xi": 1e-4},
+        {"target_sparsity": 0.9, "fused": False},
+        {"xi": 1e-4, "psi": 1e-3, "prox": True, "fused": False},
+        {"xi": 1e-4, "psi": 1e-3, "lambda_min": 2.0},
+        {"xi": 1e-4, "psi": 1e-3, "lambda_dtype": "bfloat16", "fused": False},
+        {"target_sparsity": 0.9, "coupling": "coupled"},
+        {"target_sparsity": 0.9, "ramp_end": 1.0, "psi_hat": 5.0, "lambda_init": 1e4},
+    ],
+    ids=str,
+)
+def test_halo_rules_are_the_same_in_python_and_in_a_config(bad: dict) -> None:
+    """One rule, written where the penalty is defined (``HALO.check_options``): the constructor and a
+    config refuse the same settings with the same words."""
+    import torch
+
+    from haloprune import HALO
+
+    with pytest.raises(ValueError) as python:
+        HALO(torch.nn.Linear(4, 3), **bad)
+    overrides = ['penalty.name="halo"'] + [f"penalty.{k}={v!r}".replace("'", '"') for k, v in bad.items()]
+    overrides = [o.replace("=False", "=false").replace("=True", "=true") for o in overrides]
+    with pytest.raises(ConfigError) as config:
+        load_config(TrainConfig, None, overrides)
+    assert str(python.value).split(":")[0] in str(config.value)
+
+
+def test_penalty_config_defaults_are_the_penalties_own() -> None:
+    from haloprune.penalties import PENALTIES
+
+    for name in PENALTIES.names():
+        for key, default in PENALTIES[name].defaults().items():
+            field = PenaltyConfig.model_fields.get(key)
+            if field is not None and key not in ("xi", "psi"):  # 0 means "not given" in a config
+                assert field.get_default() == default, (name, key)

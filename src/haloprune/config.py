@@ -161,19 +161,37 @@ def check_method_names(methods: dict[str, M]) -> dict[str, M]:
     return methods
 
 
+def _default(key: str) -> Any:
+    """A penalty setting's default as the penalties' constructors write it (:meth:`Penalty.defaults`: the
+    one place it is written); every penalty that takes ``key`` must give the same."""
+    found = {repr(d[key]): d[key] for n in PENALTIES.names() if key in (d := PENALTIES[n].defaults())}
+    if len(found) != 1:
+        raise RuntimeError(
+            f"penalties disagree on the default of {key!r} (or none takes it): {sorted(found)}"
+        )
+    return next(iter(found.values()))
+
+
 class PenaltyConfig(Section):
+    """The ``[penalty]`` section: ``name`` and the settings of that penalty. The keys are the union of the
+    registered penalties' constructor arguments (a key that does not apply to ``name`` is refused), their
+    defaults and rules are the penalty's own (:meth:`~haloprune.penalties.Penalty.defaults`,
+    :meth:`~haloprune.penalties.Penalty.check_options`); ``xi`` and ``psi`` at 0 mean "not given"."""
+
     name: str = "none"  # "none" or a registered penalty (haloprune.penalties.PENALTIES)
     xi: float = Field(0.0, ge=0)
     psi: float = Field(0.0, ge=0)
-    p: float = Field(0.0, ge=0)
-    form: Literal["l1", "l2"] = "l1"
-    lambda_init: float = Field(1.0, gt=0)
-    lambda_min: float = Field(1e-3, gt=0)
+    p: float = Field(_default("p"), ge=0)
+    form: Literal["l1", "l2"] = _default("form")
+    lambda_init: float = Field(_default("lambda_init"), gt=0)
+    lambda_min: float = Field(_default("lambda_min"), gt=0)
     scope: Literal["all", "conv", "linear"] = "all"
     include_bias: bool = False
-    fused: bool = True  # HALO: fused analytic update inside optimizer.step(); False: reference autograd path
-    lambda_lr_scale: float = Field(1.0, gt=0)  # λ's lr relative to the weights' (reference: 1)
-    lambda_weight_decay: float | None = Field(None, ge=0)  # None: same as the weights (reference)
+    # HALO: fused analytic update inside optimizer.step(); False: reference autograd path
+    fused: bool = _default("fused")
+    lambda_lr_scale: float = Field(_default("lambda_lr_scale"), gt=0)  # λ's lr / the weights' (reference: 1)
+    # None: λ's weight decay is the weights' (reference)
+    lambda_weight_decay: float | None = Field(_default("lambda_weight_decay"), ge=0)
     # λ's lr over the run: "follow" the weights' schedule, or "constant" (the reference's MNIST runs, whose
     # λ scheduler is built on the weights' optimizer and so never decays λ)
     lambda_schedule: Literal["follow", "constant"] = added_field("follow")
@@ -182,22 +200,24 @@ class PenaltyConfig(Section):
     lambda_gamma: Annotated[float, Field(gt=0, le=1)] | list[Annotated[float, Field(gt=0, le=1)]] | None = (
         added_field(None)
     )
-    gamma: float = Field(1.0, gt=0)  # adaptive lasso: weights 1/|ŵ|^gamma
-    a: float = Field(3.7, gt=2)  # SCAD's shape parameter (Fan & Li 2001)
-    lambda_max: float = added_field(1e3, gt=0)  # HALO: λ is kept in [lambda_min, lambda_max]
+    gamma: float = Field(_default("gamma"), gt=0)  # adaptive lasso: weights 1/|ŵ|^gamma
+    a: float = Field(_default("a"), gt=2)  # SCAD's shape parameter (Fan & Li 2001)
+    lambda_max: float = added_field(_default("lambda_max"), gt=0)  # HALO: λ in [lambda_min, lambda_max]
     # HALO target-sparsity mode: ξ and ψ are set from the step budget B = Σ lr_t/(1 − momentum) and
     # steered during training so that this fraction of the weights ends exactly at zero
-    target_sparsity: float | None = added_field(None, gt=0, lt=1)
-    psi_hat: float = added_field(5.0, gt=0)  # ψ·B: how far λ can travel over the run
-    ramp_end: float = added_field(0.75, gt=0, le=1)  # fraction of B by which the target density is reached
+    target_sparsity: float | None = added_field(_default("target_sparsity"), gt=0, lt=1)
+    psi_hat: float = added_field(_default("psi_hat"), gt=0)  # ψ·B: how far λ can travel over the run
+    ramp_end: float = added_field(
+        _default("ramp_end"), gt=0, le=1
+    )  # fraction of B by which the target density is reached
     # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
-    prox: bool = added_field(False)
+    prox: bool = added_field(_default("prox"))
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)
-    coupling: Literal["coupled", "decoupled"] | None = added_field(None)
+    coupling: Literal["coupled", "decoupled"] | None = added_field(_default("coupling"))
     # HALO: λ's storage (None: the weights' precision, at least float32); "bfloat16" halves HALO's memory
     # (λ and its moments rounded stochastically inside the fused step)
-    lambda_dtype: Literal["float32", "bfloat16"] | None = added_field(None)
+    lambda_dtype: Literal["float32", "bfloat16"] | None = added_field(_default("lambda_dtype"))
     # extra parameters by dotted-name glob (e.g. ["tok_emb.weight"]) / default ones left out
     include: list[str] | None = added_field(None)
     exclude: list[str] | None = added_field(None)
@@ -210,18 +230,6 @@ class PenaltyConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _target(self) -> PenaltyConfig:
-        if self.target_sparsity is None:
-            return self
-        if self.name != "halo":
-            raise ValueError(f"target_sparsity is a mode of the halo penalty, not of {self.name!r}")
-        if self.xi or self.psi:
-            raise ValueError("target_sparsity sets xi and psi itself: leave them at 0 (tune psi_hat instead)")
-        if not self.fused:
-            raise ValueError("target_sparsity needs the fused path (fused = true)")
-        return self
-
-    @model_validator(mode="after")
     def _applies(self) -> PenaltyConfig:
         if self.name == "none":
             return self
@@ -232,6 +240,7 @@ class PenaltyConfig(Section):
                     f"{key} does not apply to penalty {self.name!r} "
                     f"(its settings: {', '.join(sorted(valid))})"
                 )
+        PENALTIES[self.name].check_options(**self.kwargs())  # the penalty's own rules, written once there
         return self
 
     def selection(self) -> dict[str, Any]:

@@ -71,6 +71,19 @@ class Penalty(nn.Module):
     strengths_from: ClassVar[str | None] = None
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The constructor's keyword defaults: the one place each of the penalty's defaults is written
+        (configs take theirs from here)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+    @classmethod
+    def check_options(cls, **settings: Any) -> None:
+        """Raise ``ValueError`` for settings that cannot go together; one left out takes its default,
+        keys the penalty does not take are ignored. The one place a penalty's rules are written: its
+        constructor and configs both call it (none here; HALO has several)."""
+
+    @classmethod
     def cannot_act(cls, settings: Mapping[str, Any]) -> str | None:
         """Why a penalty of this class with these settings (keyword arguments or a penalty config; one
         left out or ``None`` counts as 0) cannot act, as ``"with xi = 0 cannot act: give xi"``; ``None``

@@ -171,7 +171,7 @@ def test_fused_matches_reference_on_cuda(halo_kw: dict, sgd_kw: dict) -> None:
 
 def test_compiled_model_with_fused_halo_and_masks_trains() -> None:
     """torch.compile'd model + fused HALO + masks: trains, masks hold, same result as the eager model."""
-    from haloprune import global_magnitude_prune, keep_masked
+    from haloprune import global_magnitude_prune
     from haloprune.pruning.masks import get_masks
 
     results = []
@@ -182,7 +182,6 @@ def test_compiled_model_with_fused_halo_and_masks_trains() -> None:
         halo = HALO(model, xi=1e-5, psi=1e-3)
         opt = torch.optim.SGD([*model.parameters(), *halo.parameters()], lr=0.05, momentum=0.9)
         halo.attach(opt)
-        keep_masked(opt, model)
         net = torch.compile(model) if compile_model else model
         g = torch.Generator().manual_seed(3)
         for _ in range(4):

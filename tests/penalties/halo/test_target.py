@@ -109,10 +109,15 @@ def test_controller_cannot_swing_c_in_a_short_run() -> None:
 
 
 def test_step_budget_of_a_schedule() -> None:
-    constant = LRSchedule("constant", steps_per_epoch=10, total_steps=100)
-    assert constant.step_budget(0.1, 0.9) == pytest.approx(100 * 0.1 / 0.1)
-    cosine = LRSchedule("cosine", steps_per_epoch=10, total_steps=1000)
-    assert cosine.step_budget(0.1, 0.9) == pytest.approx(500.0, rel=2e-3)  # mean of a cosine ramp: 1/2
+    """The budget of ``fit``'s lr schedules (an :class:`LRSchedule` in a ``LambdaLR``), SGD momentum 0.9."""
+
+    def budget(kind: str, total_steps: int) -> float:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=0.1, momentum=0.9)
+        schedule = LRSchedule(kind, steps_per_epoch=10, total_steps=total_steps)
+        return step_budget(opt, total_steps, torch.optim.lr_scheduler.LambdaLR(opt, schedule), momentum=True)
+
+    assert budget("constant", 100) == pytest.approx(100 * 0.1 / 0.1)
+    assert budget("cosine", 1000) == pytest.approx(500.0, rel=2e-3)  # mean of a cosine ramp: 1/2
 
 
 def test_prox_step_soft_thresholds_to_exact_zero() -> None:
@@ -182,8 +187,7 @@ def test_target_mode_lands_on_the_requested_sparsity(target: float) -> None:
     schedule = LRSchedule("cosine", steps_per_epoch=32, total_steps=steps)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    halo.attach(opt)
-    halo.begin_training(schedule.step_budget(lr, momentum))
+    halo.attach(opt, total_steps=steps, scheduler=sched)
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         idx = torch.randint(0, len(y), (64,), generator=g)
@@ -226,9 +230,12 @@ def test_target_mode_refuses_conflicting_settings() -> None:
         opt.step()
     for bad, message in [
         (["penalty.name=halo", "penalty.target_sparsity=1.5"], "less than 1"),
-        (["penalty.name=l1", "penalty.target_sparsity=0.9"], "mode of the halo penalty"),
-        (["penalty.name=halo", "penalty.target_sparsity=0.9", "penalty.xi=1e-7"], "leave them at 0"),
-        (["penalty.name=halo", "penalty.target_sparsity=0.9", "penalty.fused=false"], "fused path"),
+        (
+            ["penalty.name=l1", "penalty.target_sparsity=0.9"],
+            "target_sparsity does not apply to penalty 'l1'",
+        ),
+        (["penalty.name=halo", "penalty.target_sparsity=0.9", "penalty.xi=1e-7"], "tune psi_hat instead"),
+        (["penalty.name=halo", "penalty.target_sparsity=0.9", "penalty.fused=false"], "fused-path update"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(TrainConfig, None, bad)

@@ -94,39 +94,30 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         lambda_dtype: LambdaDtype | None = None,
         **selection: Unpack[SelectionArgs],
     ) -> None:
+        self.check_options(
+            xi=xi,
+            psi=psi,
+            p=p,
+            form=form,
+            lambda_init=lambda_init,
+            lambda_min=lambda_min,
+            lambda_max=lambda_max,
+            target_sparsity=target_sparsity,
+            psi_hat=psi_hat,
+            ramp_end=ramp_end,
+            prox=prox,
+            fused=fused,
+            coupling=coupling,
+            lambda_dtype=lambda_dtype,
+        )
         self.target: TargetMode | None = None
         if target_sparsity is not None:
-            if xi or psi:
-                raise ValueError(
-                    "target_sparsity sets xi and psi itself (from psi_hat and the step budget); "
-                    "leave xi and psi unset"
-                )
-            if not fused:
-                raise ValueError("target_sparsity needs the fused path (fused=True, halo.attach(optimizer))")
             self.target = TargetMode(target_sparsity, psi_hat, ramp_end)
             xi, psi, prox = 0.0, 0.0, True
         elif xi is None or psi is None:
             raise ValueError("give xi and psi, or target_sparsity")
-        if xi < 0 or psi < 0:
-            raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
         self.check_acts(xi=xi, psi=psi, target_sparsity=target_sparsity)
         self._init_budget(p, form)
-        if not 0 < lambda_min <= lambda_init <= lambda_max:
-            raise ValueError(
-                "need 0 < lambda_min <= lambda_init <= lambda_max, got "
-                f"{lambda_min}, {lambda_init} and {lambda_max}"
-            )
-        if prox and not fused:
-            raise ValueError("prox=True is a fused-path update (fused=True, halo.attach(optimizer))")
-        if lambda_dtype not in (None, "float32", "bfloat16"):
-            raise ValueError(f"lambda_dtype must be 'float32' or 'bfloat16', got {lambda_dtype!r}")
-        if lambda_dtype == "bfloat16" and not fused:
-            raise ValueError(
-                "lambda_dtype='bfloat16' is a fused-path option (λ is rounded stochastically inside the "
-                "fused step): fused=True and halo.attach(optimizer)"
-            )
-        if coupling not in (None, "coupled", "decoupled"):
-            raise ValueError(f"coupling must be 'coupled' or 'decoupled', got {coupling!r}")
         super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
         self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
@@ -154,6 +145,51 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.update: FusedUpdate | None = None  # made by attach (fused); None: in the loss
         if step_budget is not None:
             self.begin_training(step_budget)
+
+    @classmethod
+    def check_options(cls, **settings: Any) -> None:
+        """HALO's rules, written once (the constructor and configs call this; see the class doc)."""
+        s = {**cls.defaults(), **settings}
+        target = s["target_sparsity"]
+        fused_only = "a fused-path update (fused=True, halo.attach(optimizer))"
+        if target is not None:
+            if s["xi"] or s["psi"]:
+                raise ValueError(
+                    "target_sparsity sets xi and psi itself (from psi_hat and the step budget): leave xi "
+                    "and psi unset (tune psi_hat instead)"
+                )
+            if not s["fused"]:
+                raise ValueError(f"target_sparsity is {fused_only}")
+            if not 0.0 < target < 1.0:
+                raise ValueError(f"target sparsity must be in (0, 1), got {target}")
+            if s["psi_hat"] <= 0:
+                raise ValueError(f"psi_hat must be > 0, got {s['psi_hat']}")
+            if not 0.0 < s["ramp_end"] <= 1.0:
+                raise ValueError(f"ramp_end must be in (0, 1], got {s['ramp_end']}")
+        xi, psi = s["xi"] or 0.0, s["psi"] or 0.0
+        if xi < 0 or psi < 0:
+            raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
+        if not 0 < s["lambda_min"] <= s["lambda_init"] <= s["lambda_max"]:
+            raise ValueError(
+                "need 0 < lambda_min <= lambda_init <= lambda_max, got "
+                f"{s['lambda_min']}, {s['lambda_init']} and {s['lambda_max']}"
+            )
+        if s["prox"] and not s["fused"]:
+            raise ValueError(f"prox=True is {fused_only}")
+        if s["lambda_dtype"] not in (None, "float32", "bfloat16"):
+            raise ValueError(f"lambda_dtype must be 'float32' or 'bfloat16', got {s['lambda_dtype']!r}")
+        if s["lambda_dtype"] == "bfloat16" and not s["fused"]:
+            raise ValueError(
+                "lambda_dtype='bfloat16' is a fused-path option (λ is rounded stochastically inside the "
+                "fused step): fused=True and halo.attach(optimizer)"
+            )
+        if s["coupling"] not in (None, "coupled", "decoupled"):
+            raise ValueError(f"coupling must be 'coupled' or 'decoupled', got {s['coupling']!r}")
+        if s["coupling"] == "coupled" and (s["prox"] or target is not None):
+            raise ValueError(
+                "prox and target_sparsity with Adam/AdamW are decoupled updates (a plain proximal step "
+                "of size lr): leave coupling unset or 'decoupled'"
+            )
 
     # ----------------------------------------------------------------------------- target mode
 
@@ -328,15 +364,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                     "as in the paper (leave coupling unset)"
                 )
             return True
-        proximal = self.prox or self.target is not None
-        default = "decoupled" if proximal else DEFAULT_COUPLING
-        coupled = (self.coupling or default) == "coupled"
-        if coupled and proximal:
-            raise ValueError(
-                "prox and target_sparsity with Adam/AdamW are decoupled updates (a plain "
-                "proximal step of size lr): leave coupling unset or 'decoupled'"
-            )
-        return coupled
+        proximal = self.prox or self.target is not None  # coupled with these is refused at construction
+        return (self.coupling or ("decoupled" if proximal else DEFAULT_COUPLING)) == "coupled"
 
     def _pre_step(
         self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict[str, Any]

@@ -209,9 +209,7 @@ class TargetMode:
     ``c`` from the measured density, and the strengths it implies once the run's step budget ``B`` is known
     (``ψ = psi_hat / B``, ``ξ = c³ / ψ²``). The penalty holds one and asks it for ξ and ψ."""
 
-    def __init__(self, sparsity: float, psi_hat: float = 5.0, ramp_end: float = 0.75) -> None:
-        if psi_hat <= 0:
-            raise ValueError(f"psi_hat must be > 0, got {psi_hat}")
+    def __init__(self, sparsity: float, psi_hat: float, ramp_end: float) -> None:
         self.controller = SparsityController(float(sparsity), ramp_end=float(ramp_end))
         self.psi_hat = float(psi_hat)
         self.step_budget: float | None = None
