@@ -29,6 +29,7 @@ from typing import Any
 
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors import build_executor
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.runner import Job, run_sweep
 from haloprune.experiments.store import ResultStore
 
@@ -41,7 +42,9 @@ EXECUTORS = {  # label: (executor, its settings in both measurements)
 }
 
 
-def noop_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+def noop_job(
+    job: Job, threads: int, checkpoints: Path | None = None, settings: Any = None
+) -> tuple[list[dict[str, Any]], int]:
     return [{"sparsity": 0.9, "accuracy": 0.0}], 0
 
 
@@ -59,7 +62,7 @@ def per_job(label: str, jobs: int, round_no: int, workdir: Path) -> tuple[float,
     batch = [Job(f"noop{round_no}", "noop", 0, None, {"i": i, "name": name}, {}) for i in range(jobs)]
     t0 = time.perf_counter()
     with ResultStore(db) as store:
-        executor = build_executor(cfg, db.parent / batch[0].sweep)
+        executor = build_executor(cfg, SweepPaths(db, batch[0].sweep))
         t1 = time.perf_counter()
         summary = run_sweep(batch, noop_job, store, progress=False, executor=executor, reuse=False)
     t2 = time.perf_counter()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -179,3 +181,35 @@ def test_train_with_keep_best_test_says_which_epoch_it_kept(real_fmnist, tmp_pat
     best = max(rows, key=lambda r: r["test_accuracy"])
     acc = best["test_accuracy"]
     assert f"kept the weights of epoch {best['epoch']}: best test accuracy {acc:.2f}%" in out
+
+
+def test_sweep_gives_its_workers_their_settings_in_the_task_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`haloprune sweep` hands run_sweep the worker settings a Python caller gets from worker_settings:
+    --data-dir (else the driver's $HALOPRUNE_DATA), --quiet, [logging]; it sets no environment variable."""
+    import haloprune.cli as cli
+    from haloprune.experiments.config import load_sweep_config
+    from haloprune.experiments.sweep import worker_settings
+    from tests.helpers import REPO
+
+    given: list[Any] = []
+
+    def run_sweep(jobs: list[Any], run_job: Any, store: Any, **kw: Any) -> dict[str, Any]:
+        given.append(kw["settings"])
+        return dict.fromkeys(("done", "skipped", "reused", "attached", "retried", "wall_seconds"), 0) | {
+            "failed": []
+        }
+
+    monkeypatch.setattr(cli, "run_sweep", run_sweep)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HALOPRUNE_DATA", "from-env")
+    environ = dict(os.environ)
+    config = REPO / "configs" / "main.toml"
+    assert main(["sweep", str(config), "--quick", "--quiet", "--data-dir", "given"]) == 0
+    assert main(["sweep", str(config), "--quick", "--set", "logging.project='p'"]) == 0
+    assert dict(os.environ) == environ
+    quiet, logged = given
+    assert (quiet.data_dir, quiet.progress, quiet.log_dir) == ("given", False, "runs")
+    cfg = load_sweep_config(config, ["logging.project='p'"], quick=True)
+    assert logged == worker_settings(cfg) and logged.data_dir == "from-env" and logged.logging.project == "p"

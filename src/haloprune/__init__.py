@@ -21,7 +21,6 @@ from haloprune.pruning import (
 from haloprune.pruning.masks import (
     apply_masks_,
     get_masks,
-    keep_masked,
     load_state_dict,
     masked_state_dict,
     remove_masks,
@@ -44,7 +43,6 @@ __all__ = [
     "get_masks",
     "global_magnitude_prune",
     "group_prune",
-    "keep_masked",
     "layerwise_magnitude_prune",
     "load",
     "load_state_dict",

@@ -27,13 +27,14 @@ from haloprune.experiments.config import (
     load_sweep_config,
 )
 from haloprune.experiments.executors import build_executor
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.report import log_pruned, sparsity_table
 from haloprune.experiments.runner import run_sweep, sweep_status
 from haloprune.experiments.store import DEFAULT_PATH, ResultStore
-from haloprune.experiments.sweep import copy_state, expand, run_job
+from haloprune.experiments.sweep import copy_state, expand, run_job, worker_settings
 from haloprune.experiments.sweep_report import sweep_report
 from haloprune.export import FORMATS, export_run
-from haloprune.integrations.loggers import LOGGING_ENV, build_logger, job_logging
+from haloprune.integrations.loggers import build_logger
 from haloprune.pruning import format_sparsity_report, sparsity_report
 from haloprune.training.distributed import teardown, world
 from haloprune.training.evaluate import prune_and_evaluate
@@ -289,12 +290,11 @@ def _print_status(cfg: SweepConfig, jobs: list[Any]) -> int:
     """``haloprune sweep --status``: where the sweep's jobs stand, from its store and executor."""
     if not Path(cfg.db).is_file():
         raise HaloPruneError(f"no results store at {cfg.db}: the sweep {cfg.name} has not started")
-    folder = Path(cfg.db).parent / cfg.name
     with ResultStore(cfg.db) as store:
         running = store.status(cfg.name)["running"] > 0
         # the local executor's jobs live in its driver; a local Ray cluster, too: nothing to ask
         ask = cfg.executor.name == "submitit" or (cfg.executor.name == "ray" and cfg.executor.address)
-        executor = build_executor(cfg.executor, folder) if running and ask else None
+        executor = build_executor(cfg.executor, cfg.paths) if running and ask else None
         try:
             st = sweep_status(jobs, store, executor)
         finally:
@@ -321,10 +321,8 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     n_jobs = args.jobs if args.jobs is not None else args.default_jobs
     if args.jobs is not None:  # --jobs wins over executor.parallel
         cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"parallel": args.jobs})})
-    if args.data_dir is not None:  # by environment, not config: a job's key never depends on the folder
-        os.environ["HALOPRUNE_DATA"] = str(args.data_dir)
-    os.environ["HALOPRUNE_PROGRESS"] = "0" if args.quiet else "1"  # per-run bars in the workers
-    os.environ[LOGGING_ENV] = job_logging(cfg)  # each job a logged run (not part of any job key)
+    # data folder, per-run bars, logging: told to each job, never part of its key
+    settings = worker_settings(cfg, data_dir=args.data_dir, progress=False if args.quiet else None)
     with ResultStore(cfg.db) as store:
         print(
             f"sweep {cfg.name}: {len(jobs)} jobs ({len(cfg.methods)} methods, seeds {cfg.seeds}), "
@@ -340,6 +338,7 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
                 reuse=not args.no_reuse,
                 adopted=copy_state,
                 executor=cfg.executor,
+                settings=settings,
             )
         except KeyboardInterrupt:
             if cfg.executor.name != "local":
@@ -358,24 +357,27 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
     )
     for key, error in summary["failed"]:
         print(f"  failed {key}: {error}", file=sys.stderr)
-    _report(cfg.db, cfg.name, [j.key for j in jobs], as_json=False)
-    logger = build_logger(cfg.logging, f"{cfg.name}/report", Path(cfg.db).parent, group=cfg.name)
+    _report(cfg.db, cfg.name, [j.key for j in jobs], as_json=False, data_dir=settings.data_dir)
+    paths = cfg.paths
+    logger = build_logger(cfg.logging, f"{cfg.name}/report", paths.root, group=cfg.name)
     if logger is not None:  # the sweep's table and figures as one more run
-        folder = Path(cfg.db).parent / cfg.name
-        logger.log_text("report", (folder / "report.md").read_text())
-        for figure in sorted(folder.glob("*.png")):
+        logger.log_text("report", paths.report.read_text())
+        for figure in sorted(paths.folder.glob("*.png")):
             logger.log_figure(figure.stem, figure)
         logger.close()
     return 1 if summary["failed"] else 0
 
 
-def _report(db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool) -> int:
+def _report(
+    db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool, data_dir: str | None = None
+) -> int:
     if not Path(db).is_file():
         raise HaloPruneError(f"no results store at {db}: run `haloprune sweep CONFIG.toml` first")
     everything = []
     with ResultStore(db) as store:
         for name in [sweep] if sweep else store.sweeps():
-            text, records = sweep_report(store, name, Path(db).parent / name, keys, figures=not as_json)
+            paths = SweepPaths(Path(db), name)
+            text, records = sweep_report(store, paths, keys, figures=not as_json, data_dir=data_dir)
             if not records:
                 print(f"sweep {name}: no finished runs yet", file=sys.stderr)
             elif not as_json:

@@ -4,6 +4,7 @@ protocol 2, bytes keys) with 20 images per batch file, and served from 127.0.0.1
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import os
@@ -18,7 +19,7 @@ import torch
 
 from haloprune.cli import main
 from haloprune.core.errors import DataError
-from haloprune.data import DATASETS, download, load_dataset
+from haloprune.data import DATASETS, cifar, download, load_dataset
 from haloprune.data.cifar import safe_unpickle
 
 N = 20  # images per batch file
@@ -205,3 +206,14 @@ def test_cli_data_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["data", "check", "cifar100", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cifar-100-python.tar.gz" in err
+
+
+def test_the_cifar_reader_does_not_know_the_registry() -> None:
+    """``datasets`` (the registry) imports ``cifar`` (the format), not the other way (type hints too)."""
+    imported = set()
+    for node in ast.walk(ast.parse(Path(cifar.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    assert "haloprune.data.datasets" not in imported

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import haloprune.methods.base as methods_base
-from haloprune.experiments.runner import Job
+from haloprune.experiments.jobs import Job, WorkerSettings
 from haloprune.experiments.sweep import run_job
 from haloprune.training.callbacks import Callback, FitState
 
@@ -19,7 +19,9 @@ def _append(path: str | Path, line: str) -> None:
         fh.write(line + "\n")
 
 
-def logged_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+def logged_job(
+    job: Job, threads: int, checkpoints: Path, settings: WorkerSettings
+) -> tuple[list[dict[str, Any]], int]:
     """Writes ``start KEY PID`` and ``end KEY PID`` to ``spec["log"]`` around ``spec["sleep"]`` seconds."""
     _append(job.spec["log"], f"start {job.key} {os.getpid()}")
     time.sleep(job.spec.get("sleep", 0.0))
@@ -40,7 +42,7 @@ class _EpochLog(Callback):
 
 
 def epoch_logged_job(
-    job: Job, threads: int, checkpoints: Path | None = None
+    job: Job, threads: int, checkpoints: Path, settings: WorkerSettings
 ) -> tuple[list[dict[str, Any]], int]:
     """The sweep's own ``run_job``, writing ``epoch PID FIT EPOCH`` to ``$EPOCH_LOG`` after every epoch
     this process trains (epochs restored from a checkpoint are not trained, so not logged)."""
@@ -52,6 +54,6 @@ def epoch_logged_job(
 
     methods_base.fit = logged_fit  # type: ignore[assignment]
     try:
-        return run_job(job, threads, checkpoints)
+        return run_job(job, threads, checkpoints, settings)
     finally:
         methods_base.fit = fit  # type: ignore[assignment]

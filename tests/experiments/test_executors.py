@@ -29,9 +29,11 @@ from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import load_torch
 from haloprune.experiments.config import ExecutorConfig, load_sweep_config
 from haloprune.experiments.executors import JobError, JobResult, JobTask, SubmititExecutor
-from haloprune.experiments.runner import Job, run_sweep
+from haloprune.experiments.jobs import Job
+from haloprune.experiments.paths import SweepPaths
+from haloprune.experiments.runner import run_sweep
 from haloprune.experiments.store import ResultStore
-from haloprune.experiments.sweep import expand
+from haloprune.experiments.sweep import copy_state, expand, run_job, worker_settings
 from tests.experiments.executor_jobs import epoch_logged_job, logged_job
 from tests.helpers import REPO
 
@@ -97,6 +99,45 @@ def test_quick_sweep_gives_the_same_records_on_every_executor(
         for k, r in local.items():  # ... and the same numbers, bit for bit
             assert {c: other[k].get(c) for c in columns} == {c: r.get(c) for c in columns}
         assert all(other[k]["wall_seconds"] > 0 for k in other)
+
+
+def test_the_same_sweep_from_python_and_from_the_cli_records_the_same_jobs(
+    real_fmnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`haloprune sweep` is run_sweep with the config's worker settings, nothing in the environment: from
+    Python (here on a pool of spawned workers, which get the settings in their tasks) the same jobs give
+    the same records and runs, and save the same states."""
+    environ = dict(os.environ)
+    cli = _quick_sweep(tmp_path / "cli", [], monkeypatch)
+    assert dict(os.environ) == environ  # the CLI told its workers nothing through the environment
+    (tmp_path / "python").mkdir()
+    monkeypatch.chdir(tmp_path / "python")
+    cfg = load_sweep_config(MAIN, quick=True)
+    jobs = expand(cfg)
+    with ResultStore(cfg.db) as store:
+        summary = run_sweep(
+            jobs,
+            run_job,
+            store,
+            n_jobs=2,
+            progress=False,
+            adopted=copy_state,
+            executor=cfg.executor,
+            settings=worker_settings(cfg, progress=False),
+        )
+        python = {(r["run_key"], r["sparsity"]): r for r in store.records()}
+        python_runs = {j.key: store.run(j.key) for j in jobs}
+    assert summary["done"] == len(jobs) == 6 and summary["failed"] == []
+    assert python.keys() == cli.keys() and {k for k, _ in cli} == {j.key for j in jobs}
+    columns = ("method", "seed", "accuracy", "val_accuracy", "achieved_sparsity", "epochs_used", "metrics")
+    for k, r in cli.items():
+        assert {c: python[k].get(c) for c in columns} == {c: r.get(c) for c in columns}
+    fields = ("sweep", "method", "seed", "sparsity", "config", "hyperparameters", "status", "epochs_used")
+    with ResultStore(tmp_path / "cli" / cfg.db) as store:
+        for key, run in python_runs.items():
+            assert {f: run[f] for f in fields} == {f: store.run(key)[f] for f in fields}
+    states = sorted(p.name for p in cfg.paths.states.iterdir())
+    assert states == sorted(p.name for p in (tmp_path / "cli" / cfg.paths.states).iterdir()) and states
 
 
 # --------------------------------------------------------------------- a driver killed and started again
@@ -247,7 +288,7 @@ def test_a_submitit_worker_cut_short_resumes_bit_identical(
     log.unlink()
 
     store, job = _one_job(tmp_path, "cut")
-    checkpoint = tmp_path / "cut" / job.sweep / "jobs" / job.key / "checkpoints" / "fit0.pt.sha256"
+    checkpoint = SweepPaths(store.path, job.sweep).work(job.key) / "checkpoints" / "fit0.pt.sha256"
 
     def cut_short() -> None:
         _wait_for(checkpoint.exists, None, "the job's first complete checkpoint")
@@ -278,8 +319,8 @@ def test_a_submitit_worker_cut_short_resumes_bit_identical(
     for a, b in zip(ref, cut, strict=True):
         for column in ("accuracy", "val_accuracy", "achieved_sparsity", "epochs_used"):
             assert a[column] == b[column]
-    state_a = load_torch(Path(ref_job.spec["states"]) / f"{ref_job.key}.pt")["model"]
-    state_b = load_torch(Path(job.spec["states"]) / f"{job.key}.pt")["model"]
+    state_a = load_torch(SweepPaths(ref_store.path, ref_job.sweep).state(ref_job.key))["model"]
+    state_b = load_torch(SweepPaths(store.path, job.sweep).state(job.key))["model"]
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
@@ -423,9 +464,10 @@ def test_submitit_finds_a_submission_whose_handle_was_never_kept(worker_env: Non
     log = tmp_path / "jobs.log"
     [job] = _jobs(log, 0.0)[:1]
     task = JobTask(job, logged_job, 1, tmp_path / "work")
-    first = SubmititExecutor(cfg, folder=tmp_path / "sweep")
+    paths = SweepPaths(tmp_path / "results.sqlite", "sweep")
+    first = SubmititExecutor(cfg, paths=paths)
     handle = first.submit(task)  # ... and the driver dies before the store has the handle
-    second = SubmititExecutor(cfg, folder=tmp_path / "sweep")
+    second = SubmititExecutor(cfg, paths=paths)
     assert second.attach(job, None) == handle
     deadline = time.monotonic() + 60
     finished: list[Any] = []

@@ -11,8 +11,9 @@ from haloprune.build import build_network
 from haloprune.config import RunConfig
 from haloprune.core.io import save_torch
 from haloprune.experiments.analysis import layer_sparsity
+from haloprune.experiments.jobs import Job, JobSpec
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.report import choose, summarize
-from haloprune.experiments.runner import Job
 from haloprune.experiments.store import ResultStore
 from haloprune.experiments.sweep_report import focus_networks
 
@@ -23,15 +24,16 @@ def test_a_target_mode_state_is_shown_pruned_as_the_run_prunes(tmp_path: Path) -
     unpruned state, and pruned every layer)."""
     run = RunConfig.model_validate({"prune": {"exclude": ["fc3.weight"]}})
     part = run.model_dump(mode="json", include={"data", "model", "optim", "device", "prune"})
-    job = Job("s", "halo", 0, 0.9, {"run": part, "kind": "target"}, {})
-    with ResultStore(tmp_path / "results.sqlite") as store:
+    paths = SweepPaths(tmp_path / "results.sqlite", "s")
+    job = Job("s", "halo", 0, 0.9, JobSpec(part, "target", {}, (0.9,), str(paths.states)), {})
+    with ResultStore(paths.db) as store:
         assert store.claim(job)
         record = {"sparsity": 0.9, "achieved_sparsity": 0.9, "accuracy": 80.0, "val_accuracy": 80.0}
         store.finish(job.key, [record], 20, 1.0)
         torch.manual_seed(0)
-        save_torch({"model": build_network(run).state_dict()}, tmp_path / "states" / f"{job.key}.pt")
+        save_torch({"model": build_network(run).state_dict()}, paths.state(job.key))
         chosen = choose(summarize(store.records("s")))
-        [(method, model, _, _)] = list(focus_networks(store, chosen, tmp_path, 0.9))
+        [(method, model, _, _)] = list(focus_networks(store, chosen, paths, 0.9))
     layers = layer_sparsity(model)
     assert method == "halo" and layers["fc3.weight"] == 0.0
     kept = sum(int((model.get_parameter(n) != 0).sum()) for n in ("fc1.weight", "fc2.weight"))

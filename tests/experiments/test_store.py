@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +22,9 @@ import pytest
 
 from haloprune.cli import main
 from haloprune.core.errors import HaloPruneError
-from haloprune.experiments.runner import Job, run_sweep, worker_threads
+from haloprune.experiments.jobs import Job, JobSpec, WorkerSettings
+from haloprune.experiments.paths import SweepPaths
+from haloprune.experiments.runner import run_sweep, worker_threads
 from haloprune.experiments.store import SCHEMA_VERSION, ResultStore, git_commit
 from haloprune.experiments.sweep_report import sweep_report
 
@@ -31,8 +34,11 @@ SPARSITIES = [0.5, 0.9]
 _calls = 0
 
 
-def fake_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[list[dict[str, Any]], int]:
-    """One record per target sparsity; sleeps / raises / hangs as ``job.spec`` and the env ask."""
+def fake_job(
+    job: Job, threads: int, checkpoints: Path, settings: WorkerSettings
+) -> tuple[list[dict[str, Any]], int]:
+    """One record per target sparsity, with the threads, process and settings it ran with; sleeps /
+    raises / hangs as ``job.spec`` and the env ask."""
     global _calls
     _calls += 1
     hang_after = int(os.environ.get("FAKE_HANG_AFTER", "-1"))
@@ -50,6 +56,9 @@ def fake_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[l
             "val_accuracy": 0.91 - 0.1 * s,
             "threads": threads,
             "pid": os.getpid(),
+            "bar_slot": settings.bar_slot,
+            "progress": settings.progress,
+            "data_dir": settings.data_dir,
         }
         for s in sparsities
     ]
@@ -111,6 +120,7 @@ def test_sweep_records_everything_and_rerun_skips(store: ResultStore) -> None:
     r = records[0]
     assert r["hyperparameters"]["lr"] == 0.1 and r["epochs_used"] == 3 and r["wall_seconds"] >= 0
     assert r["threads"] == worker_threads(1) and r["pid"] == os.getpid()
+    assert (r["bar_slot"], r["progress"], r["data_dir"]) == (1, False, None)  # progress=False: every bar
     assert r["achieved_sparsity"] == pytest.approx(r["sparsity"] + 0.001)
     assert r["run_key"] in {j.key for j in jobs} and r["git_commit"] == git_commit()
     assert store.records("other") == []
@@ -154,13 +164,19 @@ def test_jobs_that_need_each_other_are_refused(store: ResultStore) -> None:
 
 
 def test_parallel_spawn_workers(store: ResultStore) -> None:
+    """The worker settings travel in each task to the spawned processes; each job in flight has a bar
+    line of its own."""
     jobs = make_jobs(n_seeds=2)
-    summary = run_sweep(jobs, fake_job, store, n_jobs=2, progress=False)
+    environ = dict(os.environ)
+    settings = WorkerSettings(data_dir="elsewhere", progress=False)
+    summary = run_sweep(jobs, fake_job, store, n_jobs=2, progress=False, settings=settings)
     assert summary["done"] == 4 and summary["failed"] == []
     records = store.records()
     assert len(records) == 8
     assert {r["threads"] for r in records} == {worker_threads(2)}
     assert os.getpid() not in {r["pid"] for r in records}
+    assert {r["data_dir"] for r in records} == {"elsewhere"} and {r["bar_slot"] for r in records} <= {1, 2}
+    assert dict(os.environ) == environ  # nothing went through the environment
 
 
 def test_failing_job_is_recorded_and_others_finish(store: ResultStore) -> None:
@@ -251,7 +267,7 @@ def test_finish_replaces_partial_results(store: ResultStore) -> None:
     job = make_jobs()[0]
     assert store.claim(job)
     sql(store.path, PARTIAL_ROW, job.key)  # a partial write left by an earlier attempt
-    records, _ = fake_job(job, 1)
+    records, _ = fake_job(job, 1, store.path.parent, WorkerSettings())
     store.finish(job.key, records, 3, 1.0)
     assert n_result_rows(store.path) == 2 and len(store.records()) == 2
     store.finish(job.key, records[:1], 3, 1.0)
@@ -302,6 +318,34 @@ def test_job_key_stable_and_sensitive_to_each_field() -> None:
         Job("s", "halo", 0, None, {"x": object()}, {})
 
 
+def test_a_job_spec_is_its_json_form(store: ResultStore) -> None:
+    """A sweep job's typed spec hashes, stores and compares as the plain dict it replaced."""
+    pre = JobSpec({"optim": {"epochs": 2}}, "penalty", {"penalty": {"name": "none"}}, (0.5, 0.9))
+    spec = JobSpec({"optim": {"epochs": 1}}, "k", {"a": 1}, (0.5, 0.9), "runs/s/states", pretrain=pre)
+    plain = json.loads(json.dumps(dict(spec)))
+    assert plain == {
+        "run": {"optim": {"epochs": 1}},
+        "kind": "k",
+        "params": {"a": 1},
+        "sparsities": [0.5, 0.9],
+        "states": "runs/s/states",
+        "pretrain": {
+            "run": {"optim": {"epochs": 2}},
+            "kind": "penalty",
+            "params": {"penalty": {"name": "none"}},
+            "sparsities": [0.5, 0.9],
+        },
+    }
+    assert Job("s", "m", 0, None, spec, {}).key == Job("s", "m", 0, None, plain, {}).key
+    assert spec == plain and JobSpec.of(plain) == spec and JobSpec.of(spec) is spec
+    assert pickle.loads(pickle.dumps(spec)) == spec and spec.pretrain is not None
+    assert spec.pretrain.epochs == 2 and spec.state_file("k1") == Path("runs/s/states/k1.pt")
+    with pytest.raises(ValueError, match="unknown entries sleep"):
+        JobSpec.of({**plain, "sleep": 1})
+    job = Job("s", "m", 0, None, spec, {})
+    assert store.claim(job) and store.run(job.key)["config"] == plain
+
+
 def test_a_job_done_by_another_sweep_is_taken_over_not_rerun(store: ResultStore) -> None:
     first = per_target_jobs("a", "gmp", [0.5, 0.9])
     assert run_sweep(first, fake_job, store, progress=False)["done"] == 2
@@ -322,7 +366,7 @@ def test_a_job_done_by_another_sweep_is_taken_over_not_rerun(store: ResultStore)
     assert b[2]["reused_from"] is None and ra["reused_from"] is None
     run = store.run(second[0].key)
     assert run is not None and run["sweep"] == "b" and run["attempts"] == 0 and run["status"] == "done"
-    text, _ = sweep_report(store, "b", store.path.parent / "b", figures=False)
+    text, _ = sweep_report(store, SweepPaths(store.path, "b"), figures=False)
     assert "2 of 3 runs were identical jobs already run by sweep a" in text
 
     # a third sweep taking over from the second names the run that computed the results

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from haloprune.cli import main
+from haloprune.data import datasets
 from haloprune.experiments.config import load_sweep_config
 from haloprune.experiments.sweep import expand
 from tests.helpers import PAPER_CONFIGS
@@ -57,3 +58,31 @@ def test_quick_sweep_then_report(
     assert main(["report", "--db", str(db), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert {"method", "sparsity", "seed", "accuracy"} <= set(printed[0])
+
+
+DENSE = """
+name = "dense"
+seeds = [0]
+sparsities = [0.9]
+db = "{db}"
+data = {{ train_subset = 1000, val_size = 200, test_subset = 200 }}
+optim = {{ epochs = 1 }}
+methods.dense = {{ kind = "penalty", params = {{ penalty = {{ name = "none" }} }} }}
+"""
+
+
+def test_data_dir_reaches_the_jobs_and_the_report(
+    tmp_path: Path, real_fmnist: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--data-dir` travels to the jobs as a worker setting (it never changes a key): with no other place
+    to find the data, the sweep fails without it and runs with it, its report's figures too."""
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_DIRS", {"fashion-mnist": tmp_path / "absent"})
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("HALOPRUNE_DATA", raising=False)
+    config = tmp_path / "dense.toml"
+    config.write_text(DENSE.format(db=tmp_path / "results.sqlite"))
+    assert main(["sweep", str(config), "--quiet"]) == 1
+    assert "fashion-mnist data not found" in capsys.readouterr().err
+    assert main(["sweep", str(config), "--quiet", "--data-dir", str(real_fmnist)]) == 0
+    assert "done 1, skipped 0" in capsys.readouterr().out
+    assert (tmp_path / "dense" / "layer_sparsity.png").stat().st_size > 0  # drawn from the data

@@ -16,7 +16,6 @@ import haloprune
 from haloprune import (
     build_model,
     global_magnitude_prune,
-    keep_masked,
     load_state_dict,
     sparsity_report,
 )
@@ -140,7 +139,6 @@ def test_pruned_weights_stay_zero_while_training_continues() -> None:
     model = _pruned_pruning()
     zeros_before = {n: ~m for n, m in get_masks(model).items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    keep_masked(opt, model)
     _train_steps(model, opt)
     for name, pruned in zeros_before.items():
         assert (model.get_parameter(name)[pruned] == 0).all()
@@ -150,7 +148,6 @@ def test_masked_model_compiles_and_trains() -> None:
     model = _pruned_pruning()
     compiled = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    keep_masked(opt, model)
     _train_steps(compiled, opt, steps=3)
     for name, mask in get_masks(model).items():
         assert (model.get_parameter(name)[~mask] == 0).all()

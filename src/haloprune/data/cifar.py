@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +42,6 @@ except ImportError:  # numpy < 2
 from haloprune.core.errors import DataError
 from haloprune.data.archive import safe_extract
 from haloprune.data.http import RETRY, fetch, try_mirrors
-
-if TYPE_CHECKING:
-    from haloprune.data.datasets import DatasetSpec
 
 __all__ = ["PickleLayout", "download_archive", "missing_files", "read_arrays", "safe_unpickle"]
 
@@ -200,16 +197,17 @@ def _digests(path: Path) -> tuple[str, str]:
     return md5.hexdigest(), sha.hexdigest()
 
 
-def download_archive(spec: DatasetSpec, dest: Path, mirrors: Sequence[str], timeout: float) -> Path:
-    """Download ``spec``'s archive into ``dest`` (trying ``mirrors`` in turn), verify md5 and sha256,
-    extract it safely and move its folder into place; returns ``dest``. Nothing is left on failure."""
-    layout = spec.layout
-    assert layout is not None
+def download_archive(
+    name: str, layout: PickleLayout, dest: Path, mirrors: Sequence[str], timeout: float
+) -> Path:
+    """Download dataset ``name``'s archive (``layout.archive``) into ``dest`` (trying ``mirrors`` in turn),
+    verify md5 and sha256, extract it safely and move its folder into place; returns ``dest``. Nothing is
+    left on failure."""
     if not missing_files(dest, layout):
         return dest
 
     def attempt(url: str) -> Path:
-        work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".part", dir=dest))
+        work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=dest))
         try:
             archive = work / layout.archive
             with archive.open("wb") as out:
@@ -237,4 +235,4 @@ def download_archive(spec: DatasetSpec, dest: Path, mirrors: Sequence[str], time
             with contextlib.suppress(OSError):
                 shutil.rmtree(work)
 
-    return try_mirrors(layout.archive, spec.name, mirrors, attempt, "extract the archive yourself")
+    return try_mirrors(layout.archive, name, mirrors, attempt, "extract the archive yourself")

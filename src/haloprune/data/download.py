@@ -95,7 +95,7 @@ def download(
             f"cannot create download folder {dest} ({exc.strerror or exc}); choose a writable folder"
         ) from None
     if spec.layout is not None:  # one archive (CIFAR), verified and extracted
-        return download_archive(spec, dest, urls, timeout)
+        return download_archive(spec.name, spec.layout, dest, urls, timeout)
     for role in ROLES:
         existing = resolve_file(dest, spec.files[role])
         if existing is not None and _is_verified(existing, spec.payload_sha256.get(role)):

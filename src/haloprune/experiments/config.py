@@ -28,6 +28,7 @@ from haloprune.config import (
     validate,
 )
 from haloprune.core.errors import ConfigError
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.store import DEFAULT_PATH
 from haloprune.methods import METHODS
 from haloprune.methods.penalty import TargetPenaltyMethod
@@ -151,7 +152,8 @@ class PretrainConfig(Section):
 
 class SweepConfig(Setup):
     """A comparison: methods x grid points x seeds (x target sparsities) on one setup, run by
-    ``haloprune sweep``; its store is ``db``, its report and states go to ``<db folder>/<name>/``."""
+    ``haloprune sweep``; its store is ``db``, its report and states go to ``<db folder>/<name>/``
+    (:attr:`paths`)."""
 
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0, 1, 2])
@@ -221,6 +223,11 @@ class SweepConfig(Setup):
                     f"prune.scope = 'all' (got {self.prune.scope!r}); drop it from this sweep"
                 )
         return self
+
+    @property
+    def paths(self) -> SweepPaths:
+        """Where the sweep keeps its files."""
+        return SweepPaths(Path(self.db), self.name)
 
     def run_part(self) -> dict[str, Any]:
         """What every job of the sweep shares (data, model, optimiser, device; the pruning scope if set)."""

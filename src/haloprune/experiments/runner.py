@@ -1,9 +1,10 @@
 """The sweep driver: run many independent jobs once each, on an executor, recording them in a
 :class:`ResultStore`.
 
-The runner knows nothing about what a job computes: ``run_job(job, threads, checkpoints)`` returns
-``(records, epochs_used)`` and keeps its end-of-epoch checkpoints in the folder ``checkpoints``, so a
-job run again resumes where it stopped. Nor where it runs: an executor
+The runner knows nothing about what a job computes: ``run_job(job, threads, checkpoints, settings)``
+returns ``(records, epochs_used)`` and keeps its end-of-epoch checkpoints in the folder ``checkpoints``,
+so a job run again resumes where it stopped; ``settings`` (:class:`WorkerSettings`: data folder, progress,
+logging) travel with every job to wherever it runs. Nor where it runs: an executor
 (:mod:`haloprune.experiments.executors`: local processes, SLURM through submitit, Ray) runs it and hands
 the outcome back. The driver alone writes the store: it claims a job, submits it, keeps the executor's
 handle with the claim, and records the result when it comes back. Jobs already done are skipped, so an
@@ -16,14 +17,14 @@ run the same job twice: the second sees the first's live claim.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import dataclasses
+import itertools
 import pickle
 import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -37,58 +38,13 @@ from haloprune.experiments.executors import (
     RunJob,
     build_executor,
     read_result,
-    work_folder,
     worker_threads,
 )
+from haloprune.experiments.jobs import Job, WorkerSettings
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.store import ResultStore
 
-__all__ = ["Job", "RunJob", "run_sweep", "sweep_status", "worker_threads"]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One independent unit of a sweep; ``spec`` and ``hyperparameters`` must be JSON-able.
-
-    ``sparsity`` is None when one run serves every sparsity (its records then carry their own).
-    ``not_in_result`` names the ``spec`` entries that do not change the job's results (where its outputs
-    go, a list it does not read): two jobs equal up to those entries, the sweep and the method's name
-    compute the same thing, so a sweep can take over the other's results (:meth:`ResultStore.adopt`).
-    ``needs`` are the keys of jobs that must be done first (e.g. the dense pre-training a fine-tuning job
-    starts from); the runner runs jobs in stages so that every job's needs are done before it starts.
-    """
-
-    sweep: str
-    method: str
-    seed: int
-    sparsity: float | None
-    spec: dict[str, Any]
-    hyperparameters: dict[str, Any]
-    not_in_result: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        try:
-            self._canonical()
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"Job spec and hyperparameters must be JSON-able: {e}") from None
-
-    def _canonical(self) -> str:
-        sparsity = None if self.sparsity is None else float(self.sparsity)
-        payload = [self.sweep, self.method, int(self.seed), sparsity, self.spec, self.hyperparameters]
-        return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-    @property
-    def key(self) -> str:
-        """First 16 hex digits of the SHA-256 of the job's canonical JSON: stable across runs and machines."""
-        return hashlib.sha256(self._canonical().encode()).hexdigest()[:16]
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def result_spec(self, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``spec`` (default: this job's) without the entries that do not change the results."""
-        spec = self.spec if spec is None else spec
-        return {k: v for k, v in spec.items() if k not in self.not_in_result}
+__all__ = ["Job", "RunJob", "WorkerSettings", "run_sweep", "sweep_status", "worker_threads"]
 
 
 def _stages(todo: list[Job]) -> list[list[Job]]:
@@ -123,16 +79,20 @@ def run_sweep(
     reuse: bool = True,
     adopted: Callable[[Job, dict[str, Any]], None] | None = None,
     executor: ExecutorConfig | Executor | None = None,
+    settings: WorkerSettings | None = None,
 ) -> dict[str, Any]:
     """Run every job not yet done in ``store`` on ``executor`` (default: local, ``n_jobs`` at a time);
     returns a summary.
 
-    ``run_job(job, threads, checkpoints) -> (records, epochs_used)`` must be a picklable top-level
-    function unless it runs in this process (local, one job at a time). A job that raises is recorded
-    failed and the sweep goes on; a later sweep retries it. A job whose worker was lost (killed,
-    preempted, its node gone) is submitted again up to ``executor.max_retries`` times, and resumes from
-    its checkpoints. Ctrl-C stops the sweep (KeyboardInterrupt is re-raised): the local executor's jobs
-    are stopped and given back; jobs on a cluster go on, and the next sweep re-attaches to them.
+    ``run_job(job, threads, checkpoints, settings) -> (records, epochs_used)`` must be a picklable
+    top-level function unless it runs in this process (local, one job at a time); ``settings`` go with
+    every job, whatever the executor (default: only ``progress``, for the per-run bars too; a sweep
+    config's, as ``haloprune sweep`` gives them: :func:`haloprune.experiments.sweep.worker_settings`).
+    A job that raises is recorded failed and the sweep goes on; a later sweep retries it. A job whose
+    worker was lost (killed, preempted, its node gone) is submitted again up to ``executor.max_retries``
+    times, and resumes from its checkpoints. Ctrl-C stops the sweep (KeyboardInterrupt is re-raised):
+    the local executor's jobs are stopped and given back; jobs on a cluster go on, and the next sweep
+    re-attaches to them.
 
     With ``reuse``, a job that computes the same as one already done in another sweep of the store takes
     over its results instead of running (:meth:`ResultStore.adopt`); ``adopted(job, source_run)`` is then
@@ -176,7 +136,7 @@ def run_sweep(
         ex = executor
     else:
         cfg = executor if executor is not None else ExecutorConfig()
-        ex = build_executor(cfg, store.path.parent / unique[0].sweep, n_jobs)
+        ex = build_executor(cfg, SweepPaths(store.path, unique[0].sweep), n_jobs)
     if ex.name != "local" or (ex.capacity or 1) > 1:
         try:
             pickle.dumps(run_job)
@@ -189,7 +149,8 @@ def run_sweep(
         unit="job",
         disable=None if progress is None else not progress,
     )
-    driver = _Driver(ex, run_job, store, summary, bar, queued=len(todo))
+    settings = settings if settings is not None else WorkerSettings(progress=progress)
+    driver = _Driver(ex, run_job, settings, store, summary, bar, queued=len(todo))
     try:
         with ex:
             for stage in _stages(todo):
@@ -207,14 +168,17 @@ class _Driver:
         self,
         executor: Executor,
         run_job: RunJob,
+        settings: WorkerSettings,
         store: ResultStore,
         summary: dict[str, Any],
         bar: Any,
         queued: int,
     ) -> None:
-        self.ex, self.run_job, self.store, self.summary, self.bar = executor, run_job, store, summary, bar
+        self.ex, self.run_job, self.settings = executor, run_job, settings
+        self.store, self.summary, self.bar = store, summary, bar
         self.queued = queued
-        self.flight: dict[str, tuple[Job, int]] = {}  # handle -> (job, submissions so far)
+        # handle -> (job, submissions so far, the line of its bars under the sweep's; 0: not submitted here)
+        self.flight: dict[str, tuple[Job, int, int]] = {}
 
     def run(self, stage: list[Job]) -> None:
         waiting = deque(stage)
@@ -229,7 +193,7 @@ class _Driver:
                 self.show()
         except KeyboardInterrupt:
             if self.ex.name == "local":  # this process lives on: give the claims back explicitly
-                for job, _ in self.flight.values():
+                for job, *_ in self.flight.values():
                     with contextlib.suppress(Exception):
                         self.store.release(job.key)
             raise
@@ -269,7 +233,7 @@ class _Driver:
         if not self.store.claim(job):
             self.tally("done" if self.store.is_done(job.key) else "busy", job.key)
             return
-        left = read_result(work_folder(self.store.path, job))
+        left = read_result(self.work(job))
         if left is not None:  # finished while no driver was there to record it
             self.summary["collected"] += 1
             self.record(job, left)
@@ -277,19 +241,24 @@ class _Driver:
         handle = self.ex.attach(job, self.store.handle(job.key, self.ex.name))
         if handle is not None:  # still running (or finished) where the last driver submitted it
             self.store.set_handle(job.key, self.ex.name, handle)
-            self.flight[handle] = (job, 1)
+            self.flight[handle] = (job, 1, 0)
             self.summary["attached"] += 1
             return
         self.submit(job, 0)
 
+    def work(self, job: Job) -> Path:
+        return SweepPaths(self.store.path, job.sweep).work(job.key)
+
     def submit(self, job: Job, submissions: int) -> None:
-        task = JobTask(job, self.run_job, self.ex.threads, work_folder(self.store.path, job))
-        handle = self.ex.submit(task)
+        taken = {slot for *_, slot in self.flight.values()}
+        slot = next(n for n in itertools.count(1) if n not in taken)
+        settings = dataclasses.replace(self.settings, bar_slot=slot)
+        handle = self.ex.submit(JobTask(job, self.run_job, self.ex.threads, self.work(job), settings))
         self.store.set_handle(job.key, self.ex.name, handle)
-        self.flight[handle] = (job, submissions + 1)
+        self.flight[handle] = (job, submissions + 1, slot)
 
     def collect(self, handle: str, outcome: JobResult | JobError | BaseException) -> None:
-        job, submissions = self.flight.pop(handle)
+        job, submissions, _ = self.flight.pop(handle)
         if isinstance(outcome, JobResult):
             self.record(job, outcome)
         elif isinstance(outcome, JobError):
@@ -310,7 +279,7 @@ class _Driver:
             self.store.fail(job.key, str(e))
             self.tally("failed", job.key, str(e))
             return
-        shutil.rmtree(work_folder(self.store.path, job), ignore_errors=True)
+        shutil.rmtree(self.work(job), ignore_errors=True)
         self.tally("ran", job.key)
 
 

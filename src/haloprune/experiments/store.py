@@ -25,14 +25,12 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from haloprune.core.errors import HaloPruneError
-
-if TYPE_CHECKING:
-    from haloprune.experiments.runner import Job
+from haloprune.experiments.jobs import Job
 
 DEFAULT_PATH = Path("runs/results.sqlite")
 STATUSES = ("pending", "running", "done", "failed")
@@ -77,7 +75,9 @@ CREATE TABLE IF NOT EXISTS results (
 
 
 def _json_default(obj: Any) -> Any:
-    """JSON fallback for numpy / torch scalars and arrays, paths and sets."""
+    """JSON fallback for numpy / torch scalars and arrays, mappings (a job's spec), paths and sets."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if hasattr(obj, "item"):

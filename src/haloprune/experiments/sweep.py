@@ -11,7 +11,6 @@ results and state instead of running again.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -20,15 +19,17 @@ from typing import Any
 import torch
 
 from haloprune.build import load_data, source_digest
-from haloprune.config import DataConfig, RunConfig, deep_merge
+from haloprune.config import DataConfig, deep_merge
 from haloprune.core.io import save_torch
 from haloprune.data import SplitData
+from haloprune.data.datasets import ENV_VAR as DATA_ENV
 from haloprune.experiments.config import PRETRAIN, SweepConfig
+from haloprune.experiments.jobs import Job, JobSpec, WorkerSettings, data_in
+from haloprune.experiments.paths import state_file
 from haloprune.experiments.report import log_pruned
-from haloprune.experiments.runner import Job
-from haloprune.integrations.loggers import job_logger
+from haloprune.integrations.loggers import build_logger
 from haloprune.methods import METHODS, Context
-from haloprune.training.callbacks import ExperimentLog, set_bar_slot
+from haloprune.training.callbacks import ExperimentLog, ExperimentLogger, set_bar_slot
 
 
 def expand(cfg: SweepConfig) -> list[Job]:
@@ -36,50 +37,68 @@ def expand(cfg: SweepConfig) -> list[Job]:
     jobs = []
     run = cfg.run_part()
     # the weights model.init_from names define the jobs (a changed file makes new jobs), not only its path
-    digest = {"init_sha256": source_digest(cfg.model.init_from)} if cfg.model.init_from else {}
-    states = str(Path(cfg.db).parent / cfg.name / "states")
+    digest = source_digest(cfg.model.init_from) if cfg.model.init_from else None
+    paths = cfg.paths
+    states = str(paths.states)
+    sparsities = tuple(cfg.sparsities)
     pretrained: dict[int, Job] = {}
     if cfg.pretrain is not None:
         dense = deep_merge(run, {"optim": cfg.pretrain.optim_update()})
+        dense_spec = JobSpec(dense, "penalty", {"penalty": {"name": "none"}}, sparsities, states)
         for seed in cfg.seeds:
-            spec = {"run": dense, "kind": "penalty", "params": {"penalty": {"name": "none"}}}
-            spec |= {"sparsities": list(cfg.sparsities), "states": states}
-            pretrained[seed] = Job(cfg.name, PRETRAIN, seed, None, spec, {}, ("states",))
+            pretrained[seed] = Job(cfg.name, PRETRAIN, seed, None, dense_spec, {}, ("states",))
         jobs.extend(pretrained.values())
-    for method, spec in cfg.methods.items():
-        per_sparsity = METHODS[spec.kind].per_sparsity
-        update = spec.optim_update()
+    for method, m in cfg.methods.items():
+        per_sparsity = METHODS[m.kind].per_sparsity
+        update = m.optim_update()
         budget = deep_merge(run, {"optim": update}) if update else run
-        for i, params in enumerate(spec.points()):
-            hyper = spec.grid[i] if spec.grid else {}
+        for i, params in enumerate(m.points()):
+            hyper = m.grid[i] if m.grid else {}
+            targets: list[float | None] = list(sparsities) if per_sparsity else [None]
             for seed in cfg.seeds:
-                targets: list[float | None] = list(cfg.sparsities) if per_sparsity else [None]
+                pre = pretrained.get(seed)  # what it starts from, and where that is kept
+                spec = JobSpec(
+                    budget,
+                    m.kind,
+                    params,
+                    sparsities,
+                    states,
+                    init_sha256=digest,
+                    pretrain=None if pre is None else JobSpec.of(pre.result_spec()),
+                    init_state=None if pre is None else str(paths.state(pre.key)),
+                )
+                # Where the state goes never changes a result; a per-target job reads only its own target.
+                ignored = ("states", "sparsities") if per_sparsity else ("states",)
+                if pre is not None:
+                    ignored += ("init_state",)
+                needs = () if pre is None else (pre.key,)
                 for s in targets:
-                    job_spec = {
-                        "run": budget,
-                        "kind": spec.kind,
-                        "params": params,
-                        "sparsities": list(cfg.sparsities),
-                        "states": states,
-                        **digest,
-                    }
-                    # Where the state goes never changes a result; a per-target job reads only its own target.
-                    ignored = ("states", "sparsities") if per_sparsity else ("states",)
-                    needs: tuple[str, ...] = ()
-                    if seed in pretrained:  # what it starts from, and where that is kept
-                        pre = pretrained[seed]
-                        job_spec["pretrain"] = pre.result_spec()
-                        job_spec["init_state"] = str(Path(states) / f"{pre.key}.pt")
-                        ignored, needs = (*ignored, "init_state"), (pre.key,)
-                    jobs.append(Job(cfg.name, method, seed, s, job_spec, hyper, ignored, needs))
+                    jobs.append(Job(cfg.name, method, seed, s, spec, hyper, ignored, needs))
     return jobs
 
 
+def worker_settings(
+    cfg: SweepConfig, *, data_dir: str | Path | None = None, progress: bool | None = None
+) -> WorkerSettings:
+    """What ``haloprune sweep`` tells the workers of ``cfg`` (pass it to ``run_sweep`` to do the same from
+    Python): the dataset folder ``data_dir`` (default the driver's ``$HALOPRUNE_DATA``, so that jobs on
+    other machines look where the driver would), the per-run progress bars, and each job logged as
+    ``cfg.logging`` says, its files beside the store."""
+    data_dir = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
+    return WorkerSettings(
+        data_dir=None if data_dir is None else str(data_dir),
+        progress=progress,
+        logging=cfg.logging,
+        log_dir=str(cfg.paths.root),
+    )
+
+
 def copy_state(job: Job, source: dict[str, Any]) -> None:
-    """After ``job`` took over ``source``'s results: copy the source's saved state next to the job's."""
-    src = Path(source["config"]["states"]) / f"{source['key']}.pt"
+    """After ``job`` took over ``source``'s results (a run of the store): copy the source's saved state next
+    to the job's."""
+    src = state_file(source["config"]["states"], source["key"])
     if src.is_file():
-        dst = Path(job.spec["states"]) / f"{job.key}.pt"
+        dst = JobSpec.of(job.spec).state_file(job.key)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
 
@@ -90,51 +109,60 @@ def _data(data: DataConfig, seed: int, device: str) -> SplitData:
     return load_data(data, seed, device)
 
 
-def run_job(job: Job, threads: int, checkpoints: Path | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Run one job (in a worker): returns its records and the epochs every network received. With
-    ``checkpoints``, every fit of the method checkpoints each epoch there, and a job run again with the
-    same folder resumes exactly where it stopped."""
-    spec = job.spec
-    run = RunConfig.model_validate({**spec["run"], "seed": job.seed})
-    if "init_state" in spec:  # fine-tuning from the sweep's dense pre-training
-        run = run.model_copy(update={"model": run.model.model_copy(update={"init_from": spec["init_state"]})})
+def _logger(job: Job, settings: WorkerSettings) -> ExperimentLogger | None:
+    """The job's run in the tracker ``settings.logging`` names (None: not logging)."""
+    target = f"/{job.sparsity:g}" if job.sparsity is not None else ""
+    name = f"{job.sweep}/{job.method}/s{job.seed}{target}"
+    return build_logger(settings.logging, name, settings.log_dir, group=job.sweep)
+
+
+def run_job(
+    job: Job, threads: int, checkpoints: Path | None = None, settings: WorkerSettings | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Run one job (in a worker) as ``settings`` say: returns its records and the epochs every network
+    received. With ``checkpoints``, every fit of the method checkpoints each epoch there, and a job run
+    again with the same folder resumes exactly where it stopped."""
+    settings = settings if settings is not None else WorkerSettings()
+    spec = JobSpec.of(job.spec)
+    run = spec.run_config(job.seed)
+    run = run.model_copy(update={"data": data_in(run.data, settings.data_dir)})
     torch.set_num_threads(threads)
-    set_bar_slot(max(1, (multiprocessing.current_process()._identity or (1,))[0]))
-    progress = False if os.environ.get("HALOPRUNE_PROGRESS") == "0" else None
+    set_bar_slot(settings.bar_slot)
     data = _data(run.data, job.seed, run.device)
-    logger = job_logger(job.sweep, job.method, job.seed, job.sparsity)
+    logger = _logger(job, settings)
     ctx = Context(
         run=run,
         data=data,
         seed=job.seed,
         device=torch.device(run.device),
-        progress=progress,
+        progress=settings.progress,
         name=f"{job.method}/s{job.seed}",
         callbacks=[ExperimentLog(logger)] if logger is not None else [],
         checkpoints=checkpoints,
     )
-    method = METHODS[spec["kind"]](**spec["params"])
-    targets = [job.sparsity] if job.sparsity is not None else spec["sparsities"]
+    method = METHODS[spec.kind](**spec.params)
+    targets = [job.sparsity] if job.sparsity is not None else list(spec.sparsities)
+    state = spec.state_file(job.key)
     try:
         if logger is not None:
             logger.log_config({"job": job.key, "hyperparameters": job.hyperparameters, **spec})
         outcome = method.run(ctx, targets)
         if logger is not None:
-            figure = Path(spec["states"]) / f"{job.key}.accuracy_vs_sparsity.png"
+            figure = state.with_name(f"{job.key}.accuracy_vs_sparsity.png")
             log_pruned(
                 logger, [{"method": job.method, **r} for r in outcome.records], outcome.epochs_used, figure
             )
     finally:
         if logger is not None:
             logger.close()
-    epochs = outcome.epochs_used + (spec["pretrain"]["run"]["optim"]["epochs"] if "pretrain" in spec else 0)
+    epochs = outcome.epochs_used + (spec.pretrain.epochs if spec.pretrain is not None else 0)
     if outcome.state:
-        save_torch(outcome.state, Path(spec["states"]) / f"{job.key}.pt")
+        save_torch(outcome.state, state)
     records = [
         {
             **r,
             "method": job.method,
-            "kind": spec["kind"],
+            "kind": spec.kind,
             "seed": job.seed,
             "hyperparameters": job.hyperparameters,
             "epochs": epochs,

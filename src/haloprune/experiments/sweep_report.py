@@ -23,15 +23,24 @@ from haloprune.experiments.analysis import (
     layer_sparsity,
     load_state_model,
 )
+from haloprune.experiments.jobs import JobSpec, data_in
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.plots import plot_lambda, plot_layer_sparsity, plot_spectra, plot_sweep_accuracy
 from haloprune.experiments.report import choose, chosen_table, summarize, sweep_table
 from haloprune.experiments.store import ResultStore
 
 
 def sweep_report(
-    store: ResultStore, sweep: str, folder: Path, keys: list[str] | None = None, *, figures: bool = True
+    store: ResultStore,
+    paths: SweepPaths,
+    keys: list[str] | None = None,
+    *,
+    figures: bool = True,
+    data_dir: str | Path | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Write ``report.md``, ``results.json`` and the figures of one sweep into ``folder``."""
+    """Write ``report.md``, ``results.json`` and the figures of the sweep ``paths.name`` into its folder
+    (``data_dir``: where its dataset is when its config names no folder, as its workers were told)."""
+    sweep, folder = paths.name, paths.folder
     records = store.records(sweep)
     if keys is not None:  # this config's jobs, in its order (which breaks selection ties)
         order = {k: i for i, k in enumerate(keys)}
@@ -55,22 +64,17 @@ def sweep_report(
             "their results were taken over (`reused_from` in results.json).\n"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    written = [folder / "report.md", folder / "results.json"]
+    written = [paths.report, folder / "results.json"]
     if figures:
-        written += _figures(store, chosen, folder, sweep)
+        written += _figures(store, chosen, paths, data_dir)
         text += "\n### Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in written[2:]) + "\n"
-    save_text(f"# Sweep {sweep}\n\n{text}", folder / "report.md")
+    save_text(f"# Sweep {sweep}\n\n{text}", paths.report)
     save_json(records, folder / "results.json")
     return text + "\nwritten: " + ", ".join(str(p) for p in written) + "\n", records
 
 
-def _state_path(folder: Path, key: str) -> Path:
-    """Where a sweep job's final state is saved (``runs/<sweep>/states/<key>.pt``)."""
-    return folder / "states" / f"{key}.pt"
-
-
 def focus_networks(
-    store: ResultStore, chosen: list[dict[str, Any]], folder: Path, focus: float
+    store: ResultStore, chosen: list[dict[str, Any]], paths: SweepPaths, focus: float
 ) -> Iterator[tuple[str, nn.Module, dict[str, Any], dict[str, Any]]]:
     """``(method, network, saved state, run)`` for each chosen setting at sparsity ``focus`` whose state
     was saved (its first seed): the network as the tables report it, pruned once to ``focus`` as the run
@@ -79,51 +83,55 @@ def focus_networks(
         if row["sparsity"] != focus:
             continue
         key = row["runs"][0]
-        state_path = _state_path(folder, key)
+        state_path = paths.state(key)
         run = store.run(key)
         if run is None or not state_path.is_file():
             continue
-        model, state = load_state_model(state_path, run["config"]["run"], focus)
+        model, state = load_state_model(state_path, JobSpec.of(run["config"]).run, focus)
         yield row["method"], model, state, run
 
 
-def _figures(store: ResultStore, chosen: list[dict[str, Any]], folder: Path, sweep: str) -> list[Path]:
-    paths = [plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=sweep)]
+def _figures(
+    store: ResultStore, chosen: list[dict[str, Any]], paths: SweepPaths, data_dir: str | Path | None
+) -> list[Path]:
+    sweep, folder = paths.name, paths.folder
+    written = [plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=sweep)]
     sparsities = sorted({r["sparsity"] for r in chosen})
     focus = 0.98 if 0.98 in sparsities else sparsities[-1]
     layers: dict[str, dict[str, float]] = {}
     spectra: dict[str, dict[str, Any]] = {}
     data = None
-    for method, model, state, run in focus_networks(store, chosen, folder, focus):
-        spec = run["config"]
+    for method, model, state, run in focus_networks(store, chosen, paths, focus):
+        spec = JobSpec.of(run["config"])
         layers[method] = layer_sparsity(model)
         if data is None:
-            data = _train_images(spec["run"]["data"], int(run["seed"]))
+            data_cfg = data_in(DataConfig.model_validate(spec.run["data"]), data_dir)
+            data = _train_images(data_cfg, int(run["seed"]))
         spectra[method] = activation_spectra(model, data)
         if state.get("penalty") and "lam" in state["penalty"]:
-            unpruned, _ = load_state_model(_state_path(folder, run["key"]), spec["run"])
+            unpruned, _ = load_state_model(paths.state(run["key"]), spec.run)
             try:
                 lam, w = lambda_and_weights(unpruned, state["penalty"])
             except ValueError:  # not one λ per weight (sws, layer-halo)
                 continue
-            paths.append(plot_lambda(lam, w, folder / f"lambda_{method}.png", title=f"{sweep}: {method}"))
+            written.append(plot_lambda(lam, w, folder / f"lambda_{method}.png", title=f"{sweep}: {method}"))
     if layers:
-        paths.append(
+        written.append(
             plot_layer_sparsity(
                 layers,
                 folder / "layer_sparsity.png",
                 title=f"{sweep}: per-layer sparsity at {100 * focus:g}%",
             )
         )
-        paths.append(
+        written.append(
             plot_spectra(
                 spectra,
                 folder / "eigen_spectrum.png",
                 title=f"{sweep}: activation spectra at {100 * focus:g}% sparsity",
             )
         )
-    return paths
+    return written
 
 
-def _train_images(data_cfg: dict[str, Any], seed: int, n: int = 10000) -> Any:
-    return load_data(DataConfig.model_validate(data_cfg), seed).x_train[:n]
+def _train_images(data: DataConfig, seed: int, n: int = 10000) -> Any:
+    return load_data(data, seed).x_train[:n]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,7 @@ from haloprune.config import LoggingConfig
 from haloprune.core.optional import require
 from haloprune.training.callbacks import ExperimentLogger
 
-__all__ = ["LOGGING_ENV", "MLflowLogger", "TensorBoardLogger", "WandbLogger", "build_logger", "job_logger"]
-
-#: How ``haloprune sweep`` tells its worker processes where jobs log (a job's key never depends on it).
-LOGGING_ENV = "HALOPRUNE_LOGGING"
+__all__ = ["MLflowLogger", "TensorBoardLogger", "WandbLogger", "build_logger"]
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
@@ -173,22 +169,3 @@ def build_logger(
             out_dir.mkdir(parents=True, exist_ok=True)
         return MLflowLogger(uri, project, run_name, artifacts)
     return WandbLogger(project, run_name.replace("/", "-"), Path(cfg.dir or out_dir), cfg.wandb_mode, group)
-
-
-def job_logging(cfg: Any) -> str:
-    """What a sweep's workers need to log their jobs (``cfg``: the sweep config), for :data:`LOGGING_ENV`."""
-    return json.dumps(
-        {"logging": cfg.logging.model_dump(), "out_dir": str(Path(cfg.db).parent), "sweep": cfg.name}
-    )
-
-
-def job_logger(sweep: str, method: str, seed: int, sparsity: float | None) -> ExperimentLogger | None:
-    """In a sweep worker: the logger of one job, as :data:`LOGGING_ENV` says (``None``: not logging)."""
-    raw = os.environ.get(LOGGING_ENV)
-    if not raw:
-        return None
-    told = json.loads(raw)
-    if told["sweep"] != sweep:
-        return None
-    name = f"{sweep}/{method}/s{seed}" + (f"/{sparsity:g}" if sparsity is not None else "")
-    return build_logger(LoggingConfig(**told["logging"]), name, told["out_dir"], group=sweep)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
-from haloprune.methods import sparsevd as svd
+from haloprune.methods import svdo
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import masks_from_scores
 from haloprune.pruning.masks import attach_mask, masked_state_dict
@@ -32,14 +32,14 @@ class SparseVD(Method):
     def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:
         p = self.params
         base = ctx.new_model()
-        model = svd.to_sparse_vd(base, threshold=p.threshold)
+        model = svdo.to_sparse_vd(base, threshold=p.threshold)
         optim = ctx.run.optim.model_copy(update={"optimizer": "adam", "lr": p.lr, "weight_decay": 0.0})
         n_train = len(ctx.data.y_train)
         steps_per_epoch = -(-n_train // optim.batch_size)
         warmup = p.kl_warmup_epochs * steps_per_epoch
 
         def kl_term(m: torch.nn.Module, step: int) -> torch.Tensor:
-            return svd.linear_kl_warmup(step, warmup) * svd.kl_divergence(m) / n_train
+            return svdo.linear_kl_warmup(step, warmup) * svdo.kl_divergence(m) / n_train
 
         ctx.fit(
             model,
@@ -47,17 +47,17 @@ class SparseVD(Method):
             extra_loss=kl_term,
         )
         model.eval()
-        native = svd.to_pruned_dense(model, base, threshold=p.threshold)
-        native_record = ctx.record(native, svd.sparsity(model, p.threshold))
+        native = svdo.to_pruned_dense(model, base, threshold=p.threshold)
+        native_record = ctx.record(native, svdo.sparsity(model, p.threshold))
         extra = {
             "native_sparsity": native_record["achieved_sparsity"],
             "native_accuracy": native_record["accuracy"],
             "native_val_accuracy": native_record["val_accuracy"],
         }
-        dense = svd.to_pruned_dense(model, base, threshold=float("inf"))
+        dense = svdo.to_pruned_dense(model, base, threshold=float("inf"))
         scores = {
             f"{n}.weight" if n else "weight": -la
-            for n, la in ((k.removesuffix(".weight"), v) for k, v in svd.log_alpha(model).items())
+            for n, la in ((k.removesuffix(".weight"), v) for k, v in svdo.log_alpha(model).items())
         }
         records = []
         for s in sparsities:

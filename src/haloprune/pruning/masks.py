@@ -24,8 +24,6 @@ none of them can revive a pruned weight. A masked parameter carries a small link
 the mask buffer through it, so the mask in ``state_dict`` is always the one enforced. The hook costs
 nothing for optimizers without masked parameters (the "masked" column of ``benchmarks/penalty_overhead.py``
 measures the cost with them).
-
-:func:`keep_masked` is kept for code that called it; it is no longer needed.
 """
 
 from __future__ import annotations
@@ -154,15 +152,6 @@ def remove_masks(model: nn.Module) -> None:
         if param is not None and _LINK in param.__dict__:
             delattr(param, _LINK)
     _generation += 1
-
-
-def keep_masked(optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
-    """Re-apply the masks of ``model`` after every ``optimizer.step()``; returns the removable handle.
-
-    No longer needed: every optimizer keeps masked weights at zero by itself (see the module doc). Kept
-    for code written against earlier versions; it re-applies the same masks a second time.
-    """
-    return optimizer.register_step_post_hook(lambda *_: apply_masks_(model))
 
 
 def masked_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -4,8 +4,6 @@ submits, collects and records; an executor only runs :class:`JobTask`\\ s and sa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from haloprune.core.registry import Registry
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import (
@@ -16,22 +14,22 @@ from haloprune.experiments.executors.base import (
     RunJob,
     one_line,
     read_result,
-    work_folder,
 )
 from haloprune.experiments.executors.local import LocalExecutor, worker_threads
 from haloprune.experiments.executors.ray_cluster import RayExecutor
 from haloprune.experiments.executors.slurm import SubmititExecutor
+from haloprune.experiments.paths import SweepPaths
 
 EXECUTORS: Registry[Executor] = Registry(
     "executor", {"local": LocalExecutor, "submitit": SubmititExecutor, "ray": RayExecutor}
 )
 
 
-def build_executor(cfg: ExecutorConfig, folder: Path, jobs: int | None = None) -> Executor:
-    """The executor ``cfg`` names, for the sweep whose run folder is ``folder``; ``jobs``: jobs at once
+def build_executor(cfg: ExecutorConfig, paths: SweepPaths, jobs: int | None = None) -> Executor:
+    """The executor ``cfg`` names, for the sweep whose files are ``paths``; ``jobs``: jobs at once
     unless ``cfg.parallel`` says (the local executor's worker processes)."""
     cfg.check()
-    return EXECUTORS[cfg.name](cfg, folder=folder, jobs=jobs)
+    return EXECUTORS[cfg.name](cfg, paths=paths, jobs=jobs)
 
 
 __all__ = [
@@ -48,6 +46,5 @@ __all__ = [
     "build_executor",
     "one_line",
     "read_result",
-    "work_folder",
     "worker_threads",
 ]

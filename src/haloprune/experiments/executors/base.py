@@ -2,10 +2,12 @@
 
 A :class:`JobTask` is everything a worker needs to run one job, picklable: the job, the function that
 computes it, its threads, its work folder (end-of-epoch checkpoints, so a job resumed anywhere continues
-where it stopped) and the driver's working directory and ``HALOPRUNE_*`` environment (a SLURM node or a
-Ray worker starts elsewhere). It returns a :class:`JobResult`, or a :class:`JobError` when the job itself
-raised: that is the job's failure, recorded as such. Anything else an executor reports (a worker killed,
-a node lost, a preemption without notice) is the infrastructure's, and the driver submits the job again.
+where it stopped), the sweep's :class:`WorkerSettings` (data folder, progress, logging) and the driver's
+working directory (a SLURM node or a Ray worker starts elsewhere). Nothing travels through the
+environment: a job runs the same on every executor, and from the command line as from Python. It returns
+a :class:`JobResult`, or a :class:`JobError` when the job itself raised: that is the job's failure,
+recorded as such. Anything else an executor reports (a worker killed, a node lost, a preemption without
+notice) is the infrastructure's, and the driver submits the job again.
 
 The worker also leaves its result in the work folder (``result.json``) before handing it back: a driver
 that died in between finds it there when started again and records it without running the job twice.
@@ -24,20 +26,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from haloprune.core.io import save_text
 from haloprune.experiments.config import ExecutorConfig
+from haloprune.experiments.jobs import Job, WorkerSettings
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.store import dumps
 
-if TYPE_CHECKING:
-    from haloprune.experiments.runner import Job
-
-RunJob = Callable[["Job", int, Path], tuple[list[dict[str, Any]], int]]
+RunJob = Callable[[Job, int, Path, WorkerSettings], tuple[list[dict[str, Any]], int]]
 RESULT = "result.json"  # in a job's work folder: its records, left by the worker for the driver
-ENV_PREFIX = "HALOPRUNE_"  # the driver's settings for its workers (data folder, progress, logging)
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,6 @@ def one_line(exc: BaseException) -> str:
     if frames:
         line += f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})"
     return line
-
-
-def work_folder(store_path: Path, job: Job) -> Path:
-    """Where a job keeps its checkpoints and leaves its result: ``<db folder>/<sweep>/jobs/<key>/``."""
-    return store_path.parent / job.sweep / "jobs" / job.key
 
 
 def read_result(folder: Path) -> JobResult | None:
@@ -104,16 +99,13 @@ class JobTask:
     job: Job
     run_job: RunJob
     threads: int
-    folder: Path
+    folder: Path  # its work folder (SweepPaths.work)
+    settings: WorkerSettings = field(default_factory=WorkerSettings)
     cwd: str = field(default_factory=os.getcwd)
-    env: dict[str, str] = field(
-        default_factory=lambda: {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-    )
 
     def __call__(self) -> JobResult | JobError:
         if os.path.isdir(self.cwd):  # relative paths in the job (its run folders) mean the driver's
             os.chdir(self.cwd)
-        os.environ.update(self.env)
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         start = time.perf_counter()
@@ -124,7 +116,8 @@ class JobTask:
                 done = read_result(self.folder)
                 if done is not None:  # finished before: hand it back again, never run it twice
                     return done
-                records, epochs = self.run_job(self.job, self.threads, self.folder / "checkpoints")
+                checkpoints = self.folder / "checkpoints"
+                records, epochs = self.run_job(self.job, self.threads, checkpoints, self.settings)
                 result = JobResult(list(records), int(epochs), time.perf_counter() - start)
                 payload = {"records": result.records, "epochs_used": epochs, "seconds": result.seconds}
                 save_text(dumps(payload), self.folder / RESULT)
@@ -149,9 +142,9 @@ class Executor(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, cfg: ExecutorConfig, *, folder: Path, jobs: int | None = None) -> None:
+    def __init__(self, cfg: ExecutorConfig, *, paths: SweepPaths, jobs: int | None = None) -> None:
         self.cfg = cfg
-        self.folder = folder  # the sweep's run folder (<db folder>/<sweep>)
+        self.paths = paths  # the sweep's files
         self.threads = cfg.cpus_per_job or 1
         self.capacity: int | None = cfg.parallel if cfg.parallel is not None else jobs
 

@@ -16,10 +16,10 @@ import signal
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import Executor, Finished, JobTask
+from haloprune.experiments.paths import SweepPaths
 
 PR_SET_PDEATHSIG = 1
 
@@ -43,8 +43,8 @@ def _run(task: JobTask) -> object:
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, cfg: ExecutorConfig, *, folder: Path, jobs: int | None = None) -> None:
-        super().__init__(cfg, folder=folder, jobs=jobs)
+    def __init__(self, cfg: ExecutorConfig, *, paths: SweepPaths, jobs: int | None = None) -> None:
+        super().__init__(cfg, paths=paths, jobs=jobs)
         self.workers = max(1, self.capacity or 1)
         self.capacity = self.workers
         self.threads = cfg.cpus_per_job or worker_threads(self.workers)

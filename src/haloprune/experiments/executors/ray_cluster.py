@@ -10,16 +10,14 @@ whose actor dies (its worker killed, its node lost) is submitted again by the dr
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.optional import require
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import Executor, Finished, JobError, JobResult, JobTask
-
-if TYPE_CHECKING:
-    from haloprune.experiments.runner import Job
+from haloprune.experiments.jobs import Job
+from haloprune.experiments.paths import SweepPaths
 
 NAMESPACE = "haloprune"
 
@@ -41,8 +39,8 @@ class _JobActor:
 class RayExecutor(Executor):
     name = "ray"
 
-    def __init__(self, cfg: ExecutorConfig, *, folder: Path, jobs: int | None = None) -> None:
-        super().__init__(cfg, folder=folder, jobs=jobs)
+    def __init__(self, cfg: ExecutorConfig, *, paths: SweepPaths, jobs: int | None = None) -> None:
+        super().__init__(cfg, paths=paths, jobs=jobs)
         self._ray = ray = require("ray", "ray", "the ray executor")
         self._started = False
         if not ray.is_initialized():
@@ -66,7 +64,7 @@ class RayExecutor(Executor):
         self._refs: dict[Any, tuple[str, Any]] = {}  # object ref -> (handle, actor)
 
     def _name(self, job: Job) -> str:
-        return f"haloprune-{job.key}-{self.folder.name}"
+        return f"haloprune-{job.key}-{self.paths.name}"
 
     def submit(self, task: JobTask) -> str:
         handle = self._name(task.job)

@@ -21,16 +21,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.optional import require
 from haloprune.experiments.config import ExecutorConfig
 from haloprune.experiments.executors.base import Executor, Finished, JobTask
+from haloprune.experiments.jobs import Job
+from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.store import pid_alive
-
-if TYPE_CHECKING:
-    from haloprune.experiments.runner import Job
 
 
 class CheckpointableTask(JobTask):
@@ -57,10 +56,10 @@ def _local_controller_alive(job: Any) -> bool:
 class SubmititExecutor(Executor):
     name = "submitit"
 
-    def __init__(self, cfg: ExecutorConfig, *, folder: Path, jobs: int | None = None) -> None:
-        super().__init__(cfg, folder=folder, jobs=jobs)
+    def __init__(self, cfg: ExecutorConfig, *, paths: SweepPaths, jobs: int | None = None) -> None:
+        super().__init__(cfg, paths=paths, jobs=jobs)
         self._submitit = submitit = require("submitit", "submitit", "the submitit executor")
-        self.logs = Path(cfg.folder) if cfg.folder else folder / "submitit"
+        self.logs = Path(cfg.folder) if cfg.folder else paths.submitit
         self.cluster = None if cfg.cluster == "auto" else cfg.cluster
         try:
             probe = submitit.AutoExecutor(folder=self.logs / "%j", cluster=self.cluster)
@@ -73,7 +72,7 @@ class SubmititExecutor(Executor):
         elif cfg.parallel is None:
             self.capacity = None  # SLURM queues them
         self.params: dict[str, Any] = {
-            "name": f"haloprune-{folder.name}",
+            "name": f"haloprune-{paths.name}",
             "timeout_min": cfg.timeout_min,
             "cpus_per_task": self.threads,
             "gpus_per_node": cfg.gpus_per_job,

@@ -1,23 +1,33 @@
-"""Sparse Variational Dropout (Molchanov, Ashukha & Vetrov, ICML 2017).
+"""The layers and loss of Sparse Variational Dropout (Molchanov, Ashukha & Vetrov, ICML 2017).
 
 "Variational Dropout Sparsifies Deep Neural Networks" trains a factorised Gaussian posterior
 ``w ~ N(θ, σ²)`` for every weight under the log-uniform prior, with the dropout rate of a weight
 expressed as ``α = σ² / θ²``. Weights whose ``log α`` grows large carry only noise and are dropped: the
 network sparsifies itself, with no pruning schedule and no target sparsity.
 
-Usage (a plain loop; the caller ramps ``kl_weight`` from 0 to 1)::
+This module holds the variational layers (:class:`LinearSVDO`, :class:`Conv2dSVDO`), the conversion of a
+model to them and back (:func:`to_sparse_vd`, :func:`to_pruned_dense`) and the objective
+(:func:`elbo_loss`). The ``sparsevd`` method that trains with them is :mod:`haloprune.methods.variational`.
 
-    svd = to_sparse_vd(build_model("lenet-300-100"))
-    opt = torch.optim.Adam(svd.parameters(), lr=1e-3)
-    for epoch in range(epochs):
-        w = linear_kl_warmup(epoch, warmup_epochs=5)  # 0, 0.2, ..., 1, 1, ...
-        for xb, yb in batches:
-            loss = elbo_loss(svd(xb), yb, svd, n_train=len(x_train), kl_weight=w)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    svd.eval()  # deterministic, pruned network (log α < threshold)
-    dense = to_pruned_dense(svd, build_model("lenet-300-100"))  # plain layers + haloprune masks
+Usage, in a plain loop where the caller ramps ``kl_weight`` from 0 to 1:
+
+>>> from haloprune.models import build_model
+>>> from haloprune.pruning.masks import get_masks
+>>> x_train, y_train = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
+>>> svd = to_sparse_vd(build_model("lenet-300-100"))
+>>> opt = torch.optim.Adam(svd.parameters(), lr=1e-3)
+>>> for epoch in range(3):
+...     w = linear_kl_warmup(epoch, 5)  # 0, 0.2, 0.4 (then up to 1 at epoch 5)
+...     for xb, yb in zip(x_train.split(64), y_train.split(64)):
+...         loss = elbo_loss(svd(xb), yb, svd, n_train=len(x_train), kl_weight=w)
+...         opt.zero_grad()
+...         loss.backward()
+...         opt.step()
+>>> svd = svd.eval()  # deterministic, pruned network (log α < threshold)
+>>> dense = to_pruned_dense(svd, build_model("lenet-300-100"))  # plain layers + haloprune masks
+>>> sorted(get_masks(dense))
+['fc1.weight', 'fc2.weight', 'fc3.weight']
+>>> torch.testing.assert_close(dense(x_train), svd(x_train))
 
 Conventions follow the authors' code: ``log_sigma2`` starts at -10, ``log α = log σ² − log θ²`` is clipped
 to [-10, 10], and the evaluation network keeps the weights with ``log α < 3``.
@@ -324,7 +334,11 @@ def elbo_loss(
 
 
 def linear_kl_warmup(step: float, warmup_steps: float) -> float:
-    """KL weight ``min(1, step / warmup_steps)`` (0 at step 0; count steps or epochs, as you like)."""
+    """KL weight ``min(1, step / warmup_steps)`` (0 at step 0; count steps or epochs, as you like).
+
+    >>> [linear_kl_warmup(epoch, 5) for epoch in range(7)]
+    [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    """
     if warmup_steps <= 0:
         return 1.0
     return float(min(1.0, max(0.0, step / warmup_steps)))

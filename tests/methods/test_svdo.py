@@ -1,4 +1,4 @@
-"""Sparse variational dropout (haloprune.methods.sparsevd): its layers, the KL term, pruning to dense."""
+"""Sparse variational dropout's layers (haloprune.methods.svdo): conversion, the KL term, pruning to dense."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from haloprune.methods.sparsevd import (
+from haloprune.methods.svdo import (
     Conv2dSVDO,
     LinearSVDO,
     elbo_loss,
