@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -143,6 +144,7 @@ def fit(
         hooks.append(KeepBestTest(data.x_test, data.y_test, optim.eval_batch_size))
     hooks += callbacks
     prunable = select_parameters(model, **(penalty_cfg.selection() if penalty_cfg is not None else {}))
+    step = _Step(net, loss_fn, extra_loss, optim.amp == "bf16", channels_last, world, own_data, hooks)
     for epoch in range(state.epoch + 1, epochs + 1):
         state.epoch = epoch
         model.train()
@@ -155,25 +157,7 @@ def fit(
         else:
             batches = ((xb.to(device), yb.to(device), len(yb)) for xb, yb in data)
         for xb, yb, n_global in batches:
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=optim.amp == "bf16"):
-                out = net(xb)
-                ce = loss_fn(out, yb)
-            # across ranks DDP averages gradients: weight each rank's mean by its share of the global batch
-            task = ce * (len(yb) * world.size / n_global) if world.distributed and own_data else ce
-            loss = task + penalty() if penalty is not None and penalty.in_loss else task
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, state.step)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()  # an attached penalty applies itself here; masked weights stay zero
-            state.scheduler.step()
-            state.step += 1
-            state.loss = loss.detach()
-            _tally(state, out, yb, ce)
-            for cb in hooks:
-                cb.on_step_end(state)
+            step(state, xb, yb, n_global)
         _sync(device)
         seconds = time.perf_counter() - t0
         distributed.end_epoch(state.sums, model, world)
@@ -185,6 +169,45 @@ def fit(
     for cb in hooks:
         cb.on_fit_end(state)
     return state.history
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One training step, with what is fixed for the run: forward (bf16 autocast if ``amp``) → task loss
+    (+ the penalty if it goes in the loss, + ``extra_loss``) → backward → ``optimizer.step()`` (an
+    attached penalty applies itself there; masked weights stay zero) → lr schedule → the epoch's sums →
+    callbacks' ``on_step_end``."""
+
+    net: nn.Module  # the model, or its DDP wrapper
+    loss_fn: LossFn
+    extra_loss: Callable[[nn.Module, int], torch.Tensor] | None
+    amp: bool
+    channels_last: bool
+    world: distributed.World
+    own_data: bool  # the library's SplitData: ranks share each global batch
+    hooks: Sequence[Callback]
+
+    def __call__(self, state: FitState, xb: torch.Tensor, yb: torch.Tensor, n_global: int) -> None:
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.net(xb)
+            ce = self.loss_fn(out, yb)
+        # across ranks DDP averages gradients: weight each rank's mean by its share of the global batch
+        world, penalty = self.world, state.penalty
+        task = ce * (len(yb) * world.size / n_global) if world.distributed and self.own_data else ce
+        loss = task + penalty() if penalty is not None and penalty.in_loss else task
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(state.model, state.step)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()  # an attached penalty applies itself here; masked weights stay zero
+        state.scheduler.step()
+        state.step += 1
+        state.loss = loss.detach()
+        _tally(state, out, yb, ce)
+        for cb in self.hooks:
+            cb.on_step_end(state)
 
 
 def _channels_last(model: nn.Module, device: torch.device, optim: OptimConfig) -> bool:
