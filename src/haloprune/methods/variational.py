@@ -35,7 +35,7 @@ class SparseVD(Method):
         model = svdo.to_sparse_vd(base, threshold=p.threshold)
         optim = ctx.run.optim.model_copy(update={"optimizer": "adam", "lr": p.lr, "weight_decay": 0.0})
         n_train = len(ctx.data.y_train)
-        steps_per_epoch = -(-n_train // optim.batch_size)
+        steps_per_epoch = optim.steps_per_epoch(n_train)
         warmup = p.kl_warmup_epochs * steps_per_epoch
 
         def kl_term(m: torch.nn.Module, step: int) -> torch.Tensor:
