@@ -284,6 +284,7 @@ def test_the_python_api_says_what_to_give() -> None:
         {"xi": 1e-4, "psi": 1e-3, "lambda_dtype": "bfloat16", "fused": False},
         {"target_sparsity": 0.9, "coupling": "coupled"},
         {"target_sparsity": 0.9, "ramp_end": 1.0, "psi_hat": 5.0, "lambda_init": 1e4},
+        {"xi": 1e-4, "psi": 1e-3, "target_control": "exact"},
     ],
     ids=str,
 )

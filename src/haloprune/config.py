@@ -207,11 +207,13 @@ class PenaltyConfig(Section):
     # steered during training so that this fraction of the weights ends exactly at zero
     target_sparsity: float | None = added_field(_default("target_sparsity"), gt=0, lt=1)
     psi_hat: float = added_field(_default("psi_hat"), gt=0)  # ψ·B: how far λ can travel over the run
-    ramp_end: float = added_field(
-        _default("ramp_end"), gt=0, le=1
-    )  # fraction of B by which the target density is reached
+    # fraction of B by which the target density is reached
+    ramp_end: float = added_field(_default("ramp_end"), gt=0, le=1)
     # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
     prox: bool = added_field(_default("prox"))
+    # how target mode sets ξ: "pi" (steer c from the density every 10 steps) or "exact" (the threshold
+    # that leaves the ramp's density, chosen before every step: docs/results/target-exact.md)
+    target_control: Literal["pi", "exact"] = added_field(_default("target_control"))
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)
     coupling: Literal["coupled", "decoupled"] | None = added_field(_default("coupling"))
@@ -240,7 +242,6 @@ class PenaltyConfig(Section):
                     f"{key} does not apply to penalty {self.name!r} "
                     f"(its settings: {', '.join(sorted(valid))})"
                 )
-        PENALTIES[self.name].check_options(**self.kwargs())  # the penalty's own rules, written once there
         return self
 
     def selection(self) -> dict[str, Any]:
@@ -356,15 +357,23 @@ class TrainConfig(RunConfig):
 
 
 def check_acts(penalty: dict[str, Any], where: str = "") -> None:
-    """No silent no-op: a penalty that cannot act (L1 with xi = 0, HALO with xi = psi = 0 and no
-    target_sparsity, ...) is refused, by the rule its class declares
-    (:meth:`~haloprune.penalties.base.Penalty.cannot_act`), which its constructor applies too. Checked
-    where the penalty is run as configured (a training run, a sweep's grid points), not on a
-    :class:`PenaltyConfig` alone: a sweep's ``target`` methods set target_sparsity per job."""
+    """The penalty's own rules, as its constructor applies them: settings that cannot go together
+    (:meth:`~haloprune.penalties.base.Penalty.check_options`) and no silent no-op — a penalty that cannot
+    act (L1 with xi = 0, HALO with xi = psi = 0 and no target_sparsity, ...;
+    :meth:`~haloprune.penalties.base.Penalty.cannot_act`) is refused. Checked where the penalty is run as
+    configured (a training run, a sweep's grid points), not on a :class:`PenaltyConfig` alone: a sweep's
+    ``target`` methods set target_sparsity per job."""
     name = penalty.get("name", "none")
-    why = None if name == "none" else PENALTIES[name].cannot_act(penalty)
+    if name == "none":
+        return
+    prefix = f"{where}{' ' if where else ''}"
+    try:
+        PENALTIES[name].check_options(**penalty)
+    except ValueError as err:
+        raise ValueError(f"{prefix}{err}") from None
+    why = PENALTIES[name].cannot_act(penalty)
     if why:
-        raise ValueError(f"{where}{' ' if where else ''}{name!r} {why}")
+        raise ValueError(f"{prefix}{name!r} {why}")
 
 
 def check_scope(penalty: dict[str, Any], prune: PruneConfig, where: str) -> None:

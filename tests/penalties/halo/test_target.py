@@ -243,9 +243,10 @@ def test_target_mode_refuses_conflicting_settings() -> None:
 
 
 @pytest.mark.slow
-def test_target_run_resumes_bit_identically(tmp_path, real_fmnist) -> None:
-    """The controller's state (c, budget spent, step count) is in the checkpoint: resuming after epoch 1
-    gives the same weights, λ and controller as the uninterrupted run."""
+@pytest.mark.parametrize("control", ["pi", "exact"])
+def test_target_run_resumes_bit_identically(tmp_path, real_fmnist, control: str) -> None:
+    """The controller's state (c or the last ξ, budget spent, step count) is in the checkpoint: resuming
+    after epoch 1 gives the same weights, λ and controller as the uninterrupted run."""
     import warnings
 
     from haloprune.training.run import train
@@ -257,6 +258,7 @@ def test_target_run_resumes_bit_identically(tmp_path, real_fmnist) -> None:
             [
                 "penalty.name=halo",
                 "penalty.target_sparsity=0.9",
+                f"penalty.target_control={control}",
                 "data.train_subset=1500",
                 "data.val_size=200",
                 "data.test_subset=200",
@@ -276,6 +278,7 @@ def test_target_run_resumes_bit_identically(tmp_path, real_fmnist) -> None:
         assert torch.equal(resumed.model.state_dict()[key], value), key
     assert torch.equal(resumed.penalty.lam, full.penalty.lam)
     assert resumed.penalty.controller.state() == full.penalty.controller.state()
+    assert resumed.penalty.xi == full.penalty.xi
     assert full.penalty.controller.steps == 2 * 15 and full.history[-1]["density"] < 1.0
 
 
@@ -326,3 +329,53 @@ def test_adam_gains_hold_a_steep_plant_where_sgd_gains_oscillate() -> None:
     overshoots every update (kp·steepness > 2) into a sustained swing; Adam's holds the target."""
     assert _final_swing(GAINS["adam"]) < 0.05  # within 5% of the target density
     assert _final_swing({**GAINS["sgd"], "too_sparse": 1.0}) > 1.0  # a factor e either way
+
+
+@pytest.fixture
+def fmnist_slice(real_fmnist):
+    from haloprune.data import load_dataset
+
+    return load_dataset("fashion-mnist", real_fmnist, val_size=500, train_subset=3000, test_subset=500)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "momentum"), [("sgd", 0.05, 0.9), ("adam", 1e-3, 0.0), ("adamw", 1e-3, 0.0)]
+)
+def test_exact_control_ends_within_a_tenth_of_a_percent_of_the_target(
+    fmnist_slice, optimizer: str, lr: float, momentum: float, schedule: str
+) -> None:
+    """``target_control="exact"``: the fraction of exact zeros the run itself leaves — before any pruning —
+    is the target within ±0.1%, with every optimizer family and schedule (real Fashion-MNIST, LeNet-300-100),
+    and it never overshoots the ramp on the way."""
+    from haloprune import build_model
+    from haloprune.config import OptimConfig
+    from haloprune.training import Callback, fit
+
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100")
+    halo = HALO(model, target_sparsity=0.95, target_control="exact")
+    optim = OptimConfig(
+        optimizer=optimizer,
+        epochs=4,
+        batch_size=100,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=1e-4,
+        schedule=schedule,
+        milestones=[2, 3] if schedule == "step" else [],
+    )
+    above: list[float] = []
+
+    class Watch(Callback):
+        def on_step_end(self, state) -> None:
+            ctrl = halo.controller
+            zeros = 1 - sum(int(torch.count_nonzero(w)) for w in halo.weights()) / halo.num_penalized
+            wanted = 1 - ctrl.target_density(ctrl.spent / halo.step_budget)
+            above.append(zeros - wanted)
+
+    fit(model, fmnist_slice, optim, penalty=halo, progress=False, callbacks=[Watch()])
+    zeros = 1 - sum(int(torch.count_nonzero(w)) for w in halo.weights()) / halo.num_penalized
+    assert zeros == pytest.approx(0.95, abs=1e-3)
+    assert max(above) <= 1e-3  # never ahead of the ramp by more than a tenth of a percent

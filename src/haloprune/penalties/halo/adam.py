@@ -165,7 +165,7 @@ def adam_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
         coupled=update.coupled,
         prox=halo.prox,
     )
-    halo.control(plan.ws, float(g0["lr"]))
+    halo.control(plan.ws, float(g0["lr"]), float(g0["lr"]))
     t, steps, hp = _gather(update, optimizer, plan, c)
     compiled(halo_adam_step, halo.lam.device.type)(t, update.step_values(hp), c)
     torch._foreach_add_(steps, 1.0)

@@ -15,12 +15,14 @@ from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, 
 from haloprune.penalties.halo.adam import adam_step
 from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read
 from haloprune.penalties.halo.sgd import sgd_step
-from haloprune.penalties.halo.target import SparsityController, TargetMode, step_budget
+from haloprune.penalties.halo.target import CONTROLS, SparsityController, TargetMode, step_budget
 
 Coupling = Literal["coupled", "decoupled"]
 #: λ's storage: ``float32``, or ``bfloat16`` (half the memory; the fused step computes in float32 and
 #: rounds λ and its moments back stochastically, so updates far below bfloat16's resolution still count)
 LambdaDtype = Literal["float32", "bfloat16"]
+#: How target mode sets ξ (:data:`~haloprune.penalties.halo.target.CONTROLS`)
+TargetControl = Literal["pi", "exact"]
 
 #: How HALO combines with Adam/AdamW when not told, for fixed ξ and ψ (measured on Fashion-MNIST
 #: LeNet-300-100 with AdamW: docs/results/adam.md). Target mode and ``prox`` are decoupled updates and
@@ -85,6 +87,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         target_sparsity: float | None = None,
         psi_hat: float = 5.0,
         ramp_end: float = 0.75,
+        target_control: TargetControl = "pi",
         step_budget: float | None = None,
         prox: bool = False,
         fused: bool = True,
@@ -105,6 +108,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             target_sparsity=target_sparsity,
             psi_hat=psi_hat,
             ramp_end=ramp_end,
+            target_control=target_control,
             prox=prox,
             fused=fused,
             coupling=coupling,
@@ -112,7 +116,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         )
         self.target: TargetMode | None = None
         if target_sparsity is not None:
-            self.target = TargetMode(target_sparsity, psi_hat, ramp_end)
+            self.target = TargetMode(target_sparsity, psi_hat, ramp_end, target_control)
             xi, psi, prox = 0.0, 0.0, True
         elif xi is None or psi is None:
             raise ValueError("give xi and psi, or target_sparsity")
@@ -166,6 +170,10 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 raise ValueError(f"psi_hat must be > 0, got {s['psi_hat']}")
             if not 0.0 < s["ramp_end"] <= 1.0:
                 raise ValueError(f"ramp_end must be in (0, 1], got {s['ramp_end']}")
+        if s["target_control"] not in CONTROLS:
+            raise ValueError(f"target_control must be one of {CONTROLS}, got {s['target_control']!r}")
+        if s["target_control"] != "pi" and target is None:
+            raise ValueError("target_control is a setting of target mode: give target_sparsity too")
         xi, psi = s["xi"] or 0.0, s["psi"] or 0.0
         if xi < 0 or psi < 0:
             raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")
@@ -211,9 +219,17 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.target.begin(step_budget)
         self._set_strengths()
 
-    def control(self, ws: Tensors, step_size: float) -> None:
-        """Before each fused step: target mode accounts for it and, when due, steers ξ (no-op otherwise)."""
-        if self.target is not None and self.target.control(ws, self.num_penalized, step_size):
+    def control(self, ws: Tensors, step_size: float, lr: float) -> None:
+        """Before each fused step (``step_size``: its share of the step budget; ``lr``: the weights' lr):
+        target mode accounts for it and, when due, sets ξ (no-op without target mode)."""
+        target = self.target
+        if target is None:
+            return
+        if target.control_kind == "exact":
+            target.account(step_size)
+            target.exact_xi(ws, self._lam_squared(), lr)
+            self._set_strengths()
+        elif target.control(ws, self.num_penalized, step_size):
             self._set_strengths()
 
     def _set_strengths(self) -> None:
@@ -228,12 +244,14 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         if self.target is not None:
             state["controller"] = self.target.controller.state()
             state["step_budget"] = self.target.step_budget
+            state["exact_xi"] = self.target.xi
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
         if self.target is not None and "controller" in state:
             self.target.controller.load(state["controller"])
+            self.target.xi = float(state.get("exact_xi", 0.0))
             if state.get("step_budget") is not None:
                 self.begin_training(state["step_budget"])
 
@@ -374,15 +392,24 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         any loop that passes a closure) computes the gradients *inside* ``step()``, after pre-step hooks:
         the closure is run here first (with gradients enabled, as ``torch.optim`` does), then HALO's fused
         step, and ``step()`` is handed a closure that returns the loss already computed."""
-        assert self.update is not None
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self.update.step(optimizer)
+            self._step(optimizer)
             return None
         with torch.enable_grad():
             loss = closure()
-        self.update.step(optimizer)
+        self._step(optimizer)
         return args[:1], {**kwargs, "closure": lambda: loss}
+
+    def _step(self, optimizer: torch.optim.Optimizer) -> None:
+        assert self.update is not None
+        self.update.step(optimizer)
+        if self.target is not None and self.target.control_kind == "exact":
+            self.target.top_up(self.weights(), self._lam_squared())
+
+    def _lam_squared(self) -> torch.Tensor:
+        """λ², read and clamped as the fused step reads it (target mode's exact control scores by it)."""
+        return read(self.lam.detach()).clamp(self.lambda_min, self.lambda_max).square()
 
     # ----------------------------------------------------------------------------- logging
 

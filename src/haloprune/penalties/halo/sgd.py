@@ -143,7 +143,7 @@ def sgd_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
         first=dampening != 0.0 and int(halo.fused_steps) == 0,
         prox=halo.prox,
     )
-    halo.control(plan.ws, float(g0["lr"]) / (1.0 - momentum))
+    halo.control(plan.ws, float(g0["lr"]) / (1.0 - momentum), float(g0["lr"]))
     t, hp = _gather(update, optimizer, plan, momentum != 0.0)
     compiled(halo_sgd_step, halo.lam.device.type)(t, update.step_values(hp), c)
     update.finish([*t.ws, *t.others])

@@ -204,15 +204,27 @@ def step_budget(
     return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
 
 
-class TargetMode:
-    """HALO's target mode, whole: the sparsity asked for, the :class:`SparsityController` that steers
-    ``c`` from the measured density, and the strengths it implies once the run's step budget ``B`` is known
-    (``ψ = psi_hat / B``, ``ξ = c³ / ψ²``). The penalty holds one and asks it for ξ and ψ."""
+#: How target mode sets ξ: ``"pi"`` steers ``c`` with :class:`SparsityController`'s PI loop from the
+#: density measured every 10 steps; ``"exact"`` chooses ξ before every step so that the proximal step
+#: zeroes exactly the weights the ramp asks for (see :meth:`TargetMode.exact_xi`).
+CONTROLS = ("pi", "exact")
 
-    def __init__(self, sparsity: float, psi_hat: float, ramp_end: float) -> None:
+
+class TargetMode:
+    """HALO's target mode, whole: the sparsity asked for, the :class:`SparsityController` that follows the
+    ramp of target densities, and the strengths once the run's step budget ``B`` is known: ``ψ = psi_hat /
+    B`` and ξ from the control (``"pi"``: ``ξ = c³ / ψ²`` with ``c`` steered; ``"exact"``: the threshold
+    that leaves the ramp's density, chosen every step). The penalty holds one and asks it for ξ and ψ."""
+
+    def __init__(self, sparsity: float, psi_hat: float, ramp_end: float, control: str = "pi") -> None:
         self.controller = SparsityController(float(sparsity), ramp_end=float(ramp_end))
+        if control == "exact":
+            self.controller.every = 1  # ξ is a threshold for one step: chosen before every step
         self.psi_hat = float(psi_hat)
         self.step_budget: float | None = None
+        self.control_kind = control
+        self.xi = 0.0  # "exact": the ξ chosen before the last step
+        self.wanted = 0  # "exact": the zeros the ramp asks for at the last step
 
     def use_gains(self, family: str) -> None:
         """The controller's gains for an optimizer family (``"sgd"``, ``"adam"``; see :data:`GAINS`)."""
@@ -226,21 +238,63 @@ class TargetMode:
         self.step_budget = float(step_budget)
 
     def strengths(self) -> tuple[float, float]:
-        """``(ξ, ψ)`` for the controller's current ``c``."""
+        """``(ξ, ψ)``: for the controller's current ``c`` (``"pi"``), or the ξ last chosen (``"exact"``)."""
         if self.step_budget is None:
             raise RuntimeError("target mode has no step budget yet (begin(step_budget) first)")
         psi = self.psi_hat / self.step_budget
+        if self.control_kind == "exact":
+            return self.xi, psi
         return self.controller.c(self.step_budget) ** 3 / psi**2, psi
 
-    def control(self, weights: list[torch.Tensor], num_penalized: int, step_size: float) -> bool:
-        """Account for one optimizer step (``step_size``: ``lr / (1 − momentum)``, or ``lr``) and, when the
-        controller is due, steer ``c`` from the density of ``weights``; True if ``c`` changed."""
+    def exact_xi(self, weights: list[torch.Tensor], scale: torch.Tensor, lr: float) -> None:
+        """``"exact"``: choose ξ for the coming step so that its proximal step zeroes the ramp's share.
+
+        The step soft-thresholds a weight ``w`` by ``lr·ξ/λ²``: it ends at zero iff ``|w|·λ²/lr ≤ ξ`` (for
+        the weight after the task's step; the weight before it stands in). So with ``k`` zeros wanted of
+        ``n`` (``1 −`` the ramp's density at the budget spent), ξ is the ``k``-th smallest ``|w|·λ²``
+        divided by ``lr``: HALO's learned λ, not the magnitude alone, decides which weights go, and the
+        count cannot overshoot the ramp (0 zeros wanted: ξ = 0, no shrinkage). ``scale`` is ``λ²`` (flat,
+        in penalised-parameter order)."""
+        assert self.step_budget is not None
+        ctrl = self.controller
+        w = torch.cat([t.detach().abs().flatten() for t in weights])
+        n = w.numel()
+        ctrl.density = float(torch.count_nonzero(w)) / n
+        k = self.wanted = n - round(ctrl.target_density(ctrl.spent / self.step_budget) * n)
+        if k <= 0 or lr <= 0:
+            self.xi = 0.0
+            return
+        score = w.to(scale.dtype) * scale
+        self.xi = float(score.kthvalue(k).values) / lr
+
+    @torch.no_grad()
+    def top_up(self, weights: list[torch.Tensor], scale: torch.Tensor) -> None:
+        """``"exact"``, after the step: weights the step revived (an Adam step moves a zero weight by about
+        lr) leave fewer zeros than wanted; the nonzero weights of smallest ``|w|·λ²`` are set to zero until
+        the ramp's count is met (ties may add a few more). ``scale`` is ``λ²``, as for :meth:`exact_xi`."""
+        w = torch.cat([t.detach().abs().flatten() for t in weights])
+        missing = self.wanted - (w.numel() - int(torch.count_nonzero(w)))
+        if missing <= 0:
+            return
+        score = (w.to(scale.dtype) * scale).masked_fill(w == 0, float("inf"))
+        cut = score.kthvalue(missing).values
+        for t, s in zip(weights, score.split([t.numel() for t in weights]), strict=True):
+            t.masked_fill_((s <= cut).view_as(t), 0.0)
+
+    def account(self, step_size: float) -> bool:
+        """Count one optimizer step (``step_size``: ``lr / (1 − momentum)``, or ``lr``) in the budget spent;
+        True when the controller is due."""
         if self.step_budget is None:
             raise RuntimeError(
                 "target_sparsity: give the run's length, halo.attach(optimizer, total_steps=N, "
                 "scheduler=sched), or call halo.begin_training(step_budget) before training"
             )
-        if not self.controller.step(step_size):
+        return self.controller.step(step_size)
+
+    def control(self, weights: list[torch.Tensor], num_penalized: int, step_size: float) -> bool:
+        """``"pi"``: account for one optimizer step and, when the controller is due, steer ``c`` from the
+        density of ``weights``; True if ``c`` changed."""
+        if not self.account(step_size):
             return False
         nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
         self.controller.update(nonzero / num_penalized, self.step_budget)
@@ -251,10 +305,11 @@ class TargetMode:
         ctrl, budget = self.controller, self.step_budget
         if budget is None:
             return {}
+        c_hat = math.exp(ctrl.log_c_hat) if self.control_kind == "pi" else (xi * psi**2) ** (1 / 3) * budget
         return {
             "xi": xi,
             "psi": psi,
-            "c_hat": math.exp(ctrl.log_c_hat),
+            "c_hat": c_hat,
             "density": ctrl.density,
             "target_density": ctrl.target_density(ctrl.spent / budget),
             "budget_spent": ctrl.spent / budget,
