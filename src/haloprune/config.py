@@ -409,10 +409,8 @@ def check_penalty_optim(penalty: dict[str, Any], optim: OptimConfig, where: str)
     coupling = penalty.get("coupling")
     if coupling is None:
         return
-    if optim.optimizer == "sgd":
+    if optim.optimizer == "sgd":  # (coupled with target_sparsity or prox: HALO.check_options refuses it)
         raise ValueError(f"{where}.coupling applies to optim.optimizer 'adam' or 'adamw', not 'sgd'")
-    if coupling == "coupled" and (penalty.get("target_sparsity") is not None or penalty.get("prox")):
-        raise ValueError(f"{where}: target_sparsity and prox are decoupled updates: leave coupling unset")
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
