@@ -86,3 +86,21 @@ def test_data_dir_reaches_the_jobs_and_the_report(
     assert main(["sweep", str(config), "--quiet", "--data-dir", str(real_fmnist)]) == 0
     assert "done 1, skipped 0" in capsys.readouterr().out
     assert (tmp_path / "dense" / "layer_sparsity.png").stat().st_size > 0  # drawn from the data
+
+
+@pytest.mark.slow
+def test_target_control_benchmark_quick_runs_and_lands_on_the_target(
+    tmp_path: Path, real_fmnist: Path
+) -> None:
+    """configs/paper/fmnist-lenet300-target-control.toml --quick: every method runs; the exact control's
+    runs end at the target before the final pruning (within ±0.1%)."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "paper" / "fmnist-lenet300-target-control.toml"
+    db = tmp_path / "results.sqlite"
+    args = ["sweep", str(config), "--quick", "--quiet", "--set", f"db='{db}'", "--jobs", "2"]
+    assert main(args) == 0
+    records = json.loads((tmp_path / "fmnist-lenet300-target-control-quick" / "results.json").read_text())
+    by_method = {r["method"]: r for r in records}
+    assert set(by_method) == {"halo-pi", "halo-exact", "gmp", "halo-pi-sgd", "halo-exact-sgd", "gmp-sgd"}
+    for name in ("halo-exact", "halo-exact-sgd"):
+        assert by_method[name]["trained_sparsity"] == pytest.approx(0.95, abs=1e-3)
+    assert all(r["achieved_sparsity"] == pytest.approx(0.95, abs=1e-4) for r in records)
