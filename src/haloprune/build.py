@@ -19,7 +19,7 @@ from haloprune.data import SplitData, load_dataset
 from haloprune.data.datasets import get_spec
 from haloprune.models import MODELS, build_model
 from haloprune.penalties import Penalty, build_penalty
-from haloprune.pruning.masks import attach_mask, load_state_dict, without_masks
+from haloprune.pruning.masks import attach_masks, load_state_dict, without_masks
 from haloprune.pruning.storage import FORMAT, read_metadata, read_sparse
 
 
@@ -131,8 +131,7 @@ def init_from(model: nn.Module, source: str | Path) -> None:
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ConfigError(f"model.init_from {source} does not fit the model: {'; '.join(problems[:3])}{more}")
-    for name, mask in masks.items():
-        attach_mask(model, name, mask)
+    attach_masks(model, masks)
     load_state_dict(model, {**model.state_dict(), **state}, restore=False)  # with the masks it carries
 
 

@@ -34,7 +34,7 @@ from haloprune.core.io import atomic_path
 from haloprune.core.params import unwrap
 from haloprune.models import build_model
 from haloprune.pruning import Cost, count_cost, global_magnitude_prune, group_prune, sparsity_report
-from haloprune.pruning.masks import attach_mask, without_masks
+from haloprune.pruning.masks import attach_masks, without_masks
 from haloprune.pruning.slim import slim
 from haloprune.pruning.storage import (
     COMPRESSED_TENSORS_FORMAT,
@@ -69,8 +69,7 @@ def load(path: str | Path) -> nn.Module:
     arch = stored.architecture
     model = build_model(arch["name"], **arch.get("kwargs", {}))
     state = stored.state
-    for name, mask in stored.masks.items():
-        attach_mask(model, name, mask)
+    attach_masks(model, stored.masks)
     missing = set(without_masks(model.state_dict())) - set(state)
     if missing:
         raise HaloPruneError(f"{path} lacks {sorted(missing)[:3]} for model {arch['name']!r}")

@@ -22,7 +22,7 @@ from haloprune.core.params import SELECTION_KEYS
 from haloprune.penalties.base import check_keywords
 from haloprune.penalties.halo import HALO
 from haloprune.pruning.magnitude import global_magnitude_prune
-from haloprune.pruning.masks import attach_mask, get_masks
+from haloprune.pruning.masks import attach_masks, get_masks
 
 
 class HALOSession:
@@ -94,7 +94,7 @@ class HALOSession:
             )
         self._model = model
         if self._pending_masks is not None:
-            self._restore_masks(self._pending_masks)
+            attach_masks(model, self._pending_masks)
             self._pending_masks = None
         if self.halo is None:
             kwargs = dict(self.halo_kwargs)
@@ -139,7 +139,7 @@ class HALOSession:
         masks = state.get("masks")
         if masks:
             if self._model is not None:
-                self._restore_masks(masks)
+                attach_masks(self._model, masks)
             else:
                 self._pending_masks = masks
         saved = state.get("halo")
@@ -149,11 +149,6 @@ class HALOSession:
             self.halo.load_state_dict(saved)
         else:
             self._pending = saved
-
-    def _restore_masks(self, masks: dict[str, torch.Tensor]) -> None:
-        assert self._model is not None
-        for name, mask in masks.items():
-            attach_mask(self._model, name, mask)
 
     def finish(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """Detach HALO from the optimizer and, with ``prune_at_end``, prune ``model`` (in place); returns

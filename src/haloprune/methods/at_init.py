@@ -17,7 +17,7 @@ from torch import nn
 from haloprune.core.params import select_parameters
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import masks_from_scores
-from haloprune.pruning.masks import attach_mask, masked_state_dict
+from haloprune.pruning.masks import attach_masks, masked_state_dict
 
 
 def snip_scores(
@@ -67,8 +67,7 @@ class RandomPruning(Method):
 
 
 def _train_masked(ctx: Context, model: nn.Module, masks: dict[str, torch.Tensor], target: float) -> Outcome:
-    for n, m in masks.items():
-        attach_mask(model, n, m)
+    attach_masks(model, masks)
     ctx.fit(
         model,
         ctx.run.optim,

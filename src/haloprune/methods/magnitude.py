@@ -25,7 +25,7 @@ from pydantic import Field
 from haloprune.core.schedules import cubic_sparsity
 from haloprune.methods.base import Context, KeepWeightsAt, Method, Outcome, Params
 from haloprune.pruning import magnitude_scores, masks_from_scores
-from haloprune.pruning.masks import attach_mask, get_masks, masked_state_dict, without_masks
+from haloprune.pruning.masks import attach_masks, get_masks, masked_state_dict, without_masks
 from haloprune.training.callbacks import Callback, FitState
 
 
@@ -36,8 +36,7 @@ def rewind_(model: torch.nn.Module, state: dict[str, torch.Tensor], masks: dict[
     current = model.state_dict()
     for k, v in without_masks(state).items():
         current[k].copy_(v)
-    for n, m in masks.items():
-        attach_mask(model, n, m)
+    attach_masks(model, masks)
 
 
 class FineTuneParams(Params):

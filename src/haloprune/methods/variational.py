@@ -17,7 +17,7 @@ from pydantic import Field
 from haloprune.methods import svdo
 from haloprune.methods.base import Context, Method, Outcome, Params
 from haloprune.pruning import masks_from_scores
-from haloprune.pruning.masks import attach_mask, masked_state_dict
+from haloprune.pruning.masks import attach_masks, masked_state_dict
 
 
 class SparseVDParams(Params):
@@ -62,7 +62,6 @@ class SparseVD(Method):
         records = []
         for s in sparsities:
             pruned = ctx.prune_copy(dense, 0.0)
-            for name, mask in masks_from_scores(scores, s).items():
-                attach_mask(pruned, name, mask)
+            attach_masks(pruned, masks_from_scores(scores, s))
             records.append(ctx.record(pruned, s, **extra))
         return Outcome(records, ctx.run.optim.epochs, {"model": masked_state_dict(native)})

@@ -18,6 +18,7 @@ from haloprune.pruning.magnitude import (
 from haloprune.pruning.masks import (
     apply_masks_,
     attach_mask,
+    attach_masks,
     get_masks,
     load_state_dict,
     masked_state_dict,
@@ -34,6 +35,7 @@ __all__ = [
     "LayerSparsity",
     "apply_masks_",
     "attach_mask",
+    "attach_masks",
     "count_cost",
     "format_sparsity_report",
     "get_masks",

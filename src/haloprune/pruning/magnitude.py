@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from haloprune.core.params import SelectionArgs, require_parameters, select_parameters, unwrap
-from haloprune.pruning.masks import attach_mask, get_masks
+from haloprune.pruning.masks import attach_masks, get_masks
 
 
 def _check_sparsity(sparsity: float) -> None:
@@ -84,8 +84,7 @@ def _prune(
 ) -> dict[str, torch.Tensor]:
     names = require_parameters(model, "prune", **selection)
     masks = masks_from_scores(magnitude_scores(model, names), sparsity, per_layer=per_layer, of=of)
-    for n, m in masks.items():
-        attach_mask(model, n, m)
+    attach_masks(model, masks)
     return masks
 
 

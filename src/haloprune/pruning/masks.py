@@ -115,6 +115,12 @@ def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     _generation += 1
 
 
+def attach_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """:func:`attach_mask` for every ``{parameter name: mask}`` of ``masks``."""
+    for name, mask in masks.items():
+        attach_mask(model, name, mask)
+
+
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{parameter name: bool mask}`` for every masked parameter."""
     model = unwrap(model)
@@ -187,8 +193,7 @@ def load_state_dict(
     }
     plain = {k: v for k, v in state_dict.items() if not (k.endswith(SUFFIX) and k[: -len(SUFFIX)] in masks)}
     result = model.load_state_dict(plain, strict=strict)
-    for name, mask in masks.items():
-        attach_mask(model, name, mask)
+    attach_masks(model, masks)
     if not masks and restore:
         restore_masks(model, **selection)
     apply_masks_(model)
