@@ -120,7 +120,7 @@ def init_from(model: nn.Module, source: str | Path) -> None:
     """Load the weights (and masks) of ``source`` (see :func:`initial_state`) into ``model``, in place;
     any missing, extra or differently shaped tensor is a one-line :class:`ConfigError`."""
     state, masks = initial_state(source)
-    own, theirs = without_masks(model.state_dict()), without_masks(state)
+    own, theirs = model.state_dict(), without_masks(state)  # a saved state may carry its masks
     problems = [f"{k} missing" for k in own if k not in theirs]
     problems += [f"{k} not in {type(model).__name__}" for k in theirs if k not in own]
     problems += [

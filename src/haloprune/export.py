@@ -70,7 +70,7 @@ def load(path: str | Path) -> nn.Module:
     model = build_model(arch["name"], **arch.get("kwargs", {}))
     state = stored.state
     attach_masks(model, stored.masks)
-    missing = set(without_masks(model.state_dict())) - set(state)
+    missing = set(model.state_dict()) - set(state)
     if missing:
         raise HaloPruneError(f"{path} lacks {sorted(missing)[:3]} for model {arch['name']!r}")
     model.load_state_dict({**model.state_dict(), **state})
@@ -102,7 +102,7 @@ def save_pretrained(model: nn.Module, folder: str | Path, **kwargs: Any) -> Path
         method = getattr(method, "value", method)
         raise HaloPruneError(f"save_pretrained writes dense weights; this model is quantized ({method})")
     state = kwargs.pop("state_dict", None)
-    state = without_masks(model.state_dict() if state is None else state)
+    state = model.state_dict() if state is None else without_masks(state)  # a given one may carry masks
     missing = object()
     before = config.__dict__.get("quantization_config", missing)
     try:

@@ -33,7 +33,7 @@ from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import atomic_path
 from haloprune.core.params import unwrap
-from haloprune.pruning.masks import get_masks, without_masks
+from haloprune.pruning.masks import get_masks
 
 FORMAT = "haloprune-sparse/1"
 
@@ -73,7 +73,7 @@ def save_sparse(
     masks = get_masks(model)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
-    for name, value in without_masks(model.state_dict()).items():
+    for name, value in model.state_dict().items():
         if name in masks:
             for part, t in _encode(value, masks[name]).items():
                 tensors[f"{name}::{part}"] = t
@@ -206,7 +206,7 @@ def save_compressed_tensors(
     quantization = compressed_tensors_config(model)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for name, value in without_masks(model.state_dict()).items():
+    for name, value in model.state_dict().items():
         value = value.detach().cpu().contiguous()
         storage = value.untyped_storage().data_ptr()
         if value.numel() and storage in seen:  # a tied weight: safetensors stores no shared memory
