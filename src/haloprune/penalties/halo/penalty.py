@@ -164,12 +164,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
                 )
             if not s["fused"]:
                 raise ValueError(f"target_sparsity is {fused_only}")
-            if not 0.0 < target < 1.0:
-                raise ValueError(f"target sparsity must be in (0, 1), got {target}")
             if s["psi_hat"] <= 0:
                 raise ValueError(f"psi_hat must be > 0, got {s['psi_hat']}")
-            if not 0.0 < s["ramp_end"] <= 1.0:
-                raise ValueError(f"ramp_end must be in (0, 1], got {s['ramp_end']}")
+            SparsityController(float(target), ramp_end=float(s["ramp_end"]))  # checks its sparsity, ramp_end
         if s["target_control"] not in CONTROLS:
             raise ValueError(f"target_control must be one of {CONTROLS}, got {s['target_control']!r}")
         if s["target_control"] != "pi" and target is None:
@@ -222,14 +219,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     def control(self, ws: Tensors, step_size: float, lr: float) -> None:
         """Before each fused step (``step_size``: its share of the step budget; ``lr``: the weights' lr):
         target mode accounts for it and, when due, sets ξ (no-op without target mode)."""
-        target = self.target
-        if target is None:
-            return
-        if target.control_kind == "exact":
-            target.account(step_size)
-            target.exact_xi(ws, self._lam_squared(), lr)
-            self._set_strengths()
-        elif target.control(ws, self.num_penalized, step_size):
+        if self.target is not None and self.target.control(ws, self._lam_squared, step_size, lr):
             self._set_strengths()
 
     def _set_strengths(self) -> None:
@@ -404,8 +394,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     def _step(self, optimizer: torch.optim.Optimizer) -> None:
         assert self.update is not None
         self.update.step(optimizer)
-        if self.target is not None and self.target.control_kind == "exact":
-            self.target.top_up(self.weights(), self._lam_squared())
+        if self.target is not None:
+            assert self.update.plan is not None  # made by the step
+            self.target.after_step(self.update.plan.ws, self._lam_squared)
 
     def _lam_squared(self) -> torch.Tensor:
         """λ², read and clamped as the fused step reads it (target mode's exact control scores by it)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -246,7 +247,7 @@ class TargetMode:
             return self.xi, psi
         return self.controller.c(self.step_budget) ** 3 / psi**2, psi
 
-    def exact_xi(self, weights: list[torch.Tensor], scale: torch.Tensor, lr: float) -> None:
+    def _exact_xi(self, weights: list[torch.Tensor], scale: torch.Tensor, lr: float) -> None:
         """``"exact"``: choose ξ for the coming step so that its proximal step zeroes the ramp's share.
 
         The step soft-thresholds a weight ``w`` by ``lr·ξ/λ²``: it ends at zero iff ``|w|·λ²/lr ≤ ξ`` (for
@@ -268,10 +269,10 @@ class TargetMode:
         self.xi = float(score.kthvalue(k).values) / lr
 
     @torch.no_grad()
-    def top_up(self, weights: list[torch.Tensor], scale: torch.Tensor) -> None:
+    def _top_up(self, weights: list[torch.Tensor], scale: torch.Tensor) -> None:
         """``"exact"``, after the step: weights the step revived (an Adam step moves a zero weight by about
         lr) leave fewer zeros than wanted; the nonzero weights of smallest ``|w|·λ²`` are set to zero until
-        the ramp's count is met (ties may add a few more). ``scale`` is ``λ²``, as for :meth:`exact_xi`."""
+        the ramp's count is met (ties may add a few more). ``scale`` is ``λ²``, as for :meth:`_exact_xi`."""
         w = torch.cat([t.detach().abs().flatten() for t in weights])
         missing = self.wanted - (w.numel() - int(torch.count_nonzero(w)))
         if missing <= 0:
@@ -281,24 +282,36 @@ class TargetMode:
         for t, s in zip(weights, score.split([t.numel() for t in weights]), strict=True):
             t.masked_fill_((s <= cut).view_as(t), 0.0)
 
-    def account(self, step_size: float) -> bool:
-        """Count one optimizer step (``step_size``: ``lr / (1 − momentum)``, or ``lr``) in the budget spent;
-        True when the controller is due."""
+    def control(
+        self,
+        weights: list[torch.Tensor],
+        lam_squared: Callable[[], torch.Tensor],
+        step_size: float,
+        lr: float,
+    ) -> bool:
+        """Before an optimizer step (``step_size``: its share of the budget, ``lr / (1 − momentum)`` or
+        ``lr``; ``lr``: the weights' lr): count it in the budget spent, then set ξ for it — ``"pi"``: steer
+        ``c`` from the density of ``weights`` when the controller is due; ``"exact"``: :meth:`_exact_xi`
+        (``lam_squared()`` gives λ², asked for only then). True if ξ changed."""
         if self.step_budget is None:
             raise RuntimeError(
                 "target_sparsity: give the run's length, halo.attach(optimizer, total_steps=N, "
                 "scheduler=sched), or call halo.begin_training(step_budget) before training"
             )
-        return self.controller.step(step_size)
-
-    def control(self, weights: list[torch.Tensor], num_penalized: int, step_size: float) -> bool:
-        """``"pi"``: account for one optimizer step and, when the controller is due, steer ``c`` from the
-        density of ``weights``; True if ``c`` changed."""
-        if not self.account(step_size):
+        due = self.controller.step(step_size)
+        if self.control_kind == "exact":
+            self._exact_xi(weights, lam_squared(), lr)
+            return True
+        if not due:
             return False
         nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
-        self.controller.update(nonzero / num_penalized, self.step_budget)
+        self.controller.update(nonzero / sum(w.numel() for w in weights), self.step_budget)
         return True
+
+    def after_step(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
+        """After an optimizer step: ``"exact"`` tops up the zeros the step revived (:meth:`_top_up`)."""
+        if self.control_kind == "exact":
+            self._top_up(weights, lam_squared())
 
     def stats(self, xi: float, psi: float) -> dict[str, float]:
         """ξ, ψ, c·B, the density last measured and the target density now, the share of the budget spent."""
