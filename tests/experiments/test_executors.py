@@ -29,6 +29,7 @@ from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import load_torch
 from haloprune.experiments.config import ExecutorConfig, load_sweep_config
 from haloprune.experiments.executors import JobError, JobResult, JobTask, SubmititExecutor
+from haloprune.experiments.executors.base import read_result
 from haloprune.experiments.jobs import Job
 from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.runner import run_sweep
@@ -208,7 +209,8 @@ def _lost(store: ResultStore, log: Path, jobs: list[Job]) -> set[str]:
 
 
 def _collectable(store: ResultStore, job: Job) -> bool:
-    return (store.path.parent / job.sweep / "jobs" / job.key / "result.json").exists()
+    """The driver finds this job's result in its work folder (and would not run it again)."""
+    return read_result(SweepPaths(store.path, job.sweep).work(job.key)) is not None
 
 
 def _finish_and_check(store: ResultStore, log: Path, jobs: list[Job], cfg: ExecutorConfig) -> dict[str, Any]:
