@@ -14,7 +14,13 @@ from haloprune import HALO
 from haloprune.config import PenaltyConfig, TrainConfig, load_config
 from haloprune.core.errors import ConfigError
 from haloprune.penalties.halo import fused, sgd
-from haloprune.penalties.halo.target import GAINS, SparsityController, lr_trajectory, step_budget
+from haloprune.penalties.halo.target import (
+    GAINS,
+    SparsityController,
+    kth_smallest,
+    lr_trajectory,
+    step_budget,
+)
 from haloprune.training.optim import LRSchedule
 from tests.helpers import mlp
 
@@ -379,3 +385,19 @@ def test_exact_control_ends_within_a_tenth_of_a_percent_of_the_target(
     zeros = 1 - sum(int(torch.count_nonzero(w)) for w in halo.weights()) / halo.num_penalized
     assert zeros == pytest.approx(0.95, abs=1e-3)
     assert max(above) <= 1e-3  # never ahead of the ramp by more than a tenth of a percent
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kth_smallest_equals_kthvalue_whatever_the_hint(seed: int) -> None:
+    """The exact control's selection: the hint only makes it cheaper. Ties, zeros, infinities (the
+    top-up's dead weights), hints far off on either side, on a value, at zero, or none."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(5000, generator=g) ** 3
+    values[torch.rand(5000, generator=g) < 0.6] = 0.0  # dead weights score 0
+    values[:50] = values[50]  # ties
+    values[-200:] = float("inf")
+    ks = [1, 2999, 3000, 3001, 4000, 4799, 4800, 4801, 5000, int(torch.randint(1, 5001, (1,), generator=g))]
+    for k in ks:
+        want = float(values.kthvalue(k).values)
+        for near in (None, 0.0, want, want * 1.05, want * 0.95, want * 50, want / 50, 1e-12, 0.5, float(values[50])):
+            assert kth_smallest(values, k, near) == want, (k, near)

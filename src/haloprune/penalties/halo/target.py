@@ -204,6 +204,34 @@ def step_budget(
     steps = _trajectory(optimizer, total_steps, scheduler, param, every)
     return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
 
+_BAND = 0.1  # kth_smallest's first band: ±10% around the hint (widened 4x per miss, 3 tries)
+
+
+def kth_smallest(values: torch.Tensor, k: int, near: float | None = None) -> float:
+    """The ``k``-th smallest (1-based) of the 1-D ``values``: exactly ``values.kthvalue(k).values``, found
+    in a few elementwise passes when ``near`` is close to it (target mode's cut moves little from one step
+    to the next). Values are counted on either side of a band around ``near`` and only those inside it are
+    selected among; a band that misses is widened, then the whole is selected among. The hint changes
+    the cost, never the answer."""
+    if near is not None and math.isfinite(near):
+        below = int(torch.count_nonzero(values < near))
+        upto = int(torch.count_nonzero(values <= near))
+        if below < k <= upto:
+            return near
+        width = max(abs(near), 1e-30) * _BAND
+        for _ in range(3):
+            if k <= below:  # the answer lies below near
+                lo = near - width
+                under = int(torch.count_nonzero(values < lo))
+                if under < k:
+                    return float(values[(values >= lo) & (values < near)].kthvalue(k - under).values)
+            else:
+                hi = near + width
+                if k <= int(torch.count_nonzero(values <= hi)):
+                    return float(values[(values > near) & (values <= hi)].kthvalue(k - upto).values)
+            width *= 4
+    return float(values.kthvalue(k).values)
+
 
 #: How target mode sets ξ: ``"pi"`` steers ``c`` with :class:`SparsityController`'s PI loop from the
 #: density measured every 10 steps; ``"exact"`` chooses ξ before every step so that the proximal step
@@ -226,6 +254,7 @@ class TargetMode:
         self.control_kind = control
         self.xi = 0.0  # "exact": the ξ chosen before the last step
         self.wanted = 0  # "exact": the zeros the ramp asks for at the last step
+        self._near: dict[str, float] = {}  # "exact": the last cuts, hints for kth_smallest (not state)
 
     def use_gains(self, family: str) -> None:
         """The controller's gains for an optimizer family (``"sgd"``, ``"adam"``; see :data:`GAINS`)."""
@@ -260,13 +289,15 @@ class TargetMode:
         ctrl = self.controller
         w = torch.cat([t.detach().abs().flatten() for t in weights])
         n = w.numel()
-        ctrl.density = float(torch.count_nonzero(w)) / n
+        nonzero = int(torch.count_nonzero(w))
+        ctrl.density = nonzero / n
         k = self.wanted = n - round(ctrl.target_density(ctrl.spent / self.step_budget) * n)
-        if k <= 0 or lr <= 0:
+        if k <= n - nonzero or lr <= 0:  # the zeros are enough already: the k-th smallest score is 0
             self.xi = 0.0
             return
         score = w.to(scale.dtype) * scale
-        self.xi = float(score.kthvalue(k).values) / lr
+        cut = self._near["xi"] = kth_smallest(score, k, self._near.get("xi"))
+        self.xi = cut / lr
 
     @torch.no_grad()
     def _top_up(self, weights: list[torch.Tensor], scale: torch.Tensor) -> None:
@@ -278,7 +309,7 @@ class TargetMode:
         if missing <= 0:
             return
         score = (w.to(scale.dtype) * scale).masked_fill(w == 0, float("inf"))
-        cut = score.kthvalue(missing).values
+        cut = self._near["top_up"] = kth_smallest(score, missing, self._near.get("top_up"))
         for t, s in zip(weights, score.split([t.numel() for t in weights]), strict=True):
             t.masked_fill_((s <= cut).view_as(t), 0.0)
 
