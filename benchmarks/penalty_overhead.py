@@ -2,8 +2,9 @@
 
 For each model and optimizer: plain training (forward + backward + step; the optimizer both with
 ``foreach=True`` and with ``fused=True``, the faster one is the baseline), fused HALO (the default),
-the reference autograd path, and plain training of a 90%-pruned model whose masks are enforced by
-haloprune's step hook ("masked").
+the reference autograd path, target-mode HALO at 95% with the exact control (the default) and with the
+PI control, both past their ramp (the budget of a 20-step run, spent in warm-up), and plain training of
+a 90%-pruned model whose masks are enforced by haloprune's step hook ("masked").
 Variants run in interleaved rounds after warm-up, with the thread count pinned; each ratio is taken per
 round against the same round's baseline and reported as median [min–max] over rounds. Random inputs of
 the real shapes (timing does not depend on the data).
@@ -40,6 +41,7 @@ def _sync(device: torch.device) -> None:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+TARGETS = ("target-exact", "target-pi")  # target mode's two controls
 
 
 def _optimizer(kind: str, params: list, plain: str) -> torch.optim.Optimizer:
@@ -53,7 +55,8 @@ def make_step(
     name: str, kwargs: dict, mode: str, kind: str, x: torch.Tensor, y: torch.Tensor, amp: bool
 ) -> Callable[[], None]:
     """One training step of ``mode``: "plain", "plain-fused" (``fused=True``), "halo-fused",
-    "halo-reference" or "masked" (plain, 90% pruned, masks enforced)."""
+    "halo-reference", "target-exact" / "target-pi" (target mode at 95%, that control, a 20-step budget)
+    or "masked" (plain, 90% pruned, masks enforced)."""
     torch.manual_seed(0)
     model = build_model(name, **kwargs).to(x.device)
     if x.device.type == "cuda" and x.ndim == 4:
@@ -64,10 +67,13 @@ def make_step(
     halo = None
     if mode.startswith("halo"):
         halo = HALO(model, xi=1e-7, psi=1e-3, fused=mode == "halo-fused").to(x.device)
+    elif mode.startswith("target"):
+        halo = HALO(model, target_sparsity=0.95, target_control=mode.split("-")[1]).to(x.device)
+    if halo is not None:
         params.append({"params": halo.parameters()})
     opt = _optimizer(kind, params, "fused" if mode == "plain-fused" else "foreach")
     if halo is not None:
-        halo.attach(opt)
+        halo.attach(opt, total_steps=20) if halo.target is not None else halo.attach(opt)
     in_loss = halo is not None and halo.in_loss
 
     def step() -> None:
@@ -152,9 +158,9 @@ def main() -> None:
     mem_cols = " plain peak MiB | HALO peak MiB |" if device.type == "cuda" else ""
     print(
         "| model | optimizer | batch | plain ms/step | HALO ms/step | HALO / plain | reference HALO / plain "
-        "| masked / plain | HALO images/s |" + mem_cols
+        "| target exact / plain | target PI / plain | masked / plain | HALO images/s |" + mem_cols
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if mem_cols else ""))
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if mem_cols else ""))
     worst = dict.fromkeys(args.optimizers, 0.0)
     for name in args.models:
         kwargs, batch = SPECS[name]
@@ -168,7 +174,7 @@ def main() -> None:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (batch,), generator=g).to(device)
         for kind in args.optimizers:
-            modes = ["plain", "plain-fused", "halo-fused", "halo-reference", "masked"]
+            modes = ["plain", "plain-fused", "halo-fused", "halo-reference", *TARGETS, "masked"]
             steps = {m: make_step(name, kwargs, m, kind, x, y, args.amp) for m in modes}
             reps = args.reps if name != "vgg16-bn" or device.type == "cuda" else max(3, args.reps // 10)
             times = measure(steps, device, reps, args.rounds)
@@ -183,7 +189,8 @@ def main() -> None:
             print(
                 f"| {label} | {opt_label} | {batch} | {statistics.median(times[base]):.3f} | {halo_ms:.3f} | "
                 f"{_spread(fused)} | {_spread(paired(times, 'halo-reference', base))} | "
-                f"{_spread(paired(times, 'masked', base))} | {batch / halo_ms * 1e3:,.0f} |"
+                + "".join(f"{_spread(paired(times, t, base))} | " for t in TARGETS)
+                + f"{_spread(paired(times, 'masked', base))} | {batch / halo_ms * 1e3:,.0f} |"
                 + (f" {peak[base]:,.0f} | {peak['halo-fused']:,.0f} |" if peak else ""),
                 flush=True,
             )

@@ -17,6 +17,7 @@ from haloprune.data.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = REPO / "configs" / "paper"
+MATRIX_CONFIGS = REPO / "configs" / "matrix"
 
 # --- penalties: a float64 conv net and its penalised weights -----------------------------------------
 CONV_NET_WEIGHTS = ["0.weight", "3.weight", "5.weight"]

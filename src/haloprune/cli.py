@@ -16,7 +16,7 @@ from haloprune.build import load_data
 from haloprune.config import TrainConfig, load_config
 from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
-from haloprune.core.io import save_json
+from haloprune.core.io import save_json, save_text
 from haloprune.data import download, load_dataset
 from haloprune.data.datasets import DATASETS, default_cache_dir
 from haloprune.experiments.config import (
@@ -32,7 +32,7 @@ from haloprune.experiments.report import log_pruned, sparsity_table
 from haloprune.experiments.runner import run_sweep, sweep_status
 from haloprune.experiments.store import DEFAULT_PATH, ResultStore
 from haloprune.experiments.sweep import copy_state, expand, run_job, worker_settings
-from haloprune.experiments.sweep_report import sweep_report
+from haloprune.experiments.sweep_report import sweep_report, sweeps_summary
 from haloprune.export import FORMATS, export_run
 from haloprune.integrations.loggers import build_logger
 from haloprune.pruning import format_sparsity_report, sparsity_report
@@ -268,7 +268,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    return _sweep(load_sweep_config(args.config, args.overrides, quick=args.quick), args)
+    """Each config in turn (all of them loaded first: a bad one stops the command before any runs)."""
+    configs = [load_sweep_config(path, args.overrides, quick=args.quick) for path in args.config]
+    return max(_sweep(cfg, args) for cfg in configs)
 
 
 def _with_executor(cfg: SweepConfig, name: str | None) -> SweepConfig:
@@ -370,7 +372,8 @@ def _sweep(cfg: SweepConfig, args: argparse.Namespace) -> int:
 
 def _report(
     db: str, sweep: str | None, keys: list[str] | None, *, as_json: bool, data_dir: str | None = None
-) -> int:
+) -> list[dict[str, Any]]:
+    """Write and print the report of ``sweep`` (every sweep in ``db`` if None); its records."""
     if not Path(db).is_file():
         raise HaloPruneError(f"no results store at {db}: run `haloprune sweep CONFIG.toml` first")
     everything = []
@@ -383,18 +386,34 @@ def _report(
             elif not as_json:
                 print(text)
             everything += records
-    if as_json:
-        print(json.dumps(everything, indent=2, default=str))
-    return 0
+    return everything
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    keys = None
-    db, sweep = args.db, args.sweep
-    if args.config is not None:
-        cfg = load_sweep_config(args.config, args.overrides, quick=args.quick)
-        keys, db, sweep = [j.key for j in expand(cfg)], args.db or cfg.db, cfg.name
-    return _report(db or str(DEFAULT_PATH), sweep, keys, as_json=args.json)
+    if args.config and args.sweep:
+        raise HaloPruneError("give sweep configs or --sweep NAME, not both")
+    if args.summary and not args.config:
+        raise HaloPruneError("--summary compares the sweeps of the configs given: name them")
+    if not args.config:
+        records = _report(args.db or str(DEFAULT_PATH), args.sweep, None, as_json=args.json)
+        if args.json:
+            print(json.dumps(records, indent=2, default=str))
+        return 0
+    configs = [load_sweep_config(path, args.overrides, quick=args.quick) for path in args.config]
+    done = [
+        (cfg, _report(args.db or cfg.db, cfg.name, [j.key for j in expand(cfg)], as_json=args.json))
+        for cfg in configs
+    ]
+    if args.json:
+        print(json.dumps([r for _, records in done for r in records], indent=2, default=str))
+    elif len(configs) > 1 or args.summary:
+        command = " ".join(["haloprune report", *map(str, args.config)] + (["--quick"] if args.quick else []))
+        text = sweeps_summary(done, command)
+        print(text)
+        if args.summary:
+            save_text(text, args.summary)
+            print(f"written: {args.summary}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,12 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser("sweep", help="run a comparison: methods x grids x seeds x sparsities, into SQLite")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", type=Path, nargs="+", help="one sweep config or several, run in turn")
     _sweep_args(p, jobs=1)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="tables and plots of the sweeps in the results store")
-    p.add_argument("config", type=Path, nargs="?", help="report exactly this sweep config's jobs")
+    p.add_argument(
+        "config",
+        type=Path,
+        nargs="*",
+        help="report exactly these sweep configs' jobs (several: and a summary of their `compare` pairs)",
+    )
+    p.add_argument("--summary", type=Path, help="write the summary of the configs' sweeps to this file")
     p.add_argument("--quick", action="store_true")
     _set_arg(p)
     p.add_argument("--sweep", help="only this sweep (default: every sweep in the store)")

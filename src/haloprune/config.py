@@ -211,9 +211,10 @@ class PenaltyConfig(Section):
     ramp_end: float = added_field(_default("ramp_end"), gt=0, le=1)
     # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
     prox: bool = added_field(_default("prox"))
-    # how target mode sets ξ: "pi" (steer c from the density every 10 steps) or "exact" (the threshold
-    # that leaves the ramp's density, chosen before every step: docs/results/target-exact.md)
-    target_control: Literal["pi", "exact"] = added_field(_default("target_control"))
+    # how target mode sets ξ: "exact" (the threshold that leaves the ramp's density, chosen before every
+    # step; None: this default) or "pi" (steer c from the density every 10 steps); see
+    # docs/results/target-exact.md
+    target_control: Literal["exact", "pi"] | None = added_field(_default("target_control"))
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)
     coupling: Literal["coupled", "decoupled"] | None = added_field(_default("coupling"))

@@ -27,6 +27,26 @@ def test_paper_config_expands_with_stable_unique_keys() -> None:
     assert all(len(m.grid) <= 1 for m in quick.methods.values())
 
 
+def test_target_halo_jobs_record_the_control_they_run_with(tmp_path: Path) -> None:
+    """Target-mode HALO's control became "exact" by default: a job left to the default records it in its
+    key (the same job as one that names "exact"), so a store's result of the old "pi" default is never
+    taken for it."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'name = "c"\nsparsities = [0.9]\nseeds = [0]\n[model]\nname = "lenet-300-100"\n'
+        '[methods.default]\nkind = "target"\nparams = { penalty = { name = "halo" } }\n'
+        '[methods.exact]\nkind = "target"\n'
+        'params = { penalty = { name = "halo", target_control = "exact" } }\n'
+        '[methods.pi]\nkind = "target"\nparams = { penalty = { name = "halo", target_control = "pi" } }\n'
+        '[methods.l1]\nkind = "penalty"\nparams = { penalty = { name = "l1", xi = 1e-4 } }\n'
+    )
+    jobs = {j.method: j for j in expand(load_sweep_config(config))}
+    controls = {m: j.spec["params"]["penalty"].get("target_control") for m, j in jobs.items()}
+    assert controls == {"default": "exact", "exact": "exact", "pi": "pi", "l1": None}
+    assert jobs["default"].result_spec() == jobs["exact"].result_spec() != jobs["pi"].result_spec()
+    assert jobs["default"].hyperparameters == {}
+
+
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper" / "fmnist-lenet300.toml"
 
 

@@ -163,6 +163,11 @@ class SweepConfig(Setup):
     quick: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --quick
     # a dense pre-training job every method starts from (fine-tuning studies); None: from scratch
     pretrain: PretrainConfig | None = added_field(None)
+    # the sweep in a summary of several (``haloprune report A.toml B.toml --summary``): what it is, in a
+    # few words, and the two methods whose per-seed difference is its line (["halo", "gmp"]); neither
+    # changes a job
+    title: str | None = added_field(None)
+    compare: tuple[str, str] | None = added_field(None)
     logging: LoggingConfig = Field(LoggingConfig(), exclude=True)  # each job a logged run; not in any key
     executor: ExecutorConfig = Field(ExecutorConfig(), exclude=True)  # where jobs run; not in any key
 
@@ -177,6 +182,17 @@ class SweepConfig(Setup):
     @classmethod
     def _methods(cls, v: dict[str, SweepMethodConfig]) -> dict[str, SweepMethodConfig]:
         return check_method_names(v)
+
+    @model_validator(mode="after")
+    def _compared(self) -> SweepConfig:
+        if self.compare is not None:
+            unknown = [m for m in self.compare if m not in self.methods]
+            if unknown or self.compare[0] == self.compare[1]:
+                raise ValueError(
+                    f"compare: give two different methods of this sweep ({', '.join(self.methods)}), "
+                    f"got {list(self.compare)}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _targets_here(self) -> SweepConfig:

@@ -136,6 +136,49 @@ def sweep_table(chosen: Sequence[dict[str, Any]], methods: Sequence[str] | None 
     return "\n".join(lines)
 
 
+def paired_differences(records: Sequence[dict[str, Any]], pair: Sequence[str]) -> dict[float, list[float]]:
+    """Per target sparsity, ``pair[0] − pair[1]`` in test accuracy, seed by seed (the seeds both have
+    finished), each method at its chosen setting (:func:`choose`)."""
+    first, second = pair
+    chosen = {(r["method"], r["sparsity"]): r["hp_key"] for r in choose(summarize(records))}
+    acc = {
+        (r["method"], _hp_key(r.get("hyperparameters") or {}), r["sparsity"], r["seed"]): r["accuracy"]
+        for r in records
+    }
+    out: dict[float, list[float]] = {}
+    for (method, sparsity), hp in chosen.items():
+        if method != first or (second, sparsity) not in chosen:
+            continue
+        other = chosen[(second, sparsity)]
+        diffs = [
+            a - acc[key]
+            for (m, h, s, seed), a in acc.items()
+            if (m, h, s) == (first, hp, sparsity) and (key := (second, other, sparsity, seed)) in acc
+        ]
+        if diffs:
+            out[sparsity] = diffs
+    return out
+
+
+def differences_table(rows: Sequence[tuple[str, dict[float, list[float]]]], label: str) -> str:
+    """Markdown: one row per ``(setting, paired_differences)``, one column per target sparsity; each cell
+    the mean difference and its [min, max] over seeds (``label`` names the difference)."""
+    sparsities = sorted({s for _, diffs in rows for s in diffs})
+    lines = [
+        f"| {label} | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " | seeds |",
+        "|---|" + "---:|" * len(sparsities) + "---:|",
+    ]
+    for setting, diffs in rows:
+        cells = []
+        for s in sparsities:
+            d = diffs.get(s)
+            text = f"{statistics.fmean(d):+.2f} [{min(d):+.2f}, {max(d):+.2f}]" if d else "—"
+            cells.append(text.replace("-", "−"))
+        n = max((len(d) for d in diffs.values()), default=0)
+        lines.append(f"| {setting} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines)
+
+
 def chosen_table(chosen: Sequence[dict[str, Any]]) -> str:
     """The setting each method ended up with, per sparsity: seeds, achieved sparsity, the sparsity training
     itself reached before pruning (target-sparsity methods) and the mean wall time of a run."""

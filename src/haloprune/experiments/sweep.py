@@ -52,7 +52,7 @@ def expand(cfg: SweepConfig) -> list[Job]:
         per_sparsity = METHODS[m.kind].per_sparsity
         update = m.optim_update()
         budget = deep_merge(run, {"optim": update}) if update else run
-        for i, params in enumerate(m.points()):
+        for i, params in enumerate(map(METHODS[m.kind].job_params, m.points())):
             hyper = m.grid[i] if m.grid else {}
             targets: list[float | None] = list(sparsities) if per_sparsity else [None]
             for seed in cfg.seeds:

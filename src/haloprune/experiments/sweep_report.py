@@ -8,7 +8,7 @@ the eigen-energy spectra of the pruned networks' hidden layers (first seed of ea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,18 @@ from haloprune.experiments.analysis import (
     layer_sparsity,
     load_state_model,
 )
+from haloprune.experiments.config import SweepConfig
 from haloprune.experiments.jobs import JobSpec, data_in
 from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.plots import plot_lambda, plot_layer_sparsity, plot_spectra, plot_sweep_accuracy
-from haloprune.experiments.report import choose, chosen_table, summarize, sweep_table
+from haloprune.experiments.report import (
+    choose,
+    chosen_table,
+    differences_table,
+    paired_differences,
+    summarize,
+    sweep_table,
+)
 from haloprune.experiments.store import ResultStore
 
 
@@ -71,6 +79,28 @@ def sweep_report(
     save_text(f"# Sweep {sweep}\n\n{text}", paths.report)
     save_json(records, folder / "results.json")
     return text + "\nwritten: " + ", ".join(str(p) for p in written) + "\n", records
+
+
+def sweeps_summary(sweeps: Sequence[tuple[SweepConfig, list[dict[str, Any]]]], command: str) -> str:
+    """The summary of several sweeps (``haloprune report A.toml B.toml``; ``command``: how it was made):
+    one line per sweep whose config names a ``compare`` pair, its paired test-accuracy differences."""
+    rows = [
+        (f"{cfg.title or cfg.name} ({' − '.join(cfg.compare)})", paired_differences(records, cfg.compare))
+        for cfg, records in sweeps
+        if cfg.compare is not None
+    ]
+    text = (
+        f"# Summary of {len(sweeps)} sweeps\n\n`{command}`\n\n"
+        "Test accuracy (%) of the first method minus the second, each at its setting chosen on validation, "
+        "seed by seed: mean [min, max] over the seeds both have finished; positive: the first is ahead. "
+        "Each sweep's own tables (achieved sparsity and wall time of every method): "
+        "`<db folder>/<sweep>/report.md`."
+        f"\n\n{differences_table(rows, 'setting')}\n"
+    )
+    left_out = [cfg.name for cfg, _ in sweeps if cfg.compare is None]
+    if left_out:
+        text += f"\nNo `compare` in their configs, left out: {', '.join(left_out)}.\n"
+    return text
 
 
 def focus_networks(

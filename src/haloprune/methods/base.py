@@ -172,5 +172,11 @@ class Method:
     def __init__(self, **params: Any) -> None:
         self.params = self.Params(**params)
 
+    @classmethod
+    def job_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` as a sweep job's key records them (defaults that changed what a run does written
+        out); the same run either way."""
+        return params
+
     def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError

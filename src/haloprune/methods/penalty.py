@@ -20,7 +20,7 @@ from pydantic import Field
 
 from haloprune.config import PenaltyConfig
 from haloprune.methods.base import Context, Method, Outcome, Params
-from haloprune.penalties import Penalty, build_penalty
+from haloprune.penalties import PENALTIES, Penalty, build_penalty
 from haloprune.pruning.masks import masked_state_dict
 
 
@@ -80,6 +80,17 @@ class TargetPenaltyMethod(PenaltyMethod):
     """A penalty told the sparsity it must reach (HALO ``target_sparsity``): one training run per target."""
 
     per_sparsity = True
+
+    @classmethod
+    def job_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The penalty's :attr:`~haloprune.penalties.Penalty.keyed_defaults` written out where not given
+        (target-mode HALO's ``target_control``: a store's runs of the old default are other jobs)."""
+        penalty = params.get("penalty")
+        if not isinstance(penalty, dict) or penalty.get("name") not in PENALTIES:
+            return params
+        keyed = PENALTIES[penalty["name"]].keyed_defaults
+        missing = {k: v for k, v in keyed.items() if penalty.get(k) is None}
+        return {**params, "penalty": {**penalty, **missing}} if missing else params
 
     def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:
         (target,) = sparsities

@@ -69,6 +69,10 @@ class Penalty(nn.Module):
     strengths: ClassVar[tuple[str, ...]] = ("xi",)
     #: A setting that stands in for the strengths (HALO's ``target_sparsity`` sets ξ and ψ itself).
     strengths_from: ClassVar[str | None] = None
+    #: Defaults that changed what a run does (with the value now in force, used with ``strengths_from``):
+    #: a sweep job's key records them when not given, so a result of the old default in a store never
+    #: stands for the new one (:meth:`~haloprune.methods.base.Method.job_params`).
+    keyed_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -6,7 +6,7 @@ target mode (:class:`~haloprune.penalties.halo.target.TargetMode`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Unpack
+from typing import Any, ClassVar, Literal, Unpack
 
 import torch
 from torch import nn
@@ -15,14 +15,20 @@ from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, 
 from haloprune.penalties.halo.adam import adam_step
 from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read
 from haloprune.penalties.halo.sgd import sgd_step
-from haloprune.penalties.halo.target import CONTROLS, SparsityController, TargetMode, step_budget
+from haloprune.penalties.halo.target import (
+    CONTROLS,
+    DEFAULT_CONTROL,
+    SparsityController,
+    TargetMode,
+    step_budget,
+)
 
 Coupling = Literal["coupled", "decoupled"]
 #: λ's storage: ``float32``, or ``bfloat16`` (half the memory; the fused step computes in float32 and
 #: rounds λ and its moments back stochastically, so updates far below bfloat16's resolution still count)
 LambdaDtype = Literal["float32", "bfloat16"]
 #: How target mode sets ξ (:data:`~haloprune.penalties.halo.target.CONTROLS`)
-TargetControl = Literal["pi", "exact"]
+TargetControl = Literal["exact", "pi"]
 
 #: How HALO combines with Adam/AdamW when not told, for fixed ξ and ψ (measured on Fashion-MNIST
 #: LeNet-300-100 with AdamW: docs/results/adam.md). Target mode and ``prox`` are decoupled updates and
@@ -60,18 +66,23 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
       ``attach`` only keep λ in its box (the reference formulation, any optimizer).
 
     **Target sparsity** (``target_sparsity=0.98``, attached): instead of ξ and ψ, give the sparsity you
-    want; ``ψ = psi_hat / B`` and ``ξ = c³/ψ²`` with ``c`` steered during training from the measured
-    density (:class:`~haloprune.penalties.halo.target.SparsityController`), where ``B`` is the run's step
-    budget: ``Σ_t lr_t / (1 − momentum)`` with SGD, ``Σ_t lr_t`` with Adam/AdamW (decoupled: HALO's step
-    is a plain one of size lr). ``halo.attach(optimizer, total_steps=N, scheduler=sched)`` computes it;
-    :meth:`begin_training` takes it directly. The shrinkage is applied by its proximal map
-    (``prox=True``), so pruned-to-be weights end exactly at zero and the achieved sparsity is the
-    fraction of exact zeros.
+    want. The zeros follow a cubic ramp to the target over the first ``ramp_end`` of the run's step
+    budget ``B`` (``Σ_t lr_t / (1 − momentum)`` with SGD, ``Σ_t lr_t`` with Adam/AdamW: HALO's step is then
+    a plain one of size lr); ``ψ = psi_hat / B``. ``target_control="exact"`` (the default) chooses ξ before
+    every step so that the proximal step zeroes exactly the ramp's count, lowest ``|w|·λ²`` first, and
+    zeroes again any the step revived: the run ends exactly at the target. ``"pi"`` steers ``ξ = c³/ψ²``
+    from the density measured every 10 steps
+    (:class:`~haloprune.penalties.halo.target.SparsityController`). ``halo.attach(optimizer,
+    total_steps=N, scheduler=sched)`` computes ``B``; :meth:`begin_training` takes it directly. The
+    shrinkage is applied by its proximal map (``prox=True``), so pruned-to-be weights end exactly at
+    zero and the achieved sparsity is the fraction of exact zeros.
     """
 
     learns = True
     strengths = ("xi", "psi")
     strengths_from = "target_sparsity"
+    # target_control was "pi" until the exact control became the default
+    keyed_defaults: ClassVar[dict[str, Any]] = {"target_control": DEFAULT_CONTROL}
 
     def __init__(
         self,
@@ -87,7 +98,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         target_sparsity: float | None = None,
         psi_hat: float = 5.0,
         ramp_end: float = 0.75,
-        target_control: TargetControl = "pi",
+        target_control: TargetControl | None = None,
         step_budget: float | None = None,
         prox: bool = False,
         fused: bool = True,
@@ -116,7 +127,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         )
         self.target: TargetMode | None = None
         if target_sparsity is not None:
-            self.target = TargetMode(target_sparsity, psi_hat, ramp_end, target_control)
+            self.target = TargetMode(target_sparsity, psi_hat, ramp_end, target_control or DEFAULT_CONTROL)
             xi, psi, prox = 0.0, 0.0, True
         elif xi is None or psi is None:
             raise ValueError("give xi and psi, or target_sparsity")
@@ -167,9 +178,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             if s["psi_hat"] <= 0:
                 raise ValueError(f"psi_hat must be > 0, got {s['psi_hat']}")
             SparsityController(float(target), ramp_end=float(s["ramp_end"]))  # checks its sparsity, ramp_end
-        if s["target_control"] not in CONTROLS:
+        if s["target_control"] not in (None, *CONTROLS):
             raise ValueError(f"target_control must be one of {CONTROLS}, got {s['target_control']!r}")
-        if s["target_control"] != "pi" and target is None:
+        if s["target_control"] is not None and target is None:
             raise ValueError("target_control is a setting of target mode: give target_sparsity too")
         xi, psi = s["xi"] or 0.0, s["psi"] or 0.0
         if xi < 0 or psi < 0:

@@ -204,6 +204,7 @@ def step_budget(
     steps = _trajectory(optimizer, total_steps, scheduler, param, every)
     return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
 
+
 _BAND = 0.1  # kth_smallest's first band: ±10% around the hint (widened 4x per miss, 3 tries)
 
 
@@ -233,10 +234,12 @@ def kth_smallest(values: torch.Tensor, k: int, near: float | None = None) -> flo
     return float(values.kthvalue(k).values)
 
 
-#: How target mode sets ξ: ``"pi"`` steers ``c`` with :class:`SparsityController`'s PI loop from the
-#: density measured every 10 steps; ``"exact"`` chooses ξ before every step so that the proximal step
-#: zeroes exactly the weights the ramp asks for (see :meth:`TargetMode.exact_xi`).
-CONTROLS = ("pi", "exact")
+#: How target mode sets ξ: ``"exact"`` (the default) chooses ξ before every step so that the proximal
+#: step zeroes exactly the weights the ramp asks for, lowest ``|w|·λ²`` first (see
+#: :meth:`TargetMode._exact_xi`); ``"pi"`` steers ``c`` with :class:`SparsityController`'s PI loop from the
+#: density measured every 10 steps (overshoots with Adam-family optimizers: docs/results/target-exact.md).
+CONTROLS = ("exact", "pi")
+DEFAULT_CONTROL = "exact"
 
 
 class TargetMode:
@@ -245,7 +248,9 @@ class TargetMode:
     B`` and ξ from the control (``"pi"``: ``ξ = c³ / ψ²`` with ``c`` steered; ``"exact"``: the threshold
     that leaves the ramp's density, chosen every step). The penalty holds one and asks it for ξ and ψ."""
 
-    def __init__(self, sparsity: float, psi_hat: float, ramp_end: float, control: str = "pi") -> None:
+    def __init__(
+        self, sparsity: float, psi_hat: float, ramp_end: float, control: str = DEFAULT_CONTROL
+    ) -> None:
         self.controller = SparsityController(float(sparsity), ramp_end=float(ramp_end))
         if control == "exact":
             self.controller.every = 1  # ξ is a threshold for one step: chosen before every step
