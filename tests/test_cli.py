@@ -213,3 +213,24 @@ def test_sweep_gives_its_workers_their_settings_in_the_task_not_the_environment(
     assert (quiet.data_dir, quiet.progress, quiet.log_dir) == ("given", False, "runs")
     cfg = load_sweep_config(config, ["logging.project='p'"], quick=True)
     assert logged == worker_settings(cfg) and logged.data_dir == "from-env" and logged.logging.project == "p"
+
+
+def test_sweep_and_report_take_several_configs_and_refuse_what_cannot_be_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(
+        f'name = "g"\ndb = "{tmp_path / "r.sqlite"}"\ncompare = ["halo", "gmp"]\n'
+        '[model]\nname = "lenet-300-100"\n[methods.gmp]\nkind = "gmp"\n'
+        '[methods.halo]\nkind = "target"\nparams = { penalty = { name = "halo" } }\n'
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('compare = ["halo", "gmp"]', 'compare = ["halo", "imp"]'))
+    # a bad config among several stops the command before anything runs (no store is made)
+    code, err = _run_cli(["sweep", str(good), str(bad)], capsys)
+    assert code == 2 and "compare: give two different methods of this sweep (gmp, halo)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r.sqlite").exists()
+    code, err = _run_cli(["report", str(good), "--sweep", "g"], capsys)
+    assert code == 2 and "not both" in err
+    code, err = _run_cli(["report", "--summary", str(tmp_path / "s.md")], capsys)
+    assert code == 2 and "name them" in err

@@ -160,6 +160,12 @@ def paired_differences(records: Sequence[dict[str, Any]], pair: Sequence[str]) -
     return out
 
 
+def _signed(x: float) -> str:
+    """``+0.24``, ``−0.32`` (a minus sign), ``0.00`` for what rounds to zero."""
+    text = f"{x:+.2f}"
+    return "0.00" if text in ("+0.00", "-0.00") else text.replace("-", "−")
+
+
 def differences_table(rows: Sequence[tuple[str, dict[float, list[float]]]], label: str) -> str:
     """Markdown: one row per ``(setting, paired_differences)``, one column per target sparsity; each cell
     the mean difference and its [min, max] over seeds (``label`` names the difference)."""
@@ -172,8 +178,8 @@ def differences_table(rows: Sequence[tuple[str, dict[float, list[float]]]], labe
         cells = []
         for s in sparsities:
             d = diffs.get(s)
-            text = f"{statistics.fmean(d):+.2f} [{min(d):+.2f}, {max(d):+.2f}]" if d else "—"
-            cells.append(text.replace("-", "−"))
+            text = f"{_signed(statistics.fmean(d))} [{_signed(min(d))}, {_signed(max(d))}]" if d else "—"
+            cells.append(text)
         n = max((len(d) for d in diffs.values()), default=0)
         lines.append(f"| {setting} | " + " | ".join(cells) + f" | {n} |")
     return "\n".join(lines)
