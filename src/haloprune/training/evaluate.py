@@ -38,7 +38,9 @@ def evaluate_batches(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, float]:
-    """Mean loss (``loss_fn``, per example) and, for class logits, accuracy (%) over ``(x, y)`` batches."""
+    """Mean loss (``loss_fn``) and, for class logits, accuracy (%) over ``(x, y)`` batches: per example,
+    or per position for logits ``(B, C, d1, ...)`` with targets ``(B, d1, ...)`` (a language model's
+    next-token loss and accuracy, whatever the batches' lengths; see :func:`targets_in`)."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -47,8 +49,9 @@ def evaluate_batches(
         for xb, yb in batches:
             xb, yb = xb.to(device), yb.to(device)
             out = model(xb)
-            loss += loss_fn(out, yb).item() * len(yb)
-            seen += len(yb)
+            n = targets_in(out, yb)
+            loss += loss_fn(out, yb).item() * n
+            seen += n
             if _is_classification(out, yb):
                 correct += int((out.argmax(1) == yb).sum().item())
             else:
@@ -61,7 +64,21 @@ def evaluate_batches(
 
 
 def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
-    return out.dim() == 2 and y.dim() == 1 and not y.is_floating_point() and len(y) == len(out)
+    """Class logits ``(B, C)`` for labels ``(B,)``, or ``(B, C, d1, ...)`` for labels ``(B, d1, ...)`` (one
+    class per position: PyTorch's K-dimensional cross-entropy)."""
+    return (
+        out.dim() >= 2
+        and y.dim() == out.dim() - 1
+        and not y.is_floating_point()
+        and len(y) == len(out)
+        and out.shape[2:] == y.shape[1:]
+    )
+
+
+def targets_in(out: torch.Tensor, y: torch.Tensor) -> int:
+    """What a batch's mean loss is a mean over: its examples, or for class logits its positions (``y``'s
+    elements: one per example for ``(B, C)`` logits), so that batches of any length average right."""
+    return y.numel() if _is_classification(out, y) else len(y)
 
 
 def _device_of(model: nn.Module) -> torch.device:
