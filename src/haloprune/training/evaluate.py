@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Unpack
 
@@ -95,16 +96,26 @@ def pruned_record(
     **selection: Unpack[SelectionArgs],
 ) -> dict[str, Any]:
     """One result row for an already pruned model: target and achieved sparsity (over the layers in
-    ``scope``), nonzeros, accuracies.
+    ``scope``), nonzeros, accuracies (next-byte accuracies on a text corpus).
 
-    ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty).
+    ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty). On a text corpus
+    the row also holds each split's ``<split>_bits_per_byte``, its mean next-byte cross-entropy in bits
+    (nats / ln 2: a byte is a token), ``bits_per_byte`` the test split's (lower is better), and
+    ``corpus_sha256``, the digest of the corpus the numbers are of.
     """
     total = sparsity_report(model, **selection)[-1]
     row: dict[str, Any] = {"sparsity": target, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
+    text = data.spec.corpus is not None
     for split in splits:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        row[f"{split}_accuracy"] = evaluate(model, x, y, batch_size)["accuracy"]
+        result = evaluate(model, x, y, batch_size)
+        row[f"{split}_accuracy"] = result["accuracy"]
+        if text:
+            row[f"{split}_bits_per_byte"] = result["loss"] / math.log(2)
     row["accuracy"] = row.get("test_accuracy", float("nan"))
+    if text:
+        row["bits_per_byte"] = row.get("test_bits_per_byte", float("nan"))
+        row["corpus_sha256"] = data.sha256
     return row
 
 
