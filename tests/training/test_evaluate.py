@@ -1,20 +1,32 @@
 """Evaluation (haloprune.training.evaluate) and the training loop's tallies: class logits ``(B, C)`` per
 example, exactly as before; ``(B, C, T)`` logits against ``(B, T)`` targets per position (a language
-model's next-token loss and accuracy), whatever the batches' lengths."""
+model's next-token loss and accuracy), whatever the batches' lengths; a record on a text corpus in bits
+per byte."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from haloprune.config import OptimConfig
+from haloprune.build import build_network, load_data
+from haloprune.config import OptimConfig, RunConfig, load_config
+from haloprune.data import SplitData
+from haloprune.data.datasets import DATASETS
 from haloprune.models import build_model
-from haloprune.training.evaluate import evaluate, evaluate_batches
+from haloprune.training.evaluate import evaluate, evaluate_batches, pruned_record
 from haloprune.training.loop import fit
-from tests.helpers import mlp
+from tests.helpers import TINY_GPT, mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _image_data() -> SplitData:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 12, generator=g), torch.randint(0, 4, (30,), generator=g)
+    return SplitData(x[:10], y[:10], x[10:20], y[10:20], x[20:], y[20:], DATASETS["fashion-mnist"])
 
 
 def test_classification_results_are_as_before_bit_for_bit() -> None:
@@ -60,3 +72,18 @@ def test_fit_tallies_sequence_batches_per_position() -> None:
     assert 0.0 <= first["train_accuracy"] <= 100.0 and 0.0 <= last["val_accuracy"] <= 100.0
     assert last["train_ce"] < first["train_ce"]
     assert last["val_loss"] == pytest.approx(evaluate_batches(gpt, data[:1])["loss"], rel=1e-6)
+
+
+def test_a_record_on_a_text_corpus_holds_bits_per_byte_of_each_split() -> None:
+    run = load_config(RunConfig, None, TINY_GPT)
+    data = load_data(run.data, seed=0)
+    torch.manual_seed(0)
+    model = build_network(run)
+    row = pruned_record(model, data, 0.0)
+    for split in ("val", "test"):
+        result = evaluate(model, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"))
+        assert row[f"{split}_bits_per_byte"] == result["loss"] / math.log(2)  # nats per byte, in bits
+        assert row[f"{split}_accuracy"] == result["accuracy"]
+    assert row["bits_per_byte"] == row["test_bits_per_byte"] == pytest.approx(8.0, abs=0.2)  # untrained
+    assert row["corpus_sha256"] == data.sha256
+    assert "bits_per_byte" not in pruned_record(mlp(), _image_data(), 0.0)  # images: accuracy only
