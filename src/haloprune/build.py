@@ -81,6 +81,15 @@ def network_kwargs(run: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
+def example_input(run: RunConfig) -> torch.Tensor:
+    """One input of the network :func:`network_kwargs` shapes for ``run.data`` (tracing, export, cost):
+    a zero image ``(1, C, H, W)``, or a window of zero bytes ``(1, context)`` of a text corpus."""
+    kwargs = network_kwargs(run)
+    if "context" in kwargs:
+        return torch.zeros(1, kwargs["context"], dtype=torch.long)
+    return torch.zeros(1, kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
+
+
 def build_network(run: RunConfig) -> nn.Module:
     """The network a run config describes (see :func:`network_kwargs`): freshly initialised, or with the
     weights of ``model.init_from`` (see :func:`init_from`)."""

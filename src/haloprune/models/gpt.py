@@ -22,6 +22,18 @@ from torch import nn
 from haloprune.models.transformer import blocks, check_shape, init_linears
 
 
+def _check_input(x: torch.Tensor, context: int) -> torch.Tensor:
+    """``x`` if it is ``(batch, T)`` with ``T <= context``, else a ValueError naming both."""
+    if x.dim() != 2 or x.shape[1] > context:
+        raise ValueError(
+            f"gpt: takes bytes shaped (batch, T) with T <= its context {context}, got {tuple(x.shape)}"
+        )
+    return x
+
+
+torch.fx.wrap("_check_input")  # one call in a traced graph (slim, ONNX), checked when the graph runs
+
+
 class GPT(nn.Module):
     """Causal byte-level language model (module doc); ``dim`` divisible by ``heads``."""
 
@@ -51,10 +63,6 @@ class GPT(nn.Module):
         nn.init.trunc_normal_(self.pos_emb.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] > self.context:
-            raise ValueError(
-                f"gpt: takes bytes shaped (batch, T) with T <= its context {self.context}, "
-                f"got {tuple(x.shape)}"
-            )
+        x = _check_input(x, self.context)
         h = self.tok_emb(x) + self.pos_emb(torch.arange(x.shape[1], device=x.device))
         return self.head(self.norm(self.blocks(h))).transpose(1, 2)
