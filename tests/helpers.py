@@ -93,6 +93,25 @@ def write_dataset(folder: Path, arrays: dict[str, np.ndarray] | None = None, *, 
     return folder
 
 
+# --- a byte-level language model: a tiny GPT on a few windows of the torch-source corpus -------------
+TINY_GPT = [
+    'data.name="torch-source"',
+    "data.context=16",
+    "data.train_subset=256",
+    "data.val_size=32",
+    "data.test_subset=32",
+    'model.name="gpt"',
+    "model.dim=32",
+    "model.depth=1",
+    "model.heads=2",
+    'optim.optimizer="adamw"',
+    "optim.momentum=0.0",
+    "optim.lr=3e-3",
+    "optim.batch_size=32",
+    "optim.epochs=2",
+]
+
+
 def one_line(exc: pytest.ExceptionInfo[HaloPruneError]) -> str:
     """The message of a library error: one line, no surrounding space, a HaloPruneError."""
     msg = str(exc.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from haloprune.build import build_network, network_kwargs
+from haloprune.build import build_network, example_input, network_kwargs
 from haloprune.config import TrainConfig, load_config
 from haloprune.core.errors import ConfigError
 from haloprune.core.params import select_parameters
@@ -21,6 +21,15 @@ def test_config_builds_the_network_for_its_data() -> None:
     assert build_network(padded)(torch.randn(1, 1, 32, 32)).shape == (1, 10)
     with pytest.raises(ConfigError, match="lenet-300-100 has no width"):
         build_network(load_config(TrainConfig, None, ["model.width=0.5"]))
+
+
+def test_an_example_input_of_the_network_for_its_data() -> None:
+    """What export traces and counts with: a zero image, or a window of zero bytes of a text corpus."""
+    padded = load_config(TrainConfig, None, ['model.name="vgg16-bn"', "data.pad_to=32"])
+    assert example_input(padded).shape == (1, 1, 32, 32)
+    text = load_config(TrainConfig, None, ['data.name="torch-source"', "data.context=24", 'model.name="gpt"'])
+    x = example_input(text)
+    assert x.shape == (1, 24) and x.dtype == torch.long and build_network(text)(x).shape == (1, 256, 24)
 
 
 def test_saved_state_rebuilds_for_its_data_and_scope(tmp_path) -> None:

@@ -5,6 +5,7 @@ errors."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,25 @@ def test_round_trip_is_bit_exact(tmp_path: Path, name: str, sparsity: float) -> 
     x = torch.randn(4, 1, 28, 28)
     model.eval()
     assert torch.equal(model(x), loaded(x))
+
+
+def test_a_gpt_with_its_head_tied_to_its_embedding_round_trips_and_slims(tmp_path: Path) -> None:
+    """The tied table is stored under both its names (safetensors keeps no shared memory) and loads back
+    into the one parameter; the GPT traces for slimming (no fallback warning)."""
+    kwargs = {"context": 8, "dim": 16, "depth": 1, "heads": 2}
+    torch.manual_seed(0)
+    model = build_model("gpt", **kwargs)
+    global_magnitude_prune(model, 0.9)
+    path = save_sparse(model, tmp_path / "m.safetensors", architecture={"name": "gpt", "kwargs": kwargs})
+    loaded = haloprune.load(path)
+    assert loaded.head.weight is loaded.tok_emb.weight
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    x = torch.randint(0, 256, (2, 8))
+    assert torch.equal(model.eval()(x), loaded(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        slim = haloprune.slim(loaded, x)
+    assert torch.allclose(slim(x), loaded(x), atol=1e-5)
 
 
 def test_98_percent_lenet300_file_is_under_5_percent_of_dense(tmp_path: Path) -> None:

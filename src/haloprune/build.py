@@ -40,6 +40,7 @@ def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -
         test_subset=data.test_subset,
         pad_to=data.pad_to,
         normalize=data.normalize,
+        context=data.context,
     )
     split.augment = data.augmented
     return split.to(device)
@@ -47,23 +48,46 @@ def load_data(data: DataConfig, seed: int, device: torch.device | str = "cpu") -
 
 def network_kwargs(run: RunConfig) -> dict[str, Any]:
     """The constructor arguments of the network ``run.model`` names, shaped for ``run.data``: input
-    channels, image side (after ``data.pad_to``) and classes from the dataset; ``width`` and the
-    transformer's shape (``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``patch``) from the model, each only
-    where the network takes it."""
+    channels, image side (after ``data.pad_to``) and classes from an image dataset; the vocabulary (the
+    256 byte values) and context length (``data.context``: the model's positions are the windows'
+    length, one setting) from a text corpus; ``width`` and the transformer's shape (``dim``, ``depth``,
+    ``heads``, ``mlp_ratio``, ``patch``) from the model, each only where the network takes it. A network
+    that cannot take the dataset's kind of input (a LeNet on text, the GPT on images) is a one-line
+    :class:`ConfigError`."""
     spec = get_spec(run.data.name)
-    channels, side, _ = spec.image_shape
-    kwargs: dict[str, Any] = {
-        "in_channels": channels,
-        "image_size": run.data.pad_to or side,
-        "num_classes": spec.num_classes,
-    }
+    kwargs: dict[str, Any]
+    if spec.corpus is not None:
+        kwargs = {"vocab_size": spec.num_classes, "context": run.data.context_length}
+    else:
+        channels, side, _ = spec.image_shape
+        kwargs = {
+            "in_channels": channels,
+            "image_size": run.data.pad_to or side,
+            "num_classes": spec.num_classes,
+        }
     takes = inspect.signature(MODELS[run.model.name]).parameters
+    missing = [key for key in kwargs if key not in takes]
+    if missing:
+        kind = "a text corpus" if spec.corpus is not None else "images"
+        raise ConfigError(
+            f"model.name: {run.model.name} cannot take {run.data.name} ({kind}): it has no {missing[0]} "
+            "setting; choose a model for that data"
+        )
     for key, value in run.model.options().items():
         if key not in takes:
             hint = "leave it at 1" if key == "width" else "leave it unset"
             raise ConfigError(f"model.{key}: {run.model.name} has no {key} setting ({hint})")
         kwargs[key] = value
     return kwargs
+
+
+def example_input(run: RunConfig) -> torch.Tensor:
+    """One input of the network :func:`network_kwargs` shapes for ``run.data`` (tracing, export, cost):
+    a zero image ``(1, C, H, W)``, or a window of zero bytes ``(1, context)`` of a text corpus."""
+    kwargs = network_kwargs(run)
+    if "context" in kwargs:
+        return torch.zeros(1, kwargs["context"], dtype=torch.long)
+    return torch.zeros(1, kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
 
 
 def build_network(run: RunConfig) -> nn.Module:

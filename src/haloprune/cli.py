@@ -241,8 +241,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"{args.dataset}: verified files in {path}")
     else:
         data = load_dataset(args.dataset, args.data_dir, val_size=0)
+        what = "images" if data.sha256 is None else f"windows, corpus sha256 {data.sha256}"
         print(
-            f"{args.dataset}: OK, {len(data.y_train)} training and {len(data.y_test)} test images, "
+            f"{args.dataset}: OK, {len(data.y_train)} training and {len(data.y_test)} test {what}, "
             "checksums verified"
         )
     return 0

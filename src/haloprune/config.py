@@ -15,7 +15,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from haloprune.core.errors import ConfigError, DataError
-from haloprune.data.datasets import get_spec
+from haloprune.data.datasets import check_options, get_spec
 from haloprune.models import MODELS
 from haloprune.penalties import PENALTIES
 from haloprune.penalties.base import valid_keywords
@@ -45,6 +45,9 @@ class DataConfig(Section):
     # after scaling to [0, 1]: "dataset" (its channel mean/std), "none" (the HALO reference's MNIST), or
     # "reference-cifar" (the constants the reference uses for CIFAR-10 and CIFAR-100)
     normalize: Literal["dataset", "none", "reference-cifar"] = added_field("dataset")
+    # a text corpus (torch-source): the bytes of context a window gives the model, which is built for that
+    # many positions (None: the corpus's default, 128); val_size, train_subset, test_subset count windows
+    context: int | None = added_field(None, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -55,10 +58,29 @@ class DataConfig(Section):
             raise ValueError(str(err)) from None
         return v
 
+    @model_validator(mode="after")
+    def _applies(self) -> DataConfig:
+        spec = get_spec(self.name)
+        try:
+            check_options(
+                spec, context=self.context, pad_to=self.pad_to, normalize=self.normalize, augment=self.augment
+            )
+        except DataError as err:
+            raise ValueError(str(err)) from None
+        if spec.corpus is not None and self.dir is not None:
+            raise ValueError(f"dir: {self.name} is built from the installed {spec.corpus.package}, not read")
+        return self
+
     @property
     def augmented(self) -> bool:
         """Whether training batches are augmented (the default depends on the dataset)."""
         return self.name.startswith("cifar") if self.augment is None else self.augment
+
+    @property
+    def context_length(self) -> int | None:
+        """A text corpus's context length (``context``, or the corpus's default); None for images."""
+        corpus = get_spec(self.name).corpus
+        return None if corpus is None else (self.context or corpus.context)
 
 
 class ModelConfig(Section):

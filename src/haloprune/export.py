@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from haloprune.build import network_kwargs
+from haloprune.build import example_input, network_kwargs
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import atomic_path
 from haloprune.core.params import unwrap
@@ -176,8 +176,7 @@ def export_run(
         raise HaloPruneError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     cfg, model, _ = load_trained(run_dir)
     model.eval()
-    kwargs = network_kwargs(cfg)
-    x = torch.zeros(1, kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
+    kwargs, x = network_kwargs(cfg), example_input(cfg)
     dense = count_cost(model, x, nonzero_only=False)
     selection = cfg.prune.selection()
     if structured:

@@ -1,14 +1,24 @@
-"""Choosing a setting on validation and the sweep table (haloprune.experiments.report)."""
+"""Choosing a setting on validation and the sweep table (haloprune.experiments.report); bits per byte for
+a byte-level language model's sweep, lower is better, in the tables and the summary of several sweeps."""
 
 from __future__ import annotations
 
+import pytest
+
+from haloprune.experiments.config import load_sweep_config
 from haloprune.experiments.report import (
+    ACCURACY,
+    BITS_PER_BYTE,
     choose,
+    chosen_table,
     differences_table,
+    metric_of,
     paired_differences,
     summarize,
     sweep_table,
 )
+from haloprune.experiments.sweep_report import sweeps_summary
+from tests.helpers import MATRIX_CONFIGS
 
 
 def _rec(method: str, hp: float, seed: int, val: float, acc: float, sparsity: float = 0.9) -> dict:
@@ -80,3 +90,44 @@ def test_paired_differences_pair_seeds_of_the_chosen_settings() -> None:
         "| LeNet (halo − gmp) | 0.00 [−0.50, +0.50] | 2 |",
         "| empty | — | 0 |",
     ]
+
+
+def _bpb(method: str, hp: float, seed: int, val: float, bpb: float) -> dict:
+    """A record of a byte-level language model: bits per byte beside the (next-byte) accuracy."""
+    return {**_rec(method, hp, seed, 30.0, 30.0), "val_bits_per_byte": val, "bits_per_byte": bpb}
+
+
+def test_bits_per_byte_is_chosen_and_compared_lower_is_better() -> None:
+    records = [
+        _bpb("halo", 1, 0, 3.10, 3.00),
+        _bpb("halo", 1, 1, 3.20, 3.10),  # lower on validation: chosen
+        _bpb("halo", 2, 0, 3.50, 2.00),
+        _bpb("halo", 2, 1, 3.50, 2.00),  # lower on test: must NOT be chosen
+        _bpb("gmp", 1, 0, 3.30, 3.1234),
+        _bpb("gmp", 1, 1, 3.30, 3.1666),
+    ]
+    assert metric_of(records) is BITS_PER_BYTE and metric_of([_rec("a", 1, 0, 1, 1)]) is ACCURACY
+    chosen = choose(summarize(records), BITS_PER_BYTE)
+    halo = next(r for r in chosen if r["method"] == "halo")
+    assert halo["hyperparameters"] == {"xi": 1} and halo["bits_per_byte_mean"] == pytest.approx(3.05)
+    table = sweep_table(chosen, metric=BITS_PER_BYTE)
+    assert "| halo | **3.050 ± 0.071** |" in table and "| gmp | 3.145 ± 0.031 |" in table
+    assert "| val bits/byte |" in chosen_table(chosen, BITS_PER_BYTE)
+    diffs = paired_differences(records, ("halo", "gmp"), BITS_PER_BYTE)
+    assert diffs[0.9] == pytest.approx([-0.1234, -0.0666])
+    line = differences_table([("GPT (halo − gmp)", diffs)], "setting", BITS_PER_BYTE.decimals).splitlines()[2]
+    assert line == "| GPT (halo − gmp) | −0.095 [−0.123, −0.067] | 2 |"
+
+
+def test_the_summary_compares_a_text_sweep_in_bits_per_byte_in_a_table_of_its_own() -> None:
+    lenet = load_sweep_config(MATRIX_CONFIGS / "lenet300-adamw.toml")
+    gpt = load_sweep_config(MATRIX_CONFIGS / "gpt-bytes.toml")
+    images = [_rec("halo", 0, 0, 80, 88.0), _rec("gmp", 0, 0, 80, 87.0)]
+    text = [_bpb("halo", 0, 0, 3.0, 2.9), _bpb("gmp", 0, 0, 3.1, 3.0)]
+    summary = sweeps_summary([(lenet, images), (gpt, text)], "haloprune report")
+    assert f"| {lenet.title} (halo − gmp) | +1.00 [+1.00, +1.00] | 1 |" in summary
+    row = f"| {gpt.title} (halo − gmp, bits per byte: lower is better) | −0.100 [−0.100, −0.100] | 1 |"
+    assert row in summary and "lower is better, so negative: the first is ahead" in summary
+    first, second = summary.index("| setting |"), summary.rindex("| setting |")
+    assert first < summary.index(lenet.title) < second < summary.index(gpt.title)  # two tables
+    assert "bits per byte" not in sweeps_summary([(lenet, images)], "haloprune report")

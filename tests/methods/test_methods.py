@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from haloprune.build import load_data
 from haloprune.config import RunConfig, load_config
 from haloprune.core.errors import HaloPruneError
 from haloprune.data import SplitData
@@ -21,7 +22,7 @@ from haloprune.methods.magnitude import rewind_
 from haloprune.models import build_model
 from haloprune.pruning import masks_from_scores
 from haloprune.pruning.masks import attach_mask, get_masks
-from tests.helpers import PAPER_CONFIGS
+from tests.helpers import PAPER_CONFIGS, TINY_GPT
 
 
 def _tiny_data(n: int = 400) -> SplitData:
@@ -204,3 +205,24 @@ def test_batchnorm_recalibration_reaches_the_jobs_and_keeps_default_keys() -> No
     assert {j.key for j in plain}.isdisjoint(j.key for j in recal)
     run = RunConfig.model_validate({**recal[0].spec["run"], "seed": 0})
     assert run.prune.recalibrate_bn == 512
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_target_mode_halo_ends_exactly_at_its_target_on_a_byte_level_gpt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tiny GPT on the torch-source corpus: the run itself leaves exactly the target at zero, among the
+    block Linears only (the tied embedding and head stay dense), and its record is in bits per byte."""
+    monkeypatch.setenv("HALOPRUNE_COMPILE", "0")  # the eager fused step: the same update, no compile time
+    run = load_config(RunConfig, None, TINY_GPT)
+    ctx = Context(run=run, data=load_data(run.data, seed=0), seed=0)
+    outcome = METHODS["target"](penalty={"name": "halo"}).run(ctx, [0.9])
+    (record,) = outcome.records
+    weights = 4 * 32 * 32 + 2 * 4 * 32 * 32  # qkv and proj, fc1 and fc2 of the one block
+    assert record["trained_sparsity"] == pytest.approx(0.9, abs=1 / weights)  # zeros left by training itself
+    assert record["achieved_sparsity"] == pytest.approx(0.9, abs=1 / weights)
+    assert record["bits_per_byte"] == record["test_bits_per_byte"] < 8.0  # better than a uniform guess
+    assert record["val_bits_per_byte"] > 0 and record["unpruned_bits_per_byte"] > 0
+    assert record["corpus_sha256"] == DATASETS["torch-source"].corpus.sha256
+    state = outcome.state["model"]
+    assert torch.equal(state["head.weight"], state["tok_emb.weight"]) and (state["tok_emb.weight"] != 0).all()

@@ -1,7 +1,10 @@
 """Dataset registry, data-folder discovery, loading with a seeded validation split, and batching.
 
 Two on-disk formats: the 4 IDX files of MNIST / Fashion-MNIST, and the python-pickle batches of
-CIFAR-10 / CIFAR-100 (:mod:`haloprune.data.cifar`, chosen by a spec's ``layout``). Data is looked for,
+CIFAR-10 / CIFAR-100 (:mod:`haloprune.data.cifar`, chosen by a spec's ``layout``). And one text corpus,
+built from an installed package rather than read from a data folder: ``torch-source``, the bytes of
+torch's Python sources for a byte-level language model (:mod:`haloprune.data.text`, chosen by a spec's
+``corpus``; its splits are contiguous parts of the corpus, its examples windows of bytes). Data is looked for,
 in order: an explicit ``data_dir``; ``$HALOPRUNE_DATA`` (or its ``<name>``
 subfolder); the Debian system folder (``apt-get install dataset-fashion-mnist``); the user cache
 ``~/.cache/haloprune/<name>`` filled by ``haloprune data download <name>``.
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from haloprune.core.errors import DataError
-from haloprune.data import cifar
+from haloprune.data import cifar, text
 from haloprune.data.idx import read_idx
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "SYSTEM_DATA_DIRS",
     "DatasetSpec",
     "SplitData",
+    "check_options",
     "default_cache_dir",
     "find_data_dir",
     "iterate_batches",
@@ -59,7 +63,9 @@ class DatasetSpec:
     decompressed IDX bytes per role, ``archive_sha256`` (optional) that of the ``.gz`` archive
     served by the mirrors. Mirrors are base URLs; a file's URL is ``mirror + name + ".gz"``.
     A python-format CIFAR dataset has no IDX ``files`` but a ``layout`` (its files, its one archive
-    ``mirror + layout.archive`` and that archive's checksums).
+    ``mirror + layout.archive`` and that archive's checksums). A text corpus has neither but a ``corpus``
+    (what it is built from, its sha256, how it is cut): its classes are the ``num_classes`` = 256 byte
+    values, and it has no images (``image_shape``, ``mean``, ``std`` do not apply).
     """
 
     name: str
@@ -73,9 +79,10 @@ class DatasetSpec:
     mean: float | tuple[float, ...] = 0.5  # per channel, or one value for all
     std: float | tuple[float, ...] = 0.5
     layout: cifar.PickleLayout | None = None
+    corpus: text.ByteCorpus | None = None
 
     def __post_init__(self) -> None:
-        if self.layout is not None:
+        if self.layout is not None or self.corpus is not None:
             return
         missing = [r for r in ROLES if r not in self.files]
         if missing:
@@ -199,6 +206,18 @@ DATASETS: dict[str, DatasetSpec] = {
             archive_sha256="85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
         ),
     ),
+    # torch 2.13.0's 2,285 Python files, 46,546,051 bytes
+    "torch-source": DatasetSpec(
+        name="torch-source",
+        files={},
+        payload_sha256={},
+        num_classes=256,
+        corpus=text.ByteCorpus(
+            package="torch",
+            version="2.13.0",
+            sha256="ed6ac99532d8c0346c543df5996c8381b248093c684314adc900bcdcae07a2f7",
+        ),
+    ),
 }
 
 
@@ -254,6 +273,10 @@ def find_data_dir(
     tried in turn. If none has them, DataError says where it looked and how to fix it.
     """
     spec = get_spec(name, specs)
+    if spec.corpus is not None:
+        raise DataError(
+            f"{name} is built from the installed {spec.corpus.package} package: it has no data folder"
+        )
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         for candidate in (folder / name, folder):
@@ -298,10 +321,13 @@ def _read(path: Path, sha256: str | None, hint: str) -> np.ndarray:
 
 @dataclass
 class SplitData:
-    """Normalised float32 images ``(N, C, H, W)`` and int64 labels for train / val / test.
+    """Normalised float32 images ``(N, C, H, W)`` and int64 labels for train / val / test; or, for a text
+    corpus, int64 windows of bytes ``(N, context)`` and their next bytes ``(N, context)``.
 
-    ``train_indices`` / ``val_indices`` are the rows of the original training file in each split.
-    ``augment``: training batches get a random padded crop and flip (:mod:`haloprune.data.augment`).
+    ``train_indices`` / ``val_indices`` are the rows of the original training file in each split (a text
+    corpus: the windows of its training and validation parts). ``augment``: training batches get a random
+    padded crop and flip (:mod:`haloprune.data.augment`). ``sha256``: the digest of the whole corpus the
+    splits were cut from (a text corpus; image files are each checked against their spec's digest).
     """
 
     x_train: torch.Tensor
@@ -315,6 +341,7 @@ class SplitData:
     val_indices: torch.Tensor | None = None
     augment: bool = False
     normalize: str = "dataset"  # how the images were normalised (see NORMALIZATIONS)
+    sha256: str | None = None
 
     @property
     def mean_std(self) -> tuple[float | tuple[float, ...], float | tuple[float, ...]]:
@@ -391,6 +418,28 @@ def _check_pair(
         )
 
 
+def check_options(
+    spec: DatasetSpec,
+    *,
+    context: int | None = None,
+    pad_to: int | None = None,
+    normalize: str = "dataset",
+    augment: bool | None = None,
+) -> None:
+    """A :class:`DataError` for a setting that does not apply to ``spec``'s kind of data: ``context`` (the
+    window length) to images, or an image setting (``pad_to``, ``normalize``, ``augment``) to a text
+    corpus."""
+    if spec.corpus is None:
+        if context is not None:
+            raise DataError(f"context is the window length of a text corpus; {spec.name} is images")
+        return
+    given = [
+        k for k, v in (("pad_to", pad_to), ("normalize", normalize != "dataset"), ("augment", augment)) if v
+    ]
+    if given:
+        raise DataError(f"{given[0]} is an image setting; {spec.name} is a text corpus")
+
+
 def load_dataset(
     name: str,
     data_dir: Path | str | None = None,
@@ -403,6 +452,7 @@ def load_dataset(
     specs: Mapping[str, DatasetSpec] | None = None,
     pad_to: int | None = None,
     normalize: str = "dataset",
+    context: int | None = None,
 ) -> SplitData:
     """Load ``name`` as normalised tensors with a seeded validation split carved from train.
 
@@ -412,8 +462,26 @@ def load_dataset(
     side (e.g. 28x28 Fashion-MNIST to CIFAR's 32x32). ``normalize``: ``"dataset"`` (its channel mean and
     std), ``"none"`` (pixels in [0, 1]) or ``"reference-cifar"`` (see :func:`normalization`). Parsed files
     are cached in-process.
+
+    A text corpus (``torch-source``) is built from its installed package, not read from ``data_dir``, and
+    verified against its spec's sha256 (unless not ``verify``); it is cut into contiguous parts and windows
+    of ``context`` + 1 bytes (None: the corpus's default), and ``val_size``, ``train_subset`` and
+    ``test_subset`` count windows (:func:`haloprune.data.text.load_corpus`).
     """
     spec = get_spec(name, specs)
+    check_options(spec, context=context, pad_to=pad_to, normalize=normalize)
+    if spec.corpus is not None:
+        parts, digest = text.load_corpus(
+            spec.corpus,
+            name,
+            context=spec.corpus.context if context is None else context,
+            val_size=val_size,
+            seed=seed,
+            train_subset=train_subset,
+            test_subset=test_subset,
+            verify=verify,
+        )
+        return SplitData(**parts, spec=spec, sha256=digest)
     normalization(spec, normalize)  # an unknown or inapplicable normalisation fails before any reading
     side = spec.image_shape[-1]
     if pad_to is not None and pad_to < max(spec.image_shape[1:]):

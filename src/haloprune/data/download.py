@@ -84,6 +84,10 @@ def download(
     A checksum mismatch raises DataError naming the file and both hashes, leaving nothing behind.
     """
     spec = get_spec(dataset, specs)
+    if spec.corpus is not None:
+        raise DataError(
+            f"{dataset} is built from the installed {spec.corpus.package} package: nothing to download"
+        )
     urls = list(spec.mirrors if mirrors is None else mirrors)
     if not urls:
         raise DataError(f"no download mirrors are known for {dataset}; pass one with --mirror URL")

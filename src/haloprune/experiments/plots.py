@@ -19,11 +19,14 @@ def plot_sweep_accuracy(
     chosen: Sequence[dict[str, Any]],
     path: str | Path,
     title: str = "",
+    key: str = "accuracy",
+    label: str = "test accuracy (%)",
 ) -> Path:
-    """Mean test accuracy ± std over seeds against sparsity, one line per method (x: weights kept, log
-    scale; no error bars from a single seed)."""
+    """Mean test accuracy (or the value ``key``, named ``label``: ``<key>_mean`` and ``<key>_std`` of
+    each row) ± std over seeds against sparsity, one line per method (x: weights kept, log scale; no
+    error bars from a single seed)."""
     one_seed = all(r.get("n", 1) == 1 for r in chosen)
-    ylabel = "test accuracy (%)" + ("" if one_seed else ", mean ± std over seeds")
+    ylabel = label + ("" if one_seed else ", mean ± std over seeds")
     methods = list(dict.fromkeys(r["method"] for r in chosen))
     many = len(methods) > 8
     fig, ax = plt.subplots(figsize=(8.4 if many else 6.4, 4.6 if many else 4.2), dpi=120)
@@ -33,8 +36,8 @@ def plot_sweep_accuracy(
         kept = [100 * (1 - r["sparsity"]) for r in rows]
         ax.errorbar(
             kept,
-            [r["accuracy_mean"] for r in rows],
-            yerr=[r["accuracy_std"] for r in rows],
+            [r[f"{key}_mean"] for r in rows],
+            yerr=[r[f"{key}_std"] for r in rows],
             marker="o",
             capsize=3,
             label=method,

@@ -1,9 +1,12 @@
 """``haloprune report``: results store → tables (markdown, JSON) and figures for each sweep.
 
 Per method and target sparsity the grid point with the best mean validation accuracy is chosen; the
-tables show its test accuracy, mean ± std over seeds. Figures (``runs/<sweep>/``): accuracy against
-sparsity with error bars; per-layer sparsity at ``focus`` sparsity; HALO's λ histogram and |w| against λ;
-the eigen-energy spectra of the pruned networks' hidden layers (first seed of each chosen setting).
+tables show its test accuracy, mean ± std over seeds. A sweep on a text corpus is reported in bits per
+byte instead (:data:`~haloprune.experiments.report.BITS_PER_BYTE`: chosen on validation bits per byte,
+lower is better), its next-byte accuracy beside it, and the corpus's sha256. Figures (``runs/<sweep>/``):
+that value against sparsity with error bars; per-layer sparsity at ``focus`` sparsity; HALO's λ histogram
+and |w| against λ; the eigen-energy spectra of the pruned networks' hidden layers (first seed of each
+chosen setting; image datasets only, as the spectra are of activations over training images).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 from haloprune.build import load_data
 from haloprune.config import DataConfig
 from haloprune.core.io import save_json, save_text
+from haloprune.data.datasets import get_spec
 from haloprune.experiments.analysis import (
     activation_spectra,
     lambda_and_weights,
@@ -28,9 +32,13 @@ from haloprune.experiments.jobs import JobSpec, data_in
 from haloprune.experiments.paths import SweepPaths
 from haloprune.experiments.plots import plot_lambda, plot_layer_sparsity, plot_spectra, plot_sweep_accuracy
 from haloprune.experiments.report import (
+    ACCURACY,
+    METRICS,
+    Metric,
     choose,
     chosen_table,
     differences_table,
+    metric_of,
     paired_differences,
     summarize,
     sweep_table,
@@ -55,13 +63,20 @@ def sweep_report(
         records = sorted((r for r in records if r["run_key"] in order), key=lambda r: order[r["run_key"]])
     if not records:
         return "", []
-    chosen = choose(summarize(records))
+    metric = metric_of(records)
+    chosen = choose(summarize(records), metric)
     seeds = sorted({r["seed"] for r in records})
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over {len(seeds)} seeds"
     text = (
-        f"## {sweep}: test accuracy (%), {over}, setting chosen on validation\n\n"
-        f"{sweep_table(chosen)}\n\n### Chosen settings\n\n{chosen_table(chosen)}\n"
+        f"## {sweep}: {metric.heading}, {over}, setting chosen on validation\n\n"
+        f"{sweep_table(chosen, metric=metric)}\n\n"
     )
+    if metric is not ACCURACY:
+        text += f"### Test accuracy (%) of the same settings\n\n{sweep_table(chosen)}\n\n"
+    digests = sorted({r["corpus_sha256"] for r in records if r.get("corpus_sha256")})
+    if digests:
+        text += f"Corpus sha256: {', '.join(f'`{d}`' for d in digests)}\n\n"
+    text += f"### Chosen settings\n\n{chosen_table(chosen, metric)}\n"
     runs = {r["run_key"]: r["reused_from"] for r in records}
     sources = [src for src in runs.values() if src]
     if sources:
@@ -74,7 +89,7 @@ def sweep_report(
     folder.mkdir(parents=True, exist_ok=True)
     written = [paths.report, folder / "results.json"]
     if figures:
-        written += _figures(store, chosen, paths, data_dir)
+        written += _figures(store, chosen, paths, data_dir, metric)
         text += "\n### Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in written[2:]) + "\n"
     save_text(f"# Sweep {sweep}\n\n{text}", paths.report)
     save_json(records, folder / "results.json")
@@ -83,24 +98,44 @@ def sweep_report(
 
 def sweeps_summary(sweeps: Sequence[tuple[SweepConfig, list[dict[str, Any]]]], command: str) -> str:
     """The summary of several sweeps (``haloprune report A.toml B.toml``; ``command``: how it was made):
-    one line per sweep whose config names a ``compare`` pair, its paired test-accuracy differences."""
-    rows = [
-        (f"{cfg.title or cfg.name} ({' − '.join(cfg.compare)})", paired_differences(records, cfg.compare))
-        for cfg, records in sweeps
-        if cfg.compare is not None
-    ]
-    text = (
-        f"# Summary of {len(sweeps)} sweeps\n\n`{command}`\n\n"
-        "Test accuracy (%) of the first method minus the second, each at its setting chosen on validation, "
-        "seed by seed: mean [min, max] over the seeds both have finished; positive: the first is ahead. "
-        "Each sweep's own tables (achieved sparsity and wall time of every method): "
-        "`<db folder>/<sweep>/report.md`."
-        f"\n\n{differences_table(rows, 'setting')}\n"
-    )
+    one line per sweep whose config names a ``compare`` pair, its paired test-accuracy differences; the
+    sweeps on a text corpus in a table of their own, in test bits per byte (each line says so)."""
+    compared = [(cfg, records, metric_of(records)) for cfg, records in sweeps if cfg.compare is not None]
+    text = f"# Summary of {len(sweeps)} sweeps\n\n`{command}`\n\n"
+    for metric in METRICS:
+        chosen = [(cfg, records) for cfg, records, m in compared if m is metric]
+        if metric is not ACCURACY and not chosen:
+            continue
+        note = "" if metric is ACCURACY else f", {metric.unit}{'' if metric.higher else ': lower is better'}"
+        rows = [
+            (
+                f"{cfg.title or cfg.name} ({' − '.join(cfg.compare)}{note})",
+                paired_differences(records, cfg.compare, metric),
+            )
+            for cfg, records in chosen
+        ]
+        text += f"{_summary_intro(metric)}\n\n{differences_table(rows, 'setting', metric.decimals)}\n"
     left_out = [cfg.name for cfg, _ in sweeps if cfg.compare is None]
     if left_out:
         text += f"\nNo `compare` in their configs, left out: {', '.join(left_out)}.\n"
     return text
+
+
+def _summary_intro(metric: Metric) -> str:
+    """What a table of :func:`sweeps_summary` shows."""
+    accuracy = (
+        "Test accuracy (%) of the first method minus the second, each at its setting chosen on validation, "
+        "seed by seed: mean [min, max] over the seeds both have finished; positive: the first is ahead. "
+        "Each sweep's own tables (achieved sparsity and wall time of every method): "
+        "`<db folder>/<sweep>/report.md`."
+    )
+    if metric is ACCURACY:
+        return accuracy
+    ahead = "positive" if metric.higher else "lower is better, so negative"
+    return (
+        f"\nTest {metric.unit} of the first method minus the second (byte-level language models), each at "
+        f"its setting chosen on validation {metric.unit}, seed by seed as above; {ahead}: the first is ahead."
+    )
 
 
 def focus_networks(
@@ -122,10 +157,15 @@ def focus_networks(
 
 
 def _figures(
-    store: ResultStore, chosen: list[dict[str, Any]], paths: SweepPaths, data_dir: str | Path | None
+    store: ResultStore,
+    chosen: list[dict[str, Any]],
+    paths: SweepPaths,
+    data_dir: str | Path | None,
+    metric: Metric = ACCURACY,
 ) -> list[Path]:
     sweep, folder = paths.name, paths.folder
-    written = [plot_sweep_accuracy(chosen, folder / "accuracy_vs_sparsity.png", title=sweep)]
+    figure = folder / f"{metric.key}_vs_sparsity.png"
+    written = [plot_sweep_accuracy(chosen, figure, title=sweep, key=metric.key, label=metric.heading)]
     sparsities = sorted({r["sparsity"] for r in chosen})
     focus = 0.98 if 0.98 in sparsities else sparsities[-1]
     layers: dict[str, dict[str, float]] = {}
@@ -134,10 +174,11 @@ def _figures(
     for method, model, state, run in focus_networks(store, chosen, paths, focus):
         spec = JobSpec.of(run["config"])
         layers[method] = layer_sparsity(model)
-        if data is None:
-            data_cfg = data_in(DataConfig.model_validate(spec.run["data"]), data_dir)
-            data = _train_images(data_cfg, int(run["seed"]))
-        spectra[method] = activation_spectra(model, data)
+        data_cfg = data_in(DataConfig.model_validate(spec.run["data"]), data_dir)
+        if get_spec(data_cfg.name).corpus is None:  # the spectra are of activations over training images
+            if data is None:
+                data = _train_images(data_cfg, int(run["seed"]))
+            spectra[method] = activation_spectra(model, data)
         if state.get("penalty") and "lam" in state["penalty"]:
             unpruned, _ = load_state_model(paths.state(run["key"]), spec.run)
             try:
@@ -153,6 +194,7 @@ def _figures(
                 title=f"{sweep}: per-layer sparsity at {100 * focus:g}%",
             )
         )
+    if spectra:
         written.append(
             plot_spectra(
                 spectra,

@@ -2,7 +2,8 @@
 
 ``target`` (HALO's target-sparsity mode) is run once per target: ``penalty.target_sparsity`` is set to it,
 and the record also holds how many weights training itself left at exactly zero (``trained_sparsity``) and
-the accuracy before pruning, so "asked for" and "got" sit side by side.
+the accuracy (and on a text corpus the bits per byte) before pruning, so "asked for" and "got" sit side by
+side.
 
 ``penalty.name = "none"`` is the dense baseline: one-shot global magnitude pruning after dense training.
 ``adaptive-lasso`` (Zou 2006) needs a first fit: the first ``first_fit_fraction`` of the epochs train with
@@ -97,12 +98,12 @@ class TargetPenaltyMethod(PenaltyMethod):
         pen_cfg = self.params.penalty.model_copy(update={"target_sparsity": target})
         model, penalty, _ = self.train(ctx, pen_cfg)
         trained = ctx.record(model, target)
+        unpruned = ("accuracy", "val_accuracy", "bits_per_byte", "val_bits_per_byte")  # those it has
         record = ctx.record(
             ctx.prune_copy(model, target),
             target,
             trained_sparsity=trained["achieved_sparsity"],
-            unpruned_accuracy=trained["accuracy"],
-            unpruned_val_accuracy=trained["val_accuracy"],
+            **{f"unpruned_{k}": trained[k] for k in unpruned if k in trained},
         )
         state = {"model": masked_state_dict(model), "penalty": penalty.state_dict() if penalty else None}
         return Outcome([record], ctx.run.optim.epochs, state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from haloprune.core.registry import Registry
+from haloprune.models.gpt import GPT
 from haloprune.models.lenet import LeNet5, LeNet5Caffe, LeNet300100
 from haloprune.models.resnet import CIFAR_RESNETS, resnet18, resnet50
 from haloprune.models.vgg import VGG16BN, vgg16_bn_reference
@@ -23,6 +24,7 @@ MODELS: Registry[nn.Module] = Registry(
         "resnet50": resnet50,
         **CIFAR_RESNETS,
         "vit": ViT,
+        "gpt": GPT,
     },
 )
 

@@ -65,6 +65,22 @@ def _decode(parts: dict[str, torch.Tensor], shape: list[int]) -> tuple[torch.Ten
     return weight.view(shape), mask.view(shape)
 
 
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` as plain CPU tensors safetensors can store: a tensor whose memory an earlier one shares (a
+    weight tied to another, e.g. an output head to its token embedding) copied, so it is stored under
+    each of its names and loads back into the one parameter."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in state.items():
+        value = value.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in seen:
+            value = value.clone()
+        seen.add(storage)
+        out[name] = value
+    return out
+
+
 def save_sparse(
     model: nn.Module, path: str | Path, *, architecture: dict[str, Any], extra: dict[str, str] | None = None
 ) -> Path:
@@ -73,13 +89,13 @@ def save_sparse(
     masks = get_masks(model)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
-    for name, value in model.state_dict().items():
+    for name, value in _unshared(model.state_dict()).items():
         if name in masks:
             for part, t in _encode(value, masks[name]).items():
                 tensors[f"{name}::{part}"] = t
             shapes[name] = list(value.shape)
         else:
-            tensors[name] = value.detach().cpu().contiguous()
+            tensors[name] = value
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     metadata = {
@@ -204,15 +220,7 @@ def save_compressed_tensors(
     """
     model = unwrap(model)
     quantization = compressed_tensors_config(model)
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, value in model.state_dict().items():
-        value = value.detach().cpu().contiguous()
-        storage = value.untyped_storage().data_ptr()
-        if value.numel() and storage in seen:  # a tied weight: safetensors stores no shared memory
-            value = value.clone()
-        seen.add(storage)
-        tensors[name] = value
+    tensors = _unshared(model.state_dict())
     metadata = {
         "format": "pt",
         "sparsity": f"{quantization['sparsity_config']['global_sparsity']:.6f}",

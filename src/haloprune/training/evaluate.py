@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Unpack
 
@@ -38,7 +39,9 @@ def evaluate_batches(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, float]:
-    """Mean loss (``loss_fn``, per example) and, for class logits, accuracy (%) over ``(x, y)`` batches."""
+    """Mean loss (``loss_fn``) and, for class logits, accuracy (%) over ``(x, y)`` batches: per example,
+    or per position for logits ``(B, C, d1, ...)`` with targets ``(B, d1, ...)`` (a language model's
+    next-token loss and accuracy, whatever the batches' lengths; see :func:`targets_in`)."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -47,8 +50,9 @@ def evaluate_batches(
         for xb, yb in batches:
             xb, yb = xb.to(device), yb.to(device)
             out = model(xb)
-            loss += loss_fn(out, yb).item() * len(yb)
-            seen += len(yb)
+            n = targets_in(out, yb)
+            loss += loss_fn(out, yb).item() * n
+            seen += n
             if _is_classification(out, yb):
                 correct += int((out.argmax(1) == yb).sum().item())
             else:
@@ -61,7 +65,21 @@ def evaluate_batches(
 
 
 def _is_classification(out: torch.Tensor, y: torch.Tensor) -> bool:
-    return out.dim() == 2 and y.dim() == 1 and not y.is_floating_point() and len(y) == len(out)
+    """Class logits ``(B, C)`` for labels ``(B,)``, or ``(B, C, d1, ...)`` for labels ``(B, d1, ...)`` (one
+    class per position: PyTorch's K-dimensional cross-entropy)."""
+    return (
+        out.dim() >= 2
+        and y.dim() == out.dim() - 1
+        and not y.is_floating_point()
+        and len(y) == len(out)
+        and out.shape[2:] == y.shape[1:]
+    )
+
+
+def targets_in(out: torch.Tensor, y: torch.Tensor) -> int:
+    """What a batch's mean loss is a mean over: its examples, or for class logits its positions (``y``'s
+    elements: one per example for ``(B, C)`` logits), so that batches of any length average right."""
+    return y.numel() if _is_classification(out, y) else len(y)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -78,16 +96,26 @@ def pruned_record(
     **selection: Unpack[SelectionArgs],
 ) -> dict[str, Any]:
     """One result row for an already pruned model: target and achieved sparsity (over the layers in
-    ``scope``), nonzeros, accuracies.
+    ``scope``), nonzeros, accuracies (next-byte accuracies on a text corpus).
 
-    ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty).
+    ``accuracy`` is the test accuracy (NaN when the test split is not evaluated or empty). On a text corpus
+    the row also holds each split's ``<split>_bits_per_byte``, its mean next-byte cross-entropy in bits
+    (nats / ln 2: a byte is a token), ``bits_per_byte`` the test split's (lower is better), and
+    ``corpus_sha256``, the digest of the corpus the numbers are of.
     """
     total = sparsity_report(model, **selection)[-1]
     row: dict[str, Any] = {"sparsity": target, "achieved_sparsity": total.sparsity, "nonzero": total.nonzero}
+    text = data.spec.corpus is not None
     for split in splits:
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        row[f"{split}_accuracy"] = evaluate(model, x, y, batch_size)["accuracy"]
+        result = evaluate(model, x, y, batch_size)
+        row[f"{split}_accuracy"] = result["accuracy"]
+        if text:
+            row[f"{split}_bits_per_byte"] = result["loss"] / math.log(2)
     row["accuracy"] = row.get("test_accuracy", float("nan"))
+    if text:
+        row["bits_per_byte"] = row.get("test_bits_per_byte", float("nan"))
+        row["corpus_sha256"] = data.sha256
     return row
 
 

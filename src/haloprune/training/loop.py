@@ -37,6 +37,7 @@ from haloprune.training.evaluate import (
     _is_classification,
     evaluate,
     evaluate_batches,
+    targets_in,
 )
 from haloprune.training.optim import LRSchedule, build_optimizer
 
@@ -272,9 +273,10 @@ def _restore(model: nn.Module, penalty: Penalty | None, resume: dict[str, Any]) 
 
 
 def _tally(state: FitState, out: torch.Tensor, yb: torch.Tensor, ce: torch.Tensor) -> None:
-    """Add one batch to the epoch's sums, on the device (no sync)."""
+    """Add one batch to the epoch's sums, on the device (no sync): per example, or per position for
+    per-position class logits (:func:`~haloprune.training.evaluate.targets_in`)."""
     with torch.no_grad():
-        n = torch.tensor(float(len(yb)), device=out.device)
+        n = torch.tensor(float(targets_in(out, yb)), device=out.device)
         if _is_classification(out, yb):
             hits = (out.argmax(1) == yb).sum().float()
         else:
@@ -310,7 +312,7 @@ def _epoch_row(state: FitState, prunable: list[str], val: dict[str, float], seco
         "val_accuracy": val["accuracy"],
         "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
         "seconds": seconds,
-        "images_per_s": seen / seconds,
+        "images_per_s": seen / seconds,  # examples, or positions for per-position targets (bytes)
     }
     if penalty is not None:
         row.update(penalty.stats())
