@@ -4,7 +4,7 @@ once to the target, one JSON line with test / validation accuracy, the zeros tra
 the weights still alive (10th / 50th / 90th percentile).
 
     python benchmarks/target_variants.py adamw 0.98 0 exact      # the default (the matrix's HALO run)
-    python benchmarks/target_variants.py adamw 0.98 0 xi0        # no shrinkage: the top-up alone zeroes
+    python benchmarks/target_variants.py adamw 0.98 0 hard       # ξ = 0 (target_control="hard"): no shrinkage
     python benchmarks/target_variants.py adamw 0.98 0 carry      # ξ carried from the last top-up's cut
     python benchmarks/target_variants.py adamw 0.95 0 freeze     # masks frozen, HALO off: last 25% of steps
     python benchmarks/target_variants.py adamw 0.9 0 exact --ramp-end 0.5
@@ -34,15 +34,6 @@ RECIPES = {  # the matrix's LeNet-300-100 settings (configs/matrix/lenet300-*.to
     "sgd": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
     "adamw": {"optimizer": "adamw", "lr": 1e-3, "momentum": 0.0, "weight_decay": 1e-2},
 }
-
-
-class NoShrinkage(TargetMode):
-    """ξ = 0 at every step: no proximal shrinkage of the kept weights; the top-up after the step zeroes
-    the ramp's count, lowest |w|·λ² first (λ then falls alike for every weight: the magnitude's order)."""
-
-    def _exact_xi(self, weights: list[torch.Tensor], scale: torch.Tensor, lr: float) -> None:
-        super()._exact_xi(weights, scale, lr)
-        self.xi = 0.0
 
 
 class CarriedXi(TargetMode):
@@ -76,8 +67,8 @@ class Frozen(Callback):
         restore_masks(state.model)
         target = self.halo.target
         assert target is not None
-        target.__class__ = NoShrinkage
-        target.after_step = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        target.control_kind = "hard"  # ξ = 0 from now on ...
+        target.after_step = lambda *args, **kwargs: None  # type: ignore[method-assign]  # ... and no top-up
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +113,7 @@ def main() -> None:
     ap.add_argument("optimizer", choices=list(RECIPES))
     ap.add_argument("target", type=float)
     ap.add_argument("seed", type=int)
-    ap.add_argument("variant", choices=["exact", "xi0", "carry", "freeze"])
+    ap.add_argument("variant", choices=["exact", "hard", "carry", "freeze"])
     ap.add_argument("--ramp-end", type=float, default=0.75)
     ap.add_argument("--freeze-at", type=float, default=0.75, help="freeze: the share of the steps")
     ap.add_argument("--epochs", type=int, default=20)
@@ -133,9 +124,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = build_model("lenet-300-100")
     optim = OptimConfig(epochs=args.epochs, batch_size=100, schedule="cosine", **RECIPES[args.optimizer])
-    halo = HALO(model, target_sparsity=args.target, ramp_end=args.ramp_end)
+    control = "hard" if args.variant == "hard" else "exact"
+    halo = HALO(model, target_sparsity=args.target, ramp_end=args.ramp_end, target_control=control)
     assert halo.target is not None
-    halo.target.__class__ = {"xi0": NoShrinkage, "carry": CarriedXi}.get(args.variant, TargetMode)
+    if args.variant == "carry":
+        halo.target.__class__ = CarriedXi
     callbacks: list[Callback] = [Frozen(halo, args.freeze_at)] if args.variant == "freeze" else []
     if args.probe:
         callbacks.append(Probe(halo, args.target))

@@ -234,9 +234,10 @@ class PenaltyConfig(Section):
     # HALO: shrink by the proximal map (exact zeros) instead of the subgradient
     prox: bool = added_field(_default("prox"))
     # how target mode sets ξ: "exact" (the threshold that leaves the ramp's density, chosen before every
-    # step; None: this default) or "pi" (steer c from the density every 10 steps); see
+    # step; None: this default), "pi" (steer c from the density every 10 steps) or "hard" (the same ramp
+    # with ξ = 0: no shrinkage, the lowest |w|·λ² zeroed after every step); see
     # docs/results/target-exact.md
-    target_control: Literal["exact", "pi"] | None = added_field(_default("target_control"))
+    target_control: Literal["exact", "pi", "hard"] | None = added_field(_default("target_control"))
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)
     coupling: Literal["coupled", "decoupled"] | None = added_field(_default("coupling"))

@@ -249,7 +249,7 @@ def test_target_mode_refuses_conflicting_settings() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("control", ["pi", "exact"])
+@pytest.mark.parametrize("control", ["pi", "exact", "hard"])
 def test_target_run_resumes_bit_identically(tmp_path, real_fmnist, control: str) -> None:
     """The controller's state (c or the last ξ, budget spent, step count) is in the checkpoint: resuming
     after epoch 1 gives the same weights, λ and controller as the uninterrupted run."""
@@ -345,23 +345,28 @@ def fmnist_slice(real_fmnist):
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("schedule", ["cosine", "step"])
 @pytest.mark.parametrize(
-    ("optimizer", "lr", "momentum"), [("sgd", 0.05, 0.9), ("adam", 1e-3, 0.0), ("adamw", 1e-3, 0.0)]
+    ("optimizer", "lr", "momentum", "schedule", "control"),
+    [
+        (opt, lr, m, schedule, "exact")
+        for opt, lr, m in [("sgd", 0.05, 0.9), ("adam", 1e-3, 0.0), ("adamw", 1e-3, 0.0)]
+        for schedule in ("cosine", "step")
+    ]
+    + [("sgd", 0.05, 0.9, "cosine", "hard"), ("adamw", 1e-3, 0.0, "cosine", "hard")],
 )
 def test_exact_control_ends_within_a_tenth_of_a_percent_of_the_target(
-    fmnist_slice, optimizer: str, lr: float, momentum: float, schedule: str
+    fmnist_slice, optimizer: str, lr: float, momentum: float, schedule: str, control: str
 ) -> None:
-    """``target_control="exact"``: the fraction of exact zeros the run itself leaves — before any pruning —
-    is the target within ±0.1%, with every optimizer family and schedule (real Fashion-MNIST, LeNet-300-100),
-    and it never overshoots the ramp on the way."""
+    """``target_control="exact"`` (and ``"hard"``, its ramp without shrinkage): the fraction of exact zeros
+    the run itself leaves — before any pruning — is the target within ±0.1%, with every optimizer family and
+    schedule (real Fashion-MNIST, LeNet-300-100), and it never overshoots the ramp on the way."""
     from haloprune import build_model
     from haloprune.config import OptimConfig
     from haloprune.training import Callback, fit
 
     torch.manual_seed(0)
     model = build_model("lenet-300-100")
-    halo = HALO(model, target_sparsity=0.95, target_control="exact")
+    halo = HALO(model, target_sparsity=0.95, target_control=control)
     optim = OptimConfig(
         optimizer=optimizer,
         epochs=4,
@@ -403,3 +408,28 @@ def test_kth_smallest_equals_kthvalue_whatever_the_hint(seed: int) -> None:
         hints = (None, 0.0, want, want * 1.05, want * 0.95, want * 50, want / 50, 1e-12, 0.5, tie)
         for near in hints:
             assert kth_smallest(values, k, near) == want, (k, near)
+
+
+def test_hard_control_shrinks_nothing_and_zeroes_the_lowest_scores() -> None:
+    """``target_control="hard"``: ξ stays 0 (no proximal shrinkage: a kept weight moves by the optimizer's
+    step alone) and the zeros after each step are exactly the ramp's count, the lowest ``|w|·λ²``."""
+    torch.manual_seed(0)
+    model = nn.Linear(50, 20)
+    halo = HALO(model, target_sparsity=0.5, target_control="hard", ramp_end=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    halo.attach(opt, total_steps=10)
+    x, y = torch.randn(64, 50), torch.randn(64, 20)
+    for _ in range(10):
+        before = model.weight.detach().clone()
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        grad = model.weight.grad.clone()
+        opt.step()
+        assert halo.xi == 0.0
+        zeros = int((model.weight == 0).sum())
+        assert zeros == halo.target.wanted
+        kept = model.weight != 0
+        moved = before - 0.1 * grad  # plain SGD, nothing else
+        assert torch.equal(model.weight[kept], moved[kept])
+        assert moved[~kept].abs().max() <= moved[kept].abs().min()  # λ alike: the magnitude's order
+    assert zeros == 500

@@ -28,7 +28,7 @@ Coupling = Literal["coupled", "decoupled"]
 #: rounds λ and its moments back stochastically, so updates far below bfloat16's resolution still count)
 LambdaDtype = Literal["float32", "bfloat16"]
 #: How target mode sets ξ (:data:`~haloprune.penalties.halo.target.CONTROLS`)
-TargetControl = Literal["exact", "pi"]
+TargetControl = Literal["exact", "pi", "hard"]
 
 #: How HALO combines with Adam/AdamW when not told, for fixed ξ and ψ (measured on Fashion-MNIST
 #: LeNet-300-100 with AdamW: docs/results/adam.md). Target mode and ``prox`` are decoupled updates and

@@ -237,8 +237,11 @@ def kth_smallest(values: torch.Tensor, k: int, near: float | None = None) -> flo
 #: How target mode sets ξ: ``"exact"`` (the default) chooses ξ before every step so that the proximal
 #: step zeroes exactly the weights the ramp asks for, lowest ``|w|·λ²`` first (see
 #: :meth:`TargetMode._exact_xi`); ``"pi"`` steers ``c`` with :class:`SparsityController`'s PI loop from the
-#: density measured every 10 steps (overshoots with Adam-family optimizers: docs/results/target-exact.md).
-CONTROLS = ("exact", "pi")
+#: density measured every 10 steps (overshoots with Adam-family optimizers: docs/results/target-exact.md);
+#: ``"hard"`` follows the same ramp with ξ = 0 — no shrinkage of the kept weights: after every step the
+#: weights of lowest ``|w|·λ²`` are zeroed to the ramp's count (with ξ = 0 λ falls alike for every weight,
+#: so that is the magnitude's order: a schedule to measure HALO's shrinkage against; docs/results/matrix.md).
+CONTROLS = ("exact", "pi", "hard")
 DEFAULT_CONTROL = "exact"
 
 
@@ -252,14 +255,14 @@ class TargetMode:
         self, sparsity: float, psi_hat: float, ramp_end: float, control: str = DEFAULT_CONTROL
     ) -> None:
         self.controller = SparsityController(float(sparsity), ramp_end=float(ramp_end))
-        if control == "exact":
-            self.controller.every = 1  # ξ is a threshold for one step: chosen before every step
+        if control != "pi":
+            self.controller.every = 1  # the ramp's count is followed at every step
         self.psi_hat = float(psi_hat)
         self.step_budget: float | None = None
         self.control_kind = control
-        self.xi = 0.0  # "exact": the ξ chosen before the last step
-        self.wanted = 0  # "exact": the zeros the ramp asks for at the last step
-        self._near: dict[str, float] = {}  # "exact": the last cuts, hints for kth_smallest (not state)
+        self.xi = 0.0  # "exact": the ξ chosen before the last step ("hard": 0)
+        self.wanted = 0  # "exact", "hard": the zeros the ramp asks for at the last step
+        self._near: dict[str, float] = {}  # the last cuts, hints for kth_smallest (not state)
 
     def use_gains(self, family: str) -> None:
         """The controller's gains for an optimizer family (``"sgd"``, ``"adam"``; see :data:`GAINS`)."""
@@ -273,15 +276,18 @@ class TargetMode:
         self.step_budget = float(step_budget)
 
     def strengths(self) -> tuple[float, float]:
-        """``(ξ, ψ)``: for the controller's current ``c`` (``"pi"``), or the ξ last chosen (``"exact"``)."""
+        """``(ξ, ψ)``: for the controller's current ``c`` (``"pi"``), or the ξ last chosen (``"exact"``,
+        ``"hard"``)."""
         if self.step_budget is None:
             raise RuntimeError("target mode has no step budget yet (begin(step_budget) first)")
         psi = self.psi_hat / self.step_budget
-        if self.control_kind == "exact":
+        if self.control_kind != "pi":
             return self.xi, psi
         return self.controller.c(self.step_budget) ** 3 / psi**2, psi
 
-    def _exact_xi(self, weights: list[torch.Tensor], scale: torch.Tensor, lr: float) -> None:
+    def _exact_xi(
+        self, weights: list[torch.Tensor], scale: Callable[[], torch.Tensor] | torch.Tensor, lr: float
+    ) -> None:
         """``"exact"``: choose ξ for the coming step so that its proximal step zeroes the ramp's share.
 
         The step soft-thresholds a weight ``w`` by ``lr·ξ/λ²``: it ends at zero iff ``|w|·λ²/lr ≤ ξ`` (for
@@ -289,7 +295,8 @@ class TargetMode:
         ``n`` (``1 −`` the ramp's density at the budget spent), ξ is the ``k``-th smallest ``|w|·λ²``
         divided by ``lr``: HALO's learned λ, not the magnitude alone, decides which weights go, and the
         count cannot overshoot the ramp (0 zeros wanted: ξ = 0, no shrinkage). ``scale`` is ``λ²`` (flat,
-        in penalised-parameter order)."""
+        in penalised-parameter order; or a callable giving it, called only when a cut is chosen). ``"hard"``:
+        the ramp's count only, ξ = 0."""
         assert self.step_budget is not None
         ctrl = self.controller
         w = torch.cat([t.detach().abs().flatten() for t in weights])
@@ -297,9 +304,10 @@ class TargetMode:
         nonzero = int(torch.count_nonzero(w))
         ctrl.density = nonzero / n
         k = self.wanted = n - round(ctrl.target_density(ctrl.spent / self.step_budget) * n)
-        if k <= n - nonzero or lr <= 0:  # the zeros are enough already: the k-th smallest score is 0
+        if self.control_kind == "hard" or k <= n - nonzero or lr <= 0:  # (enough zeros: the cut is 0)
             self.xi = 0.0
             return
+        scale = scale() if callable(scale) else scale
         score = w.to(scale.dtype) * scale
         cut = self._near["xi"] = kth_smallest(score, k, self._near.get("xi"))
         self.xi = cut / lr
@@ -335,8 +343,8 @@ class TargetMode:
                 "scheduler=sched), or call halo.begin_training(step_budget) before training"
             )
         due = self.controller.step(step_size)
-        if self.control_kind == "exact":
-            self._exact_xi(weights, lam_squared(), lr)
+        if self.control_kind != "pi":
+            self._exact_xi(weights, lam_squared, lr)
             return True
         if not due:
             return False
@@ -345,8 +353,9 @@ class TargetMode:
         return True
 
     def after_step(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
-        """After an optimizer step: ``"exact"`` tops up the zeros the step revived (:meth:`_top_up`)."""
-        if self.control_kind == "exact":
+        """After an optimizer step: ``"exact"`` and ``"hard"`` top up the zeros the step revived
+        (:meth:`_top_up`)."""
+        if self.control_kind != "pi":
             self._top_up(weights, lam_squared())
 
     def stats(self, xi: float, psi: float) -> dict[str, float]:
