@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -42,14 +43,16 @@ class CarriedXi(TargetMode):
 
     last_cut = 0.0
 
-    def _exact_xi(self, weights: list[torch.Tensor], scale: torch.Tensor, lr: float) -> None:
-        super()._exact_xi(weights, scale, lr)
+    def _exact_xi(
+        self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor], lr: float
+    ) -> None:
+        super()._exact_xi(weights, lam_squared, lr)
         if lr > 0:
             self.xi = max(self.xi, self.last_cut / lr)
 
-    def _top_up(self, weights: list[torch.Tensor], scale: torch.Tensor) -> None:
+    def _top_up(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
         zeros = sum(t.numel() - int(torch.count_nonzero(t)) for t in weights)
-        super()._top_up(weights, scale)
+        super()._top_up(weights, lam_squared)
         self.last_cut = self._near["top_up"] if self.wanted > zeros else 0.0
 
 

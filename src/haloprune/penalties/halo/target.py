@@ -234,6 +234,12 @@ def kth_smallest(values: torch.Tensor, k: int, near: float | None = None) -> flo
     return float(values.kthvalue(k).values)
 
 
+def _magnitudes(weights: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """``|w|`` of ``weights``, flat (in their order), and how many are nonzero."""
+    w = torch.cat([t.detach().abs().flatten() for t in weights])
+    return w, int(torch.count_nonzero(w))
+
+
 #: How target mode sets ξ: ``"exact"`` (the default) chooses ξ before every step so that the proximal
 #: step zeroes exactly the weights the ramp asks for, lowest ``|w|·λ²`` first (see
 #: :meth:`TargetMode._exact_xi`); ``"pi"`` steers ``c`` with :class:`SparsityController`'s PI loop from the
@@ -286,7 +292,7 @@ class TargetMode:
         return self.controller.c(self.step_budget) ** 3 / psi**2, psi
 
     def _exact_xi(
-        self, weights: list[torch.Tensor], scale: Callable[[], torch.Tensor] | torch.Tensor, lr: float
+        self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor], lr: float
     ) -> None:
         """``"exact"``: choose ξ for the coming step so that its proximal step zeroes the ramp's share.
 
@@ -294,33 +300,34 @@ class TargetMode:
         the weight after the task's step; the weight before it stands in). So with ``k`` zeros wanted of
         ``n`` (``1 −`` the ramp's density at the budget spent), ξ is the ``k``-th smallest ``|w|·λ²``
         divided by ``lr``: HALO's learned λ, not the magnitude alone, decides which weights go, and the
-        count cannot overshoot the ramp (0 zeros wanted: ξ = 0, no shrinkage). ``scale`` is ``λ²`` (flat,
-        in penalised-parameter order; or a callable giving it, called only when a cut is chosen). ``"hard"``:
-        the ramp's count only, ξ = 0."""
+        count cannot overshoot the ramp (0 zeros wanted: ξ = 0, no shrinkage). ``lam_squared()`` gives
+        ``λ²`` (flat, in penalised-parameter order), asked for only when a cut is chosen. ``"hard"``: the
+        ramp's count only, ξ = 0."""
         assert self.step_budget is not None
         ctrl = self.controller
-        w = torch.cat([t.detach().abs().flatten() for t in weights])
+        w, nonzero = _magnitudes(weights)
         n = w.numel()
-        nonzero = int(torch.count_nonzero(w))
         ctrl.density = nonzero / n
         k = self.wanted = n - round(ctrl.target_density(ctrl.spent / self.step_budget) * n)
         if self.control_kind == "hard" or k <= n - nonzero or lr <= 0:  # (enough zeros: the cut is 0)
             self.xi = 0.0
             return
-        scale = scale() if callable(scale) else scale
+        scale = lam_squared()
         score = w.to(scale.dtype) * scale
         cut = self._near["xi"] = kth_smallest(score, k, self._near.get("xi"))
         self.xi = cut / lr
 
     @torch.no_grad()
-    def _top_up(self, weights: list[torch.Tensor], scale: torch.Tensor) -> None:
-        """``"exact"``, after the step: weights the step revived (an Adam step moves a zero weight by about
-        lr) leave fewer zeros than wanted; the nonzero weights of smallest ``|w|·λ²`` are set to zero until
-        the ramp's count is met (ties may add a few more). ``scale`` is ``λ²``, as for :meth:`_exact_xi`."""
-        w = torch.cat([t.detach().abs().flatten() for t in weights])
-        missing = self.wanted - (w.numel() - int(torch.count_nonzero(w)))
+    def _top_up(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
+        """``"exact"`` and ``"hard"``, after the step: weights the step revived (an Adam step moves a zero
+        weight by about lr) leave fewer zeros than wanted; the nonzero weights of smallest ``|w|·λ²`` are set
+        to zero until the ramp's count is met (ties may add a few more). ``lam_squared`` as for
+        :meth:`_exact_xi`, asked for only when zeros are missing."""
+        w, nonzero = _magnitudes(weights)
+        missing = self.wanted - (w.numel() - nonzero)
         if missing <= 0:
             return
+        scale = lam_squared()
         score = (w.to(scale.dtype) * scale).masked_fill(w == 0, float("inf"))
         cut = self._near["top_up"] = kth_smallest(score, missing, self._near.get("top_up"))
         for t, s in zip(weights, score.split([t.numel() for t in weights]), strict=True):
@@ -356,7 +363,7 @@ class TargetMode:
         """After an optimizer step: ``"exact"`` and ``"hard"`` top up the zeros the step revived
         (:meth:`_top_up`)."""
         if self.control_kind != "pi":
-            self._top_up(weights, lam_squared())
+            self._top_up(weights, lam_squared)
 
     def stats(self, xi: float, psi: float) -> dict[str, float]:
         """ξ, ψ, c·B, the density last measured and the target density now, the share of the budget spent."""
