@@ -9,6 +9,13 @@ the weights still alive (10th / 50th / 90th percentile).
     python benchmarks/target_variants.py adamw 0.95 0 freeze     # masks frozen, HALO off: last 25% of steps
     python benchmarks/target_variants.py adamw 0.9 0 exact --ramp-end 0.5
     python benchmarks/target_variants.py sgd 0.98 0 exact --epochs 10 --probe   # λ against |w|, per tenth
+    python benchmarks/target_variants.py finetune 0.98 0 exact --lambda-init equilibrium
+
+``finetune`` is the matrix's LeNet-300-100 setting from pretrained weights
+(configs/matrix/lenet300-finetune.toml): the seed's dense network, as that sweep trained it (run the sweep
+first), then its 5 epochs of SGD.
+``--lambda-init equilibrium`` starts λ at the shape of its equilibrium ``(2ξ|w|/ψ)^(1/3)`` for the starting
+weights, ``(|w| / mean |w|)^(1/3)`` (then clamped into λ's box), instead of 1 for every weight.
 
 One thread (the matrix's `--jobs 2` runs one per job; the thread count alone moves a seed's result by a
 few tenths), so the "exact" run of a seed gives the matrix's number for it.
@@ -24,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from haloprune import HALO, build_model, global_magnitude_prune, restore_masks
-from haloprune.build import load_data
+from haloprune.build import init_from, load_data
 from haloprune.config import DataConfig, OptimConfig
 from haloprune.penalties.halo.target import TargetMode
 from haloprune.training.callbacks import Callback, FitState
@@ -34,7 +41,22 @@ from haloprune.training.loop import fit
 RECIPES = {  # the matrix's LeNet-300-100 settings (configs/matrix/lenet300-*.toml)
     "sgd": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
     "adamw": {"optimizer": "adamw", "lr": 1e-3, "momentum": 0.0, "weight_decay": 1e-2},
+    "finetune": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
 }
+FINETUNE = "configs/matrix/lenet300-finetune.toml"  # the "finetune" recipe's dense networks (5 epochs)
+
+
+def dense_state(seed: int) -> str:
+    """The file of the dense network the matrix's fine-tuned setting starts from for ``seed``."""
+    from haloprune.experiments.config import load_sweep_config
+    from haloprune.experiments.sweep import PRETRAIN, expand
+
+    cfg = load_sweep_config(FINETUNE)
+    job = next(j for j in expand(cfg) if j.method == PRETRAIN and j.seed == seed)
+    path = cfg.paths.state(job.key)
+    if not path.is_file():
+        raise SystemExit(f"no dense network for seed {seed} at {path}: run haloprune sweep {FINETUNE} first")
+    return str(path)
 
 
 class CarriedXi(TargetMode):
@@ -121,15 +143,24 @@ def main() -> None:
     ap.add_argument("--freeze-at", type=float, default=0.75, help="freeze: the share of the steps")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--probe", action="store_true", help="λ against |w| every tenth of the run")
+    ap.add_argument("--lambda-init", choices=["one", "equilibrium"], default="one")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_data(DataConfig(name="fashion-mnist", val_size=5000), args.seed)
     torch.manual_seed(args.seed)
     model = build_model("lenet-300-100")
-    optim = OptimConfig(epochs=args.epochs, batch_size=100, schedule="cosine", **RECIPES[args.optimizer])
+    epochs = args.epochs
+    if args.optimizer == "finetune":
+        init_from(model, dense_state(args.seed))
+        epochs = 5
+    optim = OptimConfig(epochs=epochs, batch_size=100, schedule="cosine", **RECIPES[args.optimizer])
     control = "hard" if args.variant == "hard" else "exact"
     halo = HALO(model, target_sparsity=args.target, ramp_end=args.ramp_end, target_control=control)
     assert halo.target is not None
+    if args.lambda_init == "equilibrium":
+        with torch.no_grad():
+            w = torch.cat([t.detach().abs().flatten() for t in halo.weights()])
+            halo.lam.copy_((w / w.mean()).pow(1 / 3).clamp(halo.lambda_min, halo.lambda_max))
     if args.variant == "carry":
         halo.target.__class__ = CarriedXi
     callbacks: list[Callback] = [Frozen(halo, args.freeze_at)] if args.variant == "freeze" else []
