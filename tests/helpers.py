@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,37 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --- several processes on the CPU (gloo) -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _on_rank(rank: int, world: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        HALOPRUNE_COMPILE="0",
+    )
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    try:
+        fn(rank, world, *args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def on_ranks(fn: Callable[..., None], world: int, *args: object) -> None:
+    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes joined in a gloo group (``fn``: a
+    top-level function of an importable module; it reports through files)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_on_rank, args=(world, free_port(), fn, args), nprocs=world, start_method="spawn")

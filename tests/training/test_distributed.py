@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +19,10 @@ import torch.multiprocessing as mp
 from haloprune.config import TrainConfig, load_config
 from haloprune.training.distributed import World, shard
 from tests.data.test_cifar import write_cifar
+from tests.helpers import free_port
 from tests.training.test_gpu_path import SMALL
 
 CFG = [*SMALL, "optim.eval_batch_size=64", "name=ddp"]  # the tiny CIFAR-format VGG + HALO run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, cfg_json: str, out: str) -> None:
@@ -86,7 +80,7 @@ def test_two_ranks_stay_identical(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     mp.start_processes(
-        _worker, args=(2, _free_port(), cfg.model_dump_json(), str(out)), nprocs=2, start_method="spawn"
+        _worker, args=(2, free_port(), cfg.model_dump_json(), str(out)), nprocs=2, start_method="spawn"
     )
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for key in ("trained", "pruned"):
@@ -119,7 +113,7 @@ def test_torchrun_cli(tmp_path: Path) -> None:
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
     ]
     cmd += ["-m", "haloprune", "train", "--config", str(config), "--data-dir", str(tmp_path / "data")]
     cmd += [a for s in sets for a in ("--set", s)]

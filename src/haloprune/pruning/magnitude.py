@@ -8,17 +8,22 @@ flat index) is pruned first. Already-masked weights always count as pruned first
 
 ``of="nonzero"`` reads a sparsity as a fraction of the weights that are not already zero (the HALO
 reference's pruning scripts): with ``Z`` of ``N`` weights at zero, ``Z + round(s · (N − Z))`` are pruned.
+
+A model sharded with FSDP2 (``fully_shard``) is pruned where it lies: every process scores its own shards,
+the masks are exactly those of the unsharded model (:func:`haloprune.core.sharded.lowest`), and each is
+sharded like its weight.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Unpack
 
 import torch
 from torch import nn
 
 from haloprune.core.params import SelectionArgs, require_parameters, select_parameters, unwrap
+from haloprune.core.sharded import count_nonzero, is_sharded, layout, like, local, lowest, total
 from haloprune.pruning.masks import attach_masks, get_masks
 
 
@@ -43,14 +48,19 @@ def magnitude_scores(model: nn.Module, names: Sequence[str]) -> dict[str, torch.
 OF = ("all", "nonzero")
 
 
-def _n_prune(scores: torch.Tensor, sparsity: float, of: str) -> int:
-    """How many of ``scores``' weights a sparsity prunes (see the module doc for ``of``)."""
+def _n_prune(numel: int, zeros: Callable[[], int], sparsity: float, of: str) -> int:
+    """How many of ``numel`` scored weights a sparsity prunes, ``zeros()`` of them zero or already masked
+    (see the module doc for ``of``)."""
     if of == "all":
-        return round(sparsity * scores.numel())
+        return round(sparsity * numel)
     if of == "nonzero":
-        zeros = int((scores <= 0).sum())  # exactly zero, or already masked (-inf)
-        return zeros + round(sparsity * (scores.numel() - zeros))
+        z = zeros()
+        return z + round(sparsity * (numel - z))
     raise ValueError(f"of must be one of {', '.join(map(repr, OF))}, got {of!r}")
+
+
+def _zeros(scores: torch.Tensor) -> int:
+    return int((scores <= 0).sum())  # exactly zero, or already masked (-inf)
 
 
 def _keep_mask(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
@@ -68,15 +78,41 @@ def masks_from_scores(
     """Masks that prune exactly ``round(sparsity · N)`` of the scored weights (``of="nonzero"``: see the
     module doc), globally or per layer."""
     _check_sparsity(sparsity)
+    if any(is_sharded(s) for s in scores.values()):
+        return _sharded_masks(scores, sparsity, per_layer, of)
     if per_layer:
-        return {n: _keep_mask(s, _n_prune(s, sparsity, of)).view_as(s) for n, s in scores.items()}
+        return {
+            n: _keep_mask(s, _n_prune(s.numel(), lambda s=s: _zeros(s), sparsity, of)).view_as(s)
+            for n, s in scores.items()
+        }
     flat = torch.cat([s.flatten() for s in scores.values()])
-    keep = _keep_mask(flat, _n_prune(flat, sparsity, of))
+    keep = _keep_mask(flat, _n_prune(flat.numel(), lambda: _zeros(flat), sparsity, of))
     out, start = {}, 0
     for n, s in scores.items():
         out[n] = keep[start : start + s.numel()].view_as(s)
         start += s.numel()
     return out
+
+
+def _sharded_masks(
+    scores: dict[str, torch.Tensor], sparsity: float, per_layer: bool, of: str
+) -> dict[str, torch.Tensor]:
+    """:func:`masks_from_scores` for scores sharded across processes (FSDP2): the same masks, each
+    sharded like its scores."""
+    names, tensors = list(scores), list(scores.values())
+    where = layout(tensors, names)
+    blocks = [local(s).flatten() for s in tensors]
+    counted = [where.counts(s) for s in tensors]
+    keep: list[torch.Tensor] = []
+    for part in [[i] for i in range(len(names))] if per_layer else [list(range(len(names)))]:
+
+        def zeros(part: list[int] = part) -> int:
+            mine = sum(_zeros(blocks[i]) for i in part if counted[i])
+            return int(total(torch.tensor([mine], device=blocks[0].device), where))
+
+        n = _n_prune(sum(tensors[i].numel() for i in part), zeros, sparsity, of)
+        keep += lowest([blocks[i] for i in part], [counted[i] for i in part], n, where)
+    return {n: like(k.view(local(s).shape), s) for n, k, s in zip(names, keep, tensors, strict=True)}
 
 
 def _prune(
@@ -115,6 +151,6 @@ def zero_small_weights(model: nn.Module, threshold: float, **selection: Unpack[S
     for n in select_parameters(model, **selection):
         p = model.get_parameter(n)
         small = (p.abs() < threshold) & (p != 0)
-        changed += int(small.sum())
+        changed += count_nonzero(small, n)
         p.masked_fill_(small, 0.0)
     return changed

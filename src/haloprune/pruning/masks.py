@@ -37,6 +37,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from haloprune.core.params import SelectionArgs, select_parameters, unwrap
+from haloprune.core.sharded import count_nonzero
 
 SUFFIX = "_mask"
 _LINK = "_haloprune_mask"  # parameter attribute: (MaskOwner, attribute name)
@@ -211,8 +212,9 @@ def restore_masks(model: nn.Module, **selection: Unpack[SelectionArgs]) -> dict[
     model = unwrap(model)
     out = {}
     for name in select_parameters(model, **selection):
-        keep = model.get_parameter(name) != 0
-        if not bool(keep.all()):
+        param = model.get_parameter(name)
+        keep = param != 0
+        if count_nonzero(keep, name) < param.numel():  # (over all processes for a sharded weight)
             attach_mask(model, name, keep)
             out[name] = keep
     return out

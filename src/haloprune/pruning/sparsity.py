@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Unpack
 
-import torch
 from torch import nn
 
 from haloprune.core.params import SelectionArgs, select_parameters, unwrap
+from haloprune.core.sharded import count_nonzero
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,14 @@ class LayerSparsity:
 
 def sparsity_report(model: nn.Module, **selection: Unpack[SelectionArgs]) -> list[LayerSparsity]:
     """Per-tensor parameters / nonzeros / sparsity of the prunable weights, then a ``total`` row (a
-    parameter shared by several modules is one row, counted once)."""
+    parameter shared by several modules is one row, counted once; a model sharded with FSDP2 is counted
+    whole, every process getting the same report)."""
     model = unwrap(model)
     rows = []
     names = select_parameters(model, **selection)
     for n in names:
         p = model.get_parameter(n)
-        rows.append(LayerSparsity(n, tuple(p.shape), p.numel(), int(torch.count_nonzero(p).item())))
+        rows.append(LayerSparsity(n, tuple(p.shape), p.numel(), count_nonzero(p, n)))
     rows.append(LayerSparsity("total", (), sum(r.params for r in rows), sum(r.nonzero for r in rows)))
     return rows
 
