@@ -150,6 +150,7 @@ def _on_rank(rank: int, world: int, port: int, fn: Callable[..., None], args: tu
     torch.distributed.init_process_group("gloo")
     try:
         fn(rank, world, *args)
+        torch.distributed.barrier()  # no process leaves while another still finishes a collective
     finally:
         torch.distributed.destroy_process_group()
 

@@ -30,7 +30,18 @@ from haloprune.core.errors import HaloPruneError
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
 
-__all__ = ["Layout", "count_nonzero", "is_sharded", "layout", "like", "local", "lowest", "total"]
+__all__ = [
+    "Layout",
+    "count_nonzero",
+    "is_sharded",
+    "kth_smallest",
+    "layout",
+    "like",
+    "local",
+    "lowest",
+    "summed",
+    "total",
+]
 
 
 def is_sharded(t: Any) -> bool:
@@ -128,6 +139,14 @@ def total(values: torch.Tensor, where: Layout) -> torch.Tensor:
     return out
 
 
+def summed(x: torch.Tensor, where: Layout) -> torch.Tensor:
+    """The 0-dim ``x`` summed over the processes of ``where``, differentiable as this process's ``x``:
+    each process's own part is what its gradient flows to (the others' parts are constants to it)."""
+    if where.group is None:
+        return x
+    return x + (total(x.detach().reshape(1), where).reshape(()) - x.detach())
+
+
 def count_nonzero(t: torch.Tensor, name: str = "tensor") -> int:
     """The nonzero entries of ``t`` over all processes (each shard counted once)."""
     return int(total(torch.count_nonzero(local(t).detach()).reshape(1), layout([t], [name])))
@@ -143,24 +162,12 @@ def _keys(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
 
 
-def lowest(
-    scores: Sequence[torch.Tensor], counted: Sequence[bool], n: int, where: Layout
-) -> list[torch.Tensor]:
-    """Which of the local ``scores`` (one flat float tensor per tensor, this process's block) are among the
-    ``n`` lowest of all processes' scores together: one flat bool tensor each, True where the entry is
-    *not* among them (kept). ``counted[i]``: whether this process counts tensor ``i`` (see
-    :meth:`Layout.counts`; a tensor no process counts is decided as the first process decides it).
-
-    Exactly the entries a stable sort of the unsharded scores, concatenated in order, puts first: the
-    ``n``-th lowest value is found by bisection over the scores' bit patterns (each process's keys sorted
-    once, then one scalar all-reduce per bit), and of the entries equal to it the earliest are taken,
-    tensor by tensor, each tensor's blocks in rank order."""
-    keys = [_keys(s) for s in scores]
-    mine = [k for k, c in zip(keys, counted, strict=True) if c]
-    ordered = torch.sort(torch.cat(mine)).values if mine else torch.zeros(0, dtype=torch.int64)
+def _cut(keys: Sequence[torch.Tensor], n: int, where: Layout) -> int:
+    """The ``n``-th smallest (1-based) of the keys of all processes together (``keys``: this process's,
+    those it counts): bisection over the key range, this process's keys sorted once, one scalar
+    all-reduce per step (at most 64)."""
+    ordered = torch.sort(torch.cat(list(keys))).values if keys else torch.zeros(0, dtype=torch.int64)
     dev = ordered.device
-    if n <= 0:
-        return [torch.ones_like(k, dtype=torch.bool) for k in keys]
     smallest, largest = (int(ordered[0]), int(ordered[-1])) if len(ordered) else (2**63 - 1, -(2**63) + 1)
     bounds = torch.tensor([-smallest, largest], dtype=torch.int64, device=dev)
     if where.group is not None:
@@ -176,7 +183,37 @@ def lowest(
             hi = mid
         else:
             lo = mid + 1
-    cut = lo
+    return lo
+
+
+def kth_smallest(values: torch.Tensor, k: int, where: Layout) -> float:
+    """The ``k``-th smallest (1-based) of the flat float ``values`` of all processes together (each gives
+    its block): ``torch.kthvalue`` of the whole, without gathering it."""
+    key = _cut([_keys(values)], k, where)
+    if values.dtype == torch.float64:
+        bits = key if key >= 0 else key ^ 0x7FFFFFFFFFFFFFFF
+        return float(torch.tensor([bits], dtype=torch.int64).view(torch.float64))
+    bits = key if key >= 0 else key ^ 0x7FFFFFFF
+    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+
+def lowest(
+    scores: Sequence[torch.Tensor], counted: Sequence[bool], n: int, where: Layout
+) -> list[torch.Tensor]:
+    """Which of the local ``scores`` (one flat float tensor per tensor, this process's block) are among the
+    ``n`` lowest of all processes' scores together: one flat bool tensor each, True where the entry is
+    *not* among them (kept). ``counted[i]``: whether this process counts tensor ``i`` (see
+    :meth:`Layout.counts`; a tensor no process counts is decided as the first process decides it).
+
+    Exactly the entries a stable sort of the unsharded scores, concatenated in order, puts first: the
+    ``n``-th lowest value is found by bisection over the scores' bit patterns (each process's keys sorted
+    once, then one scalar all-reduce per bit), and of the entries equal to it the earliest are taken,
+    tensor by tensor, each tensor's blocks in rank order."""
+    keys = [_keys(s) for s in scores]
+    if n <= 0:
+        return [torch.ones_like(k, dtype=torch.bool) for k in keys]
+    cut = _cut([k for k, c in zip(keys, counted, strict=True) if c], n, where)
+    dev = keys[0].device
     below = [int(torch.count_nonzero(k < cut)) if c else 0 for k, c in zip(keys, counted, strict=True)]
     equal = [int(torch.count_nonzero(k == cut)) if c else 0 for k, c in zip(keys, counted, strict=True)]
     table = torch.tensor([sum(below), *equal], dtype=torch.int64, device=dev)

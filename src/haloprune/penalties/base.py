@@ -24,7 +24,9 @@ from typing import Any, ClassVar, Unpack
 import torch
 from torch import nn
 
+from haloprune.core.errors import HaloPruneError
 from haloprune.core.params import SELECTION_KEYS, Scope, SelectionArgs, require_parameters, unwrap
+from haloprune.core.sharded import Layout, is_sharded, layout, local
 
 __all__ = ["BudgetTerm", "ChecksParameterNames", "Penalty", "Scope", "SelectionArgs"]
 
@@ -73,6 +75,9 @@ class Penalty(nn.Module):
     #: a sweep job's key records them when not given, so a result of the old default in a store never
     #: stands for the new one (:meth:`~haloprune.methods.base.Method.job_params`).
     keyed_defaults: ClassVar[dict[str, Any]] = {}
+    #: True for penalties that work on a model sharded with FSDP2 (``fully_shard``): their state is
+    #: sharded like the weights and what they sum is summed over the processes (HALO).
+    shards: ClassVar[bool] = False
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -116,17 +121,38 @@ class Penalty(nn.Module):
         model = unwrap(model)
         self.param_names: list[str] = require_parameters(model, "penalise", **selection)
         params = dict(model.named_parameters())
-        self.shapes: list[tuple[int, ...]] = [tuple(params[n].shape) for n in self.param_names]
-        self.numels: list[int] = [params[n].numel() for n in self.param_names]
+        chosen = [params[n] for n in self.param_names]
+        #: How the penalised weights are spread over processes (FSDP2); ``Layout()``: whole here.
+        self.layout: Layout = layout(chosen, self.param_names)
+        # Sharded weights are held here, as the optimizer holds them: between forward and backward FSDP2
+        # puts the unsharded weights of some modules in their place.
+        self._sharded: list[torch.Tensor] | None = None
+        if any(is_sharded(p) for p in chosen):
+            if not type(self).shards:
+                raise HaloPruneError(
+                    f"{type(self).__name__} does not work on a model sharded with fully_shard (FSDP2) yet; "
+                    "HALO does"
+                )
+            unsharded = [n for n, p in zip(self.param_names, chosen, strict=True) if not is_sharded(p)]
+            if unsharded:
+                raise HaloPruneError(
+                    f"{unsharded[0]} is not sharded while other penalised weights are: apply fully_shard "
+                    "to the root module too, so that every weight is sharded"
+                )
+            self._sharded = chosen
+        # Shapes and sizes of this process's blocks (the whole tensors when nothing is sharded).
+        self.shapes: list[tuple[int, ...]] = [tuple(local(p).shape) for p in chosen]
+        self.numels: list[int] = [local(p).numel() for p in chosen]
         self.__dict__["_model"] = model  # a reference, not a submodule
 
     @property
     def num_penalized(self) -> int:
-        """Number of penalised scalars."""
+        """Number of penalised scalars (held by this process: its shards', for a sharded model)."""
         return sum(self.numels)
 
-    def weights(self, model: nn.Module | None = None) -> list[torch.Tensor]:
-        """The penalised tensors of ``model`` (default: the model given at construction)."""
+    def penalised_parameters(self, model: nn.Module | None = None) -> list[torch.Tensor]:
+        """The penalised parameters of ``model`` (default: the model given at construction), as the
+        optimizer holds them (``DTensor`` s for a sharded model)."""
         module = unwrap(model) if model is not None else self.__dict__["_model"]
         params = dict(module.named_parameters())
         try:
@@ -135,10 +161,25 @@ class Penalty(nn.Module):
             raise ValueError(
                 f"the model has no parameter {err.args[0]!r} that this penalty expects"
             ) from None
+        if self._sharded is not None and model is None:
+            # a weight not sharded now is FSDP2's unsharded view of the one held (between forward and
+            # backward); a sharded one not held is a model sharded again: it is taken (its shape checked)
+            tensors = [t if is_sharded(t) else held for t, held in zip(tensors, self._sharded, strict=True)]
+            self._sharded = tensors
+        elif self._sharded is None and any(is_sharded(t) for t in tensors):
+            raise HaloPruneError(
+                f"{type(self).__name__} was built before the model was sharded (fully_shard): build it "
+                "after, so that its state is sharded like the weights"
+            )
         for n, t, shape in zip(self.param_names, tensors, self.shapes, strict=True):
-            if tuple(t.shape) != shape:
+            if tuple(local(t).shape) != shape:
                 raise ValueError(f"parameter {n!r} has shape {tuple(t.shape)}, the penalty expects {shape}")
         return tensors
+
+    def weights(self, model: nn.Module | None = None) -> list[torch.Tensor]:
+        """The penalised tensors of ``model`` (default: the model given at construction); for a sharded
+        model, this process's blocks of them (differentiable views: gradients reach the parameters)."""
+        return [local(t) for t in self.penalised_parameters(model)]
 
     @property
     def in_loss(self) -> bool:

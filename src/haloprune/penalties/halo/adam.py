@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from haloprune.core.sharded import local
 from haloprune.penalties.halo.fused import (
     FusedUpdate,
     Group,
@@ -166,42 +167,43 @@ def adam_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
         prox=halo.prox,
     )
     halo.control(plan.ws, float(g0["lr"]), float(g0["lr"]))
-    t, steps, hp = _gather(update, optimizer, plan, c)
+    t, steps, hp, others = _gather(update, optimizer, plan, c)
     compiled(halo_adam_step, halo.lam.device.type)(t, update.step_values(hp), c)
     torch._foreach_add_(steps, 1.0)
-    update.finish([*t.ws, *t.others])
+    update.finish([*plan.params, *others])
 
 
 def _gather(
     update: FusedUpdate, optimizer: torch.optim.Optimizer, plan: Plan, c: AdamConstants
-) -> tuple[AdamTensors, Tensors, list[tuple[float, ...]]]:
-    """This step's tensors, the optimizer's step-count tensors to advance after it, and the
-    hyperparameter rows: the penalised weights, then the other parameters that can take their plain
-    Adam(W) step in the same call."""
+) -> tuple[AdamTensors, Tensors, list[tuple[float, ...]], Tensors]:
+    """This step's tensors (this process's blocks of sharded ones), the optimizer's step-count tensors to
+    advance after it, and the hyperparameter rows: the penalised weights, then the other parameters that
+    can take their plain Adam(W) step in the same call; and those other parameters."""
     bc1_l, bc2_l = _corrections(_advance(update.penalty.fused_steps, plan.counts, "halo"), c)
     grads, ms, vs, steps, hp = [], [], [], [], []
 
     def take(p: torch.Tensor, g: Group) -> tuple[float, float, float, float]:
         state = _adam_state(optimizer, p, g)
         steps.append(state["step"])
-        ms.append(state["exp_avg"])
-        vs.append(state["exp_avg_sq"])
+        ms.append(local(state["exp_avg"]))
+        vs.append(local(state["exp_avg_sq"]))
         bc1, bc2 = _corrections(_advance(state["step"], plan.counts, id(state["step"])), c)
         return g["lr"], g["weight_decay"], g["lr"] / bc1, bc2
 
-    for w, g in zip(plan.ws, plan.groups, strict=True):
-        grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
+    for p, w, g in zip(plan.params, plan.ws, plan.groups, strict=True):
+        grads.append(local(p.grad) if p.grad is not None else torch.zeros_like(w))
         lr_l, wd_l = update.lam_hyper(g)
-        hp.append((*take(w, g), lr_l, wd_l, lr_l / bc1_l, bc2_l))
-    others, o_grads = [], []
+        hp.append((*take(p, g), lr_l, wd_l, lr_l / bc1_l, bc2_l))
+    params, others, o_grads = [], [], []
     for p, g in update.others(plan, _adam_constants):
-        others.append(p)
-        o_grads.append(p.grad)
+        params.append(p)
+        others.append(local(p))
+        o_grads.append(local(p.grad))
         hp.append((*take(p, g), 0.0, 0.0, 0.0, 0.0))
     n = len(plan.ws)
     lam_m, lam_v = (plan.bufs, plan.sq) if c.coupled else (plan.lams, plan.lams)
     t = AdamTensors(plan.ws, grads, ms[:n], vs[:n], plan.lams, lam_m, lam_v, others, o_grads, ms[n:], vs[n:])
-    return t, steps, hp
+    return t, steps, hp, params
 
 
 def _corrections(t: int, c: AdamConstants) -> tuple[float, float]:

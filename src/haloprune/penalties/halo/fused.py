@@ -29,6 +29,8 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
+from haloprune.core.sharded import Layout, local, total
+
 Tensors = list[torch.Tensor]
 
 _COMPILED: dict[tuple[Callable[..., None], str], Callable[..., None]] = {}
@@ -148,7 +150,8 @@ class Plan:
     ``counts`` are updated in place."""
 
     key: tuple[int, ...]  # the optimizer and the storage of λ and its moments the plan was made for
-    ws: Tensors  # the penalised weights
+    params: Tensors  # the penalised weights, as the optimizer holds them (DTensors when sharded)
+    ws: Tensors  # the penalised weights (sharded: this process's blocks, views of ``params``)
     groups: list[Group]  # the optimizer group of each penalised weight
     others: list[tuple[torch.Tensor, Group]]  # the optimizer's other parameters and their groups
     lam_group: Group | None  # λ's optimizer group; None: λ is not in the optimizer
@@ -191,8 +194,9 @@ class Penalised(Protocol):
     p: float
     xi: float
     psi: float
+    layout: Layout
 
-    def weights(self) -> list[torch.Tensor]: ...
+    def penalised_parameters(self) -> list[torch.Tensor]: ...
 
     def control(self, ws: Tensors, step_size: float, lr: float) -> None: ...
 
@@ -236,20 +240,21 @@ class FusedUpdate:
         key = (id(optimizer), len(optimizer.param_groups), lam.data_ptr(), *buffers)
         if self.plan is not None and self.plan.key == key:
             return self.plan
-        ws = halo.weights()
+        params = halo.penalised_parameters()
         group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-        groups = [group_of.get(id(w)) for w in ws]
+        groups = [group_of.get(id(w)) for w in params]
         if any(g is None for g in groups):
             raise ValueError(
                 "fused HALO: the penalised weights are not all in the optimizer it is attached to"
             )
         if len({same(g) for g in groups}) != 1:
             raise ValueError(f"fused HALO needs the same {'/'.join(constants)} for all penalised weights")
-        penalised = {id(w) for w in ws} | {id(halo.lam)}
+        penalised = {id(w) for w in params} | {id(halo.lam)}
         dtype = torch.promote_types(lam.dtype, torch.float32)
         self.plan = Plan(
             key=key,
-            ws=ws,
+            params=params,
+            ws=[local(p) for p in params],
             groups=groups,
             others=[(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
             lam_group=group_of.get(id(halo.lam)),
@@ -288,7 +293,7 @@ class FusedUpdate:
         assert plan is not None
         if halo.form == "l1" and halo.p == 0.0:
             return plan.psi  # ψ·sign(Σ|λ|) with every λ > 0
-        d = halo.lam.detach().abs().sum() - halo.p
+        d = total(halo.lam.detach().abs().sum().reshape(1), halo.layout).reshape(()) - halo.p
         return halo.psi * (2.0 * d if halo.form == "l2" else torch.sign(d))
 
     def step_values(self, hp: list[tuple[float, ...]]) -> StepValues:
@@ -301,8 +306,8 @@ class FusedUpdate:
         )
 
     def finish(self, updated: Tensors) -> None:
-        """After the kernel: count the step, and clear the gradients of what it updated, so that
-        ``optimizer.step()`` skips them."""
+        """After the kernel: count the step, and clear the gradients of what it updated (``updated``: the
+        parameters, as the optimizer holds them), so that ``optimizer.step()`` skips them."""
         self.penalty.fused_steps.add_(1)
         for p in updated:
             p.grad = None

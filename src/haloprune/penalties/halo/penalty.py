@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal, Unpack
 import torch
 from torch import nn
 
+from haloprune.core.sharded import kth_smallest, summed, total
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
 from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read
@@ -79,6 +80,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     """
 
     learns = True
+    shards = True
     strengths = ("xi", "psi")
     strengths_from = "target_sparsity"
     # target_control was "pi" until the exact control became the default
@@ -135,6 +137,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self._init_budget(p, form)
         super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
+        if self.target is not None:
+            self.target.where = self.layout
         self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
         self.prox = prox
         self.fused = fused
@@ -309,7 +313,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         w_abs = torch.cat([w.abs().flatten() for w in self.weights(model)])
         lam = read(self.lam)  # bfloat16 λ is read in float32
         shrink = (w_abs.to(lam.dtype) / lam.clamp(self.lambda_min, self.lambda_max).square()).sum()
-        return self.xi * shrink + self.psi * self.budget_term(lam.abs().sum())
+        # sharded (FSDP2): sums over every process's blocks, each process differentiating its own
+        shrink, lam_sum = summed(shrink, self.layout), summed(lam.abs().sum(), self.layout)
+        return self.xi * shrink + self.psi * self.budget_term(lam_sum)
 
     @torch.no_grad()
     def _project_if_needed(self) -> None:
@@ -362,7 +368,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         if self.target is not None and self.update is not None:
             self.target.use_gains(self.update.family)
         if total_steps is not None and self.target is not None:
-            w0 = self.weights()[0]
+            w0 = self.penalised_parameters()[0]
             sgd = self.update is not None and self.update.family == "sgd"
             self.begin_training(step_budget(optimizer, total_steps, scheduler, w0, sgd, scheduler_every))
         return handle
@@ -416,16 +422,21 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     # ----------------------------------------------------------------------------- logging
 
     def stats(self) -> dict[str, float]:
+        """λ's mean, smallest, 1st / 50th / 99th percentile and share at its floor (over all processes'
+        λ for a sharded model: the same on every process), and target mode's state."""
         lam = self.lam.detach().float()
-        n = lam.numel()
-        q = [lam.kthvalue(max(1, min(n, round(f * n)))).values.item() for f in (0.01, 0.5, 0.99)]
+        where = self.layout
+        parts = [lam.numel(), lam.sum(), (lam <= self.lambda_min).sum()]
+        sums = total(torch.tensor(parts, dtype=torch.float64, device=lam.device), where)
+        n = int(sums[0])
+        q = [kth_smallest(lam, max(1, min(n, round(f * n))), where) for f in (0.0, 0.01, 0.5, 0.99)]
         return {
-            "lambda_mean": lam.mean().item(),
-            "lambda_min": lam.min().item(),
-            "lambda_p01": q[0],
-            "lambda_median": q[1],
-            "lambda_p99": q[2],
-            "lambda_at_floor": (lam <= self.lambda_min).float().mean().item(),
+            "lambda_mean": float(sums[1]) / n,
+            "lambda_min": q[0],
+            "lambda_p01": q[1],
+            "lambda_median": q[2],
+            "lambda_p99": q[3],
+            "lambda_at_floor": float(sums[2]) / n,
             **(self.target.stats(self.xi, self.psi) if self.target is not None else {}),
         }
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from haloprune.core.sharded import local
 from haloprune.penalties.halo.fused import (
     FusedUpdate,
     Group,
@@ -144,32 +145,34 @@ def sgd_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
         prox=halo.prox,
     )
     halo.control(plan.ws, float(g0["lr"]) / (1.0 - momentum), float(g0["lr"]))
-    t, hp = _gather(update, optimizer, plan, momentum != 0.0)
+    t, hp, others = _gather(update, optimizer, plan, momentum != 0.0)
     compiled(halo_sgd_step, halo.lam.device.type)(t, update.step_values(hp), c)
-    update.finish([*t.ws, *t.others])
+    update.finish([*plan.params, *others])
 
 
 def _gather(
     update: FusedUpdate, optimizer: torch.optim.Optimizer, plan: Plan, momentum: bool
-) -> tuple[SGDTensors, list[tuple[float, ...]]]:
-    """This step's tensors and hyperparameter rows: the penalised weights, then the optimizer's other
-    parameters that can take their plain SGD step in the same call (``momentum``: with buffers)."""
+) -> tuple[SGDTensors, list[tuple[float, ...]], Tensors]:
+    """This step's tensors (this process's blocks of sharded ones) and hyperparameter rows: the penalised
+    weights, then the optimizer's other parameters that can take their plain SGD step in the same call
+    (``momentum``: with buffers); and those other parameters."""
     grads, w_bufs, hp = [], [], []
-    for w, g in zip(plan.ws, plan.groups, strict=True):
-        grads.append(w.grad if w.grad is not None else torch.zeros_like(w))
+    for p, w, g in zip(plan.params, plan.ws, plan.groups, strict=True):
+        grads.append(local(p.grad) if p.grad is not None else torch.zeros_like(w))
         if momentum:
-            w_bufs.append(_sgd_buffer(optimizer, w))
+            w_bufs.append(local(_sgd_buffer(optimizer, p)))
         hp.append((g["lr"], g["weight_decay"], *update.lam_hyper(g)))
-    others, o_grads, o_bufs = [], [], []
+    params, others, o_grads, o_bufs = [], [], [], []
     for p, g in update.others(plan, _sgd_constants):
-        others.append(p)
-        o_grads.append(p.grad)
+        params.append(p)
+        others.append(local(p))
+        o_grads.append(local(p.grad))
         if momentum:
-            o_bufs.append(_sgd_buffer(optimizer, p))
+            o_bufs.append(local(_sgd_buffer(optimizer, p)))
         hp.append((g["lr"], g["weight_decay"], 0.0, 0.0))
     lam_bufs = plan.bufs if momentum else plan.lams
     t = SGDTensors(plan.ws, grads, w_bufs or grads, plan.lams, lam_bufs, others, o_grads, o_bufs or o_grads)
-    return t, hp
+    return t, hp, params
 
 
 def _sgd_buffer(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:

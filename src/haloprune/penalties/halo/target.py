@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
+from haloprune.core import sharded
 from haloprune.core.schedules import cubic_sparsity
+from haloprune.core.sharded import Layout
 
 _MAX_ERROR = 3.0  # |log(d / d_target)| counted at most (a factor e³ ≈ 20 in density)
 _MAX_STEP = 0.5  # most the integral part of log c moves in one update
@@ -234,10 +236,12 @@ def kth_smallest(values: torch.Tensor, k: int, near: float | None = None) -> flo
     return float(values.kthvalue(k).values)
 
 
-def _magnitudes(weights: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """``|w|`` of ``weights``, flat (in their order), and how many are nonzero."""
+def _magnitudes(weights: list[torch.Tensor], where: Layout) -> tuple[torch.Tensor, int, int]:
+    """``|w|`` of ``weights``, flat (in their order), and how many there are and are nonzero over all
+    processes (``weights``: this process's blocks)."""
     w = torch.cat([t.detach().abs().flatten() for t in weights])
-    return w, int(torch.count_nonzero(w))
+    counts = sharded.total(torch.tensor([w.numel(), int(torch.count_nonzero(w))], device=w.device), where)
+    return w, int(counts[0]), int(counts[1])
 
 
 #: How target mode sets ξ: ``"exact"`` (the default) chooses ξ before every step so that the proximal
@@ -269,6 +273,7 @@ class TargetMode:
         self.xi = 0.0  # "exact": the ξ chosen before the last step ("hard": 0)
         self.wanted = 0  # "exact", "hard": the zeros the ramp asks for at the last step
         self._near: dict[str, float] = {}  # the last cuts, hints for kth_smallest (not state)
+        self.where = Layout()  # how the weights are spread over processes (set by the penalty)
 
     def use_gains(self, family: str) -> None:
         """The controller's gains for an optimizer family (``"sgd"``, ``"adam"``; see :data:`GAINS`)."""
@@ -305,8 +310,7 @@ class TargetMode:
         ramp's count only, ξ = 0."""
         assert self.step_budget is not None
         ctrl = self.controller
-        w, nonzero = _magnitudes(weights)
-        n = w.numel()
+        w, n, nonzero = _magnitudes(weights, self.where)
         ctrl.density = nonzero / n
         k = self.wanted = n - round(ctrl.target_density(ctrl.spent / self.step_budget) * n)
         if self.control_kind == "hard" or k <= n - nonzero or lr <= 0:  # (enough zeros: the cut is 0)
@@ -314,8 +318,14 @@ class TargetMode:
             return
         scale = lam_squared()
         score = w.to(scale.dtype) * scale
-        cut = self._near["xi"] = kth_smallest(score, k, self._near.get("xi"))
+        cut = self._near["xi"] = self._kth(score, k, "xi")
         self.xi = cut / lr
+
+    def _kth(self, score: torch.Tensor, k: int, hint: str) -> float:
+        """The ``k``-th smallest of the scores of all processes (this one's: ``score``)."""
+        if self.where.sharded:
+            return sharded.kth_smallest(score, k, self.where)
+        return kth_smallest(score, k, self._near.get(hint))
 
     @torch.no_grad()
     def _top_up(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
@@ -323,13 +333,13 @@ class TargetMode:
         weight by about lr) leave fewer zeros than wanted; the nonzero weights of smallest ``|w|·λ²`` are set
         to zero until the ramp's count is met (ties may add a few more). ``lam_squared`` as for
         :meth:`_exact_xi`, asked for only when zeros are missing."""
-        w, nonzero = _magnitudes(weights)
-        missing = self.wanted - (w.numel() - nonzero)
+        w, n, nonzero = _magnitudes(weights, self.where)
+        missing = self.wanted - (n - nonzero)
         if missing <= 0:
             return
         scale = lam_squared()
         score = (w.to(scale.dtype) * scale).masked_fill(w == 0, float("inf"))
-        cut = self._near["top_up"] = kth_smallest(score, missing, self._near.get("top_up"))
+        cut = self._near["top_up"] = self._kth(score, missing, "top_up")
         for t, s in zip(weights, score.split([t.numel() for t in weights]), strict=True):
             t.masked_fill_((s <= cut).view_as(t), 0.0)
 
@@ -355,8 +365,8 @@ class TargetMode:
             return True
         if not due:
             return False
-        nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
-        self.controller.update(nonzero / sum(w.numel() for w in weights), self.step_budget)
+        _, n, nonzero = _magnitudes(weights, self.where)
+        self.controller.update(nonzero / n, self.step_budget)
         return True
 
     def after_step(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
