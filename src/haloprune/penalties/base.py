@@ -140,7 +140,8 @@ class Penalty(nn.Module):
                     "to the root module too, so that every weight is sharded"
                 )
             self._sharded = chosen
-        # Shapes and sizes of this process's blocks (the whole tensors when nothing is sharded).
+        # Shapes of the whole tensors, then shapes and sizes of this process's blocks (the same unsharded).
+        self.full_shapes: list[tuple[int, ...]] = [tuple(p.shape) for p in chosen]
         self.shapes: list[tuple[int, ...]] = [tuple(local(p).shape) for p in chosen]
         self.numels: list[int] = [local(p).numel() for p in chosen]
         self.__dict__["_model"] = model  # a reference, not a submodule
@@ -216,14 +217,14 @@ class ChecksParameterNames:
     for, and loading it into a penalty built for other parameters is an error (not a silent mismatch)."""
 
     param_names: list[str]
-    shapes: list[tuple[int, ...]]
+    full_shapes: list[tuple[int, ...]]
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"param_names": list(self.param_names), "shapes": [list(s) for s in self.shapes]}
+        return {"param_names": list(self.param_names), "shapes": [list(s) for s in self.full_shapes]}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         names, shapes = state["param_names"], [tuple(s) for s in state["shapes"]]
-        if names != self.param_names or shapes != self.shapes:
+        if names != self.param_names or shapes != self.full_shapes:
             raise ValueError(
                 f"this {type(self).__name__} state_dict was saved for a model with different penalised "
                 "parameters"

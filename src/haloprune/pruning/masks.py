@@ -161,12 +161,26 @@ def remove_masks(model: nn.Module) -> None:
     _generation += 1
 
 
+def mask_key(name: str) -> str:
+    """The key of parameter ``name``'s mask in haloprune's checkpoints (``<param>_mask``)."""
+    return name + SUFFIX
+
+
+def mask_entries(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every mask under its checkpoint key (:func:`mask_key`); :func:`masks_of` reads them back."""
+    return {mask_key(name): mask for name, mask in get_masks(model).items()}
+
+
+def masks_of(entries: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{parameter name: mask}`` from checkpoint entries (the keys :func:`mask_key` gives)."""
+    return {k[: -len(SUFFIX)]: v for k, v in entries.items() if k.endswith(SUFFIX)}
+
+
 def masked_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` plus each mask as ``<param>_mask``: haloprune's own checkpoints, which
     :func:`load_state_dict` restores exactly (a mask can cover weights that are not zero, e.g. a
     group-pruned unit's bias, and a weight can be zero without being pruned)."""
-    state = unwrap(model).state_dict()
-    return {**state, **{name + SUFFIX: mask for name, mask in get_masks(model).items()}}
+    return {**unwrap(model).state_dict(), **mask_entries(model)}
 
 
 def load_state_dict(

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal, Unpack
 import torch
 from torch import nn
 
-from haloprune.core.sharded import kth_smallest, summed, total
+from haloprune.core.sharded import kth_smallest, like, local, summed, total
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
 from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read
@@ -37,7 +37,13 @@ TargetControl = Literal["exact", "pi", "hard"]
 DEFAULT_COUPLING: Coupling = "coupled"
 
 _SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+_PER_WEIGHT = ("lam", "lam_momentum", "lam_exp_avg_sq")  # λ and its moments: one entry per weight
 _DRIVERS: dict[str, Driver] = {"sgd": sgd_step, "adam": adam_step}  # per optimizer family
+
+
+def _views(flat: torch.Tensor, halo: HALO) -> list[torch.Tensor]:
+    """``flat`` (λ or one of its moments) per penalised weight, shaped like it."""
+    return [c.view(s) for c, s in zip(flat.split(halo.numels), halo.shapes, strict=True)]
 
 
 class HALO(BudgetTerm, ChecksParameterNames, Penalty):
@@ -260,7 +266,29 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             if state.get("step_budget") is not None:
                 self.begin_training(state["step_budget"])
 
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """Sharded (FSDP2): λ and each of its moments in use as one entry per penalised weight,
+        ``lam.<parameter name>``, a ``DTensor`` sharded like the weight (what a distributed checkpoint
+        saves and reshards); otherwise the flat tensors."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._sharded is None:
+            return
+        params = self.penalised_parameters()
+        for name in _PER_WEIGHT:
+            flat = destination.pop(prefix + name)
+            if not flat.numel():  # a moment not in use: empty, as unsharded
+                destination[prefix + name] = flat
+                continue
+            for n, block, p in zip(self.param_names, _views(flat.detach(), self), params, strict=True):
+                destination[f"{prefix}{name}.{n}"] = like(block, p)
+
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        if self._sharded is not None:  # per-weight entries (see _save_to_state_dict) back into flat ones
+            state_dict = dict(state_dict)
+            for name in _PER_WEIGHT:
+                keys = [f"{prefix}{name}.{n}" for n in self.param_names]
+                if all(k in state_dict for k in keys):
+                    state_dict[prefix + name] = torch.cat([local(state_dict.pop(k)).flatten() for k in keys])
         # λ's moments are empty where the run that saved them had no use for them (see attach)
         for name in ("lam_momentum", "lam_exp_avg_sq"):
             saved = state_dict.get(prefix + name)
@@ -277,9 +305,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     # ----------------------------------------------------------------------------- the penalty
 
     def lambdas(self) -> dict[str, torch.Tensor]:
-        """λ per penalised parameter, shaped like it (views into ``self.lam``)."""
-        chunks = self.lam.split(self.numels)
-        return {n: c.view(s) for n, c, s in zip(self.param_names, chunks, self.shapes, strict=True)}
+        """λ per penalised parameter, shaped like it (views into ``self.lam``; sharded: this process's
+        blocks)."""
+        return dict(zip(self.param_names, _views(self.lam, self), strict=True))
 
     @property
     def attached(self) -> bool:
