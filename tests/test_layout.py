@@ -45,6 +45,7 @@ LAZY_OK = {
     "mlflow",
     "wandb",  # the experiment loggers' backends
     "submitit",  # a requeued sweep job's checkpoint hook, in submitit's worker
+    "torch.distributed.tensor",  # DTensor (0.6 s to import): only once a model is sharded (core/sharded.py)
 }
 
 

@@ -1,4 +1,5 @@
 """Checkpoints of a model sharded with FSDP2 (``fully_shard``): sharded to resume, whole to ship.
+(Not imported by ``import haloprune``: torch's distributed checkpointing is slow to import.)
 
 :func:`save_sharded` writes one ``torch.distributed.checkpoint`` (DCP) folder from every process at once —
 the model's weights, the pruning masks, the optimizer's state and the penalty's (HALO's λ and its moments,
@@ -21,7 +22,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.params import unwrap
@@ -53,8 +63,6 @@ def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer | None) 
 def _state(
     model: nn.Module, optimizer: torch.optim.Optimizer | None, penalty: nn.Module | None
 ) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
     state["masks"] = mask_entries(model)
     if optimizer is not None:
@@ -72,8 +80,6 @@ def save_sharded(
 ) -> Path:
     """Write a sharded checkpoint of ``model`` (and ``optimizer``, ``penalty``) to the folder ``path``,
     from every process (a collective call). Returns ``path``."""
-    import torch.distributed.checkpoint as dcp
-
     model = unwrap(model)
     _check_optimizer(model, optimizer)
     path = Path(path)
@@ -102,10 +108,6 @@ def load_sharded(
 ) -> None:
     """Load a checkpoint of :func:`save_sharded` into ``model`` (and ``optimizer``, ``penalty``), sharded
     as when it was saved, from every process (a collective call); the masks it holds are attached."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-    from torch.distributed.tensor import DTensor
-
     model = unwrap(model)
     _check_optimizer(model, optimizer)
     path = Path(path)
@@ -135,7 +137,5 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights of a sharded ``model`` gathered into one plain state dict on the CPU, on the first
     process (every other process gets ``{}``); a collective call. The keys are those of the unsharded
     model, so ``torch.save`` of it loads with plain ``load_state_dict``."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(unwrap(model), options=options)
