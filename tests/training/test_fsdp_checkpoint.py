@@ -5,6 +5,9 @@ target mode with AdamW: weights, λ, its controller, the optimizer; a pruned mod
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from haloprune import build_model
 from haloprune.core.errors import HaloPruneError
-from tests.helpers import on_ranks
+from tests.helpers import REPO, free_port, on_ranks
 
 STEPS, SAVE_AT = 8, 4
 
@@ -162,3 +166,28 @@ def test_the_full_state_dict_loads_into_the_unsharded_model(runs, kind: str) -> 
 def test_no_checkpoint_is_a_clear_error(runs) -> None:
     _, _, resumed = runs
     assert all("is not a sharded checkpoint" in r["missing"] for r in resumed)
+
+
+@pytest.mark.usefixtures("real_fmnist")
+def test_the_example_runs_under_torchrun_and_resumes(tmp_path: Path) -> None:
+    """examples/fsdp_halo.py, the documented command (2 processes, gloo), on real Fashion-MNIST."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+    ]
+    cmd += [str(REPO / "examples" / "fsdp_halo.py"), "--out", str(tmp_path), "--epochs", "2"]
+    cmd += ["--train-subset", "3000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("processes: 95.00% zeros before pruning") == 1  # the first process reports
+    plain = build_model("lenet-300-100")
+    plain.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))  # no haloprune needed
+    weights = [p for n, p in plain.named_parameters() if n.endswith("weight")]
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.95 * sum(w.numel() for w in weights))
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)  # resumes: nothing left
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.splitlines()[0] == first.stdout.splitlines()[0]
