@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from haloprune import HALO
+from haloprune import HALO, L1
 from haloprune.core.errors import HaloPruneError
 from tests.helpers import on_ranks
 
@@ -88,6 +88,12 @@ def _worker(rank: int, world: int, out: str) -> None:
             "values": values,
             "stats": halo.stats(),
         }
+    # a penalty that does not shard its state: refused
+    try:
+        L1(model, xi=1e-3)
+        results["l1"] = "no error"
+    except HaloPruneError as err:
+        results["l1"] = str(err)
     # built before the model was sharded: refused, not silently stepping stale weights
     model = _net()
     halo = HALO(model, xi=1e-3, psi=1e-2)
@@ -131,3 +137,7 @@ def test_sharded_steps_are_the_unsharded_steps(ranks: list[dict], case: str) -> 
 
 def test_a_penalty_built_before_sharding_is_refused(ranks: list[dict]) -> None:
     assert all("built before the model was sharded" in r["before"] for r in ranks)
+
+
+def test_a_penalty_that_does_not_shard_is_refused(ranks: list[dict]) -> None:
+    assert all(r["l1"].startswith("L1 does not work on a model sharded with fully_shard") for r in ranks)
