@@ -161,3 +161,17 @@ def on_ranks(fn: Callable[..., None], world: int, *args: object) -> None:
     import torch.multiprocessing as mp
 
     mp.start_processes(_on_rank, args=(world, free_port(), fn, args), nprocs=world, start_method="spawn")
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """The command line ``torchrun --nproc_per_node=N --master_port=<free> ARGS...``."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        *args,
+    ]

@@ -9,34 +9,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from haloprune.config import TrainConfig, load_config
 from haloprune.training.distributed import World, shard
 from tests.data.test_cifar import write_cifar
-from tests.helpers import free_port
+from tests.helpers import on_ranks, torchrun
 from tests.training.test_gpu_path import SMALL
 
 CFG = [*SMALL, "optim.eval_batch_size=64", "name=ddp"]  # the tiny CIFAR-format VGG + HALO run
 
 
-def _worker(rank: int, world: int, port: int, cfg_json: str, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        HALOPRUNE_COMPILE="0",
-    )
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, cfg_json: str, out: str) -> None:
     from haloprune.pruning import global_magnitude_prune
-    from haloprune.training import callbacks, distributed
+    from haloprune.training import callbacks
     from haloprune.training import run as train_mod
 
     writes: list[str] = []
@@ -64,7 +53,6 @@ def _worker(rank: int, world: int, port: int, cfg_json: str, out: str) -> None:
         },
         Path(out) / f"rank{rank}.pt",
     )
-    distributed.teardown()
 
 
 def test_shard_covers_the_batch() -> None:
@@ -79,9 +67,7 @@ def test_two_ranks_stay_identical(tmp_path: Path) -> None:
     cfg = load_config(TrainConfig, None, [*CFG, f"data.dir='{tmp_path / 'data'}'", f"out_dir='{tmp_path}'"])
     out = tmp_path / "out"
     out.mkdir()
-    mp.start_processes(
-        _worker, args=(2, free_port(), cfg.model_dump_json(), str(out)), nprocs=2, start_method="spawn"
-    )
+    on_ranks(_worker, 2, cfg.model_dump_json(), str(out))
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for key in ("trained", "pruned"):
         assert r0[key].keys() == r1[key].keys()
@@ -108,14 +94,9 @@ def test_torchrun_cli(tmp_path: Path) -> None:
     config = Path(__file__).resolve().parents[2] / "configs" / "halo-cifar10-vgg16.toml"
     sets = ["device=cpu", 'optim.amp="none"', "model.width=0.0625", "optim.epochs=2", "optim.batch_size=16"]
     sets += ["data.val_size=20", f"out_dir='{tmp_path}'"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-    ]
-    cmd += ["-m", "haloprune", "train", "--config", str(config), "--data-dir", str(tmp_path / "data")]
+    cmd = torchrun(
+        2, "-m", "haloprune", "train", "--config", str(config), "--data-dir", str(tmp_path / "data")
+    )
     cmd += [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "HALOPRUNE_COMPILE": "0", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from torch import nn
 
 from haloprune import build_model
 from haloprune.core.errors import HaloPruneError
-from tests.helpers import REPO, free_port, on_ranks
+from tests.helpers import REPO, on_ranks, torchrun
 
 STEPS, SAVE_AT = 8, 4
 
@@ -171,15 +170,8 @@ def test_no_checkpoint_is_a_clear_error(runs) -> None:
 @pytest.mark.usefixtures("real_fmnist")
 def test_the_example_runs_under_torchrun_and_resumes(tmp_path: Path) -> None:
     """examples/fsdp_halo.py, the documented command (2 processes, gloo), on real Fashion-MNIST."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-    ]
-    cmd += [str(REPO / "examples" / "fsdp_halo.py"), "--out", str(tmp_path), "--epochs", "2"]
-    cmd += ["--train-subset", "3000"]
+    example = str(REPO / "examples" / "fsdp_halo.py")
+    cmd = torchrun(2, example, "--out", str(tmp_path), "--epochs", "2", "--train-subset", "3000")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
