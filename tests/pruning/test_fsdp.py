@@ -10,9 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from haloprune.core.errors import HaloPruneError
 from haloprune.core.sharded import Layout, lowest
 from haloprune.pruning import global_magnitude_prune, layerwise_magnitude_prune, sparsity_report
 from haloprune.pruning.masks import get_masks, restore_masks
+from haloprune.pruning.slim import slim
+from haloprune.pruning.storage import save_sparse
+from haloprune.pruning.structured import group_prune
 from tests.helpers import on_ranks
 
 
@@ -72,7 +76,18 @@ def _worker(rank: int, world: int, out: str) -> None:
     masks = {n: _full(m) for n, m in get_masks(model).items()}
     weights = {n: _full(p.detach()) for n, p in model.named_parameters()}
     restored = {n: _full(m) for n, m in restore_masks(model).items()}
-    saved = {"cases": results, "masks": masks, "weights": weights, "restored": restored}
+    refused = []  # whole-model operations: one clear error each
+    for call in (
+        lambda: group_prune(model, torch.randn(2, 7), params=20),
+        lambda: slim(model, torch.randn(2, 7)),
+        lambda: save_sparse(model, f"{out}/never.safetensors", architecture={}),
+    ):
+        try:
+            call()
+            refused.append("no error")
+        except HaloPruneError as err:
+            refused.append(str(err))
+    saved = {"cases": results, "masks": masks, "weights": weights, "restored": restored, "refused": refused}
     torch.save(saved, f"{out}/{rank}.pt")
 
 
@@ -108,6 +123,12 @@ def test_masks_hold_through_sharded_adamw(ranks: list[dict]) -> None:
         assert torch.equal(r0["restored"].get(name, torch.ones_like(mask)), w != 0)
     total = sum(m.numel() for m in r0["masks"].values())
     assert sum(int((~m).sum()) for m in r0["masks"].values()) == round(0.8 * total)
+
+
+def test_whole_model_operations_refuse_a_sharded_model(ranks: list[dict]) -> None:
+    for r in ranks:
+        assert [m.split(" works on")[0] for m in r["refused"]] == ["group_prune", "slim", "save_sparse"]
+        assert all("gather the sharded one first" in m for m in r["refused"])
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -39,6 +39,7 @@ __all__ = [
     "like",
     "local",
     "lowest",
+    "refuse_sharded",
     "summed",
     "total",
 ]
@@ -145,6 +146,15 @@ def summed(x: torch.Tensor, where: Layout) -> torch.Tensor:
     if where.group is None:
         return x
     return x + (total(x.detach().reshape(1), where).reshape(()) - x.detach())
+
+
+def refuse_sharded(model: torch.nn.Module, what: str) -> None:
+    """One clear error if ``model`` has sharded parameters (``what`` works on whole models only)."""
+    if any(is_sharded(p) for p in model.parameters()):
+        raise HaloPruneError(
+            f"{what} works on an unsharded model: gather the sharded one first "
+            "(haloprune.training.fsdp.full_state_dict, loaded into the unsharded model)"
+        )
 
 
 def count_nonzero(t: torch.Tensor, name: str = "tensor") -> int:

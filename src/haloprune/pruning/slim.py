@@ -51,6 +51,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.layers import BATCHNORM, CONV, units_of
 from haloprune.core.params import unwrap
+from haloprune.core.sharded import refuse_sharded
 from haloprune.pruning.masks import apply_masks_, remove_masks
 
 _SAME_MODULES = (
@@ -441,6 +442,7 @@ def slim(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     ``torch.fx.symbolic_trace``. ``model`` itself is not changed; its masks, if any, are applied to the
     copy (pruned weights count as zero). Outputs agree with ``model.eval()`` up to float round-off.
     """
+    refuse_sharded(unwrap(model), "slim")
     model = copy.deepcopy(unwrap(model)).eval()
     apply_masks_(model)
     remove_masks(model)  # the copy is dense

@@ -33,6 +33,7 @@ from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import atomic_path
 from haloprune.core.params import unwrap
+from haloprune.core.sharded import refuse_sharded
 from haloprune.pruning.masks import get_masks
 
 FORMAT = "haloprune-sparse/1"
@@ -86,6 +87,7 @@ def save_sparse(
 ) -> Path:
     """Write ``model`` (masks attached) compactly to ``path`` (safetensors)."""
     model = unwrap(model)
+    refuse_sharded(model, "save_sparse")
     masks = get_masks(model)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
@@ -219,6 +221,7 @@ def save_compressed_tensors(
     that ``from_pretrained`` loads it.
     """
     model = unwrap(model)
+    refuse_sharded(model, "save_compressed_tensors")
     quantization = compressed_tensors_config(model)
     tensors = _unshared(model.state_dict())
     metadata = {

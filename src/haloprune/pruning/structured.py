@@ -14,6 +14,7 @@ from torch import nn
 
 from haloprune.core.layers import OutputGroups, output_groups
 from haloprune.core.params import Scope, select_parameters, unwrap
+from haloprune.core.sharded import refuse_sharded
 from haloprune.pruning.cost import count_cost
 from haloprune.pruning.masks import attach_mask, get_masks
 from haloprune.pruning.slim import slim
@@ -102,6 +103,7 @@ def group_prune(
     Returns the masks of the pruned layers' weights. Raises ``ValueError`` if no such pruning reaches the
     budget.
     """
+    refuse_sharded(model, "group_prune")
     if params is None and macs is None:
         raise ValueError("give a budget: params=..., macs=... or both")
     if (params is not None and params < 0) or (macs is not None and macs < 0):
