@@ -88,5 +88,46 @@ def _ddp_main(data_dir: str, out: str) -> None:
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(info))
 
 
+class ShardedLeNet(LeNetModule):
+    """The LeNet sharded with FSDP2 by ModelParallelStrategy (each Linear, then the whole), AdamW."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net.modules():
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def _fsdp_main(data_dir: str, out: str, resume: str | None) -> None:
+    """Two CPU ranks under FSDP2 (ModelParallelStrategy), 3 epochs, a checkpoint every epoch; with
+    ``resume``, from that checkpoint. Rank 0 writes the whole weights, every rank the λ it holds."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    torch.set_num_threads(1)
+    loader, _ = loaders(Path(data_dir), 2000, distributed=True)
+    module = ShardedLeNet(3 * len(loader) // 2)
+    cb = HALOCallback(target_sparsity=0.9)
+    ck = ModelCheckpoint(dirpath=Path(out) / "ckpt", save_top_k=-1, every_n_epochs=1)
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    t = trainer(Path(out), 3, [cb, ck], devices=2, strategy=strategy, use_distributed_sampler=True)
+    t.fit(module, loader, ckpt_path=resume)
+    weights = {n: p.detach().full_tensor() for n, p in module.net.named_parameters()}
+    tag = "resumed" if resume else "first"
+    if t.global_rank == 0:
+        torch.save(weights, Path(out) / f"{tag}.pt")
+    info = {"world": t.world_size, "steps": t.global_step, "lam_held": cb.halo.lam.numel()}
+    (Path(out) / f"{tag}{t.global_rank}.json").write_text(json.dumps(info))
+
+
 if __name__ == "__main__":
-    _ddp_main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "fsdp":
+        _fsdp_main(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
+    else:
+        _ddp_main(sys.argv[1], sys.argv[2])

@@ -150,6 +150,35 @@ def test_ddp_on_cpu_keeps_the_ranks_identical(real_fmnist: Path, tmp_path: Path)
     assert infos[0]["sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
+def test_fsdp2_model_parallel_strategy_trains_checkpoints_and_resumes(
+    real_fmnist: Path, tmp_path: Path
+) -> None:
+    """Lightning's ModelParallelStrategy (FSDP2, 2 CPU ranks): the callback's HALO holds λ for each rank's
+    shards, ends at the target, and a fit resumed from the first epoch's (sharded) checkpoint ends with the
+    uninterrupted fit's weights, bit for bit."""
+    app = Path(__file__).with_name("lightning_app.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+
+    def run(*extra: str) -> None:
+        cmd = [sys.executable, str(app), "fsdp", str(real_fmnist), str(tmp_path), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run()
+    first = sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))[0]
+    run(str(first))
+    infos = [json.loads((tmp_path / f"first{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world"] for i in infos] == [2, 2] and infos[0]["steps"] == 30
+    held = [i["lam_held"] for i in infos]
+    assert sum(held) == 784 * 300 + 300 * 100 + 100 * 10 and min(held) < sum(held) // 2 + 1000
+    a, b = torch.load(tmp_path / "first.pt"), torch.load(tmp_path / "resumed.pt")
+    for name, w in a.items():
+        assert torch.equal(w, b[name]), name
+    weights = [w for n, w in a.items() if n.endswith("weight")]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.9, abs=1e-3)
+
+
 def test_bad_arguments_fail_at_construction() -> None:
     with pytest.raises(TypeError, match="did you mean 'lambda_min'"):
         HALOCallback(target_sparsity=0.9, lamda_min=1e-3)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Layout",
     "count_nonzero",
+    "gathered",
     "is_sharded",
     "kth_smallest",
     "layout",
@@ -40,6 +41,7 @@ __all__ = [
     "local",
     "lowest",
     "refuse_sharded",
+    "shard_like",
     "summed",
     "total",
 ]
@@ -68,6 +70,22 @@ def like(block: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return DTensor.from_local(
         block, ref.device_mesh, ref.placements, shape=ref.shape, stride=ref.stride(), run_check=False
     )
+
+
+def shard_like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The whole tensor ``full`` (the same on every process, e.g. read from a checkpoint) sharded exactly
+    like ``ref``, without communication: each process keeps its block (``full`` itself when ``ref`` is not
+    sharded, or ``full`` is sharded already)."""
+    if not is_sharded(ref) or is_sharded(full):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(local(ref).device), ref.device_mesh, ref.placements, src_data_rank=None)
+
+
+def gathered(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a sharded ``t`` on every process (a collective call); ``t`` itself when not sharded."""
+    return t.full_tensor() if is_sharded(t) else t
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from haloprune.core.params import SELECTION_KEYS
+from haloprune.core.sharded import gathered
 from haloprune.penalties.base import check_keywords
 from haloprune.penalties.halo import HALO
 from haloprune.pruning.magnitude import global_magnitude_prune
@@ -126,13 +127,17 @@ class HALOSession:
         """HALO's state (λ, its moments, the controller) and the model's masks: what a checkpoint needs to
         resume exactly."""
         state: dict[str, Any] = {}
-        if self.halo is not None:
-            state["halo"] = self.halo.state_dict()
+        if self.halo is not None:  # a sharded model's λ and masks gathered whole (a collective call):
+            # trainers save callback state from one process (Lightning's FSDP2 strategy too)
+            state["halo"] = {
+                k: gathered(v) if isinstance(v, torch.Tensor) else v
+                for k, v in self.halo.state_dict().items()
+            }
         elif self._pending is not None:
             state["halo"] = self._pending
         masks = get_masks(self._model) if self._model is not None else self._pending_masks
         if masks:
-            state["masks"] = {name: mask.cpu() for name, mask in masks.items()}
+            state["masks"] = {name: gathered(mask).cpu() for name, mask in masks.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

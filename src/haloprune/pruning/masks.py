@@ -37,7 +37,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from haloprune.core.params import SelectionArgs, select_parameters, unwrap
-from haloprune.core.sharded import count_nonzero
+from haloprune.core.sharded import count_nonzero, shard_like
 
 SUFFIX = "_mask"
 _LINK = "_haloprune_mask"  # parameter attribute: (MaskOwner, attribute name)
@@ -105,7 +105,8 @@ def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     param = getattr(module, attr)
     if mask.shape != param.shape:
         raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter {tuple(param.shape)}")
-    mask = mask.to(device=param.device, dtype=torch.bool)
+    mask = shard_like(mask.to(dtype=torch.bool), param)  # a whole mask for a sharded weight: its block
+    mask = mask.to(device=param.device)
     existing = module._buffers.get(attr + SUFFIX)
     if isinstance(existing, torch.Tensor) and existing.shape == mask.shape:
         existing.copy_(mask)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal, Unpack
 import torch
 from torch import nn
 
-from haloprune.core.sharded import kth_smallest, like, local, summed, total
+from haloprune.core.sharded import kth_smallest, like, local, shard_like, summed, total
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
 from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read
@@ -284,11 +284,15 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
 
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
         if self._sharded is not None:  # per-weight entries (see _save_to_state_dict) back into flat ones
-            state_dict = dict(state_dict)
+            # (each a DTensor sharded like its weight, or the whole tensor: a gathered state dict)
+            state_dict, params = dict(state_dict), self.penalised_parameters()
             for name in _PER_WEIGHT:
                 keys = [f"{prefix}{name}.{n}" for n in self.param_names]
                 if all(k in state_dict for k in keys):
-                    state_dict[prefix + name] = torch.cat([local(state_dict.pop(k)).flatten() for k in keys])
+                    blocks = [
+                        local(shard_like(state_dict.pop(k), p)) for k, p in zip(keys, params, strict=True)
+                    ]
+                    state_dict[prefix + name] = torch.cat([b.flatten() for b in blocks])
         # λ's moments are empty where the run that saved them had no use for them (see attach)
         for name in ("lam_momentum", "lam_exp_avg_sq"):
             saved = state_dict.get(prefix + name)
