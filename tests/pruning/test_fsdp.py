@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from haloprune.core.errors import HaloPruneError
-from haloprune.core.sharded import Layout, lowest
+from haloprune.core.sharded import Layout, kth_smallest, layout, lowest
 from haloprune.pruning import global_magnitude_prune, layerwise_magnitude_prune, sparsity_report
 from haloprune.pruning.masks import get_masks, restore_masks
 from haloprune.pruning.slim import slim
@@ -87,7 +87,25 @@ def _worker(rank: int, world: int, out: str) -> None:
             refused.append("no error")
         except HaloPruneError as err:
             refused.append(str(err))
-    saved = {"cases": results, "masks": masks, "weights": weights, "restored": restored, "refused": refused}
+    kth = []  # the k-th smallest over both processes' blocks, whatever the guess
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        full = torch.randint(0, 6, (int(torch.randint(2, 40, (1,), generator=g)),), generator=g).float() * 0.1
+        block = full[: len(full) // 3] if rank == 0 else full[len(full) // 3 :]
+        where = layout([model[0].weight], ["w"])
+        for k in (1, len(full) // 2 + 1, len(full)):
+            for near in (None, 0.0, 0.1, 0.3, 0.45, 2.0, -1.0):
+                kth.append(
+                    (seed, k, near, kth_smallest(block, k, near, where), float(full.kthvalue(k).values))
+                )
+    saved = {
+        "kth": kth,
+        "cases": results,
+        "masks": masks,
+        "weights": weights,
+        "restored": restored,
+        "refused": refused,
+    }
     torch.save(saved, f"{out}/{rank}.pt")
 
 
@@ -123,6 +141,11 @@ def test_masks_hold_through_sharded_adamw(ranks: list[dict]) -> None:
         assert torch.equal(r0["restored"].get(name, torch.ones_like(mask)), w != 0)
     total = sum(m.numel() for m in r0["masks"].values())
     assert sum(int((~m).sum()) for m in r0["masks"].values()) == round(0.8 * total)
+
+
+def test_kth_smallest_over_processes_is_kthvalue_of_the_whole(ranks: list[dict]) -> None:
+    for r in ranks:
+        assert r["kth"] and all(got == want for *_, got, want in r["kth"])
 
 
 def test_whole_model_operations_refuse_a_sharded_model(ranks: list[dict]) -> None:

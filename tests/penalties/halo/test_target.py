@@ -433,3 +433,10 @@ def test_hard_control_shrinks_nothing_and_zeroes_the_lowest_scores() -> None:
         assert torch.equal(model.weight[kept], moved[kept])
         assert moved[~kept].abs().max() <= moved[kept].abs().min()  # λ alike: the magnitude's order
     assert zeros == 500
+
+
+def test_kth_smallest_answers_in_the_values_precision_whatever_the_hint() -> None:
+    """A hint that is not a float32 number (0.3) but rounds to the answer gives the float32 value."""
+    values = torch.tensor([0.1, 0.3, 0.3, 0.7])
+    for k in (2, 3):
+        assert kth_smallest(values, k, 0.3) == float(values.kthvalue(k).values) == float(values[1])

@@ -461,7 +461,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         parts = [lam.numel(), lam.sum(), (lam <= self.lambda_min).sum()]
         sums = total(torch.tensor(parts, dtype=torch.float64, device=lam.device), where)
         n = int(sums[0])
-        q = [kth_smallest(lam, max(1, min(n, round(f * n))), where) for f in (0.0, 0.01, 0.5, 0.99)]
+        q = [kth_smallest(lam, max(1, min(n, round(f * n))), where=where) for f in (0.0, 0.01, 0.5, 0.99)]
         return {
             "lambda_mean": float(sums[1]) / n,
             "lambda_min": q[0],

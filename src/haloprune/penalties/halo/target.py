@@ -33,7 +33,7 @@ import torch
 
 from haloprune.core import sharded
 from haloprune.core.schedules import cubic_sparsity
-from haloprune.core.sharded import Layout
+from haloprune.core.sharded import Layout, kth_smallest
 
 _MAX_ERROR = 3.0  # |log(d / d_target)| counted at most (a factor e³ ≈ 20 in density)
 _MAX_STEP = 0.5  # most the integral part of log c moves in one update
@@ -207,35 +207,6 @@ def step_budget(
     return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
 
 
-_BAND = 0.1  # kth_smallest's first band: ±10% around the hint (widened 4x per miss, 3 tries)
-
-
-def kth_smallest(values: torch.Tensor, k: int, near: float | None = None) -> float:
-    """The ``k``-th smallest (1-based) of the 1-D ``values``: exactly ``values.kthvalue(k).values``, found
-    in a few elementwise passes when ``near`` is close to it (target mode's cut moves little from one step
-    to the next). Values are counted on either side of a band around ``near`` and only those inside it are
-    selected among; a band that misses is widened, then the whole is selected among. The hint changes
-    the cost, never the answer."""
-    if near is not None and math.isfinite(near):
-        below = int(torch.count_nonzero(values < near))
-        upto = int(torch.count_nonzero(values <= near))
-        if below < k <= upto:
-            return near
-        width = max(abs(near), 1e-30) * _BAND
-        for _ in range(3):
-            if k <= below:  # the answer lies below near
-                lo = near - width
-                under = int(torch.count_nonzero(values < lo))
-                if under < k:
-                    return float(values[(values >= lo) & (values < near)].kthvalue(k - under).values)
-            else:
-                hi = near + width
-                if k <= int(torch.count_nonzero(values <= hi)):
-                    return float(values[(values > near) & (values <= hi)].kthvalue(k - upto).values)
-            width *= 4
-    return float(values.kthvalue(k).values)
-
-
 def _magnitudes(weights: list[torch.Tensor], where: Layout) -> tuple[torch.Tensor, int, int]:
     """``|w|`` of ``weights``, flat (in their order), and how many there are and are nonzero over all
     processes (``weights``: this process's blocks)."""
@@ -323,9 +294,7 @@ class TargetMode:
 
     def _kth(self, score: torch.Tensor, k: int, hint: str) -> float:
         """The ``k``-th smallest of the scores of all processes (this one's: ``score``)."""
-        if self.where.sharded:
-            return sharded.kth_smallest(score, k, self.where)
-        return kth_smallest(score, k, self._near.get(hint))
+        return kth_smallest(score, k, self._near.get(hint), self.where)
 
     @torch.no_grad()
     def _top_up(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
