@@ -45,6 +45,7 @@ __all__ = [
     "shard_like",
     "summed",
     "total",
+    "total_counts",
 ]
 
 
@@ -159,6 +160,14 @@ def total(values: torch.Tensor, where: Layout) -> torch.Tensor:
     return out
 
 
+def total_counts(counts: Sequence[int], where: Layout, device: torch.device | None = None) -> list[int]:
+    """Integer ``counts`` summed over the processes of ``where`` (``device``: the process group's, for
+    NCCL); unchanged, with no tensor made, when nothing is sharded."""
+    if where.group is None:
+        return list(counts)
+    return [int(c) for c in total(torch.tensor(list(counts), dtype=torch.int64, device=device), where)]
+
+
 def summed(x: torch.Tensor, where: Layout) -> torch.Tensor:
     """The 0-dim ``x`` summed over the processes of ``where``, differentiable as this process's ``x``:
     each process's own part is what its gradient flows to (the others' parts are constants to it)."""
@@ -178,7 +187,8 @@ def refuse_sharded(model: torch.nn.Module, what: str) -> None:
 
 def count_nonzero(t: torch.Tensor, name: str = "tensor") -> int:
     """The nonzero entries of ``t`` over all processes (each shard counted once)."""
-    return int(total(torch.count_nonzero(local(t).detach()).reshape(1), layout([t], [name])))
+    block = local(t).detach()
+    return total_counts([int(torch.count_nonzero(block))], layout([t], [name]), block.device)[0]
 
 
 def _keys(scores: torch.Tensor) -> torch.Tensor:
@@ -232,8 +242,7 @@ def kth_smallest(
         return _value_of(_cut([_keys(among)], j, where), values.dtype)
 
     def counts(*masks: torch.Tensor) -> list[int]:  # each mask's True entries, over all processes
-        mine = torch.tensor([int(torch.count_nonzero(m)) for m in masks], dtype=torch.int64)
-        return [int(c) for c in total(mine.to(values.device), where)]
+        return total_counts([int(torch.count_nonzero(m)) for m in masks], where, values.device)
 
     if near is not None and math.isfinite(near):
         near = float(torch.tensor(near, dtype=values.dtype))  # as the entries hold it (0.3 in float32)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from haloprune.core.params import SelectionArgs, require_parameters, select_parameters, unwrap
-from haloprune.core.sharded import count_nonzero, is_sharded, layout, like, local, lowest, total
+from haloprune.core.sharded import count_nonzero, is_sharded, layout, like, local, lowest, total_counts
 from haloprune.pruning.masks import attach_masks, get_masks
 
 
@@ -108,7 +108,7 @@ def _sharded_masks(
 
         def zeros(part: list[int] = part) -> int:
             mine = sum(_zeros(blocks[i]) for i in part if counted[i])
-            return int(total(torch.tensor([mine], device=blocks[0].device), where))
+            return total_counts([mine], where, blocks[0].device)[0]
 
         n = _n_prune(sum(tensors[i].numel() for i in part), zeros, sparsity, of)
         keep += lowest([blocks[i] for i in part], [counted[i] for i in part], n, where)

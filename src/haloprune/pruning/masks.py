@@ -202,12 +202,9 @@ def load_state_dict(
     """
     model = unwrap(model)
     params = dict(model.named_parameters())
-    masks = {
-        k[: -len(SUFFIX)]: v
-        for k, v in state_dict.items()
-        if k.endswith(SUFFIX) and k[: -len(SUFFIX)] in params
-    }
-    plain = {k: v for k, v in state_dict.items() if not (k.endswith(SUFFIX) and k[: -len(SUFFIX)] in masks)}
+    masks = {name: mask for name, mask in masks_of(state_dict).items() if name in params}
+    taken = {mask_key(name) for name in masks}
+    plain = {k: v for k, v in state_dict.items() if k not in taken}
     result = model.load_state_dict(plain, strict=strict)
     attach_masks(model, masks)
     if not masks and restore:

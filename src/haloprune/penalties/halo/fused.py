@@ -135,7 +135,8 @@ def _noise16(like: torch.Tensor, seed: torch.Tensor | int, salt: int) -> torch.T
     return (h & 0xFFFF).to(torch.int32)
 
 
-def _views(flat: torch.Tensor, numels: list[int], shapes: list[tuple[int, ...]]) -> Tensors:
+def views(flat: torch.Tensor, numels: list[int], shapes: list[tuple[int, ...]]) -> Tensors:
+    """``flat`` (λ or one of its moments) per penalised tensor, shaped like it (views)."""
     return [c.view(s) for c, s in zip(flat.split(numels), shapes, strict=True)]
 
 
@@ -258,9 +259,9 @@ class FusedUpdate:
             groups=groups,
             others=[(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
             lam_group=group_of.get(id(halo.lam)),
-            lams=_views(lam, halo.numels, halo.shapes),
-            bufs=_views(halo.lam_momentum, halo.numels, halo.shapes) if halo.lam_momentum.numel() else [],
-            sq=_views(halo.lam_exp_avg_sq, halo.numels, halo.shapes) if halo.lam_exp_avg_sq.numel() else [],
+            lams=views(lam, halo.numels, halo.shapes),
+            bufs=views(halo.lam_momentum, halo.numels, halo.shapes) if halo.lam_momentum.numel() else [],
+            sq=views(halo.lam_exp_avg_sq, halo.numels, halo.shapes) if halo.lam_exp_avg_sq.numel() else [],
             dtype=dtype,
             psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
             xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),

@@ -14,7 +14,7 @@ from torch import nn
 from haloprune.core.sharded import kth_smallest, like, local, shard_like, summed, total
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
-from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read
+from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read, views
 from haloprune.penalties.halo.sgd import sgd_step
 from haloprune.penalties.halo.target import (
     CONTROLS,
@@ -39,11 +39,6 @@ DEFAULT_COUPLING: Coupling = "coupled"
 _SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 _PER_WEIGHT = ("lam", "lam_momentum", "lam_exp_avg_sq")  # λ and its moments: one entry per weight
 _DRIVERS: dict[str, Driver] = {"sgd": sgd_step, "adam": adam_step}  # per optimizer family
-
-
-def _views(flat: torch.Tensor, halo: HALO) -> list[torch.Tensor]:
-    """``flat`` (λ or one of its moments) per penalised weight, shaped like it."""
-    return [c.view(s) for c, s in zip(flat.split(halo.numels), halo.shapes, strict=True)]
 
 
 class HALO(BudgetTerm, ChecksParameterNames, Penalty):
@@ -279,7 +274,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             if not flat.numel():  # a moment not in use: empty, as unsharded
                 destination[prefix + name] = flat
                 continue
-            for n, block, p in zip(self.param_names, _views(flat.detach(), self), params, strict=True):
+            for n, block, p in zip(
+                self.param_names, views(flat.detach(), self.numels, self.shapes), params, strict=True
+            ):
                 destination[f"{prefix}{name}.{n}"] = like(block, p)
 
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
@@ -311,7 +308,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     def lambdas(self) -> dict[str, torch.Tensor]:
         """λ per penalised parameter, shaped like it (views into ``self.lam``; sharded: this process's
         blocks)."""
-        return dict(zip(self.param_names, _views(self.lam, self), strict=True))
+        return dict(zip(self.param_names, views(self.lam, self.numels, self.shapes), strict=True))
 
     @property
     def attached(self) -> bool:

@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 
-from haloprune.core import sharded
 from haloprune.core.schedules import cubic_sparsity
-from haloprune.core.sharded import Layout, kth_smallest
+from haloprune.core.sharded import Layout, kth_smallest, total_counts
 
 _MAX_ERROR = 3.0  # |log(d / d_target)| counted at most (a factor e³ ≈ 20 in density)
 _MAX_STEP = 0.5  # most the integral part of log c moves in one update
@@ -211,8 +210,8 @@ def _magnitudes(weights: list[torch.Tensor], where: Layout) -> tuple[torch.Tenso
     """``|w|`` of ``weights``, flat (in their order), and how many there are and are nonzero over all
     processes (``weights``: this process's blocks)."""
     w = torch.cat([t.detach().abs().flatten() for t in weights])
-    counts = sharded.total(torch.tensor([w.numel(), int(torch.count_nonzero(w))], device=w.device), where)
-    return w, int(counts[0]), int(counts[1])
+    n, nonzero = total_counts([w.numel(), int(torch.count_nonzero(w))], where, w.device)
+    return w, n, nonzero
 
 
 #: How target mode sets ξ: ``"exact"`` (the default) chooses ξ before every step so that the proximal
