@@ -27,6 +27,16 @@ import time
 
 
 def worker(args: argparse.Namespace) -> None:
+    import torch.distributed as dist
+
+    from haloprune.training.distributed import teardown
+
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    _measure(args)
+    teardown()  # once _measure returned: the sharded model holding the process group is released
+
+
+def _measure(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -37,7 +47,6 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     cuda = args.device == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
@@ -87,8 +96,6 @@ def worker(args: argparse.Namespace) -> None:
             "step_s": max(float(r[2]) for r in rows),
         }
         print("RESULT " + json.dumps(out), flush=True)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _run(procs: int, halo: bool, args: argparse.Namespace) -> dict:

@@ -22,6 +22,7 @@ from torch.distributed.fsdp import fully_shard
 from haloprune import HALO, build_model, global_magnitude_prune, sparsity_report
 from haloprune.build import load_data
 from haloprune.config import DataConfig
+from haloprune.training.distributed import teardown
 from haloprune.training.evaluate import evaluate
 from haloprune.training.fsdp import full_state_dict, load_sharded, save_sharded
 
@@ -35,8 +36,13 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=None, help="the first N training images only")
     args = ap.parse_args()
 
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    run(args)
+    teardown()  # after run() returned: the sharded model (which holds the process group) is released
+
+
+def run(args: argparse.Namespace) -> None:
     cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
@@ -79,8 +85,6 @@ def main() -> None:
         torch.save(full, args.out / "model.pt")  # loads with plain load_state_dict into the unsharded model
         print(f"{world} processes: {100 * reached:.2f}% zeros before pruning, test accuracy {accuracy:.2f}%")
         print(f"sharded checkpoint: {checkpoint}; full state dict: {args.out / 'model.pt'}")
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

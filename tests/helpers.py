@@ -148,11 +148,14 @@ def _on_rank(rank: int, world: int, port: int, fn: Callable[..., None], args: tu
     )
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
+    from haloprune.training.distributed import teardown
+
     try:
         fn(rank, world, *args)
-        torch.distributed.barrier()  # no process leaves while another still finishes a collective
-    finally:
-        torch.distributed.destroy_process_group()
+    except BaseException:
+        teardown(wait=False)  # the others may never get there
+        raise
+    teardown()  # fn's sharded tensors released; no process leaves while another still finishes
 
 
 def on_ranks(fn: Callable[..., None], world: int, *args: object) -> None:

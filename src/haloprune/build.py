@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +160,17 @@ def init_from(model: nn.Module, source: str | Path) -> None:
     load_state_dict(model, {**model.state_dict(), **state}, restore=False)  # with the masks it carries
 
 
-def build(cfg: TrainConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, Penalty | None]:
-    """The model and penalty a config describes, freshly initialised from ``cfg.seed``."""
+def build(
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    prepare: Callable[[nn.Module], nn.Module] | None = None,
+) -> tuple[nn.Module, Penalty | None]:
+    """The model and penalty a config describes, freshly initialised from ``cfg.seed``. ``prepare`` (e.g.
+    sharding with FSDP2) is applied to the model before the penalty is built on it."""
     seed_everything(cfg.seed)
     model = build_network(cfg).to(device)
+    if prepare is not None:
+        model = prepare(model)
     penalty = None
     if cfg.penalty.name != "none":
         penalty = build_penalty(cfg.penalty.name, model, **cfg.penalty.kwargs()).to(device)

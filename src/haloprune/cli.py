@@ -17,6 +17,7 @@ from haloprune.config import TrainConfig, load_config
 from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import save_json, save_text
+from haloprune.core.sharded import has_sharded
 from haloprune.data import download, load_dataset
 from haloprune.data.datasets import DATASETS, default_cache_dir
 from haloprune.experiments.config import (
@@ -119,6 +120,34 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _train_and_report(cfg: TrainConfig, args: argparse.Namespace, logger: Any) -> None:
+    """``haloprune train``'s work; what it holds (a sharded model's tensors, and through them the process
+    group) is released when it returns, before the process group is left."""
+    result = train(cfg, progress=False if args.quiet else None, resume=args.resume is not None, logger=logger)
+    if logger is not None:  # the prune table and figure of `haloprune prune`, at prune.sparsities
+        # (a sharded model: its gathered copy, model.pt, on this one process)
+        model = load_trained(cfg.run_dir)[1] if has_sharded(result.model) else result.model
+        rows = prune_and_evaluate(
+            model,
+            result.data,
+            cfg.prune.sparsities,
+            per_layer=cfg.prune.per_layer,
+            recalibrate_bn=cfg.prune.recalibrate_bn,
+            of=cfg.prune.of,
+            zero_below=cfg.prune.zero_below,
+            **cfg.prune.selection(),
+        )
+        figure = cfg.run_dir / "accuracy_vs_sparsity.png"
+        log_pruned(logger, [{"method": cfg.name, **r} for r in rows], cfg.optim.epochs, figure)
+    if world().is_main:
+        last = result.history[-1]
+        print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
+        if cfg.optim.keep == "best-test":
+            best = max(result.history, key=lambda r: r["test_accuracy"])  # the first best, as kept
+            acc = best["test_accuracy"]
+            print(f"kept the weights of epoch {best['epoch']}: best test accuracy {acc:.2f}%")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config is not None or _overrides(args):
@@ -130,34 +159,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(TrainConfig, args.config, _overrides(args))
     cfg = _with_logger(cfg, args.logger)
     logger = build_logger(cfg.logging, cfg.name, cfg.out_dir) if world().is_main else None
+    done = False
     try:
-        result = train(
-            cfg, progress=False if args.quiet else None, resume=args.resume is not None, logger=logger
-        )
-        if logger is not None:  # the prune table and figure of `haloprune prune`, at prune.sparsities
-            rows = prune_and_evaluate(
-                result.model,
-                result.data,
-                cfg.prune.sparsities,
-                per_layer=cfg.prune.per_layer,
-                recalibrate_bn=cfg.prune.recalibrate_bn,
-                of=cfg.prune.of,
-                zero_below=cfg.prune.zero_below,
-                **cfg.prune.selection(),
-            )
-            figure = cfg.run_dir / "accuracy_vs_sparsity.png"
-            log_pruned(logger, [{"method": cfg.name, **r} for r in rows], cfg.optim.epochs, figure)
-        if world().is_main:
-            last = result.history[-1]
-            print(f"{cfg.run_dir}: val accuracy {last['val_accuracy']:.2f}% after {last['epoch']} epochs")
-            if cfg.optim.keep == "best-test":
-                best = max(result.history, key=lambda r: r["test_accuracy"])  # the first best, as kept
-                acc = best["test_accuracy"]
-                print(f"kept the weights of epoch {best['epoch']}: best test accuracy {acc:.2f}%")
+        _train_and_report(cfg, args, logger)
+        done = True
     finally:
         if logger is not None:
             logger.close()
-        teardown()  # under torchrun: leave the process group
+        teardown(wait=done)  # under torchrun: leave the process group (the run's tensors released by now)
     return 0
 
 

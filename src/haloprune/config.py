@@ -141,6 +141,10 @@ class OptimConfig(Section):
         (0.9, 0.999)
     )  # Adam/AdamW only
     eps: float = added_field(1e-8, gt=0)  # Adam/AdamW only
+    # how `torchrun` processes share the training: "ddp" (each holds the whole model, gradients averaged)
+    # or "fsdp" (FSDP2: weights, gradients, optimizer state and HALO's λ sharded across the processes;
+    # checkpoints sharded). One process trains the same either way.
+    parallel: Literal["ddp", "fsdp"] = added_field("ddp")
 
     @model_validator(mode="after")
     def _gammas(self) -> OptimConfig:
@@ -163,6 +167,15 @@ class OptimConfig(Section):
             # the default (0.9) and 0 are accepted, so switching optimizer does not need a second key
             raise ValueError(
                 f"momentum is an SGD setting; optimizer is {self.optimizer!r} (Adam's are betas)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sharded(self) -> OptimConfig:
+        if self.parallel == "fsdp" and self.keep == "best-test":
+            raise ValueError(
+                'keep = "best-test" keeps a copy of the whole model, which parallel = "fsdp" shards: '
+                'use keep = "last"'
             )
         return self
 

@@ -175,3 +175,22 @@ def test_divergence_stops_with_the_step_and_exit_2(
     assert code == 2
     assert "loss became" in err and "at step" in err and err.count("\n") == 1
     assert not (tmp_path / "boom" / "model.pt").exists()
+
+
+def test_a_moved_run_folder_resumes_where_it_is_now(tmp_path: Path) -> None:
+    """``haloprune train --resume`` of a run folder moved elsewhere: its config.toml still names the old
+    place, which is not a different config; any other difference still is."""
+    from haloprune.core.errors import ConfigError
+    from haloprune.training.run import prepare_run_dir
+
+    cfg = _cfg(tmp_path / "old", "name='run'")
+    run_dir, _ = prepare_run_dir(cfg)
+    (tmp_path / "new").mkdir()
+    moved = run_dir.rename(tmp_path / "new" / "renamed")
+    here = cfg.model_copy(update={"out_dir": str(moved.parent), "name": moved.name})
+    assert prepare_run_dir(here, resume=True) == (moved, False)
+    with pytest.raises(ConfigError, match="different config"):
+        prepare_run_dir(here, resume=False)
+    other = here.model_copy(update={"seed": 5})
+    with pytest.raises(ConfigError, match="different config"):
+        prepare_run_dir(other, resume=True)

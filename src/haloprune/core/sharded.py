@@ -35,6 +35,8 @@ __all__ = [
     "Layout",
     "count_nonzero",
     "gathered",
+    "gathered_state",
+    "has_sharded",
     "is_sharded",
     "kth_smallest",
     "layout",
@@ -42,6 +44,7 @@ __all__ = [
     "local",
     "lowest",
     "refuse_sharded",
+    "reshard",
     "shard_like",
     "summed",
     "total",
@@ -88,6 +91,17 @@ def shard_like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def gathered(t: torch.Tensor) -> torch.Tensor:
     """The whole of a sharded ``t`` on every process (a collective call); ``t`` itself when not sharded."""
     return t.full_tensor() if is_sharded(t) else t
+
+
+def gathered_state(state: dict[str, Any], keep: bool = True) -> dict[str, Any]:
+    """A state dict with each sharded tensor gathered whole (a collective call, one tensor at a time);
+    with ``keep=False`` (a process that will not use it) nothing is kept: ``{}``."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        whole = gathered(value) if isinstance(value, torch.Tensor) else value
+        if keep:
+            out[key] = whole
+    return out
 
 
 @dataclass(frozen=True)
@@ -176,9 +190,26 @@ def summed(x: torch.Tensor, where: Layout) -> torch.Tensor:
     return x + (total(x.detach().reshape(1), where).reshape(()) - x.detach())
 
 
+def has_sharded(model: torch.nn.Module) -> bool:
+    """True when any parameter of ``model`` is sharded (the model, or part of it, is ``fully_shard``-ed)."""
+    return any(is_sharded(p) for p in model.parameters())
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Put back the sharded parameters of every ``fully_shard``-ed module of ``model``: after a forward
+    without backward (evaluation) FSDP2 leaves the unsharded ones of the root module in their place,
+    so ``model.parameters()`` would not be what the optimizer holds. Nothing to do otherwise."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None:
+        return
+    for module in model.modules():
+        if isinstance(module, fsdp.FSDPModule):
+            module.reshard()
+
+
 def refuse_sharded(model: torch.nn.Module, what: str) -> None:
     """One clear error if ``model`` has sharded parameters (``what`` works on whole models only)."""
-    if any(is_sharded(p) for p in model.parameters()):
+    if has_sharded(model):
         raise HaloPruneError(
             f"{what} works on an unsharded model: gather the sharded one first "
             "(haloprune.training.fsdp.full_state_dict, loaded into the unsharded model)"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from haloprune.core.params import SELECTION_KEYS
-from haloprune.core.sharded import gathered
+from haloprune.core.sharded import gathered, gathered_state
 from haloprune.penalties.base import check_keywords
 from haloprune.penalties.halo import HALO
 from haloprune.pruning.magnitude import global_magnitude_prune
@@ -129,10 +129,7 @@ class HALOSession:
         state: dict[str, Any] = {}
         if self.halo is not None:  # a sharded model's λ and masks gathered whole (a collective call):
             # trainers save callback state from one process (Lightning's FSDP2 strategy too)
-            state["halo"] = {
-                k: gathered(v) if isinstance(v, torch.Tensor) else v
-                for k, v in self.halo.state_dict().items()
-            }
+            state["halo"] = gathered_state(self.halo.state_dict())
         elif self._pending is not None:
             state["halo"] = self._pending
         masks = get_masks(self._model) if self._model is not None else self._pending_masks

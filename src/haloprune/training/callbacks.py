@@ -54,6 +54,13 @@ class FitState:
             "model": masked_state_dict(self.model),
             "penalty": self.penalty.state_dict() if self.penalty is not None else None,
             "optimizer": self.optimizer.state_dict(),
+            **self.progress(),
+        }
+
+    def progress(self) -> dict[str, Any]:
+        """Where the run stands, beside the model, penalty and optimizer: the lr schedule, the batch
+        generator and RNG, the step and epoch, callbacks' state and the metrics rows so far."""
+        return {
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -62,6 +69,15 @@ class FitState:
             "extras": self.extras,
             "history": self.history,
         }
+
+    def restore_progress(self, saved: dict[str, Any]) -> None:
+        """Go back to where :meth:`progress` was taken (the optimizer's state restored already)."""
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.step, self.epoch = int(saved["step"]), int(saved["epoch"])
+        self.extras = saved.get("extras", {})
+        self.history = list(saved.get("history", []))
 
 
 class Callback:

@@ -21,10 +21,17 @@ How a run stays identical on every rank:
   every epoch all buffers are broadcast from rank 0 explicitly, so evaluation, checkpoints and pruning
   see one model.
 * files: only rank 0 writes (run directory, metrics, checkpoints, results); the others wait at a barrier.
+
+With ``optim.parallel = "fsdp"`` the model is sharded instead (:func:`shard_model`, FSDP2's
+``fully_shard``): each process holds 1/N of every weight, its gradient and optimizer state, and of HALO's
+λ (built on the sharded model). Batches, loss scaling and BatchNorm statistics are as above (FSDP2
+averages the gradients as DDP does); checkpoints are sharded (every process writes its part, see
+:mod:`haloprune.training.fsdp`) and the finished model is gathered into one ordinary ``model.pt``.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +41,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["World", "barrier", "broadcast_buffers", "on_main", "setup", "shard", "teardown", "world", "wrap"]
+from haloprune.core.sharded import has_sharded, is_sharded
+
+__all__ = [
+    "World",
+    "barrier",
+    "broadcast_buffers",
+    "on_main",
+    "setup",
+    "shard",
+    "shard_model",
+    "teardown",
+    "world",
+    "wrap",
+]
 
 T = TypeVar("T")
 
@@ -81,9 +101,18 @@ def setup(device: str) -> tuple[World, torch.device]:
     return world(), dev
 
 
-def teardown() -> None:
-    """Leave the process group (at the end of ``haloprune train``)."""
+def teardown(wait: bool = True) -> None:
+    """Leave the process group (at the end of ``haloprune train``), once every process is there (``wait``):
+    none leaves while another still waits on it. ``wait=False`` after an error: the others may never
+    come (the launcher stops them).
+
+    Release what holds the group first — a sharded model's parameters hold its device mesh: a gloo group
+    still held when the interpreter exits can abort the process there (``terminate called without an
+    active exception``) after a run that succeeded."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # what was released but sits in reference cycles (a penalty and its model)
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -94,9 +123,33 @@ def shard(n: int, w: World) -> slice:
     return slice(start, start + base + (w.rank < extra))
 
 
-def wrap(model: nn.Module, device: torch.device, w: World) -> nn.Module:
-    """``model`` for training across ``w``: SyncBatchNorm on CUDA, then DDP (the model itself alone)."""
+def shard_model(model: nn.Module, device: torch.device, w: World) -> nn.Module:
+    """``model`` sharded across ``w`` with FSDP2, in place (and returned): each block — a module whose
+    class is in the model's ``_no_split_modules`` (Hugging Face models), else each member of an
+    ``nn.ModuleList`` (a transformer's layers) — is one ``fully_shard`` unit, gathered only while it
+    runs, and the model is the unit of what is left. Unchanged in one process."""
     if not w.distributed:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (w.size,))
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    if names:
+        blocks = [m for m in model.modules() if type(m).__name__ in names]
+    else:
+        blocks = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
+    for block in blocks:
+        if any(True for _ in block.parameters()):
+            fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def wrap(model: nn.Module, device: torch.device, w: World) -> nn.Module:
+    """``model`` for training across ``w``: SyncBatchNorm on CUDA, then DDP (the model itself alone, or
+    when it is sharded already: FSDP2 reduces the gradients itself)."""
+    if not w.distributed or has_sharded(model):
         return model
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -107,10 +160,13 @@ def wrap(model: nn.Module, device: torch.device, w: World) -> nn.Module:
 
 @torch.no_grad()
 def broadcast_buffers(model: nn.Module, w: World) -> None:
-    """Copy rank 0's buffers (BatchNorm statistics, masks) to every rank."""
+    """Copy rank 0's buffers (BatchNorm statistics, masks) to every rank; sharded ones (a sharded
+    weight's mask) are each process's own part and stay."""
     if not w.distributed:
         return
     for buf in model.buffers():
+        if is_sharded(buf):
+            continue
         if buf.dtype == torch.bool:  # not every backend broadcasts bool
             tmp = buf.to(torch.uint8)
             dist.broadcast(tmp, 0)

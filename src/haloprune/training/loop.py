@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from haloprune.config import OptimConfig, PenaltyConfig
 from haloprune.core.params import select_parameters
+from haloprune.core.sharded import layout, local, reshard, total_counts
 from haloprune.data import SplitData
 from haloprune.data.augment import CropFlip
 from haloprune.penalties import Penalty
@@ -90,7 +92,7 @@ def fit(
     name: str = "run",
     progress: bool | None = None,
     extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None,
-    resume: dict[str, Any] | None = None,
+    resume: dict[str, Any] | str | Path | None = None,
     loss_fn: LossFn = F.cross_entropy,
     val_data: Batches | None = None,
     steps_per_epoch: int | None = None,
@@ -117,12 +119,15 @@ def fit(
     weights and masks, the penalty (λ, its moments, target mode's controller), the optimizer, scheduler,
     batch generator and RNG states, the metrics rows so far — and continues with the next epoch, exactly
     as if never interrupted (``SplitData`` only). A model or penalty that is not the checkpoint's (other
-    parameters or shapes, a penalty missing on one side) is refused with a ``ValueError``.
+    parameters or shapes, a penalty missing on one side) is refused with a ``ValueError``. For a sharded
+    (FSDP2) model, ``resume`` is the folder of a sharded checkpoint
+    (:class:`~haloprune.training.fsdp.ShardedCheckpoint`), loaded by every process.
 
     Under ``torchrun`` (a process group set up by :func:`haloprune.training.distributed.setup`) the model is
-    trained data-parallel: ``optim.batch_size`` is the global batch, split across ranks. ``optim.amp``
-    runs forward and loss under bf16 autocast (parameters, gradients and HALO's update stay fp32);
-    ``optim.channels_last`` (default: on CUDA) stores conv nets' activations and weights NHWC.
+    trained data-parallel: ``optim.batch_size`` is the global batch, split across ranks; a model
+    sharded with FSDP2 beforehand (:func:`~haloprune.training.distributed.shard_model`) is trained as it
+    is. ``optim.amp`` runs forward and loss under bf16 autocast (parameters, gradients and HALO's update
+    stay fp32); ``optim.channels_last`` (default: on CUDA) stores conv nets' activations and weights NHWC.
     """
     optim = optim if optim is not None else OptimConfig()
     epochs = optim.epochs if epochs is None else epochs
@@ -163,6 +168,7 @@ def fit(
         seconds = time.perf_counter() - t0
         distributed.end_epoch(state.sums, model, world)
         val = _validate(model, data if own_data else val_data, optim, loss_fn)
+        reshard(model)  # FSDP2: the parameters the optimizer holds, for what reads them now
         row = _epoch_row(state, prunable, val, seconds)
         state.history.append(row)
         for cb in hooks:
@@ -229,11 +235,11 @@ def _start(
     name: str,
     epochs: int,
     steps_per_epoch: int,
-    resume: dict[str, Any] | None,
+    resume: dict[str, Any] | str | Path | None,
 ) -> FitState:
     """Optimizer, lr schedule (the penalty attached to both) and batch generator, at step 0 or, with the
     model and penalty, where ``resume`` left off."""
-    if resume is not None:
+    if resume is not None and not isinstance(resume, (str, Path)):
         _restore(model, penalty, resume)
     opt = build_optimizer(model, penalty, optim, penalty_cfg or PenaltyConfig())
     total = steps_per_epoch * epochs
@@ -245,14 +251,13 @@ def _start(
         penalty.attach(opt, total_steps=total, scheduler=sched)
     gen = torch.Generator().manual_seed(seed)
     state = FitState(model, opt, sched, gen, penalty, name, epochs, steps_per_epoch)
-    if resume is not None:
+    if isinstance(resume, (str, Path)):  # a sharded checkpoint: every process loads its part
+        from haloprune.training.fsdp import load_progress
+
+        state.restore_progress(load_progress(resume, model, opt, penalty))
+    elif resume is not None:
         opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        state.step, state.epoch = int(resume["step"]), int(resume["epoch"])
-        state.extras = resume.get("extras", {})
-        state.history = list(resume.get("history", []))
+        state.restore_progress(resume)
     return state
 
 
@@ -299,8 +304,8 @@ def _epoch_row(state: FitState, prunable: list[str], val: dict[str, float], seco
         raise ValueError(f"epoch {state.epoch} had no training batches: the data is empty or exhausted")
     model, penalty = state.model, state.penalty
     with torch.no_grad():
-        w = torch.cat([model.get_parameter(n).detach().abs().flatten() for n in prunable] or [torch.ones(1)])
         pen_end = penalty().item() if penalty is not None else 0.0
+    small = _share_below(model, prunable, 1e-3)
     row = {
         "epoch": state.epoch,
         "step": state.step,
@@ -310,13 +315,25 @@ def _epoch_row(state: FitState, prunable: list[str], val: dict[str, float], seco
         "train_accuracy": 100 * correct / seen if state.classified else float("nan"),
         "val_loss": val["loss"],
         "val_accuracy": val["accuracy"],
-        "frac_weights_below_1e-3": (w < 1e-3).float().mean().item(),
+        "frac_weights_below_1e-3": small,
         "seconds": seconds,
         "images_per_s": seen / seconds,  # examples, or positions for per-position targets (bytes)
     }
     if penalty is not None:
         row.update(penalty.stats())
     return row
+
+
+@torch.no_grad()
+def _share_below(model: nn.Module, names: list[str], bound: float) -> float:
+    """The share of the weights ``names`` below ``bound`` in magnitude (over all processes' shards)."""
+    params = [model.get_parameter(n) for n in names]
+    if not params:
+        return 0.0
+    where = layout(params, names)
+    below = sum(int((local(p).abs() < bound).sum()) for p in params if where.counts(p))
+    (below,) = total_counts([below], where, local(params[0]).device)
+    return below / sum(p.numel() for p in params)
 
 
 def _steps_per_epoch(data: Any, given: int | None, epochs: int) -> int:

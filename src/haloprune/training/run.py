@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from haloprune.build import build, load_data
 from haloprune.config import TrainConfig, load_config, to_toml
 from haloprune.core.errors import ConfigError, HaloPruneError
 from haloprune.core.io import load_torch, load_verified, save_json, save_text, save_torch
+from haloprune.core.sharded import gathered_state
 from haloprune.data import SplitData
 from haloprune.penalties import Penalty
 from haloprune.pruning.masks import load_state_dict, masked_state_dict
@@ -34,7 +36,7 @@ def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True, resume: bool = Fals
     if resume and not config_file.exists():
         raise HaloPruneError(f"nothing to resume: {run_dir} has no config.toml")
     if config_file.exists():
-        if config_file.read_text() != text:
+        if config_file.read_text() != text and not (resume and _moved(config_file, cfg)):
             raise ConfigError(
                 f"{run_dir} holds a run with a different config; choose another name "
                 f"(--set name=...) or out_dir, or delete it"
@@ -56,6 +58,13 @@ def prepare_run_dir(cfg: TrainConfig, *, reuse: bool = True, resume: bool = Fals
     except OSError as err:
         raise HaloPruneError(f"cannot write the run directory {run_dir}: {err.strerror or err}") from None
     return run_dir, False
+
+
+def _moved(config_file: Path, cfg: TrainConfig) -> bool:
+    """True when ``config_file`` holds ``cfg`` but for where the run lives (``out_dir``, ``name``): a run
+    folder moved since, resumed where it is now."""
+    saved = load_config(TrainConfig, config_file)
+    return to_toml(saved.model_copy(update={"out_dir": cfg.out_dir, "name": cfg.name})) == to_toml(cfg)
 
 
 @dataclass
@@ -115,31 +124,35 @@ def train(
                 model, penalty, history, run_dir, data or load_data(cfg.data, cfg.seed, device)
             )
     data = data if data is not None else load_data(cfg.data, cfg.seed, device)
-    model, penalty = build(cfg, device)
-    state, history = None, []
-    if run_dir is not None and resume and _has_checkpoint(run_dir):
-        state = load_verified(run_dir / "checkpoint.pt", map_location=device)  # fit restores it whole
+    shard = cfg.optim.parallel == "fsdp" and world.distributed
+    prepare = (lambda m: distributed.shard_model(m, device, world)) if shard else None
+    model, penalty = build(cfg, device, prepare)
+    state: dict[str, Any] | Path | None = None
+    if run_dir is not None and resume:
+        state = _checkpoint_of(run_dir, shard, device)
     if run_dir is not None:  # metrics written after the checkpoint we resume from are replayed
         lines = (
             (run_dir / "metrics.jsonl").read_text().splitlines()
             if (run_dir / "metrics.jsonl").exists()
             else []
         )
-        history = [json.loads(line) for line in lines[: state["epoch"] if state else 0]]
-        if state is not None:
+        epoch = _epoch_of(state)
+        history = [json.loads(line) for line in lines[:epoch]]
+        if isinstance(state, dict):
             state.setdefault("history", history)  # checkpoints written before they held the rows
         distributed.barrier(world)  # every rank has read it before rank 0 rewrites it
         if world.is_main:
             save_text("".join(json.dumps(r) + "\n" for r in history), run_dir / "metrics.jsonl")
 
-    writers: list[Any] = (
-        []
-        if run_dir is None or not world.is_main
-        else [
-            MetricsFile(run_dir / "metrics.jsonl"),
-            Checkpoint(run_dir / "checkpoint.pt"),
-        ]
-    )
+    writers: list[Any] = []
+    if run_dir is not None and world.is_main:
+        writers.append(MetricsFile(run_dir / "metrics.jsonl"))
+    if run_dir is not None and shard:  # every process writes its part
+        from haloprune.training.fsdp import ShardedCheckpoint
+
+        writers.append(ShardedCheckpoint(run_dir / _SHARDED))
+    elif run_dir is not None and world.is_main:
+        writers.append(Checkpoint(run_dir / "checkpoint.pt"))
     if logger is not None and world.is_main:
         logger.log_config(cfg.model_dump(mode="json"))
         writers.append(ExperimentLog(logger))
@@ -155,17 +168,49 @@ def train(
         resume=state,
         callbacks=writers,
     )
-    if run_dir is not None and world.is_main:
+    if run_dir is not None:  # a sharded model's state gathered whole (every process takes part)
+        keep = world.is_main
         final = {
-            "model": masked_state_dict(model),
-            "penalty": penalty.state_dict() if penalty is not None else None,
+            "model": gathered_state(masked_state_dict(model), keep),
+            "penalty": gathered_state(penalty.state_dict(), keep) if penalty is not None else None,
             "epoch": cfg.optim.epochs,
         }
-        save_torch(final, run_dir / "model.pt")
-        save_json(history[-1], run_dir / "final_metrics.json")
+        if world.is_main:
+            save_torch(final, run_dir / "model.pt")
+            save_json(history[-1], run_dir / "final_metrics.json")
     distributed.barrier(world)  # the run is complete on disk when any rank returns
     return TrainResult(model, penalty, history, run_dir, data)
 
 
+_SHARDED = "checkpoint"  # the folder of a sharded run's checkpoint (optim.parallel = "fsdp")
+
+
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt"))
+    return any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt", _SHARDED))
+
+
+def _checkpoint_of(run_dir: Path, sharded: bool, device: torch.device) -> dict[str, Any] | Path | None:
+    """What ``fit`` resumes from: the sharded checkpoint's folder (loads into a sharded model or a whole
+    one), else the verified ``checkpoint.pt`` (a whole model only); None when there is none."""
+    folder = run_dir / _SHARDED
+    if (folder / ".metadata").is_file():
+        return folder
+    if not any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
+        return None
+    if sharded:
+        raise HaloPruneError(
+            f"{run_dir} was checkpointed by one process: resume it in one process (without torchrun), "
+            'or start it again to train with optim.parallel = "fsdp"'
+        )
+    return load_verified(run_dir / "checkpoint.pt", map_location=device)  # fit restores it whole
+
+
+def _epoch_of(state: dict[str, Any] | Path | None) -> int:
+    """The epoch a checkpoint was written after (0: none)."""
+    if state is None:
+        return 0
+    if isinstance(state, Path):
+        from haloprune.training.fsdp import saved_extra
+
+        return int((saved_extra(state) or {}).get("epoch", 0))
+    return int(state["epoch"])

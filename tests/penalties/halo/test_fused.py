@@ -253,3 +253,22 @@ def test_step_with_a_closure_equals_the_step_without(opt_cls, opt_kw: dict, halo
     assert torch.equal(lam0, lam1)
     for a, b in zip(p0, p1, strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_fused_step_reads_the_groups_a_loaded_state_put_in_place() -> None:
+    """``optimizer.load_state_dict`` replaces the group dicts (a resumed run, a distributed checkpoint
+    loaded after a first step): the fused step must read the lr the scheduler sets in the new ones, not
+    the old ones it saw first."""
+    (_, _, _), (model, halo, opt) = _pair({"xi": 1e-3, "psi": 1e-2}, {"lr": 0.1, "momentum": 0.9})
+    (x, y), second = _batches(2)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.load_state_dict(opt.state_dict())
+    for group in opt.param_groups:
+        group["lr"] = 0.0  # what a scheduler at a zero lr writes into the groups now in place
+    before = [p.detach().clone() for p in model.parameters()] + [halo.lam.detach().clone()]
+    opt.zero_grad()
+    F.cross_entropy(model(second[0]), second[1]).backward()
+    opt.step()
+    after = [*model.parameters(), halo.lam]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))

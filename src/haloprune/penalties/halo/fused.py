@@ -238,7 +238,9 @@ class FusedUpdate:
         halo = self.penalty
         lam = halo.lam.detach()
         buffers = (halo.lam_momentum.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
-        key = (id(optimizer), len(optimizer.param_groups), lam.data_ptr(), *buffers)
+        # the group dicts themselves: optimizer.load_state_dict puts new ones in place (the plan holds the
+        # old ones, so their ids are not reused while it lives)
+        key = (id(optimizer), *map(id, optimizer.param_groups), lam.data_ptr(), *buffers)
         if self.plan is not None and self.plan.key == key:
             return self.plan
         params = halo.penalised_parameters()

@@ -268,28 +268,22 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self._sharded is None:
             return
-        params = self.penalised_parameters()
         for name in _PER_WEIGHT:
             flat = destination.pop(prefix + name)
             if not flat.numel():  # a moment not in use: empty, as unsharded
                 destination[prefix + name] = flat
                 continue
-            for n, block, p in zip(
-                self.param_names, views(flat.detach(), self.numels, self.shapes), params, strict=True
-            ):
-                destination[f"{prefix}{name}.{n}"] = like(block, p)
+            for n, t in self.per_weight(flat.detach()).items():
+                destination[f"{prefix}{name}.{n}"] = t
 
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        if self._sharded is not None:  # per-weight entries (see _save_to_state_dict) back into flat ones
-            # (each a DTensor sharded like its weight, or the whole tensor: a gathered state dict)
-            state_dict, params = dict(state_dict), self.penalised_parameters()
-            for name in _PER_WEIGHT:
-                keys = [f"{prefix}{name}.{n}" for n in self.param_names]
-                if all(k in state_dict for k in keys):
-                    blocks = [
-                        local(shard_like(state_dict.pop(k), p)) for k, p in zip(keys, params, strict=True)
-                    ]
-                    state_dict[prefix + name] = torch.cat([b.flatten() for b in blocks])
+        # per-weight entries (see _save_to_state_dict; whole ones: a sharded run's state gathered, loaded
+        # by a sharded model or an unsharded one) back into flat ones
+        state_dict = dict(state_dict)
+        for name in _PER_WEIGHT:
+            keys = {n: f"{prefix}{name}.{n}" for n in self.param_names}
+            if all(k in state_dict for k in keys.values()):
+                state_dict[prefix + name] = self.flat_of({n: state_dict.pop(k) for n, k in keys.items()})
         # λ's moments are empty where the run that saved them had no use for them (see attach)
         for name in ("lam_momentum", "lam_exp_avg_sq"):
             saved = state_dict.get(prefix + name)
@@ -297,6 +291,21 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             if resized and saved.numel() in (0, self.num_penalized):
                 setattr(self, name, self.lam.new_zeros(saved.shape, requires_grad=False))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def per_weight(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A tensor laid out like λ (this process's blocks, flat) as one tensor per penalised weight,
+        shaped and — for a sharded model — sharded like it (``DTensor`` s: what a distributed checkpoint
+        saves and reshards). Views of ``flat``."""
+        blocks = views(flat, self.numels, self.shapes)
+        params = self.penalised_parameters()
+        return {n: like(b, p) for n, b, p in zip(self.param_names, blocks, params, strict=True)}
+
+    def flat_of(self, entries: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The inverse of :meth:`per_weight`: one tensor per penalised weight — each sharded like it, or
+        whole (a gathered state dict) — back to one flat tensor of this process's blocks."""
+        params = self.penalised_parameters()
+        blocks = [local(shard_like(entries[n], p)) for n, p in zip(self.param_names, params, strict=True)]
+        return torch.cat([b.flatten() for b in blocks])
 
     def state_bytes_per_weight(self) -> float:
         """Bytes HALO keeps per penalised weight: λ and, as attached, its moments."""
