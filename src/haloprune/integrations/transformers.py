@@ -90,10 +90,11 @@ class HALOTrainerCallback(TrainerCallback):
             state.log_history[-1].update(stats)
 
     def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        saved = self.session.state_dict()  # every process: a sharded model's λ is gathered (collective)
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if folder.is_dir():
-                torch.save(self.session.state_dict(), folder / STATE_FILE)
+                torch.save(saved, folder / STATE_FILE)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.session.finish(kwargs["model"])
