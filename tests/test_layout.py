@@ -46,6 +46,9 @@ LAZY_OK = {
     "wandb",  # the experiment loggers' backends
     "submitit",  # a requeued sweep job's checkpoint hook, in submitit's worker
     "torch.distributed.tensor",  # DTensor (0.6 s to import): only once a model is sharded (core/sharded.py)
+    "torch.distributed.fsdp",  # FSDP2 (0.5 s), and its device mesh: only when a run shards its model
+    "torch.distributed.device_mesh",
+    "haloprune.training.fsdp",  # sharded checkpoints (0.8 s: torch's distributed checkpointing), likewise
 }
 
 

@@ -83,11 +83,21 @@ def _cli_args(cfg: TrainConfig) -> list[str]:
     return ["--config", str(path)]
 
 
-def test_a_sharded_run_ends_where_one_process_ends(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each setting trained sharded, never stopped (one launch each, shared by the tests)."""
+    out = tmp_path_factory.mktemp("fsdp-train")
+    runs = {}
+    for which in (VIT, LENET):
+        cfg = _config(out, which, f"whole-{which[0].stem}")
+        runs[which[0].stem] = (cfg, _train_cli(2, *_cli_args(cfg)))
+    return runs
+
+
+def test_a_sharded_run_ends_where_one_process_ends(sharded_runs, tmp_path: Path) -> None:
     from haloprune.training.run import load_trained, train
 
-    cfg = _config(tmp_path, VIT, "sharded")
-    done = _train_cli(2, *_cli_args(cfg))
+    cfg, done = sharded_runs[VIT[0].stem]
     assert done.stdout.count("val accuracy") == 1  # the first process reports, once
     sharded = cfg.run_dir
     assert (sharded / "checkpoint" / ".metadata").is_file()
@@ -96,7 +106,7 @@ def test_a_sharded_run_ends_where_one_process_ends(tmp_path: Path) -> None:
         "__1_0.distcp",
     ]
     # the same config in one process ("fsdp" changes nothing there)
-    one = train(cfg.model_copy(update={"name": "one"}), progress=False)
+    one = train(cfg.model_copy(update={"name": "one", "out_dir": str(tmp_path)}), progress=False)
     # model.pt: an ordinary whole checkpoint, loaded into the unsharded model by a single process
     _, model, halo = load_trained(sharded)
     for name, p in one.model.state_dict().items():
@@ -115,9 +125,8 @@ def test_a_sharded_run_ends_where_one_process_ends(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("which", [VIT, LENET], ids=["vit-adamw-target-fused", "lenet-sgd-in-loss"])
-def test_a_stopped_sharded_run_resumes_bit_identically(tmp_path: Path, which) -> None:
-    whole = _config(tmp_path, which, "whole")
-    _train_cli(2, *_cli_args(whole))
+def test_a_stopped_sharded_run_resumes_bit_identically(sharded_runs, tmp_path: Path, which) -> None:
+    whole, _ = sharded_runs[which[0].stem]
     stopped = _config(tmp_path, which, "stopped")
     on_ranks(_stopped, 2, stopped.model_dump_json())
     assert len(_rows(stopped.run_dir)) == 1 and not (stopped.run_dir / "model.pt").exists()
