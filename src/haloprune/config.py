@@ -251,6 +251,9 @@ class PenaltyConfig(Section):
     # with ξ = 0: no shrinkage, the lowest |w|·λ² zeroed after every step); see
     # docs/results/target-exact.md
     target_control: Literal["exact", "pi", "hard"] | None = added_field(_default("target_control"))
+    # HALO target mode, exact control with Adam/AdamW: the most one step's shrinkage takes from a weight,
+    # in units of lr (None: unbounded); docs/results/matrix.md, finding 10
+    max_shrink: float | None = added_field(_default("max_shrink"), gt=0)
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)
     coupling: Literal["coupled", "decoupled"] | None = added_field(_default("coupling"))

@@ -440,3 +440,38 @@ def test_kth_smallest_answers_in_the_values_precision_whatever_the_hint() -> Non
     values = torch.tensor([0.1, 0.3, 0.3, 0.7])
     for k in (2, 3):
         assert kth_smallest(values, k, 0.3) == float(values.kthvalue(k).values) == float(values[1])
+
+
+def test_max_shrink_bounds_the_exact_controls_shrinkage_with_adamw() -> None:
+    """``max_shrink`` (exact control, Adam/AdamW): ξ never exceeds ``max_shrink·lambda_min²``, so no kept
+    weight loses more than ``max_shrink·lr`` to one step's shrinkage; the top-up still meets the ramp's
+    count after every step. Unbounded, the same run takes larger ξ; with SGD the bound does not apply."""
+
+    def run(opt_cls, max_shrink: float | None) -> list[float]:
+        torch.manual_seed(0)
+        model = nn.Linear(50, 20)
+        halo = HALO(model, target_sparsity=0.8, ramp_end=0.5, max_shrink=max_shrink)
+        opt = opt_cls(model.parameters(), lr=0.01)
+        halo.attach(opt, total_steps=30)
+        x, y = torch.randn(64, 50), torch.randn(64, 20)
+        xis = []
+        for _ in range(30):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            xis.append(halo.xi)
+            assert int((model.weight == 0).sum()) >= halo.target.wanted
+        assert int((model.weight == 0).sum()) == 800
+        return xis
+
+    bound = 0.5 * 1e-3**2
+    free, capped = run(torch.optim.AdamW, None), run(torch.optim.AdamW, 0.5)
+    assert max(free) > bound and max(capped) == pytest.approx(bound)
+    assert all(x <= bound * (1 + 1e-12) for x in capped)
+    assert run(torch.optim.SGD, 0.5) == run(torch.optim.SGD, None)
+    with pytest.raises(ValueError, match="max_shrink is a setting of target mode"):
+        HALO(nn.Linear(4, 2), xi=1e-6, psi=1e-3, max_shrink=1.0)
+    with pytest.raises(ConfigError, match="greater than 0"):
+        load_config(
+            TrainConfig, None, ["penalty.name=halo", "penalty.target_sparsity=0.9", "penalty.max_shrink=0"]
+        )

@@ -77,7 +77,12 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     (:class:`~haloprune.penalties.halo.target.SparsityController`). ``halo.attach(optimizer,
     total_steps=N, scheduler=sched)`` computes ``B``; :meth:`begin_training` takes it directly. The
     shrinkage is applied by its proximal map (``prox=True``), so pruned-to-be weights end exactly at
-    zero and the achieved sparsity is the fraction of exact zeros.
+    zero and the achieved sparsity is the fraction of exact zeros. ``max_shrink`` (exact control, Adam /
+    AdamW; default None: unbounded): the most one step's shrinkage takes from any weight, in units of lr
+    (``ξ ≤ max_shrink·lambda_min²``); the zeros the bounded step leaves short are set by the top-up,
+    lowest ``|w|·λ²`` first. Under AdamW λ falls to ``lambda_min`` and the exact cut, applied to every
+    kept weight alike, can outrun what Adam's steps (about lr) give back (docs/results/matrix.md,
+    finding 10).
     """
 
     learns = True
@@ -102,6 +107,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         psi_hat: float = 5.0,
         ramp_end: float = 0.75,
         target_control: TargetControl | None = None,
+        max_shrink: float | None = None,
         step_budget: float | None = None,
         prox: bool = False,
         fused: bool = True,
@@ -123,6 +129,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             psi_hat=psi_hat,
             ramp_end=ramp_end,
             target_control=target_control,
+            max_shrink=max_shrink,
             prox=prox,
             fused=fused,
             coupling=coupling,
@@ -131,6 +138,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.target: TargetMode | None = None
         if target_sparsity is not None:
             self.target = TargetMode(target_sparsity, psi_hat, ramp_end, target_control or DEFAULT_CONTROL)
+            if max_shrink is not None:  # ξ's bound: lr·ξ/λ² ≤ max_shrink·lr down to λ = lambda_min
+                self.target.max_shrink = float(max_shrink) * float(lambda_min) ** 2
             xi, psi, prox = 0.0, 0.0, True
         elif xi is None or psi is None:
             raise ValueError("give xi and psi, or target_sparsity")
@@ -185,8 +194,11 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
             SparsityController(float(target), ramp_end=float(s["ramp_end"]))  # checks its sparsity, ramp_end
         if s["target_control"] not in (None, *CONTROLS):
             raise ValueError(f"target_control must be one of {CONTROLS}, got {s['target_control']!r}")
-        if s["target_control"] is not None and target is None:
-            raise ValueError("target_control is a setting of target mode: give target_sparsity too")
+        for key in ("target_control", "max_shrink"):
+            if s[key] is not None and target is None:
+                raise ValueError(f"{key} is a setting of target mode: give target_sparsity too")
+        if s["max_shrink"] is not None and not s["max_shrink"] > 0:
+            raise ValueError(f"max_shrink must be > 0, got {s['max_shrink']}")
         xi, psi = s["xi"] or 0.0, s["psi"] or 0.0
         if xi < 0 or psi < 0:
             raise ValueError(f"xi and psi must be >= 0, got xi={xi}, psi={psi}")

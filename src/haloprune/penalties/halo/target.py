@@ -241,12 +241,15 @@ class TargetMode:
         self.step_budget: float | None = None
         self.control_kind = control
         self.xi = 0.0  # "exact": the ξ chosen before the last step ("hard": 0)
+        self.max_shrink: float | None = None  # "exact" with Adam/AdamW: the largest ξ (max_shrink·λ_min²)
+        self.family = "sgd"  # the optimizer family (use_gains)
         self.wanted = 0  # "exact", "hard": the zeros the ramp asks for at the last step
         self._near: dict[str, float] = {}  # the last cuts, hints for kth_smallest (not state)
         self.where = Layout()  # how the weights are spread over processes (set by the penalty)
 
     def use_gains(self, family: str) -> None:
         """The controller's gains for an optimizer family (``"sgd"``, ``"adam"``; see :data:`GAINS`)."""
+        self.family = family
         for gain, value in GAINS[family].items():
             setattr(self.controller, gain, value)
 
@@ -290,6 +293,8 @@ class TargetMode:
         score = w.to(scale.dtype) * scale
         cut = self._near["xi"] = self._kth(score, k, "xi")
         self.xi = cut / lr
+        if self.max_shrink is not None and self.family == "adam":  # the top-up sets what this leaves short
+            self.xi = min(self.xi, self.max_shrink)
 
     def _kth(self, score: torch.Tensor, k: int, hint: str) -> float:
         """The ``k``-th smallest of the scores of all processes (this one's: ``score``)."""
