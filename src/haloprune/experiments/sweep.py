@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from haloprune.experiments.paths import state_file
 from haloprune.experiments.report import log_pruned
 from haloprune.integrations.loggers import build_logger
 from haloprune.methods import METHODS, Context
-from haloprune.training.callbacks import ExperimentLog, ExperimentLogger, set_bar_slot
+from haloprune.training.callbacks import Callback, ExperimentLog, ExperimentLogger, set_bar_slot
 
 
 def expand(cfg: SweepConfig) -> list[Job]:
@@ -117,11 +118,18 @@ def _logger(job: Job, settings: WorkerSettings) -> ExperimentLogger | None:
 
 
 def run_job(
-    job: Job, threads: int, checkpoints: Path | None = None, settings: WorkerSettings | None = None
+    job: Job,
+    threads: int,
+    checkpoints: Path | None = None,
+    settings: WorkerSettings | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    save_state: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
     """Run one job (in a worker) as ``settings`` say: returns its records and the epochs every network
     received. With ``checkpoints``, every fit of the method checkpoints each epoch there, and a job run
-    again with the same folder resumes exactly where it stopped."""
+    again with the same folder resumes exactly where it stopped. ``callbacks`` go to every fit of the
+    method; ``save_state=False`` leaves the job's state file alone (a job run again to look at it)."""
     settings = settings if settings is not None else WorkerSettings()
     spec = JobSpec.of(job.spec)
     run = spec.run_config(job.seed)
@@ -137,7 +145,7 @@ def run_job(
         device=torch.device(run.device),
         progress=settings.progress,
         name=f"{job.method}/s{job.seed}",
-        callbacks=[ExperimentLog(logger)] if logger is not None else [],
+        callbacks=[*([ExperimentLog(logger)] if logger is not None else []), *callbacks],
         checkpoints=checkpoints,
     )
     method = METHODS[spec.kind](**spec.params)
@@ -156,7 +164,7 @@ def run_job(
         if logger is not None:
             logger.close()
     epochs = outcome.epochs_used + (spec.pretrain.epochs if spec.pretrain is not None else 0)
-    if outcome.state:
+    if outcome.state and save_state:
         save_torch(outcome.state, state)
     records = [
         {
