@@ -129,5 +129,8 @@ def _fsdp_main(data_dir: str, out: str, resume: str | None) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "fsdp":
         _fsdp_main(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
+        from haloprune.training.distributed import teardown
+
+        teardown()  # the sharded model released: a gloo group its mesh holds at exit can abort the process
     else:
         _ddp_main(sys.argv[1], sys.argv[2])
