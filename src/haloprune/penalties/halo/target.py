@@ -206,12 +206,17 @@ def step_budget(
     return sum(lr / (1.0 - m) if momentum else lr for lr, m in steps)
 
 
-def _magnitudes(weights: list[torch.Tensor], where: Layout) -> tuple[torch.Tensor, int, int]:
-    """``|w|`` of ``weights``, flat (in their order), and how many there are and are nonzero over all
-    processes (``weights``: this process's blocks)."""
-    w = torch.cat([t.detach().abs().flatten() for t in weights])
-    n, nonzero = total_counts([w.numel(), int(torch.count_nonzero(w))], where, w.device)
-    return w, n, nonzero
+def _counts(weights: list[torch.Tensor], where: Layout) -> tuple[int, int]:
+    """How many entries ``weights`` have and how many are nonzero, over all processes (``weights``: this
+    process's blocks); one device sync, and no pass that builds |w| (most steps need only the counts)."""
+    nonzero = torch.stack([torch.count_nonzero(t.detach()) for t in weights]).sum()
+    n, count = total_counts([sum(t.numel() for t in weights), int(nonzero)], where, nonzero.device)
+    return n, count
+
+
+def _magnitudes(weights: list[torch.Tensor]) -> torch.Tensor:
+    """``|w|`` of ``weights``, flat, in their order."""
+    return torch.cat([t.detach().abs().flatten() for t in weights])
 
 
 #: How target mode sets ξ: ``"exact"`` (the default) chooses ξ before every step so that the proximal
@@ -283,14 +288,14 @@ class TargetMode:
         ramp's count only, ξ = 0."""
         assert self.step_budget is not None
         ctrl = self.controller
-        w, n, nonzero = _magnitudes(weights, self.where)
+        n, nonzero = _counts(weights, self.where)
         ctrl.density = nonzero / n
         k = self.wanted = n - round(ctrl.target_density(ctrl.spent / self.step_budget) * n)
         if self.control_kind == "hard" or k <= n - nonzero or lr <= 0:  # (enough zeros: the cut is 0)
             self.xi = 0.0
             return
         scale = lam_squared()
-        score = w.to(scale.dtype) * scale
+        score = _magnitudes(weights).to(scale.dtype) * scale
         cut = self._near["xi"] = self._kth(score, k, "xi")
         self.xi = cut / lr
         if self.max_shrink is not None and self.family == "adam":  # the top-up sets what this leaves short
@@ -306,12 +311,13 @@ class TargetMode:
         weight by about lr) leave fewer zeros than wanted; the nonzero weights of smallest ``|w|·λ²`` are set
         to zero until the ramp's count is met (ties may add a few more). ``lam_squared`` as for
         :meth:`_exact_xi`, asked for only when zeros are missing."""
-        w, n, nonzero = _magnitudes(weights, self.where)
+        n, nonzero = _counts(weights, self.where)
         missing = self.wanted - (n - nonzero)
         if missing <= 0:
             return
         scale = lam_squared()
-        score = (w.to(scale.dtype) * scale).masked_fill(w == 0, float("inf"))
+        w = _magnitudes(weights)
+        score = (w.to(scale.dtype) * scale).masked_fill_(w == 0, float("inf"))
         cut = self._near["top_up"] = self._kth(score, missing, "top_up")
         for t, s in zip(weights, score.split([t.numel() for t in weights]), strict=True):
             t.masked_fill_((s <= cut).view_as(t), 0.0)
@@ -338,7 +344,7 @@ class TargetMode:
             return True
         if not due:
             return False
-        _, n, nonzero = _magnitudes(weights, self.where)
+        n, nonzero = _counts(weights, self.where)
         self.controller.update(nonzero / n, self.step_budget)
         return True
 
