@@ -234,3 +234,24 @@ def test_sweep_and_report_take_several_configs_and_refuse_what_cannot_be_meant(
     assert code == 2 and "not both" in err
     code, err = _run_cli(["report", "--summary", str(tmp_path / "s.md")], capsys)
     assert code == 2 and "name them" in err
+
+
+def test_a_reader_that_goes_away_stops_the_output_quietly(tmp_path: Path) -> None:
+    """``haloprune sweep ... --status | head``: the pipe closed before the output is written is no
+    traceback (it was one: BrokenPipeError)."""
+    import subprocess
+    import sys
+
+    from haloprune.experiments.store import ResultStore
+
+    ResultStore(tmp_path / "store.sqlite")  # an empty store: every job queued
+    config = Path(__file__).resolve().parents[1] / "configs" / "main.toml"
+    cmd = ["sweep", str(config), "--status", "--set", f"db='{tmp_path / 'store.sqlite'}'"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haloprune", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the child has started writing (it takes a second to import)
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode in (0, 141)
