@@ -45,6 +45,7 @@ from haloprune.core.params import unwrap
 from haloprune.core.sharded import reshard
 from haloprune.pruning.masks import attach_masks, mask_entries, mask_key, masks_of
 from haloprune.training.callbacks import Callback, FitState
+from haloprune.training.distributed import barrier, world
 
 __all__ = [
     "ShardedCheckpoint",
@@ -60,12 +61,11 @@ _LAM_STATE = "penalty_optimizer"  # λ's optimizer state, one entry per penalise
 
 
 def _on_first() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return world().is_main
 
 
 def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    barrier(world())
 
 
 def _penalty_groups(
@@ -280,21 +280,16 @@ def load_progress(
     progress = load_sharded(path, model, optimizer, penalty)
     if progress is None or "torch_rng" not in progress:
         raise HaloPruneError(f"{path} holds no training progress: it was not written by ShardedCheckpoint")
-    states = progress["torch_rng"]
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    progress["torch_rng"] = states[rank] if len(states) == _size() else states[0]
+    states, here = progress["torch_rng"], world()
+    progress["torch_rng"] = states[here.rank] if len(states) == here.size else states[0]
     return progress
-
-
-def _size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _each_process(value: Any) -> list[Any]:
     """``value`` of every process, in rank order (on every process)."""
-    out: list[Any] = [None] * _size()
-    if dist.is_initialized():
-        dist.all_gather_object(out, value)
-    else:
-        out[0] = value
+    here = world()
+    if not here.distributed:
+        return [value]
+    out: list[Any] = [None] * here.size
+    dist.all_gather_object(out, value)
     return out

@@ -182,11 +182,12 @@ def train(
     return TrainResult(model, penalty, history, run_dir, data)
 
 
+_WHOLE = ("checkpoint.pt", "checkpoint.prev.pt")  # a run's checkpoint and the one before it (save_verified)
 _SHARDED = "checkpoint"  # the folder of a sharded run's checkpoint (optim.parallel = "fsdp")
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt", _SHARDED))
+    return any((run_dir / n).exists() for n in (*_WHOLE, _SHARDED))
 
 
 def _checkpoint_of(run_dir: Path, sharded: bool, device: torch.device) -> dict[str, Any] | Path | None:
@@ -195,7 +196,7 @@ def _checkpoint_of(run_dir: Path, sharded: bool, device: torch.device) -> dict[s
     folder = run_dir / _SHARDED
     if (folder / ".metadata").is_file():
         return folder
-    if not any((run_dir / n).exists() for n in ("checkpoint.pt", "checkpoint.prev.pt")):
+    if not any((run_dir / n).exists() for n in _WHOLE):
         return None
     if sharded:
         raise HaloPruneError(
