@@ -67,6 +67,33 @@ def test_pruned_weights_stay_zero_in_any_optimizer(make_opt) -> None:
     assert _zeros_hold(model, masks)
 
 
+@pytest.mark.parametrize("budget", [1 << 24, 100], ids=["factors", "uint8-beyond-budget"])
+def test_mask_changed_in_place_or_replaced_is_the_one_enforced(
+    budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook keeps each mask as a float factor between steps (within a budget of elements; beyond it
+    the bool mask is read as uint8): a mask edited in place, a new mask, or a model cast to another
+    dtype is enforced from the next step on, never the stale factor."""
+    monkeypatch.setattr(haloprune.pruning.masks, "_FACTOR_BUDGET", budget)
+    model = _pruned()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_steps(model, opt)
+    assert _zeros_hold(model, _masks(model))
+    mask = get_masks(model)["0.weight"]
+    mask[:4] = False  # pruned further, in place
+    train_steps(model, opt)
+    assert bool((model[0].weight[:4] == 0).all()) and _zeros_hold(model, _masks(model))
+    haloprune.pruning.masks.attach_mask(model, "2.weight", torch.rand_like(model[2].weight) > 0.5)
+    train_steps(model, opt)
+    assert _zeros_hold(model, _masks(model))
+    model.double()  # the factor follows the parameter's dtype
+    for x, y in batches(3, dtype=torch.float64):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert model[0].weight.dtype == torch.float64 and _zeros_hold(model, _masks(model))
+
+
 @pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save", "load_state_dict"])
 def test_masks_survive_copies_and_loading(how: str) -> None:
     model = _pruned()

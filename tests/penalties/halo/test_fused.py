@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from haloprune import HALO, build_model
-from haloprune.penalties.halo import fused, sgd
+from haloprune.penalties.halo import fused, launch, sgd
 
 DEVICE = "cpu"
 
@@ -143,11 +144,14 @@ def test_fused_value_matches_reference_value() -> None:
 
 
 def test_eager_fallback_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No compiler: neither the ahead-of-time nor the guarded compile works; the step runs eagerly, warned."""
+
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(torch, "compile", lambda fn, **_: broken)
-    run = fused._safe_compile(sgd.halo_sgd_step)
+    monkeypatch.setattr(launch, "_COMPILED", {})
+    monkeypatch.setattr(launch, "_AOT", OrderedDict())
     ws = [torch.randn(3, 2)]
     before = ws[0].clone()
     z = torch.zeros(3, 2)
@@ -155,7 +159,7 @@ def test_eager_fallback_when_compile_fails(monkeypatch: pytest.MonkeyPatch) -> N
     values = fused.StepValues(torch.tensor([[0.1, 0.0, 0.1, 0.0]]), torch.tensor(1e-3), torch.tensor(1e-3))
     constants = sgd.SGDConstants(1e-3, 1e3, 0.9, 0.0, nesterov=False, first=False, prox=False)
     with pytest.warns(RuntimeWarning, match="eagerly"):
-        run(tensors, values, constants)
+        launch.launch(sgd.halo_sgd_step, launch.Launches(), tensors, values, constants)
     assert torch.isfinite(ws[0]).all() and not torch.equal(ws[0], before)
 
 

@@ -8,14 +8,12 @@ from typing import NamedTuple
 
 import torch
 
-from haloprune.core.sharded import local
 from haloprune.penalties.halo.fused import (
     FusedUpdate,
     Group,
     Plan,
     StepValues,
     Tensors,
-    compiled,
     lam_terms,
     soft_threshold,
     store,
@@ -168,7 +166,7 @@ def adam_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
     )
     halo.control(plan.ws, float(g0["lr"]), float(g0["lr"]))
     t, steps, hp, others = _gather(update, optimizer, plan, c)
-    compiled(halo_adam_step, halo.lam.device.type)(t, update.step_values(hp), c)
+    update.run(halo_adam_step, t, hp, c)
     torch._foreach_add_(steps, 1.0)
     update.finish([*plan.params, *others])
 
@@ -179,31 +177,39 @@ def _gather(
     """This step's tensors (this process's blocks of sharded ones), the optimizer's step-count tensors to
     advance after it, and the hyperparameter rows: the penalised weights, then the other parameters that
     can take their plain Adam(W) step in the same call; and those other parameters."""
-    bc1_l, bc2_l = _corrections(_advance(update.penalty.fused_steps, plan.counts, "halo"), c)
-    grads, ms, vs, steps, hp = [], [], [], [], []
+    counts = plan.counts
+    bc1_l, bc2_l = _corrections(_advance(update.penalty.fused_steps, counts, "halo"), c)
+    block = plan.block
+    corrections: dict[int, tuple[float, float]] = {}  # per step count (usually one for all tensors)
+    ms, vs, steps, hp = [], [], [], []
 
     def take(p: torch.Tensor, g: Group) -> tuple[float, float, float, float]:
-        state = _adam_state(optimizer, p, g)
-        steps.append(state["step"])
-        ms.append(local(state["exp_avg"]))
-        vs.append(local(state["exp_avg_sq"]))
-        bc1, bc2 = _corrections(_advance(state["step"], plan.counts, id(state["step"])), c)
-        return g["lr"], g["weight_decay"], g["lr"] / bc1, bc2
+        state = optimizer.state.get(p) or _adam_state(optimizer, p, g)
+        step = state["step"]
+        steps.append(step)
+        ms.append(block(state["exp_avg"]))
+        vs.append(block(state["exp_avg_sq"]))
+        t = _advance(step, counts, id(step))
+        bc = corrections.get(t)
+        if bc is None:
+            bc = corrections[t] = _corrections(t, c)
+        lr = g["lr"]
+        return lr, g["weight_decay"], lr / bc[0], bc[1]
 
-    for p, w, g in zip(plan.params, plan.ws, plan.groups, strict=True):
-        grads.append(local(p.grad) if p.grad is not None else torch.zeros_like(w))
+    for p, g in zip(plan.params, plan.groups, strict=True):
         lr_l, wd_l = update.lam_hyper(g)
         hp.append((*take(p, g), lr_l, wd_l, lr_l / bc1_l, bc2_l))
-    params, others, o_grads = [], [], []
-    for p, g in update.others(plan, _adam_constants):
-        params.append(p)
-        others.append(local(p))
-        o_grads.append(local(p.grad))
+    params = update.others(plan, _adam_constants)
+    for p, g in params:
         hp.append((*take(p, g), 0.0, 0.0, 0.0, 0.0))
     n = len(plan.ws)
+    others = [block(p) for p, _ in params]
+    o_grads = [block(p.grad) for p, _ in params]
     lam_m, lam_v = (plan.bufs, plan.sq) if c.coupled else (plan.lams, plan.lams)
-    t = AdamTensors(plan.ws, grads, ms[:n], vs[:n], plan.lams, lam_m, lam_v, others, o_grads, ms[n:], vs[n:])
-    return t, steps, hp, params
+    t = AdamTensors(
+        plan.ws, update.grads(plan), ms[:n], vs[:n], plan.lams, lam_m, lam_v, others, o_grads, ms[n:], vs[n:]
+    )
+    return t, steps, hp, [p for p, _ in params]
 
 
 def _corrections(t: int, c: AdamConstants) -> tuple[float, float]:

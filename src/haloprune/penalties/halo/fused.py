@@ -10,9 +10,10 @@ network. The fused steps apply the analytic gradients
 inside ``optimizer.step()`` together with exactly the update the optimizer would make, for the penalised
 weights, their λ and the optimizer's other parameters, in one function per optimizer family
 (:mod:`~haloprune.penalties.halo.sgd`, :mod:`~haloprune.penalties.halo.adam`) that ``torch.compile``
-turns into a single loop per tensor. This module holds what they share: compiling the kernels (with an
-eager fallback), checking the optimizer, the :class:`FusedUpdate` that ``HALO.attach`` creates and the
-penalty owns (optimizer family, coupling, the per-optimizer :class:`Plan` of tensors and
+turns into a single loop per tensor. This module holds what they share: running the kernels
+(compiled once per structure, called without guards: :mod:`~haloprune.penalties.halo.launch`),
+checking the optimizer, the :class:`FusedUpdate` that ``HALO.attach`` creates and the penalty owns
+(optimizer family, coupling, the per-optimizer :class:`Plan` of tensors and
 hyperparameters), the :class:`StepValues` every kernel takes, and the math both kernels do alike
 (:func:`lam_terms`, :func:`soft_threshold`). The drivers read the penalty only through
 :class:`Penalised` (its λ, its buffers and settings): this module and the drivers never import it.
@@ -21,53 +22,17 @@ A new optimizer family is one more module like ``sgd.py``: a kernel and a driver
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from haloprune.core.sharded import Layout, local, total
+from haloprune.core.sharded import Layout, is_sharded, local, total
+from haloprune.penalties.halo.launch import Kernel, Launches, launch
 
 Tensors = list[torch.Tensor]
-
-_COMPILED: dict[tuple[Callable[..., None], str], Callable[..., None]] = {}
-
-
-def compiled(kernel: Callable[..., None], device_type: str) -> Callable[..., None]:
-    """``kernel`` compiled for a device type, or ``kernel`` itself if compiling is off
-    (``HALOPRUNE_COMPILE=0``) or impossible."""
-    if os.environ.get("HALOPRUNE_COMPILE", "1") == "0":
-        return kernel
-    fn = _COMPILED.get((kernel, device_type))
-    if fn is None:
-        fn = _COMPILED[(kernel, device_type)] = _safe_compile(kernel)
-    return fn
-
-
-def _safe_compile(fn: Callable[..., None]) -> Callable[..., None]:
-    # With dynamic=False dynamo's guards already pin every input's size and stride; inductor's own
-    # per-call size asserts would repeat that check for each of ~30 tensors (~60 µs a step on CPU).
-    compiled_fn = torch.compile(fn, dynamic=False, options={"size_asserts": False})
-    state = {"ok": True}
-
-    def run(*args: object, **kwargs: object):
-        if state["ok"]:
-            try:
-                return compiled_fn(*args, **kwargs)
-            except Exception as err:  # no C++ compiler / Triton: fall back, once, loudly
-                state["ok"] = False
-                warnings.warn(
-                    f"HALO's fused step could not be compiled ({type(err).__name__}); running it "
-                    "eagerly (same result, slower)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        return fn(*args, **kwargs)
-
-    return run
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer, supported: tuple[type, ...]) -> str:
@@ -155,6 +120,7 @@ class Plan:
     ws: Tensors  # the penalised weights (sharded: this process's blocks, views of ``params``)
     groups: list[Group]  # the optimizer group of each penalised weight
     others: list[tuple[torch.Tensor, Group]]  # the optimizer's other parameters and their groups
+    other_groups: list[Group]  # those groups, each once
     lam_group: Group | None  # λ's optimizer group; None: λ is not in the optimizer
     lams: Tensors  # λ per penalised weight, shaped like it (views into ``halo.lam``)
     bufs: Tensors  # λ's momentum (SGD) or first Adam moment, as views
@@ -163,6 +129,9 @@ class Plan:
     psi: torch.Tensor  # 0-dim, ψ
     xi: torch.Tensor  # 0-dim, ξ: a tensor, so that changing it does not recompile the kernel
     counts: dict[int | str, int]  # step counts of device-resident Adam step tensors, mirrored (no sync)
+    launches: Launches  # the kernels' direct calls (see :mod:`~.launch`)
+    block: Callable[[torch.Tensor], torch.Tensor]  # this process's block of a tensor (sharded.local, or
+    # the tensor itself when nothing is sharded: no check per tensor per step)
 
 
 class StepValues(NamedTuple):
@@ -253,13 +222,15 @@ class FusedUpdate:
         if len({same(g) for g in groups}) != 1:
             raise ValueError(f"fused HALO needs the same {'/'.join(constants)} for all penalised weights")
         penalised = {id(w) for w in params} | {id(halo.lam)}
+        others = [(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised]
         dtype = torch.promote_types(lam.dtype, torch.float32)
         self.plan = Plan(
             key=key,
             params=params,
             ws=[local(p) for p in params],
             groups=groups,
-            others=[(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised],
+            others=others,
+            other_groups=list({id(g): g for p, g in others}.values()),
             lam_group=group_of.get(id(halo.lam)),
             lams=views(lam, halo.numels, halo.shapes),
             bufs=views(halo.lam_momentum, halo.numels, halo.shapes) if halo.lam_momentum.numel() else [],
@@ -268,17 +239,27 @@ class FusedUpdate:
             psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
             xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),
             counts={},
+            launches=Launches(),
+            block=local if any(map(is_sharded, params)) else _itself,
         )
         return self.plan
 
-    def others(self, plan: Plan, same: Callable[[Group], tuple]) -> Iterator[tuple[torch.Tensor, Group]]:
+    def others(self, plan: Plan, same: Callable[[Group], tuple]) -> list[tuple[torch.Tensor, Group]]:
         """The optimizer's other parameters that take their plain step in the same call: those with a
         dense gradient and the same kernel constants as the penalised weights (the rest are left to
         ``optimizer.step()``)."""
         first = same(plan.groups[0])
-        for p, g in plan.others:
-            if p.grad is not None and not p.grad.is_sparse and same(g) == first:
-                yield p, g
+        agree = {id(g): same(g) == first for g in plan.other_groups}
+        return [
+            (p, g) for p, g in plan.others if p.grad is not None and not p.grad.is_sparse and agree[id(g)]
+        ]
+
+    def grads(self, plan: Plan) -> Tensors:
+        """The penalised weights' gradients (of the task loss; zeros for a weight without one)."""
+        return [
+            plan.block(p.grad) if p.grad is not None else torch.zeros_like(w)
+            for p, w in zip(plan.params, plan.ws, strict=True)
+        ]
 
     def lam_hyper(self, g: Group) -> tuple[float, float]:
         """λ's lr and weight decay: its own optimizer group's if it is in the optimizer, else the weights'
@@ -303,10 +284,18 @@ class FusedUpdate:
         """This step's :class:`StepValues` from the rows of the hyperparameter table."""
         plan = self.plan
         assert plan is not None
-        table = torch.tensor(hp, dtype=plan.dtype, device=self.penalty.lam.device)
+        flat = array("f" if plan.dtype == torch.float32 else "d", [x for row in hp for x in row])
+        table = torch.frombuffer(flat, dtype=plan.dtype).view(len(hp), -1).to(self.penalty.lam.device)
         return StepValues(
             hp=table, lam_sum_term=self.budget_term(), xi=plan.xi, seed=self.penalty.fused_steps
         )
+
+    def run(self, kernel: Kernel, t: NamedTuple, hp: list[tuple[float, ...]], c: NamedTuple) -> None:
+        """Run the driver's ``kernel`` on this step's tensors ``t``, hyperparameter rows ``hp`` and
+        constants ``c`` (see :mod:`~.launch`)."""
+        plan = self.plan
+        assert plan is not None
+        launch(kernel, plan.launches if plan.block is _itself else None, t, self.step_values(hp), c)
 
     def finish(self, updated: Tensors) -> None:
         """After the kernel: count the step, and clear the gradients of what it updated (``updated``: the
@@ -314,6 +303,10 @@ class FusedUpdate:
         self.penalty.fused_steps.add_(1)
         for p in updated:
             p.grad = None
+
+
+def _itself(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 # ------------------------------------------------------------------------------ the kernels' shared math

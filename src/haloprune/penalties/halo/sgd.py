@@ -17,14 +17,12 @@ from typing import NamedTuple
 
 import torch
 
-from haloprune.core.sharded import local
 from haloprune.penalties.halo.fused import (
     FusedUpdate,
     Group,
     Plan,
     StepValues,
     Tensors,
-    compiled,
     lam_terms,
     soft_threshold,
     store,
@@ -146,7 +144,7 @@ def sgd_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
     )
     halo.control(plan.ws, float(g0["lr"]) / (1.0 - momentum), float(g0["lr"]))
     t, hp, others = _gather(update, optimizer, plan, momentum != 0.0)
-    compiled(halo_sgd_step, halo.lam.device.type)(t, update.step_values(hp), c)
+    update.run(halo_sgd_step, t, hp, c)
     update.finish([*plan.params, *others])
 
 
@@ -156,23 +154,22 @@ def _gather(
     """This step's tensors (this process's blocks of sharded ones) and hyperparameter rows: the penalised
     weights, then the optimizer's other parameters that can take their plain SGD step in the same call
     (``momentum``: with buffers); and those other parameters."""
-    grads, w_bufs, hp = [], [], []
-    for p, w, g in zip(plan.params, plan.ws, plan.groups, strict=True):
-        grads.append(local(p.grad) if p.grad is not None else torch.zeros_like(w))
+    block = plan.block
+    w_bufs, hp = [], []
+    for p, g in zip(plan.params, plan.groups, strict=True):
         if momentum:
-            w_bufs.append(local(_sgd_buffer(optimizer, p)))
+            w_bufs.append(block(_sgd_buffer(optimizer, p)))
         hp.append((g["lr"], g["weight_decay"], *update.lam_hyper(g)))
-    params, others, o_grads, o_bufs = [], [], [], []
-    for p, g in update.others(plan, _sgd_constants):
-        params.append(p)
-        others.append(local(p))
-        o_grads.append(local(p.grad))
-        if momentum:
-            o_bufs.append(local(_sgd_buffer(optimizer, p)))
+    params = update.others(plan, _sgd_constants)
+    others = [block(p) for p, _ in params]
+    o_grads = [block(p.grad) for p, _ in params]
+    o_bufs = [block(_sgd_buffer(optimizer, p)) for p, _ in params] if momentum else o_grads
+    for _, g in params:
         hp.append((g["lr"], g["weight_decay"], 0.0, 0.0))
+    grads = update.grads(plan)
     lam_bufs = plan.bufs if momentum else plan.lams
-    t = SGDTensors(plan.ws, grads, w_bufs or grads, plan.lams, lam_bufs, others, o_grads, o_bufs or o_grads)
-    return t, hp, params
+    t = SGDTensors(plan.ws, grads, w_bufs or grads, plan.lams, lam_bufs, others, o_grads, o_bufs)
+    return t, hp, [p for p, _ in params]
 
 
 def _sgd_buffer(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:
