@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from haloprune import HALO, build_model, global_magnitude_prune
+from haloprune.pruning.masks import get_masks
 
 SPECS = {  # name: (model kwargs, default batch)
     "lenet-300-100": ({}, 100),
@@ -88,7 +89,44 @@ def make_step(
         loss.backward()
         opt.step()
 
+    step.extra = extra_bytes(model, halo, opt)  # type: ignore[attr-defined]
     return step
+
+
+def extra_bytes(model: torch.nn.Module, halo: HALO | None, opt: torch.optim.Optimizer) -> tuple[int, float]:
+    """Bytes a step reads and writes beyond plain training, in all and per weight concerned: fused HALO's
+    λ and the λ moments its kernel reads (SGD: the momentum buffer if momentum is on; coupled Adam: both
+    moments; decoupled: none), each read once and written once; or, for a masked model, one more pass
+    over each masked weight (read, write) and its factor (read). The weights, gradients and the
+    optimizer's own moments are touched by plain training too: the fused step reads and writes them once,
+    as the plain step does."""
+    if halo is not None and halo.attached:
+        g = opt.param_groups[0]
+        if isinstance(opt, torch.optim.SGD):
+            moments = int(g["momentum"] != 0)
+        else:
+            moments = 2 * int(halo.update is not None and halo.update.coupled)
+        per_weight = 2 * halo.lam.element_size() * (1 + moments)
+        return per_weight * halo.num_penalized, per_weight
+    masks = get_masks(model)
+    params = dict(model.named_parameters())
+    total = sum(m.numel() * 3 * params[n].element_size() for n, m in masks.items())
+    return total, total / max(1, sum(m.numel() for m in masks.values()))
+
+
+def bandwidth(device: torch.device, reps: int = 20) -> float:
+    """The memory bandwidth (bytes/s, read + write) of copying 64 MiB, larger than the caches: the rate
+    at which a step's extra bytes can at best be moved (median of ``reps`` copies)."""
+    src = torch.randn(1 << 24, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(reps + 3):
+        _sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.nbytes / statistics.median(times[3:])
 
 
 def measure(
@@ -132,6 +170,11 @@ def peak_memory(steps: dict[str, Callable[[], None]], device: torch.device) -> d
     return out
 
 
+def _limit(step: Callable[[], None], bw: float, plain_ms: float) -> str:
+    """The ratio to plain if ``step`` cost only its extra bytes at bandwidth ``bw`` over plain's time."""
+    return f"{1 + step.extra[0] / bw * 1e3 / plain_ms:.3f}"  # type: ignore[attr-defined]
+
+
 def _spread(r: tuple[float, float, float]) -> str:
     return f"{r[0]:.3f} [{r[1]:.3f}–{r[2]:.3f}]"
 
@@ -158,12 +201,21 @@ def main() -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, amp {args.amp}, "
         f"{args.rounds} rounds x {args.reps} steps; ratios: median [min–max] over rounds"
     )
+    bw = bandwidth(device)
+    print(
+        f"memory bandwidth (copy of 64 MiB, read + write): {bw / 1e9:.1f} GB/s; 'limit': plain + the step's "
+        "extra bytes at that bandwidth, over plain"
+    )
     mem_cols = " plain peak MiB | HALO peak MiB |" if device.type == "cuda" else ""
     print(
         "| model | optimizer | batch | plain ms/step | HALO ms/step | HALO / plain | reference HALO / plain "
-        "| target exact / plain | target PI / plain | masked / plain | HALO images/s |" + mem_cols
+        "| HALO B/weight | HALO limit | target exact / plain | target PI / plain | masked / plain "
+        "| masked B/weight | masked limit | HALO images/s |" + mem_cols
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if mem_cols else ""))
+    print(
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|---:|" if mem_cols else "")
+    )
     worst, worst_masked = dict.fromkeys(args.optimizers, 0.0), 0.0
     for name in args.models:
         kwargs, batch = SPECS[name]
@@ -191,12 +243,17 @@ def main() -> None:
             peak = peak_memory(steps, device)
             label = f"{name} (width {kwargs['width']:g})" if "width" in kwargs else name
             opt_label = f"{kind} (plain: {'fused' if base == 'plain-fused' else 'foreach'})"
-            halo_ms = statistics.median(times["halo-fused"])
+            halo_ms, plain_ms = statistics.median(times["halo-fused"]), statistics.median(times[base])
+
+            masked_mode = "masked-fused" if base == "plain-fused" else "masked"
             print(
-                f"| {label} | {opt_label} | {batch} | {statistics.median(times[base]):.3f} | {halo_ms:.3f} | "
+                f"| {label} | {opt_label} | {batch} | {plain_ms:.3f} | {halo_ms:.3f} | "
                 f"{_spread(fused)} | {_spread(paired(times, 'halo-reference', base))} | "
+                f"{steps['halo-fused'].extra[1]:.0f} | {_limit(steps['halo-fused'], bw, plain_ms)} | "
                 + "".join(f"{_spread(paired(times, t, base))} | " for t in TARGETS)
-                + f"{_spread(masked)} | {batch / halo_ms * 1e3:,.0f} |"
+                + f"{_spread(masked)} | {steps[masked_mode].extra[1]:.0f} | "
+                f"{_limit(steps[masked_mode], bw, plain_ms)} | "
+                f"{batch / halo_ms * 1e3:,.0f} |"
                 + (f" {peak[base]:,.0f} | {peak['halo-fused']:,.0f} |" if peak else ""),
                 flush=True,
             )
