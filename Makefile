@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
-.PHONY: run test test-all lint data venv clean
+.PHONY: run test test-all lint data venv docs wheel-test clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,9 +40,27 @@ test: $(STAMP) data
 test-all: $(STAMP) data
 	$(PY) -m pytest -q -m "" $(ARGS)
 
+# The docs site (MkDocs), strict: a broken link, a bad reference or a warning fails it. Output: site/.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+# Build the sdist and the wheel, install the wheel (not the checkout) into a fresh virtual environment
+# and smoke-test it there. The environment borrows the project environment's installed dependencies
+# through a path file (a plain path: none of its .pth files run, so haloprune itself is only the wheel).
+WHEEL_VENV := build/wheel-venv
+wheel-test: $(STAMP)
+	rm -rf dist $(WHEEL_VENV)
+	$(PY) -m build --no-isolation --outdir dist . >/dev/null
+	$(PY) -m venv --without-pip $(WHEEL_VENV)
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+	  > "$$($(WHEEL_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/deps.pth"
+	$(PY) -m pip --python $(WHEEL_VENV)/bin/python install -q --no-deps dist/haloprune-*.whl
+	cd build && ../$(WHEEL_VENV)/bin/python ../tests/wheel_smoke.py
+	tar -tzf dist/haloprune-*.tar.gz | grep -q 'src/haloprune/configs/main.toml'
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info .pytest_cache

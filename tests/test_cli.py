@@ -255,3 +255,24 @@ def test_a_reader_that_goes_away_stops_the_output_quietly(tmp_path: Path) -> Non
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert proc.returncode in (0, 141)
+
+
+def test_shipped_configs_are_found_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The configs ship inside the package: `haloprune configs` lists them, and a command given
+    `configs/...` (or the name under it) outside a checkout reads the shipped file; a local file of
+    that name wins; a name that is neither is one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out
+    assert "configs/main.toml" in listed and "configs/matrix/lenet300-sgd.toml" in listed
+    for name in ("configs/main.toml", "main.toml"):
+        assert main(["run", "--config", name, "--status", "--set", "db='x.sqlite'"]) == 2
+        assert "no results store at x.sqlite" in capsys.readouterr().err  # read: got as far as the store
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "main.toml").write_text("not toml [")
+    assert main(["run", "--status"]) == 2
+    assert "not valid TOML" in capsys.readouterr().err  # the local file, not the shipped one
+    assert main(["sweep", "nope.toml", "--status"]) == 2
+    assert capsys.readouterr().err.strip() == "haloprune: error: config file nope.toml does not exist"

@@ -1,6 +1,6 @@
 """The package's shape: no import cycles (lazy imports and those under ``if TYPE_CHECKING:`` included: a
 cycle of type-only imports is a cycle of knowledge all the same), dependencies only downwards through the
-layers of docs/architecture.md, and the shipped sweep configs expand to the job keys they always had
+layers of docs/explanation/architecture.md, and the shipped sweep configs expand to the job keys they always had
 (so a results store written before a refactor is still found)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LAYERS = [
     ["integrations"],
     ["experiments"],
     ["export"],
-    ["cli"],
+    ["cli", "docgen"],
 ]
 # Optional dependencies imported only where they are needed (an extra may be missing).
 # (a dotted name: that module and the ones under it)
@@ -48,6 +48,7 @@ LAZY_OK = {
     "torch.distributed.tensor",  # DTensor (0.6 s to import): only once a model is sharded (core/sharded.py)
     "torch.distributed.fsdp",  # FSDP2 (0.5 s), and its device mesh: only when a run shards its model
     "torch.distributed.device_mesh",
+    "torch._dynamo.config",  # torch.compile's machinery: only when a fused HALO step is first compiled
     "haloprune.training.fsdp",  # sharded checkpoints (0.8 s: torch's distributed checkpointing), likewise
 }
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from haloprune.build import load_data
-from haloprune.config import TrainConfig, load_config
+from haloprune.config import TrainConfig, config_path, load_config, shipped_configs
 from haloprune.core import __version__
 from haloprune.core.errors import HaloPruneError
 from haloprune.core.io import save_json, save_text
@@ -261,12 +261,18 @@ def _cmd_data(args: argparse.Namespace) -> int:
 MAIN_CONFIG = Path("configs/main.toml")
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    for name in shipped_configs():
+        lines = config_path(name).read_text().splitlines()
+        first = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else ""
+        print(f"{name:48s} {first}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    path = args.config or MAIN_CONFIG
+    path = config_path(args.config or MAIN_CONFIG)
     if not path.is_file():
-        raise HaloPruneError(
-            f"no {path}: run from the haloprune checkout (it ships configs/main.toml) or give --config FILE"
-        )
+        raise HaloPruneError(f"no config file {path}; `haloprune configs` lists the shipped ones")
     overrides = list(args.overrides)
     if args.seeds is not None:
         if args.seeds < 1:
@@ -507,6 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="output file (default RUN_DIR/model-<sparsity>.<format>)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "configs",
+        help="list the shipped configs (a command takes one by its name, from anywhere: "
+        "haloprune sweep configs/matrix/lenet300-sgd.toml)",
+    )
+    p.set_defaults(func=_cmd_configs)
 
     p = sub.add_parser("data", help="check or download a dataset")
     p.add_argument("action", choices=["check", "download"])

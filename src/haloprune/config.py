@@ -38,7 +38,7 @@ class DataConfig(Section):
     dir: str | None = None  # default: HALOPRUNE_DATA, then the system/cached copies
     val_size: int = Field(5000, ge=0)  # carved from the training set (seeded), for choosing hyperparameters
     train_subset: int | None = Field(None, gt=0)  # use only this many training images (fast tests)
-    test_subset: int | None = Field(None, gt=0)
+    test_subset: int | None = Field(None, gt=0)  # use only this many test images
     # random 4-pixel-padded crop + horizontal flip per training batch; None: on for CIFAR, off otherwise
     augment: bool | None = added_field(None)
     pad_to: int | None = added_field(None, gt=0)  # zero-pad images to this side (28x28 Fashion-MNIST -> 32)
@@ -84,7 +84,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = "lenet-300-100"
+    name: str = "lenet-300-100"  # a model of haloprune.models.MODELS
     width: float = added_field(1.0, gt=0)  # channel multiplier of the conv nets (vgg16-bn, resnet*)
     # the transformer's shape (vit; None: the model's default)
     dim: int | None = added_field(None, gt=0)  # token width
@@ -116,13 +116,14 @@ SHAPE_KEYS = ("dim", "depth", "heads", "mlp_ratio", "patch")
 
 class OptimConfig(Section):
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # HALO's fused path takes all three
-    epochs: int = Field(20, gt=0)
+    epochs: int = Field(20, gt=0)  # passes over the training set
     batch_size: int = Field(100, gt=0)  # the GLOBAL batch: under torchrun each process takes its share
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: float = Field(0.1, gt=0)  # the learning rate the schedule starts from
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
     nesterov: bool = False  # SGD only
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    weight_decay: float = Field(1e-4, ge=0)  # the optimizer's (AdamW: decoupled, as torch.optim)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"  # lr per step: cosine to 0 over the run,
+    # or "step" (times gamma at each milestone), or "constant"
     # epochs (or steps: milestone_unit) at which "step" multiplies lr by gamma
     milestones: list[int] = Field(default_factory=list)
     # one factor for every milestone, or one per milestone (e.g. [0.1, 0.01])
@@ -132,7 +133,7 @@ class OptimConfig(Section):
     # the weights training ends with: "last" (the final epoch's), or "best-test" (those of the epoch with the
     # best TEST accuracy, as the HALO reference reports CIFAR results: a choice made on the test set)
     keep: Literal["last", "best-test"] = added_field("last")
-    eval_batch_size: int = Field(1000, gt=0)
+    eval_batch_size: int = Field(1000, gt=0)  # batch size of evaluation (no effect on results)
     # bf16 autocast of forward and loss; parameters and HALO stay fp32
     amp: Literal["none", "bf16"] = added_field("none")
     # channels_last memory format for conv nets; None: on for CUDA, off on CPU
@@ -214,14 +215,14 @@ class PenaltyConfig(Section):
     :meth:`~haloprune.penalties.Penalty.check_options`); ``xi`` and ``psi`` at 0 mean "not given"."""
 
     name: str = "none"  # "none" or a registered penalty (haloprune.penalties.PENALTIES)
-    xi: float = Field(0.0, ge=0)
-    psi: float = Field(0.0, ge=0)
-    p: float = Field(_default("p"), ge=0)
-    form: Literal["l1", "l2"] = _default("form")
-    lambda_init: float = Field(_default("lambda_init"), gt=0)
-    lambda_min: float = Field(_default("lambda_min"), gt=0)
-    scope: Literal["all", "conv", "linear"] = "all"
-    include_bias: bool = False
+    xi: float = Field(0.0, ge=0)  # ξ: the strength of the weight term (HALO: ξ·Σ|w|/λ²; L1: ξ·Σ|w|)
+    psi: float = Field(0.0, ge=0)  # ψ: HALO's strength of the λ term ψ·|Σλ − p| (target mode: from psi_hat)
+    p: float = Field(_default("p"), ge=0)  # HALO: the λ budget Σλ is pulled towards
+    form: Literal["l1", "l2"] = _default("form")  # HALO: ψ·|Σλ − p| ("l1") or ψ·(Σλ − p)² ("l2")
+    lambda_init: float = Field(_default("lambda_init"), gt=0)  # HALO: every λ at the start
+    lambda_min: float = Field(_default("lambda_min"), gt=0)  # HALO: λ's floor (λ in [lambda_min, lambda_max])
+    scope: Literal["all", "conv", "linear"] = "all"  # which layers' weights are penalised
+    include_bias: bool = False  # penalise the biases too
     # HALO: fused analytic update inside optimizer.step(); False: reference autograd path
     fused: bool = _default("fused")
     lambda_lr_scale: float = Field(_default("lambda_lr_scale"), gt=0)  # λ's lr / the weights' (reference: 1)
@@ -311,6 +312,7 @@ def _penalty_keys(name: str) -> set[str]:
 
 
 class PruneConfig(Section):
+    # the sparsities the trained model is pruned to, once each, and evaluated (no fine-tuning)
     sparsities: list[Sparsity] = Field(default_factory=lambda: [0.5, 0.7, 0.9, 0.95, 0.98, 0.99])
     per_layer: bool = False  # False: global magnitude pruning (the paper's); True: same fraction per layer
     # which layers are pruned (and penalised: a penalty's scope must match); the reference prunes
@@ -347,7 +349,7 @@ class LoggingConfig(Section):
     or a sweep reruns nothing. Backends are optional extras: ``haloprune[tensorboard]``, ``[mlflow]``,
     ``[wandb]``."""
 
-    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"  # the tracker (or --logger)
     # TensorBoard event files / W&B run folders (default: <out_dir>/tensorboard, <out_dir>/wandb)
     dir: str | None = None
     tracking_uri: str | None = None  # MLflow (default: sqlite:///<out_dir>/mlflow.db)
@@ -358,7 +360,7 @@ class LoggingConfig(Section):
 class Setup(Section):
     """What a training run and a sweep's jobs share: the device, data, model, optimiser and pruning."""
 
-    device: str = "cpu"
+    device: str = "cpu"  # torch device: "cpu", "cuda", "cuda:1"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -368,8 +370,8 @@ class Setup(Section):
 class RunConfig(Setup):
     """One run: its setup, its name, where it writes and its seed."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
-    out_dir: str = "runs"
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")  # the run's folder is <out_dir>/<name>
+    out_dir: str = "runs"  # where run folders go
     seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed takes 64-bit seeds
 
     @property
@@ -507,12 +509,34 @@ def validate(cls: type[C], data: dict[str, Any], source: str = "") -> C:
         raise ConfigError(one_line(err, source or "(overrides)")) from None
 
 
+SHIPPED = Path(__file__).resolve().parent / "configs"  # the configs haloprune ships (in the wheel too)
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` itself if it exists; else the shipped config it names (``configs/main.toml``,
+    ``main.toml``, ``matrix/lenet300-sgd.toml``), so the configs work wherever haloprune is installed; else
+    ``path`` (which then is refused as missing)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = SHIPPED.joinpath(*parts)
+    return shipped if parts and shipped.is_file() else path
+
+
+def shipped_configs() -> list[str]:
+    """The shipped configs, as ``configs/...`` paths (what a checkout has, and what :func:`config_path`
+    finds from anywhere)."""
+    return sorted(f"configs/{p.relative_to(SHIPPED).as_posix()}" for p in SHIPPED.rglob("*.toml"))
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Read a TOML file (optional), apply overrides, validate."""
+    """Read a TOML file (optional; a shipped config by its name, see :func:`config_path`), apply
+    overrides, validate."""
     data: dict[str, Any] = {}
     source = "(command line)"
     if path is not None:
-        path = Path(path)
+        path = config_path(path)
         source = str(path)
         try:
             data = tomllib.loads(path.read_text())

@@ -37,8 +37,8 @@ from haloprune.methods.penalty import TargetPenaltyMethod
 class SweepMethodConfig(Section):
     """One method of a sweep: a registered kind, its parameters, and a grid chosen on the validation split."""
 
-    kind: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    kind: str  # a method of haloprune.methods.METHODS ("penalty", "target", "gmp", "finetune", ...)
+    params: dict[str, Any] = Field(default_factory=dict)  # the method's parameters (its Params)
     grid: list[dict[str, Any]] = Field(default_factory=list)  # each point is merged into params
     # this method's budget in epochs instead of optim.epochs (e.g. equal wall-clock instead of equal epochs)
     epochs: int | None = added_field(None, gt=0)
@@ -101,7 +101,7 @@ class ExecutorConfig(Section):
     process) writes the results store; the run folders (``<db folder>/<sweep>/``) must be on a file
     system the workers share with it."""
 
-    name: Literal["local", "submitit", "ray"] = "local"
+    name: Literal["local", "submitit", "ray"] = "local"  # local processes, SLURM (submitit), or Ray
     # every executor: torch threads and CPUs per job (default: local, the machine's cores / --jobs;
     # submitit and ray: 1), GPUs per job, and how often a job whose worker died (killed, preempted
     # without notice, node lost) is submitted again: it resumes from its last end-of-epoch checkpoint
@@ -142,7 +142,7 @@ class PretrainConfig(Section):
     ``pretrain``, whose records are that network pruned once without fine-tuning). Its epochs count in
     the reported budget of every method that starts from it."""
 
-    epochs: int = Field(gt=0)
+    epochs: int = Field(gt=0)  # of the dense pre-training
     # optim keys the pre-training sets differently from the sweep's (the sweep's optim is the fine-tuning)
     optim: dict[str, Any] = Field(default_factory=dict)
 
@@ -155,11 +155,12 @@ class SweepConfig(Setup):
     ``haloprune sweep``; its store is ``db``, its report and states go to ``<db folder>/<name>/``
     (:attr:`paths`)."""
 
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")
-    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0, 1, 2])
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9._-]+$")  # its jobs, report and run folders
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0, 1, 2])  # per job
+    # the target sparsities: every method is pruned to (or told, target methods) each of them
     sparsities: list[Sparsity] = Field(default_factory=lambda: [0.9, 0.95, 0.98, 0.99])
-    methods: dict[str, SweepMethodConfig]
-    db: str = str(DEFAULT_PATH)
+    methods: dict[str, SweepMethodConfig]  # by the name the report gives it: [methods.halo], [methods.gmp]
+    db: str = str(DEFAULT_PATH)  # the SQLite results store (finished jobs are skipped)
     quick: dict[str, Any] = Field(default_factory=dict)  # dotted overrides applied by --quick
     # a dense pre-training job every method starts from (fine-tuning studies); None: from scratch
     pretrain: PretrainConfig | None = added_field(None)

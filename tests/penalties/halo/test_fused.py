@@ -205,7 +205,7 @@ def test_compiled_model_with_fused_halo_and_masks_trains() -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="torch 2.13 inductor (CPU) returns zero conv gradients for LeNet-5; see docs/known-issues.md",
+    reason="torch 2.13 inductor (CPU) returns zero conv gradients for LeNet-5; see docs/explanation/known-issues.md",
 )
 def test_torch_compile_lenet5_gradients() -> None:
     """Upstream check, not ours: does torch.compile give LeNet-5 the eager gradients?"""
