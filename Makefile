@@ -42,7 +42,7 @@ test-all: $(STAMP) data
 
 # The docs site (MkDocs), strict: a broken link, a bad reference or a warning fails it. Output: site/.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # Build the sdist and the wheel, install the wheel (not the checkout) into a fresh virtual environment
 # and smoke-test it there. The environment borrows the project environment's installed dependencies
