@@ -49,13 +49,14 @@ def test_main_job_quick(
     assert "done 0, skipped 6" in capsys.readouterr().out
 
 
-def test_run_without_its_config_is_one_line(
+def test_run_with_a_missing_config_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """(Outside a checkout `haloprune run` takes the shipped configs/main.toml: tests/test_cli.py.)"""
     monkeypatch.chdir(tmp_path)
-    assert main(["run"]) == 2
+    assert main(["run", "--config", "configs/nope.toml"]) == 2
     err = capsys.readouterr().err
-    assert "no configs/main.toml" in err and err.count("\n") == 1
+    assert "no config file configs/nope.toml" in err and err.count("\n") == 1
     assert main(["run", "--config", str(ROOT / "configs" / "main.toml"), "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
 
