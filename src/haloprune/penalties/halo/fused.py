@@ -11,7 +11,7 @@ inside ``optimizer.step()`` together with exactly the update the optimizer would
 weights, their λ and the optimizer's other parameters, in one function per optimizer family
 (:mod:`~haloprune.penalties.halo.sgd`, :mod:`~haloprune.penalties.halo.adam`) that ``torch.compile``
 turns into a single loop per tensor. This module holds what they share: running the kernels
-(compiled once per structure, called without guards: :mod:`~haloprune.penalties.halo.launch`),
+(compiled on first use, then entered without guards: :mod:`~haloprune.penalties.halo.launch`),
 checking the optimizer, the :class:`FusedUpdate` that ``HALO.attach`` creates and the penalty owns
 (optimizer family, coupling, the per-optimizer :class:`Plan` of tensors and
 hyperparameters), the :class:`StepValues` every kernel takes, and the math both kernels do alike

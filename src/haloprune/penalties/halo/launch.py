@@ -116,10 +116,9 @@ def _direct(kernel: Kernel, t: NamedTuple, s: NamedTuple, c: NamedTuple) -> Kern
     guards pass on these arguments, as a plain function (it calls the compiled graph). None where there
     is none (compiling is off or failed: the kernel runs eagerly) or the cache cannot be read."""
     try:
-        from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
-
+        entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list(kernel.__code__)
         arguments = dict(zip(inspect.signature(kernel).parameters, (t, s, c), strict=True))
-        for entry in _debug_get_cache_entry_list(kernel.__code__):
+        for entry in entries:
             if entry.guard_manager.check(arguments):
                 return types.FunctionType(entry.code, kernel.__globals__, kernel.__name__)
     except Exception:  # another PyTorch: the guarded path does the same
