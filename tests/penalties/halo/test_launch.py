@@ -114,3 +114,8 @@ def test_replaced_optimizer_state_gets_its_own_direct_call() -> None:
     plan = halo.update.plan
     assert plan is not None and len(plan.launches.calls) == 2
     assert torch.equal(old, before) and new.abs().sum() > 0
+    for _ in range(6):  # state replaced again and again: only the last few calls (and tensors) are kept
+        opt.state[w]["exp_avg"] = torch.zeros_like(old)
+        step()
+    assert len(plan.launches.calls) == launch._KEPT
+    assert not any(t is old for refs, _ in plan.launches.calls.values() for t in refs)

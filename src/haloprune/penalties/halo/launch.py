@@ -32,6 +32,7 @@ Kernel = Callable[..., None]
 
 _COMPILED: dict[tuple[Kernel, str], Kernel] = {}
 _GRADS = {"grads": "ws", "other_grads": "others"}  # a kernel's new-each-step tensors, and their weights
+_KEPT = 4  # direct calls a plan keeps (each holds its tensors: replaced optimizer state must not pile up)
 
 
 def compiled(kernel: Kernel, device_type: str) -> Kernel:
@@ -102,6 +103,8 @@ def launch(kernel: Kernel, launches: Launches | None, t: NamedTuple, s: NamedTup
     guarded(t, s, c)  # compiles on first use
     if hit is None:
         launches.calls[key] = ([x for xs in fields.values() for x in xs], _direct(kernel, t, s, c))
+        while len(launches.calls) > _KEPT:  # the oldest tensors go (state replaced: not held on to)
+            del launches.calls[next(iter(launches.calls))]
 
 
 def _identity(fields: dict[str, list[torch.Tensor]]) -> tuple:
