@@ -56,7 +56,8 @@ def _jobs(name: str) -> dict[str, dict]:
     ],
 )
 def test_cifar_configs_are_the_references_recipe(name: str, model: str) -> None:
-    """cifar.py --halo / --l1 and cifar_prune_iterative.py, as the jobs run them (docs/how-to/reproduce-paper.md)."""
+    """cifar.py --halo / --l1 and cifar_prune_iterative.py, as the jobs run them
+    (docs/how-to/reproduce-paper.md)."""
     cfg = load_sweep_config(CONFIGS / "paper" / f"{name}.toml")
     o = cfg.optim
     assert (o.epochs, o.batch_size, o.lr, o.momentum, o.weight_decay) == (160, 64, 0.1, 0.9, 1e-4)

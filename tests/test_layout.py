@@ -1,7 +1,7 @@
 """The package's shape: no import cycles (lazy imports and those under ``if TYPE_CHECKING:`` included: a
 cycle of type-only imports is a cycle of knowledge all the same), dependencies only downwards through the
-layers of docs/explanation/architecture.md, and the shipped sweep configs expand to the job keys they always had
-(so a results store written before a refactor is still found)."""
+layers of docs/explanation/architecture.md, and the shipped sweep configs expand to the job keys they always
+had (so a results store written before a refactor is still found)."""
 
 from __future__ import annotations
 

@@ -234,31 +234,30 @@ def restore_masks(model: nn.Module, **selection: Unpack[SelectionArgs]) -> dict[
 
 # ------------------------------------------------------------------------------ the optimizer hook
 
-_plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[Any, list[tuple[torch.Tensor, Any, str]]]]
+_Masked = list[tuple[torch.Tensor, Any, str]]  # (param, owner, attr) of each masked parameter
+_Factors = dict[int, tuple[Any, int, torch.Tensor]]  # per parameter id: (mask, its version, factor)
+_plans: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[Any, _Masked, _Factors]]
 _plans = weakref.WeakKeyDictionary()
+_FACTOR_BUDGET = 1 << 24  # mask elements per optimizer also kept as factors (64 MiB in float32)
 
 
-def _masked_params(optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, Any, str]]:
-    """``(param, owner, attr)`` for the masked parameters ``optimizer`` holds (cached until a mask or the
-    optimizer's parameter list changes)."""
+def _masked_params(optimizer: torch.optim.Optimizer) -> tuple[_Masked, _Factors]:
+    """``(param, owner, attr)`` for the masked parameters ``optimizer`` holds, and the factors kept for
+    them (both cached until a mask or the optimizer's parameter list changes; the factors then start
+    empty)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     key = (_generation, len(params), id(optimizer.param_groups[0]["params"]) if params else 0)
     cached = _plans.get(optimizer)
     if cached is not None and cached[0] == key:
-        return cached[1]
+        return cached[1], cached[2]
     out = []
     for p in params:
         link = p.__dict__.get(_LINK)
         if link is not None:
             out.append((p, link[0], link[1]))
-    _plans[optimizer] = (key, out)
-    return out
-
-
-_FACTOR_BUDGET = 1 << 24  # mask elements per optimizer also kept as factors (64 MiB in float32)
-# per optimizer: the mask generation its factors are for, and per parameter id (mask, its version, factor)
-_Factors = dict[int, tuple[Any, int, torch.Tensor]]
-_factors: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[int, _Factors]] = weakref.WeakKeyDictionary()
+    factors: _Factors = {}
+    _plans[optimizer] = (key, out, factors)
+    return out, factors
 
 
 def _enforce_masks(optimizer: torch.optim.Optimizer, *_: Any) -> None:
@@ -271,13 +270,10 @@ def _enforce_masks(optimizer: torch.optim.Optimizer, *_: Any) -> None:
     ``uint8`` instead (a view, no copy: no memory for a large model; the same result to the bit)."""
     if _generation == 0:  # no mask was ever attached in this process
         return
-    entry = _factors.get(optimizer)
-    if entry is None or entry[0] != _generation:  # masks attached or removed: drop the old factors
-        entry = _factors[optimizer] = (_generation, {})
-    cache = entry[1]
+    masked, cache = _masked_params(optimizer)
     room = _FACTOR_BUDGET
     params, factors = [], []
-    for p, owner, attr in _masked_params(optimizer):
+    for p, owner, attr in masked:
         mask = owner.mask(attr)
         if mask is None or mask.shape != p.shape:
             continue

@@ -129,7 +129,8 @@ class Plan:
     psi: torch.Tensor  # 0-dim, ψ
     xi: torch.Tensor  # 0-dim, ξ: a tensor, so that changing it does not recompile the kernel
     counts: dict[int | str, int]  # step counts of device-resident Adam step tensors, mirrored (no sync)
-    launches: Launches  # the kernels' direct calls (see :mod:`~.launch`)
+    launches: Launches | None  # the kernels' direct calls (see :mod:`~.launch`); None: sharded, the
+    # local blocks are new tensors each step
     block: Callable[[torch.Tensor], torch.Tensor]  # this process's block of a tensor (sharded.local, or
     # the tensor itself when nothing is sharded: no check per tensor per step)
 
@@ -224,6 +225,7 @@ class FusedUpdate:
         penalised = {id(w) for w in params} | {id(halo.lam)}
         others = [(p, g) for g in optimizer.param_groups for p in g["params"] if id(p) not in penalised]
         dtype = torch.promote_types(lam.dtype, torch.float32)
+        sharded = any(map(is_sharded, params))
         self.plan = Plan(
             key=key,
             params=params,
@@ -239,8 +241,8 @@ class FusedUpdate:
             psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
             xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),
             counts={},
-            launches=Launches(),
-            block=local if any(map(is_sharded, params)) else _itself,
+            launches=None if sharded else Launches(),
+            block=local if sharded else _itself,
         )
         return self.plan
 
@@ -295,7 +297,7 @@ class FusedUpdate:
         constants ``c`` (see :mod:`~.launch`)."""
         plan = self.plan
         assert plan is not None
-        launch(kernel, plan.launches if plan.block is _itself else None, t, self.step_values(hp), c)
+        launch(kernel, plan.launches, t, self.step_values(hp), c)
 
     def finish(self, updated: Tensors) -> None:
         """After the kernel: count the step, and clear the gradients of what it updated (``updated``: the
