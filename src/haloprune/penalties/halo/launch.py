@@ -92,7 +92,8 @@ def launch(kernel: Kernel, launches: Launches | None, t: NamedTuple, s: NamedTup
         return
     fields = dict(zip(t._fields, t, strict=True))
     for name, weights in _GRADS.items():  # a gradient with other strides than its weight: guarded call
-        if not all(g.stride() == w.stride() for g, w in zip(fields[name], fields[weights], strict=True)):
+        pairs = zip(fields[name], fields[weights], strict=True) if name in fields else ()
+        if not all(g.stride() == w.stride() for g, w in pairs):
             guarded(t, s, c)
             return
     key = (kernel, c, _identity(fields))
@@ -110,7 +111,7 @@ def launch(kernel: Kernel, launches: Launches | None, t: NamedTuple, s: NamedTup
 def _identity(fields: dict[str, list[torch.Tensor]]) -> tuple:
     """Which tensors a call takes, except its gradients: their ids, or the name of the gradient list a
     field stands in for (a placeholder the kernel does not read)."""
-    grads = {id(fields[name]): name for name in _GRADS}
+    grads = {id(fields[name]): name for name in _GRADS if name in fields}
     return tuple(grads.get(id(xs)) or tuple(map(id, xs)) for name, xs in fields.items() if name not in _GRADS)
 
 

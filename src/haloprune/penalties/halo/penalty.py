@@ -147,9 +147,10 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self._init_budget(p, form)
         super().__init__(model, **selection)
         self.xi, self.psi = float(xi), float(psi)
+        self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
         if self.target is not None:
             self.target.where = self.layout
-        self.lambda_min, self.lambda_max = float(lambda_min), float(lambda_max)
+            self.target.box = (self.lambda_min, self.lambda_max)
         self.prox = prox
         self.fused = fused
         self.coupling = coupling
@@ -247,7 +248,8 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     def control(self, ws: Tensors, step_size: float, lr: float) -> None:
         """Before each fused step (``step_size``: its share of the step budget; ``lr``: the weights' lr):
         target mode accounts for it and, when due, sets ξ (no-op without target mode)."""
-        if self.target is not None and self.target.control(ws, self._lam_squared, step_size, lr):
+        lams = self.update.plan.lams if self.update is not None and self.update.plan is not None else None
+        if self.target is not None and self.target.control(ws, self._lam_squared, step_size, lr, lams):
             self._set_strengths()
 
     def _set_strengths(self) -> None:
@@ -463,7 +465,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.update.step(optimizer)
         if self.target is not None:
             assert self.update.plan is not None  # made by the step
-            self.target.after_step(self.update.plan.ws, self._lam_squared)
+            self.target.after_step(self.update.plan.ws, self._lam_squared, self.update.plan.lams)
 
     def _lam_squared(self) -> torch.Tensor:
         """λ², read and clamped as the fused step reads it (target mode's exact control scores by it)."""

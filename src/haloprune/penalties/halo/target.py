@@ -33,6 +33,7 @@ import torch
 
 from haloprune.core.schedules import cubic_sparsity
 from haloprune.core.sharded import Layout, kth_smallest, total_counts
+from haloprune.penalties.halo.cut import COMPILED_FROM, Cuts
 
 _MAX_ERROR = 3.0  # |log(d / d_target)| counted at most (a factor e³ ≈ 20 in density)
 _MAX_STEP = 0.5  # most the integral part of log c moves in one update
@@ -214,6 +215,10 @@ def _counts(weights: list[torch.Tensor], where: Layout) -> tuple[int, int]:
     return n, count
 
 
+def _versions(weights: list[torch.Tensor]) -> tuple[int, ...]:
+    return tuple(t._version for t in weights)
+
+
 def _magnitudes(weights: list[torch.Tensor]) -> torch.Tensor:
     """``|w|`` of ``weights``, flat, in their order."""
     return torch.cat([t.detach().abs().flatten() for t in weights])
@@ -251,6 +256,10 @@ class TargetMode:
         self.wanted = 0  # "exact", "hard": the zeros the ramp asks for at the last step
         self._near: dict[str, float] = {}  # the last cuts, hints for kth_smallest (not state)
         self.where = Layout()  # how the weights are spread over processes (set by the penalty)
+        self.box = (1e-3, 1e3)  # λ's bounds (set by the penalty): scores read λ as the fused step does
+        self._cuts = Cuts()  # the compiled passes (haloprune.penalties.halo.cut), for large enough models
+        self._known: tuple[list[torch.Tensor], tuple[int, ...], int, int] | None = None  # the weights, their
+        # versions, and (entries, nonzero) as the last top-up left them: the next step's count if unchanged
 
     def use_gains(self, family: str) -> None:
         """The controller's gains for an optimizer family (``"sgd"``, ``"adam"``; see :data:`GAINS`)."""
@@ -275,7 +284,11 @@ class TargetMode:
         return self.controller.c(self.step_budget) ** 3 / psi**2, psi
 
     def _exact_xi(
-        self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor], lr: float
+        self,
+        weights: list[torch.Tensor],
+        lam_squared: Callable[[], torch.Tensor],
+        lr: float,
+        lams: list[torch.Tensor] | None = None,
     ) -> None:
         """``"exact"``: choose ξ for the coming step so that its proximal step zeroes the ramp's share.
 
@@ -284,19 +297,26 @@ class TargetMode:
         ``n`` (``1 −`` the ramp's density at the budget spent), ξ is the ``k``-th smallest ``|w|·λ²``
         divided by ``lr``: HALO's learned λ, not the magnitude alone, decides which weights go, and the
         count cannot overshoot the ramp (0 zeros wanted: ξ = 0, no shrinkage). ``lam_squared()`` gives
-        ``λ²`` (flat, in penalised-parameter order), asked for only when a cut is chosen. ``"hard"``: the
-        ramp's count only, ξ = 0."""
+        ``λ²`` (flat, in penalised-parameter order), asked for only when a cut is chosen; ``lams`` (λ per
+        weight tensor, shaped like it), where given, lets the compiled passes of
+        :mod:`~haloprune.penalties.halo.cut` find it (the same cut). ``"hard"``: the ramp's count only,
+        ξ = 0."""
         assert self.step_budget is not None
         ctrl = self.controller
-        n, nonzero = _counts(weights, self.where)
+        n, nonzero = self._count(weights)
         ctrl.density = nonzero / n
         k = self.wanted = n - round(ctrl.target_density(ctrl.spent / self.step_budget) * n)
         if self.control_kind == "hard" or k <= n - nonzero or lr <= 0:  # (enough zeros: the cut is 0)
             self.xi = 0.0
             return
-        scale = lam_squared()
-        score = _magnitudes(weights).to(scale.dtype) * scale
-        cut = self._near["xi"] = self._kth(score, k, "xi")
+        if self._compiled(lams, n):
+            assert lams is not None
+            self._cuts.scores(weights, lams, self.box, zeros_last=False, name="xi")
+            cut, _ = self._cuts.kth(k, value=True, name="xi")
+        else:
+            scale = lam_squared()
+            score = _magnitudes(weights).to(scale.dtype) * scale
+            cut = self._near["xi"] = self._kth(score, k, "xi")
         self.xi = cut / lr
         if self.max_shrink is not None and self.family == "adam":  # the top-up sets what this leaves short
             self.xi = min(self.xi, self.max_shrink)
@@ -305,12 +325,49 @@ class TargetMode:
         """The ``k``-th smallest of the scores of all processes (this one's: ``score``)."""
         return kth_smallest(score, k, self._near.get(hint), self.where)
 
+    def _compiled(self, lams: list[torch.Tensor] | None, n: int) -> bool:
+        """Whether the cuts are found by the compiled passes: given λ per tensor, not sharded, compiling
+        on, and at least :data:`~haloprune.penalties.halo.cut.COMPILED_FROM` weights."""
+        return (
+            lams is not None
+            and self.where.group is None
+            and n >= COMPILED_FROM
+            and self._cuts.launches.enabled
+        )
+
+    def _count(self, weights: list[torch.Tensor]) -> tuple[int, int]:
+        """:func:`_counts`, or what the last top-up left where nothing has written to ``weights`` since:
+        their version counters, which every in-place write through them or a view of them bumps, are
+        those it left (never when sharded: every process takes part in a count)."""
+        known = self._known
+        if known is not None and known[0] is weights and known[1] == _versions(weights):
+            return known[2], known[3]
+        return _counts(weights, self.where)
+
     @torch.no_grad()
-    def _top_up(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
+    def _top_up(
+        self,
+        weights: list[torch.Tensor],
+        lam_squared: Callable[[], torch.Tensor],
+        lams: list[torch.Tensor] | None = None,
+    ) -> None:
         """``"exact"`` and ``"hard"``, after the step: weights the step revived (an Adam step moves a zero
         weight by about lr) leave fewer zeros than wanted; the nonzero weights of smallest ``|w|·λ²`` are set
-        to zero until the ramp's count is met (ties may add a few more). ``lam_squared`` as for
-        :meth:`_exact_xi`, asked for only when zeros are missing."""
+        to zero until the ramp's count is met (ties may add a few more). ``lam_squared`` and ``lams`` as for
+        :meth:`_exact_xi`."""
+        self._known = None
+        n = sum(t.numel() for t in weights)
+        if self._compiled(lams, n):
+            assert lams is not None
+            nonzero = self._cuts.scores(weights, lams, self.box, zeros_last=True, name="top_up")
+            missing = self.wanted - (n - nonzero)
+            if missing > 0:
+                cut, zeroed = self._cuts.kth(missing, value=False, name="top_up")
+                self._cuts.zero(weights, lams, self.box, cut)
+                nonzero = nonzero - zeroed if zeroed is not None else -1
+            if nonzero >= 0:
+                self._known = (weights, _versions(weights), n, nonzero)
+            return
         n, nonzero = _counts(weights, self.where)
         missing = self.wanted - (n - nonzero)
         if missing <= 0:
@@ -328,9 +385,11 @@ class TargetMode:
         lam_squared: Callable[[], torch.Tensor],
         step_size: float,
         lr: float,
+        lams: list[torch.Tensor] | None = None,
     ) -> bool:
         """Before an optimizer step (``step_size``: its share of the budget, ``lr / (1 − momentum)`` or
-        ``lr``; ``lr``: the weights' lr): count it in the budget spent, then set ξ for it — ``"pi"``: steer
+        ``lr``; ``lr``: the weights' lr; ``lams`` as for :meth:`_exact_xi`): count it in the budget spent,
+        then set ξ for it — ``"pi"``: steer
         ``c`` from the density of ``weights`` when the controller is due; ``"exact"``: :meth:`_exact_xi`
         (``lam_squared()`` gives λ², asked for only then). True if ξ changed."""
         if self.step_budget is None:
@@ -340,7 +399,7 @@ class TargetMode:
             )
         due = self.controller.step(step_size)
         if self.control_kind != "pi":
-            self._exact_xi(weights, lam_squared, lr)
+            self._exact_xi(weights, lam_squared, lr, lams)
             return True
         if not due:
             return False
@@ -348,11 +407,16 @@ class TargetMode:
         self.controller.update(nonzero / n, self.step_budget)
         return True
 
-    def after_step(self, weights: list[torch.Tensor], lam_squared: Callable[[], torch.Tensor]) -> None:
+    def after_step(
+        self,
+        weights: list[torch.Tensor],
+        lam_squared: Callable[[], torch.Tensor],
+        lams: list[torch.Tensor] | None = None,
+    ) -> None:
         """After an optimizer step: ``"exact"`` and ``"hard"`` top up the zeros the step revived
-        (:meth:`_top_up`)."""
+        (:meth:`_top_up`; ``lams`` as for :meth:`_exact_xi`)."""
         if self.control_kind != "pi":
-            self._top_up(weights, lam_squared)
+            self._top_up(weights, lam_squared, lams)
 
     def stats(self, xi: float, psi: float) -> dict[str, float]:
         """ξ, ψ, c·B, the density last measured and the target density now, the share of the budget spent."""
