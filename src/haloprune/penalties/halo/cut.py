@@ -33,7 +33,7 @@ from haloprune.penalties.halo.fused import Tensors, read
 from haloprune.penalties.halo.launch import Launches, launch
 
 #: Fewest penalised weights for which the compiled passes are used (the eager selection below it).
-COMPILED_FROM = 1 << 14
+COMPILED_FROM = 1 << 16
 _PASSES = 12  # search passes before falling back to torch.kthvalue
 _SPREAD = (2.0**-12, 2.0**-4)  # the first pass counts at the guess ∓ this fraction of it, at least / most
 _FINISH = 2  # the stepping finish takes over when the k-th is this many scores from a bound
