@@ -160,3 +160,33 @@ def test_the_count_is_taken_again_after_the_weights_are_written(monkeypatch: pyt
     density = sum(int(torch.count_nonzero(w)) for w in halo.weights()) / halo.num_penalized
     step()
     assert counts and halo.controller.density == density
+
+
+def test_the_passes_run_without_guards_once_warm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pass a step makes (scores both ways, the search's counts and steps, the zeroing) keeps its
+    direct call: after warm-up no step makes a new one (none evicted by another, as a plan's 4 would be)."""
+    from haloprune.penalties.halo import launch
+
+    monkeypatch.setattr(target, "COMPILED_FROM", 1000)
+    made: list[object] = []
+    original = launch._direct
+
+    def direct(kernel, t, s, c):  # type: ignore[no-untyped-def]
+        made.append(kernel)
+        return original(kernel, t, s, c)
+
+    monkeypatch.setattr(launch, "_direct", direct)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(60, 40), nn.ReLU(), nn.Linear(40, 10))
+    halo = HALO(model, target_sparsity=0.9)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    halo.attach(opt, total_steps=20)
+    x, y = torch.randn(128, 60), torch.randint(0, 10, (128,))
+    for step in range(40):
+        if step == 30:
+            assert cut.next_above in made or cut.next_below in made  # the search's finish was taken
+            made.clear()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert made == []

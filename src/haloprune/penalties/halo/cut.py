@@ -121,7 +121,7 @@ class Cuts:
     search starts from the last one, moved as it moved the step before): held by target mode."""
 
     def __init__(self) -> None:
-        self.launches = Launches()
+        self.launches = Launches(kept=_KERNELS)  # one direct call per kernel and constants: all held
         self.key: tuple[int, ...] | None = None  # the weights and λ the buffers were made for
         self.held: Tensors = []  # ... kept alive, so that their ids stay theirs
         self.flat = torch.empty(0)
@@ -187,21 +187,21 @@ def search(
     n = scores.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    if not counted and (near is None or not 0.0 < near < math.inf):
-        return float(scores.kthvalue(k).values), None
     passes = _Passes(scores, launches)
+    if not counted:
+        if near is None or not 0.0 < near < math.inf:
+            return float(scores.kthvalue(k).values), None
+        counted = passes.count_at((near * (1.0 - spread), near * (1.0 + spread)))
     lo, c_lo, hi, c_hi = -math.inf, 0, math.inf, n  # c(lo) < k <= c(hi): the k-th lies in (lo, hi]
-    probes = (0.0, 0.0) if counted else (near * (1.0 - spread), near * (1.0 + spread))  # type: ignore[operator]
     top = float(torch.finfo(scores.dtype).max)
     width = n
     factor = 1.0 + spread  # how far an unbounded side is searched, growing 8-fold (in log) per pass
-    for _ in range(_PASSES):
-        for x, c in counted or passes.count_at(probes):
+    for made in range(1, _PASSES + 1):
+        for x, c in counted:
             if c >= k and x < hi:
                 hi, c_hi = x, c
             elif c < k and x > lo:
                 lo, c_lo = x, c
-        counted = None
         if c_hi == k and not value and hi < math.inf:
             return hi, k
         if lo > -math.inf and hi < math.inf and min(k - c_lo, c_hi - k + 1) <= _FINISH:
@@ -216,14 +216,17 @@ def search(
                 return math.inf, n
             factor = factor**8 if factor < 256 else 2.0**64
             probes = (min(lo * factor, top), min(lo * factor**4, top))
-        else:  # where the counts so far place the k-th, give or take a spread: in log space (scores
+        else:  # where the counts so far place the k-th, give or take a margin: in log space (scores
             # span orders of magnitude) where lo > 0; half the bracket where it narrowed too slowly
             shrunk, width = c_hi - c_lo < width / 2, c_hi - c_lo
-            spread = 0.5 * math.sqrt(width)
-            at = (k - 0.5 - spread, k + 0.5 + spread)
+            margin = 0.5 * math.sqrt(width)
+            at = (k - 0.5 - margin, k + 0.5 + margin)
             probes = tuple(_interpolate(lo, c_lo, hi, c_hi, x) for x in at)
             if not shrunk:
                 probes = (_interpolate(lo, c_lo, hi, c_hi, k - 0.5), _midpoint(lo, hi))
+        if made == _PASSES:
+            break
+        counted = passes.count_at(probes)
     return float(scores.kthvalue(k).values), None
 
 
@@ -265,6 +268,9 @@ class _Passes:
             if c < k:
                 return v, at_or_below
             at_or_below = c
+
+
+_KERNELS = 6  # write_scores (twice: zeros last or not), zero_at_or_below, count_at, next_above, next_below
 
 
 def _interpolate(lo: float, c_lo: int, hi: float, c_hi: int, at: float) -> float:

@@ -77,9 +77,10 @@ class Launches:
     """The direct calls of one plan's kernels: identity of the tensors → the compiled code to run. Held
     by the plan, so the tensors it keeps alive (their ids stay theirs) die with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept: int = _KEPT) -> None:
         self.calls: dict[tuple, tuple[list[torch.Tensor], Kernel | None]] = {}
         self.enabled = _compiling()  # read once per plan, not per step
+        self.kept = kept  # the most direct calls held (the oldest go first)
 
 
 def launch(kernel: Kernel, launches: Launches | None, t: NamedTuple, s: NamedTuple, c: NamedTuple) -> None:
@@ -104,7 +105,7 @@ def launch(kernel: Kernel, launches: Launches | None, t: NamedTuple, s: NamedTup
     guarded(t, s, c)  # compiles on first use
     if hit is None:
         launches.calls[key] = ([x for xs in fields.values() for x in xs], _direct(kernel, t, s, c))
-        while len(launches.calls) > _KEPT:  # the oldest tensors go (state replaced: not held on to)
+        while len(launches.calls) > launches.kept:  # the oldest tensors go (state replaced: not held on to)
             del launches.calls[next(iter(launches.calls))]
 
 
