@@ -1,7 +1,7 @@
 """Target mode's exact control and the variants measured against it in docs/results/matrix.md ("the
-causes"): one LeNet-300-100 run on real Fashion-MNIST (20 epochs, the matrix's SGD or AdamW recipe), pruned
-once to the target, one JSON line with test / validation accuracy, the zeros training left and the λ of
-the weights still alive (10th / 50th / 90th percentile).
+causes"): one LeNet-300-100 (or LeNet-5) run on real Fashion-MNIST (20 epochs, the matrix's SGD or AdamW
+recipe), pruned once to the target, one JSON line with test / validation accuracy, the zeros training left
+and the λ of the weights still alive (10th / 50th / 90th percentile).
 
     python benchmarks/target_variants.py adamw 0.98 0 exact      # the default (the matrix's HALO run)
     python benchmarks/target_variants.py adamw 0.98 0 hard       # ξ = 0 (target_control="hard"): no shrinkage
@@ -10,6 +10,19 @@ the weights still alive (10th / 50th / 90th percentile).
     python benchmarks/target_variants.py adamw 0.9 0 exact --ramp-end 0.5
     python benchmarks/target_variants.py sgd 0.98 0 exact --epochs 10 --probe   # λ against |w|, per tenth
     python benchmarks/target_variants.py finetune 0.98 0 exact --lambda-init equilibrium
+
+    python benchmarks/target_variants.py adamw 0.9 0 gmp --model lenet-5 --trace   # GMP, the matrix's run
+    python benchmarks/target_variants.py adamw 0.9 0 hard --model lenet-5 --ramp-steps 0.1 0.75
+    python benchmarks/target_variants.py adamw 0.9 0 exact --model lenet-5 --ramp-budget 0.2 0.75
+
+``--model lenet-5``: the matrix's LeNet-5 settings (configs/matrix/lenet5-*.toml, the same recipes). ``gmp``:
+GMP as the matrix runs it (10%–75% of the steps, masks every 100 steps). ``--ramp-steps S E``: target mode's
+ramp from S to E of the *steps* (GMP's timing) instead of 0 to ``ramp_end`` of the step budget;
+``--ramp-budget S E``: in budget units, from S. ``--max-shrink``: HALO's option. ``--hold-zeros``: zero
+weights stay zero through a step (no Adam revival). ``--trace``: every tenth of the steps the density per
+layer, the mask's churn, ξ's share of steps and the L1 pull on the kept weights; per-layer sparsity and the
+last epoch's train CE at the end (exp30's probes, notes30.md). benchmarks/sweep_variant.py runs any matrix job
+(e.g. the GPT) with the same variants.
 
 ``finetune`` is the matrix's LeNet-300-100 setting from pretrained weights
 (configs/matrix/lenet300-finetune.toml): the seed's dense network, as that sweep trained it (run the sweep
@@ -31,8 +44,10 @@ from collections.abc import Callable
 import torch
 
 from haloprune import HALO, build_model, global_magnitude_prune, restore_masks
-from haloprune.build import init_from, load_data
+from haloprune.build import init_from, load_data, seed_everything
 from haloprune.config import DataConfig, OptimConfig
+from haloprune.core.params import select_parameters
+from haloprune.core.schedules import cubic_sparsity
 from haloprune.penalties.halo.target import TargetMode
 from haloprune.training.callbacks import Callback, FitState
 from haloprune.training.evaluate import evaluate
@@ -96,6 +111,144 @@ class Frozen(Callback):
         target.after_step = lambda *args, **kwargs: None  # type: ignore[method-assign]  # ... and no top-up
 
 
+class Gradual(Callback):
+    """GMP as the matrix runs it (haloprune.methods.magnitude.GradualMagnitude, defaults): global
+    magnitude masks on Zhu & Gupta's cubic ramp from ``start`` to ``end`` of the steps, updated every
+    ``every`` steps."""
+
+    def __init__(self, model: torch.nn.Module, target: float, total: int, start=0.1, end=0.75, every=100):
+        self.model, self.target, self.every = model, target, every
+        self.t0 = round(start * total)
+        self.t1 = max(self.t0 + 1, round(end * total))
+
+    def on_step_end(self, state: FitState) -> None:
+        step, t0, t1 = state.step, self.t0, self.t1
+        if t0 <= step <= t1 and ((step - t0) % self.every == 0 or step == t1):
+            global_magnitude_prune(self.model, cubic_sparsity(step, self.target, t0, t1))
+
+
+def ramp_in_steps(halo: HALO, total: int, start: float, end: float) -> None:
+    """Target mode's ramp measured in optimizer steps (GMP's: ``start`` to ``end`` of the steps) instead of
+    fractions of the step budget (0 to ramp_end of Σ lr)."""
+    ctrl = halo.target.controller
+    ctrl.target_density = lambda progress: (
+        1.0
+        - cubic_sparsity(  # type: ignore[method-assign]
+            ctrl.steps / total, ctrl.sparsity, start, end
+        )
+    )
+
+
+def hold_zeros(halo: HALO) -> None:
+    """Weights that are zero before a step stay zero through it (no Adam revival; the top-up then only
+    zeroes live weights): the mask changes only by pruning, as GMP's."""
+    target = halo.target
+    control, after = target.control, target.after_step
+    held: dict[str, list[torch.Tensor]] = {}
+
+    def held_control(ws, lam_squared, step_size, lr):  # type: ignore[no-untyped-def]
+        held["zero"] = [t.detach() == 0 for t in ws]
+        return control(ws, lam_squared, step_size, lr)
+
+    @torch.no_grad()
+    def held_after(ws, lam_squared):  # type: ignore[no-untyped-def]
+        for t, z in zip(ws, held["zero"], strict=True):
+            t.masked_fill_(z, 0.0)
+        after(ws, lam_squared)
+
+    target.control, target.after_step = held_control, held_after  # type: ignore[method-assign]
+
+
+def ramp_in_budget(halo: HALO, start: float, end: float) -> None:
+    """Target mode's ramp in its own unit (fractions of the step budget Σ lr), from ``start`` instead of 0."""
+    ctrl = halo.target.controller
+    ctrl.target_density = lambda progress: (
+        1.0
+        - cubic_sparsity(  # type: ignore[method-assign]
+            progress, ctrl.sparsity, start, end
+        )
+    )
+
+
+class Trace(Callback):
+    """Probes: every tenth of the steps a JSON line with the density overall and per layer, the train CE
+    of the epoch so far; in target mode also the churn (weights revived by a step, weights zeroed by the
+    proximal step; weights regrown and pruned over the step and top-up, i.e. the mask's real changes),
+    the share of steps with ξ > 0, the summed shrink threshold of a weight at λ's floor (Σ lr·ξ/λ_min²)
+    and the summed threshold the median live weight gets at its own λ (Σ lr·ξ/λ², the L1 pull), each over
+    the last tenth, and the live weights' |w| percentiles."""
+
+    def __init__(self, model: torch.nn.Module, halo: HALO | None) -> None:
+        self.model, self.halo = model, halo
+        self.names = select_parameters(model)
+        self.acc = {
+            "revived": 0,
+            "prox_zeroed": 0,
+            "regrown": 0,
+            "pruned": 0,
+            "xi_pos": 0,
+            "steps": 0,
+            "pull": 0.0,
+            "pull_median_live": 0.0,
+        }
+        self.rows: list[dict] = []
+        target = halo.target if halo is not None else None
+        if target is None:
+            return
+        control, after = target.control, target.after_step
+        flat = lambda ws: torch.cat([t.detach().flatten() for t in ws])  # noqa: E731
+
+        def traced_control(ws, lam_squared, step_size, lr):  # type: ignore[no-untyped-def]
+            self.before = flat(ws) == 0
+            out = control(ws, lam_squared, step_size, lr)
+            self.acc["steps"] += 1
+            if target.xi > 0:
+                self.acc["xi_pos"] += 1
+                self.acc["pull"] += lr * target.xi / halo.lambda_min**2
+                live = ~self.before
+                if live.any():  # the threshold the median live weight actually gets: lr·ξ/λ²
+                    self.acc["pull_median_live"] += float((lr * target.xi / lam_squared()[live]).median())
+            return out
+
+        def traced_after(ws, lam_squared):  # type: ignore[no-untyped-def]
+            w = flat(ws)
+            zero = w == 0
+            self.acc["revived"] += int((self.before & ~zero).sum())
+            self.acc["prox_zeroed"] += int((~self.before & zero).sum())
+            after(ws, lam_squared)
+            zero = flat(ws) == 0  # the mask after the top-up: what changed over the whole step
+            self.acc["regrown"] += int((self.before & ~zero).sum())
+            self.acc["pruned"] += int((~self.before & zero).sum())
+
+        target.control, target.after_step = traced_control, traced_after  # type: ignore[method-assign]
+
+    def on_step_end(self, state: FitState) -> None:
+        total = state.epochs * state.steps_per_epoch
+        if state.step % max(1, total // 10):
+            return
+        ps = [self.model.get_parameter(n).detach() for n in self.names]
+        nz = [int(torch.count_nonzero(p)) for p in ps]
+        n = sum(p.numel() for p in ps)
+        ce, _, seen = state.sums.tolist() if state.sums is not None else (0.0, 0.0, 0.0)
+        row = {
+            "share_of_steps": round(state.step / total, 2),
+            "lr": round(state.optimizer.param_groups[0]["lr"], 6),
+            "density": round(sum(nz) / n, 4),
+            "layer_density": {
+                k.split(".")[0]: round(c / p.numel(), 4) for k, c, p in zip(self.names, nz, ps, strict=True)
+            },
+            "train_ce_epoch_so_far": round(ce / max(seen, 1), 4),
+        }
+        if self.acc["steps"]:
+            row.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.acc.items()})
+            live = torch.cat([p.abs().flatten() for p in ps])
+            live = live[live > 0]
+            row["live_abs_w_q10_q50_q90"] = [round(q, 4) for q in live.double().quantile(_Q).tolist()]
+            self.acc = dict.fromkeys(self.acc, 0) | {"pull": 0.0, "pull_median_live": 0.0}
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
 def _ranks(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     out[x.argsort()] = torch.arange(len(x), dtype=x.dtype)
@@ -138,7 +291,27 @@ def main() -> None:
     ap.add_argument("optimizer", choices=list(RECIPES))
     ap.add_argument("target", type=float)
     ap.add_argument("seed", type=int)
-    ap.add_argument("variant", choices=["exact", "hard", "carry", "freeze"])
+    ap.add_argument("variant", choices=["exact", "hard", "carry", "freeze", "gmp"])
+    ap.add_argument("--model", choices=["lenet-300-100", "lenet-5"], default="lenet-300-100")
+    ap.add_argument(
+        "--ramp-steps",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        default=None,
+        help="target mode's ramp from START to END of the *steps* (GMP's: 0.1 0.75)",
+    )
+    ap.add_argument(
+        "--ramp-budget",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        default=None,
+        help="target mode's ramp from START to END of the step budget (default 0 ramp_end)",
+    )
+    ap.add_argument("--max-shrink", type=float, default=None)
+    ap.add_argument("--hold-zeros", action="store_true", help="zero weights stay zero through a step")
+    ap.add_argument("--trace", action="store_true", help="density per layer, churn, ξ, every tenth")
     ap.add_argument("--ramp-end", type=float, default=0.75)
     ap.add_argument("--freeze-at", type=float, default=0.75, help="freeze: the share of the steps")
     ap.add_argument("--epochs", type=int, default=20)
@@ -147,39 +320,79 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_data(DataConfig(name="fashion-mnist", val_size=5000), args.seed)
-    torch.manual_seed(args.seed)
-    model = build_model("lenet-300-100")
+    seed_everything(args.seed)
+    model = build_model(args.model)
     epochs = args.epochs
     if args.optimizer == "finetune":
         init_from(model, dense_state(args.seed))
         epochs = 5
     optim = OptimConfig(epochs=epochs, batch_size=100, schedule="cosine", **RECIPES[args.optimizer])
+    total = optim.steps_per_epoch(len(data.y_train)) * epochs
+    if args.variant == "gmp":
+        callbacks: list[Callback] = [Gradual(model, args.target, total)]
+        if args.trace:
+            callbacks.append(Trace(model, None))
+        start = time.perf_counter()
+        history = fit(model, data, optim, seed=args.seed, progress=False, callbacks=callbacks)
+        global_magnitude_prune(model, args.target)
+        finish(args, model, data, history, start, callbacks)
+        return
     control = "hard" if args.variant == "hard" else "exact"
-    halo = HALO(model, target_sparsity=args.target, ramp_end=args.ramp_end, target_control=control)
+    halo = HALO(
+        model,
+        target_sparsity=args.target,
+        ramp_end=args.ramp_end,
+        target_control=control,
+        max_shrink=args.max_shrink,
+    )
     assert halo.target is not None
+    if args.ramp_steps is not None:
+        ramp_in_steps(halo, total, *args.ramp_steps)
+    if args.ramp_budget is not None:
+        ramp_in_budget(halo, *args.ramp_budget)
+    if args.hold_zeros:
+        hold_zeros(halo)
     if args.lambda_init == "equilibrium":
         with torch.no_grad():
             w = torch.cat([t.detach().abs().flatten() for t in halo.weights()])
             halo.lam.copy_((w / w.mean()).pow(1 / 3).clamp(halo.lambda_min, halo.lambda_max))
     if args.variant == "carry":
         halo.target.__class__ = CarriedXi
-    callbacks: list[Callback] = [Frozen(halo, args.freeze_at)] if args.variant == "freeze" else []
+    callbacks = [Frozen(halo, args.freeze_at)] if args.variant == "freeze" else []
+    if args.trace:
+        callbacks.append(Trace(model, halo))
     if args.probe:
         callbacks.append(Probe(halo, args.target))
     start = time.perf_counter()
-    fit(model, data, optim, penalty=halo, seed=args.seed, progress=False, callbacks=callbacks)
+    history = fit(model, data, optim, penalty=halo, seed=args.seed, progress=False, callbacks=callbacks)
     w = torch.cat([t.detach().abs().flatten() for t in halo.weights()])
     live = halo.lam.detach()[w > 0]
     quantiles = live.double().quantile(_Q).tolist()
     global_magnitude_prune(model, args.target)
+    finish(args, model, data, history, start, callbacks, w, quantiles)
+
+
+def finish(args, model, data, history, start, callbacks, w=None, quantiles=None) -> None:  # type: ignore[no-untyped-def]
+    """The run's JSON line (with --trace: the per-layer sparsity at the end and the last epoch's train CE)."""
     row = {
         **vars(args),
         "accuracy": evaluate(model, data.x_test, data.y_test)["accuracy"],
         "val_accuracy": evaluate(model, data.x_val, data.y_val)["accuracy"],
-        "trained_sparsity": round(1 - int(torch.count_nonzero(w)) / w.numel(), 5),
-        "live_lambda_q10_q50_q90": [round(q, 4) for q in quantiles],
-        "seconds": round(time.perf_counter() - start, 1),
     }
+    if w is not None:
+        row["trained_sparsity"] = round(1 - int(torch.count_nonzero(w)) / w.numel(), 5)
+        row["live_lambda_q10_q50_q90"] = [round(q, 4) for q in quantiles]
+    if args.trace:
+        names = select_parameters(model)
+        row["layer_sparsity"] = {
+            n.split(".")[0]: round(
+                1 - int(torch.count_nonzero(model.get_parameter(n))) / model.get_parameter(n).numel(), 4
+            )
+            for n in names
+        }
+        row["last_epoch_train_ce"] = round(history[-1]["train_ce"], 4)
+        row["last_epoch_train_acc"] = round(history[-1]["train_accuracy"], 2)
+    row["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(row))
 
 
