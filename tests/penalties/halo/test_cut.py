@@ -4,6 +4,8 @@ the eager selection, bit for bit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,9 +76,7 @@ def test_search_takes_the_first_pass_already_counted() -> None:
     assert probes not in passes
 
 
-def _run(
-    monkeypatch: pytest.MonkeyPatch, compiled: bool, optimizer: str, control: str
-) -> list[torch.Tensor]:
+def _run(monkeypatch: pytest.MonkeyPatch, compiled: bool, optimizer: str, control: str) -> list[torch.Tensor]:
     """A target-mode run of 30 steps (a 20-step budget: the ramp, then its end held), its weights and λ
     after every step; through the compiled cuts or the eager selection."""
     monkeypatch.setattr(target, "COMPILED_FROM", 1000)
@@ -87,22 +87,34 @@ def _run(
 
 
 def _train(optimizer: str, control: str) -> list[torch.Tensor]:
+    model, halo, step = _attached(0.9, 20, optimizer, control)
+    states = []
+    for _ in range(30):
+        step()
+        states += [p.detach().clone() for p in model.parameters()] + [halo.lam.detach().clone()]
+    return states
+
+
+def _attached(
+    sparsity: float, total_steps: int, optimizer: str = "adamw", control: str = "exact"
+) -> tuple[nn.Module, HALO, Callable[[], None]]:
+    """A small MLP (2,800 penalised weights) with target mode attached to its optimizer, and its step."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(60, 40), nn.ReLU(), nn.Linear(40, 10))
-    halo = HALO(model, target_sparsity=0.9, target_control=control)
+    halo = HALO(model, target_sparsity=sparsity, target_control=control)
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    halo.attach(opt, total_steps=20)
+    halo.attach(opt, total_steps=total_steps)
     x, y = torch.randn(128, 60), torch.randint(0, 10, (128,))
-    states = []
-    for _ in range(30):
+
+    def step() -> None:
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        states += [p.detach().clone() for p in model.parameters()] + [halo.lam.detach().clone()]
-    return states
+
+    return model, halo, step
 
 
 @pytest.mark.parametrize(("optimizer", "control"), [("sgd", "exact"), ("adamw", "exact"), ("adamw", "hard")])
@@ -138,18 +150,7 @@ def test_the_count_is_taken_again_after_the_weights_are_written(monkeypatch: pyt
         return original(weights, where)
 
     monkeypatch.setattr(target, "_counts", counted)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(60, 40), nn.ReLU(), nn.Linear(40, 10))
-    halo = HALO(model, target_sparsity=0.5)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    halo.attach(opt, total_steps=10)
-    x, y = torch.randn(128, 60), torch.randint(0, 10, (128,))
-
-    def step() -> None:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
+    model, halo, step = _attached(0.5, 10)
     for _ in range(12):
         step()
     counts.clear()
@@ -176,17 +177,10 @@ def test_the_passes_run_without_guards_once_warm(monkeypatch: pytest.MonkeyPatch
         return original(kernel, t, s, c)
 
     monkeypatch.setattr(launch, "_direct", direct)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(60, 40), nn.ReLU(), nn.Linear(40, 10))
-    halo = HALO(model, target_sparsity=0.9)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    halo.attach(opt, total_steps=20)
-    x, y = torch.randn(128, 60), torch.randint(0, 10, (128,))
-    for step in range(40):
-        if step == 30:
+    _, _, step = _attached(0.9, 20)
+    for i in range(40):
+        if i == 30:
             assert cut.next_above in made or cut.next_below in made  # the search's finish was taken
             made.clear()
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+        step()
     assert made == []
