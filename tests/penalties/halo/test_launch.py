@@ -119,3 +119,29 @@ def test_replaced_optimizer_state_gets_its_own_direct_call() -> None:
         step()
     assert len(plan.launches.calls) == launch._KEPT
     assert not any(t is old for refs, _ in plan.launches.calls.values() for t in refs)
+
+
+def test_an_attached_penalty_pickles_without_its_direct_calls() -> None:
+    """``torch.save`` of a whole attached HALO (and a deep copy): the direct calls are this process's
+    compiled code and cannot be pickled, so they are left out and made again on first use; the copy's
+    state is the original's."""
+    import io
+
+    model = _model()
+    halo = HALO(model, xi=1e-3, psi=1e-3)
+    opt = torch.optim.AdamW([{"params": model.parameters()}, {"params": halo.parameters()}], lr=1e-2)
+    halo.attach(opt)
+    x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert halo.update.plan is not None and halo.update.plan.launches.calls  # there is something to drop
+    buffer = io.BytesIO()
+    torch.save(halo, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.update.plan.launches.calls == {}
+    mine, theirs = halo.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(v, theirs[k]) for k, v in mine.items() if isinstance(v, torch.Tensor))

@@ -82,6 +82,11 @@ class Launches:
         self.enabled = _compiling()  # read once per plan, not per step
         self.kept = kept  # the most direct calls held (the oldest go first)
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (``torch.save`` of an attached penalty, ``copy.deepcopy``) without its direct calls:
+        they are dynamo's code for this process, made again on first use."""
+        return {**self.__dict__, "calls": {}}
+
 
 def launch(kernel: Kernel, launches: Launches | None, t: NamedTuple, s: NamedTuple, c: NamedTuple) -> None:
     """Run ``kernel(t, s, c)`` (``t``: the step's tensors; ``s``: its step values; ``c``: its constants):
