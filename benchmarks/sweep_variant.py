@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from target_variants import hold_zeros, ramp_in_budget, ramp_in_steps
+from target_variants import hold_zeros, lam_signal, ramp_in_budget, ramp_in_steps
 
 from haloprune.experiments.config import load_sweep_config
 from haloprune.experiments.sweep import expand, run_job
@@ -41,6 +41,8 @@ class Patch(Callback):
             halo.target.max_shrink = a.max_shrink * halo.lambda_min**2
         if a.hold_zeros:
             hold_zeros(halo)
+        if a.lam_signal is not None:
+            self.sig = lam_signal(halo, a.lam_signal)
 
 
 def main() -> None:
@@ -53,6 +55,7 @@ def main() -> None:
     ap.add_argument("--ramp-budget", type=float, nargs=2, default=None)
     ap.add_argument("--max-shrink", type=float, default=None)
     ap.add_argument("--hold-zeros", action="store_true")
+    ap.add_argument("--lam-signal", type=float, default=None, metavar="PSI_SCALE")
     args = ap.parse_args()
     cfg = load_sweep_config(args.config)
     (job,) = [

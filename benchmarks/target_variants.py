@@ -159,6 +159,50 @@ def hold_zeros(halo: HALO) -> None:
     target.control, target.after_step = held_control, held_after  # type: ignore[method-assign]
 
 
+def lam_signal(halo: HALO, psi_scale: float) -> dict:
+    """Prototype "lam-signal" (decoupled Adam/AdamW only): λ's update gets a per-weight signal at every step.
+    The fused step runs unchanged (the weights' shrinkage uses the exact control's ξ, 0 in most steps);
+    then, before the top-up (so the top-up ranks by this λ), λ's result is overwritten, eagerly, by the
+    same decoupled update from the same pre-step values,
+    ``λ ← clamp(λ_old − lr_λ·(−2·ξ_λ·|w_old|/λ_old³ + psi_scale·ψ + wd_λ·λ_old), λ_min, λ_max)``, with
+    ``ξ_λ`` = this step's ξ if > 0, else the ξ the last nonzero cut implied (carried: the last ξ > 0, or
+    the last top-up's cut / that step's lr, whichever came last; 0 until the first cut). ``w_old``,
+    ``λ_old``: the weights and λ before the step (as the fused update reads them). Returns a dict that
+    holds the carried ξ_λ (``"xi_lam"``) for the trace."""
+    target = halo.target
+    control, after = target.control, target.after_step
+    st: dict = {"xi_lam": 0.0, "carried": 0.0}
+
+    def sig_control(ws, lam_squared, step_size, lr):  # type: ignore[no-untyped-def]
+        out = control(ws, lam_squared, step_size, lr)
+        st["lr"] = lr
+        st["w_old"] = torch.cat([t.detach().abs().flatten() for t in ws])
+        st["lam_old"] = halo.lam.detach().clamp(halo.lambda_min, halo.lambda_max).clone()
+        if target.xi > 0:
+            st["carried"] = target.xi
+        st["xi_lam"] = st["carried"]
+        return out
+
+    @torch.no_grad()
+    def sig_after(ws, lam_squared):  # type: ignore[no-untyped-def]
+        update = halo.update
+        lr_l, wd_l = update.lam_hyper(update.plan.groups[0])
+        lam, w, xi = st["lam_old"], st["w_old"].to(st["lam_old"].dtype), st["xi_lam"]
+        g = -2.0 * xi * w / lam**3 + psi_scale * halo.psi + wd_l * lam
+        new = (lam - lr_l * g).clamp(halo.lambda_min, halo.lambda_max)
+        # against the fused λ (a check: round-off when ξ_λ = ξ and PSI_SCALE = 1)
+        st["fused_gap"] = float((halo.lam.detach() - new).abs().max())
+        halo.lam.copy_(new)  # before the top-up ranks
+        n = sum(t.numel() for t in ws)
+        zeros = n - sum(int(torch.count_nonzero(t)) for t in ws)
+        after(ws, lam_squared)
+        if target.wanted > zeros and st["lr"] > 0:  # the top-up cut this step: carry its ξ to later steps
+            st["carried"] = target._near["top_up"] / st["lr"]
+
+    target.control, target.after_step = sig_control, sig_after  # type: ignore[method-assign]
+    return st
+
+
 def ramp_in_budget(halo: HALO, start: float, end: float) -> None:
     """Target mode's ramp in its own unit (fractions of the step budget Σ lr), from ``start`` instead of 0."""
     ctrl = halo.target.controller
@@ -179,7 +223,7 @@ class Trace(Callback):
     the last tenth, and the live weights' |w| percentiles."""
 
     def __init__(self, model: torch.nn.Module, halo: HALO | None) -> None:
-        self.model, self.halo = model, halo
+        self.model, self.halo, self.sig = model, halo, None
         self.names = select_parameters(model)
         self.acc = {
             "revived": 0,
@@ -244,6 +288,13 @@ class Trace(Callback):
             live = torch.cat([p.abs().flatten() for p in ps])
             live = live[live > 0]
             row["live_abs_w_q10_q50_q90"] = [round(q, 4) for q in live.double().quantile(_Q).tolist()]
+            if self.halo is not None:
+                lam = self.halo.lam.detach().double().clamp(self.halo.lambda_min, self.halo.lambda_max)
+                wf = torch.cat([p.flatten() for p in self.halo.weights()])
+                row["live_lambda_q10_q50_q90"] = [round(q, 5) for q in lam[wf != 0].quantile(_Q).tolist()]
+                row["xi"] = float(f"{self.halo.target.xi:.3g}")
+                if self.sig is not None:
+                    row["xi_lam"] = float(f"{self.sig['xi_lam']:.3g}")
             self.acc = dict.fromkeys(self.acc, 0) | {"pull": 0.0, "pull_median_live": 0.0}
         self.rows.append(row)
         print(json.dumps(row), flush=True)
@@ -311,6 +362,13 @@ def main() -> None:
     )
     ap.add_argument("--max-shrink", type=float, default=None)
     ap.add_argument("--hold-zeros", action="store_true", help="zero weights stay zero through a step")
+    ap.add_argument(
+        "--lam-signal",
+        type=float,
+        default=None,
+        metavar="PSI_SCALE",
+        help="prototype: λ updated every step with the carried ξ and ψ·PSI_SCALE (see lam_signal)",
+    )
     ap.add_argument("--trace", action="store_true", help="density per layer, churn, ξ, every tenth")
     ap.add_argument("--ramp-end", type=float, default=0.75)
     ap.add_argument("--freeze-at", type=float, default=0.75, help="freeze: the share of the steps")
@@ -358,9 +416,11 @@ def main() -> None:
             halo.lam.copy_((w / w.mean()).pow(1 / 3).clamp(halo.lambda_min, halo.lambda_max))
     if args.variant == "carry":
         halo.target.__class__ = CarriedXi
+    sig = lam_signal(halo, args.lam_signal) if args.lam_signal is not None else None
     callbacks = [Frozen(halo, args.freeze_at)] if args.variant == "freeze" else []
     if args.trace:
         callbacks.append(Trace(model, halo))
+        callbacks[-1].sig = sig
     if args.probe:
         callbacks.append(Probe(halo, args.target))
     start = time.perf_counter()
