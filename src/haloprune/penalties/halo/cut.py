@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from haloprune.penalties.halo.fused import Tensors, read
+from haloprune.penalties.halo.fused import Tensors, lam_squared
 from haloprune.penalties.halo.launch import Launches, launch
 
 #: Fewest penalised weights for which the compiled passes are used (the eager selection below it).
@@ -63,7 +63,7 @@ def write_scores(t: CutTensors, s: CutValues, c: CutConstants) -> None:
     first pass, in the same one)."""
     out = None
     for w, lam, score in zip(t.ws, t.lams, t.scores, strict=True):
-        scale = read(lam).clamp(c.lambda_min, c.lambda_max).square()
+        scale = lam_squared(lam, c.lambda_min, c.lambda_max)
         value = w.abs().to(scale.dtype) * scale
         if c.zeros_last:
             value = torch.where(w != 0, value, torch.full_like(value, math.inf))

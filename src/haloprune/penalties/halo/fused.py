@@ -314,6 +314,12 @@ def _itself(t: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ the kernels' shared math
 
 
+def lam_squared(lam: torch.Tensor, lambda_min: float, lambda_max: float) -> torch.Tensor:
+    """``λ²`` of stored λ, read and clamped into its box as the fused step reads it: what target mode
+    scores the weights by (``|w|·λ²``), on its eager and its compiled path alike."""
+    return read(lam).clamp(lambda_min, lambda_max).square()
+
+
 def lam_terms(
     w: torch.Tensor, lam: torch.Tensor, s: StepValues, lambda_min: float, lambda_max: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

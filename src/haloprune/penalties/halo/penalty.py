@@ -14,7 +14,15 @@ from torch import nn
 from haloprune.core.sharded import kth_smallest, like, local, shard_like, summed, total
 from haloprune.penalties.base import BudgetTerm, ChecksParameterNames, Penalty, SelectionArgs
 from haloprune.penalties.halo.adam import adam_step
-from haloprune.penalties.halo.fused import Driver, FusedUpdate, Tensors, check_optimizer, read, views
+from haloprune.penalties.halo.fused import (
+    Driver,
+    FusedUpdate,
+    Tensors,
+    check_optimizer,
+    lam_squared,
+    read,
+    views,
+)
 from haloprune.penalties.halo.sgd import sgd_step
 from haloprune.penalties.halo.target import (
     CONTROLS,
@@ -469,7 +477,7 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
 
     def _lam_squared(self) -> torch.Tensor:
         """λ², read and clamped as the fused step reads it (target mode's exact control scores by it)."""
-        return read(self.lam.detach()).clamp(self.lambda_min, self.lambda_max).square()
+        return lam_squared(self.lam.detach(), self.lambda_min, self.lambda_max)
 
     # ----------------------------------------------------------------------------- logging
 
