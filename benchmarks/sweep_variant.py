@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from target_variants import hold_zeros, lam_signal, ramp_in_budget, ramp_in_steps
+from target_variants import adam_geometry, hold_zeros, lam_signal, ramp_in_budget, ramp_in_steps
 
 from haloprune.experiments.config import load_sweep_config
 from haloprune.experiments.sweep import expand, run_job
@@ -43,6 +43,8 @@ class Patch(Callback):
             hold_zeros(halo)
         if a.lam_signal is not None:
             self.sig = lam_signal(halo, a.lam_signal)
+        if a.adam_geometry is not None:
+            adam_geometry(halo, a.adam_geometry, state.optimizer)
 
 
 def main() -> None:
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--max-shrink", type=float, default=None)
     ap.add_argument("--hold-zeros", action="store_true")
     ap.add_argument("--lam-signal", type=float, default=None, metavar="PSI_SCALE")
+    ap.add_argument("--adam-geometry", type=float, default=None, metavar="POWER")
     args = ap.parse_args()
     cfg = load_sweep_config(args.config)
     (job,) = [

@@ -203,6 +203,70 @@ def lam_signal(halo: HALO, psi_scale: float) -> dict:
     return st
 
 
+def adam_geometry(halo: HALO, power: float, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Prototype "adam-geometry" (decoupled Adam/AdamW): HALO's pull in Adam's geometry. Weight ``i`` is
+    soft-thresholded by ``lr·ξ/(λ_i²·d_i)`` instead of ``lr·ξ/λ_i²``, with ``d_i = (sqrt(v̂_i) + eps)^power``
+    (v̂: Adam's bias-corrected second moment before the step) scaled to mean 1 over the live weights, so
+    weights whose gradients are small are pulled harder; the exact control and the top-up rank by
+    ``|w|·λ²·d`` (power 1, uniform λ: ``|w|·sqrt(v̂)``, the ranking of OBD's saliency ``w²·F_ii`` with Adam's
+    v̂ as the diagonal Fisher). The fused step runs with ξ = 0; the shrinkage and λ's ``−2ξ|w|/λ³`` term
+    are applied here, eagerly, from the pre-step weights and λ (the cuts are forced onto the eager path).
+    ``optimizer``: the one HALO is attached to, if it already is (else taken when it attaches)."""
+    import haloprune.penalties.halo.target as target_module
+
+    target = halo.target
+    control, after, strengths = target.control, target.after_step, target.strengths
+    target_module.COMPILED_FROM = 1 << 62  # (the compiled cuts score by λ² alone)
+    st: dict = {"opt": optimizer}
+    attach = halo.attach
+
+    def attach_and_keep(optimizer, **kw):  # type: ignore[no-untyped-def]
+        st["opt"] = optimizer
+        return attach(optimizer, **kw)
+
+    halo.attach = attach_and_keep  # type: ignore[method-assign]
+    target.strengths = lambda: (0.0, strengths()[1])  # type: ignore[method-assign]  # the kernel's ξ: 0
+
+    def scale(ws: list[torch.Tensor]) -> torch.Tensor:
+        opt = st["opt"]
+        beta2, eps = opt.param_groups[0]["betas"][1], opt.param_groups[0]["eps"]
+        parts = []
+        for p, w in zip(halo.penalised_parameters(), ws, strict=True):
+            state = opt.state.get(p)
+            if not state or float(state["step"]) == 0:
+                parts.append(torch.ones(w.numel(), dtype=torch.float64))
+                continue
+            v = state["exp_avg_sq"].double().flatten() / (1 - beta2 ** float(state["step"]))
+            parts.append((v.sqrt() + eps) ** power)
+        d = torch.cat(parts)
+        live = torch.cat([t.detach().flatten() != 0 for t in ws])
+        return d / (d[live].mean() if live.any() else d.mean())
+
+    def g_control(ws, lam_squared, step_size, lr, lams=None):  # type: ignore[no-untyped-def]
+        st["d"], st["lr"] = scale(ws), lr
+        st["lam2"] = lam_squared().double()
+        st["w_old"] = torch.cat([t.detach().abs().flatten() for t in ws]).double()
+        return control(ws, lambda: (st["lam2"] * st["d"]).to(halo.lam.dtype), step_size, lr, None)
+
+    @torch.no_grad()
+    def g_after(ws, lam_squared, lams=None):  # type: ignore[no-untyped-def]
+        xi, lr = target.xi, st["lr"]
+        if xi > 0 and lr > 0:
+            thr = lr * xi / (st["lam2"] * st["d"])
+            at = 0
+            for t in ws:
+                th = thr[at : at + t.numel()].view_as(t).to(t.dtype)
+                at += t.numel()
+                t.copy_(torch.sign(t) * (t.abs() - th).clamp_min(0.0))
+            lr_l, _ = halo.update.lam_hyper(halo.update.plan.groups[0])
+            lam_old = st["lam2"].sqrt()
+            bump = (lr_l * 2.0 * xi * st["w_old"] / lam_old**3).to(halo.lam.dtype)
+            halo.lam.add_(bump).clamp_(halo.lambda_min, halo.lambda_max)
+        after(ws, lambda: (lam_squared().double() * scale(ws)).to(halo.lam.dtype), None)
+
+    target.control, target.after_step = g_control, g_after  # type: ignore[method-assign]
+
+
 def ramp_in_budget(halo: HALO, start: float, end: float) -> None:
     """Target mode's ramp in its own unit (fractions of the step budget Σ lr), from ``start`` instead of 0."""
     ctrl = halo.target.controller
@@ -369,6 +433,13 @@ def main() -> None:
         metavar="PSI_SCALE",
         help="prototype: λ updated every step with the carried ξ and ψ·PSI_SCALE (see lam_signal)",
     )
+    ap.add_argument(
+        "--adam-geometry",
+        type=float,
+        default=None,
+        metavar="POWER",
+        help="prototype: the pull and the ranking scaled by (sqrt(v̂) + eps)^POWER (see adam_geometry)",
+    )
     ap.add_argument("--trace", action="store_true", help="density per layer, churn, ξ, every tenth")
     ap.add_argument("--ramp-end", type=float, default=0.75)
     ap.add_argument("--freeze-at", type=float, default=0.75, help="freeze: the share of the steps")
@@ -416,6 +487,8 @@ def main() -> None:
             halo.lam.copy_((w / w.mean()).pow(1 / 3).clamp(halo.lambda_min, halo.lambda_max))
     if args.variant == "carry":
         halo.target.__class__ = CarriedXi
+    if args.adam_geometry is not None:
+        adam_geometry(halo, args.adam_geometry)
     sig = lam_signal(halo, args.lam_signal) if args.lam_signal is not None else None
     callbacks = [Frozen(halo, args.freeze_at)] if args.variant == "freeze" else []
     if args.trace:

@@ -3,6 +3,8 @@ float64, decoupled shrinks and gives exact zeros with prox, other optimizers ref
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,3 +86,51 @@ def test_compiled_adam_kernel_equals_the_eager_one(monkeypatch: pytest.MonkeyPat
         results.append([p.detach().clone() for p in [*model.parameters(), halo.lam]])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _edit(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, keep: list[torch.Tensor]) -> None:
+    """What user code does to an optimizer between steps: forget a parameter's state, leave a bias without a
+    gradient for a step, replace the whole state mapping (``keep``: entries carried into the new one)."""
+    bias, weight = model[2].bias, model[0].weight
+    if step == 2:
+        opt.state.pop(weight)
+    if step == 3:
+        bias.grad = None
+    if step == 5:
+        old, opt.state = opt.state, defaultdict(dict)
+        for p in keep:
+            opt.state[p] = old[p]
+    if step == 6:
+        state = opt.state[weight]
+        key = "exp_avg" if "exp_avg" in state else "momentum_buffer"
+        state[key] = state[key].clone().mul_(0.5)
+
+
+@pytest.mark.parametrize("opt_kw", [{"cls": torch.optim.AdamW}, {"cls": torch.optim.SGD, "momentum": 0.9}])
+def test_fused_step_follows_the_optimizer_state_user_code_replaces(opt_kw: dict) -> None:
+    """The fused step keeps the tensors it takes from the optimizer from step to step; state popped, a bias
+    without a gradient, the state mapping replaced and a moment buffer replaced must each be seen at once:
+    the result equals torch.optim's on task loss + halo() with the same edits (float64)."""
+    kw = dict(opt_kw)
+    cls = kw.pop("cls")
+    ref_model, fused_model = mlp(torch.float64), mlp(torch.float64)
+    ref = HALO(ref_model, xi=1e-3, psi=1e-2)
+    ref_opt = cls([*ref_model.parameters(), ref.lam], lr=1e-2, **kw)
+    fast = HALO(
+        fused_model, xi=1e-3, psi=1e-2, **({"coupling": "coupled"} if cls is not torch.optim.SGD else {})
+    )
+    fast_opt = cls(fused_model.parameters(), lr=1e-2, **kw)
+    fast.attach(fast_opt)
+    for i, (x, y) in enumerate(batches(dtype=torch.float64)):
+        ref_opt.zero_grad()
+        (F.cross_entropy(ref_model(x), y) + ref()).backward()
+        _edit(ref_model, ref_opt, i, [ref.lam])
+        ref_opt.step()
+        fast_opt.zero_grad()
+        F.cross_entropy(fused_model(x), y).backward()
+        _edit(fused_model, fast_opt, i, [])
+        fast_opt.step()
+        for a, b in zip(ref_model.parameters(), fused_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"step {i}")
+    torch.testing.assert_close(ref.lam, fast.lam, rtol=1e-10, atol=1e-12)
+    assert len(fast.update.plan.frames) == 1

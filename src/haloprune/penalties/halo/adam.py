@@ -9,10 +9,14 @@ from typing import NamedTuple
 import torch
 
 from haloprune.penalties.halo.fused import (
+    Folded,
+    Frame,
     FusedUpdate,
     Group,
+    Held,
     Plan,
     StepValues,
+    Taken,
     Tensors,
     lam_terms,
     soft_threshold,
@@ -20,6 +24,7 @@ from haloprune.penalties.halo.fused import (
 )
 
 _ADAM_CONSTANTS = ("betas", "eps")
+_STATE = ("step", "exp_avg", "exp_avg_sq")  # a parameter's Adam state
 
 
 class AdamTensors(NamedTuple):
@@ -37,6 +42,7 @@ class AdamTensors(NamedTuple):
     other_grads: Tensors
     other_m: Tensors
     other_v: Tensors
+    steps: Tensors  # the optimizer's step-count tensors, advanced by one (where on the kernel's device)
 
 
 class AdamConstants(NamedTuple):
@@ -55,7 +61,8 @@ class AdamConstants(NamedTuple):
 
 def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
     """HALO with ``torch.optim.Adam`` / ``AdamW``: update ``t.ws``, ``t.lams`` and the moment buffers in
-    place, and take the plain Adam(W) step of ``t.others``, so ``optimizer.step()`` has nothing left to do.
+    place, and take the plain Adam(W) step of ``t.others``, so ``optimizer.step()`` has nothing left to do;
+    advance the optimizer's step counts ``t.steps`` by one.
 
     ``s.hp[i] = (lr, wd, lr / (1 − β1^t), sqrt(1 − β2^t), lr_λ, wd_λ, lr_λ / (1 − β1^t_λ), sqrt(1 − β2^t_λ))``
     for penalised tensor ``i`` (the step counts ``t`` already advanced), ``s.hp[len(ws) + j]`` the first
@@ -91,6 +98,8 @@ def halo_adam_step(t: AdamTensors, s: StepValues, c: AdamConstants) -> None:
     for j in range(len(t.others)):
         p, hp = t.others[j], s.hp[len(t.ws) + j]
         p.copy_(_adam(p, t.other_grads[j], t.other_m[j], t.other_v[j], hp[0], hp[1], hp[2], hp[3], c))
+    for step in t.steps:
+        step.copy_(step + 1.0)
 
 
 def _adam(
@@ -139,7 +148,7 @@ def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor, g: Group) -> 
 def _advance(step: torch.Tensor, counts: dict[int | str, int], key: int | str) -> int:
     """The count of the step about to be taken (the value of the step-count tensor ``step``, plus one),
     read without a device sync after the first time: off the CPU it is mirrored in ``counts[key]``."""
-    if step.device.type == "cpu":
+    if step.is_cpu:
         return int(step.item()) + 1
     if key not in counts:
         counts[key] = int(step.item())
@@ -165,51 +174,54 @@ def adam_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
         prox=halo.prox,
     )
     halo.control(plan.ws, float(g0["lr"]), float(g0["lr"]))
-    t, steps, hp, others = _gather(update, optimizer, plan, c)
-    update.run(halo_adam_step, t, hp, c)
-    torch._foreach_add_(steps, 1.0)
-    update.finish([*plan.params, *others])
+    frame = update.frame(plan, _adam_constants, lambda folded: _take(optimizer, plan, folded, c))
+    update.run(halo_adam_step, frame, _rows(update, plan, frame, c), c)
+    update.finish(frame)
 
 
-def _gather(
-    update: FusedUpdate, optimizer: torch.optim.Optimizer, plan: Plan, c: AdamConstants
-) -> tuple[AdamTensors, Tensors, list[tuple[float, ...]], Tensors]:
-    """This step's tensors (this process's blocks of sharded ones), the optimizer's step-count tensors to
-    advance after it, and the hyperparameter rows: the penalised weights, then the other parameters that
-    can take their plain Adam(W) step in the same call; and those other parameters."""
-    counts = plan.counts
-    bc1_l, bc2_l = _corrections(_advance(update.penalty.fused_steps, counts, "halo"), c)
+def _take(optimizer: torch.optim.Optimizer, plan: Plan, folded: Folded, c: AdamConstants) -> Taken:
+    """A new frame's tensors (this process's blocks of sharded ones; the gradients left empty), the
+    optimizer state they were read from, and the step-count tensors to advance: the penalised weights'
+    and their λ's, then those of the other parameters ``folded`` into the call."""
     block = plan.block
-    corrections: dict[int, tuple[float, float]] = {}  # per step count (usually one for all tensors)
-    ms, vs, steps, hp = [], [], [], []
-
-    def take(p: torch.Tensor, g: Group) -> tuple[float, float, float, float]:
-        state = optimizer.state.get(p) or _adam_state(optimizer, p, g)
-        step = state["step"]
-        steps.append(step)
+    held: Held = [(vars(optimizer), "state", optimizer.state)]
+    ms, vs, steps = [], [], []
+    for p, g in [*zip(plan.params, plan.groups, strict=True), *folded]:
+        state = _adam_state(optimizer, p, g)
+        held += [(optimizer.state, p, state), *((state, k, state[k]) for k in _STATE)]
+        steps.append(state["step"])
         ms.append(block(state["exp_avg"]))
         vs.append(block(state["exp_avg_sq"]))
+    n = len(plan.ws)
+    others = [block(p) for p, _ in folded]
+    lam_m, lam_v = (plan.bufs, plan.sq) if c.coupled else (plan.lams, plan.lams)  # decoupled: not read
+    here = all(step.device == plan.ws[0].device for step in steps)  # (CPU steps of a CUDA Adam: not here)
+    inside = steps if here else []
+    t = AdamTensors(plan.ws, [], ms[:n], vs[:n], plan.lams, lam_m, lam_v, others, [], ms[n:], vs[n:], inside)
+    return t, held, steps, not here
+
+
+def _rows(update: FusedUpdate, plan: Plan, frame: Frame, c: AdamConstants) -> list[tuple[float, ...]]:
+    """This step's hyperparameter rows (see :func:`halo_adam_step`), the step counts advanced: the
+    penalised weights' with λ's, then the folded parameters'."""
+    counts = plan.counts
+    lam_bc1, lam_bc2 = _corrections(_advance(update.penalty.fused_steps, counts, "halo"), c)
+    corrections: dict[int, tuple[float, float]] = {}  # per step count (usually one for all tensors)
+    rows = []
+    n = len(plan.groups)
+    groups = [*plan.groups, *(g for _, g in frame.folded)]
+    for i, (step, g) in enumerate(zip(frame.steps, groups, strict=True)):
         t = _advance(step, counts, id(step))
         bc = corrections.get(t)
         if bc is None:
             bc = corrections[t] = _corrections(t, c)
         lr = g["lr"]
-        return lr, g["weight_decay"], lr / bc[0], bc[1]
-
-    for p, g in zip(plan.params, plan.groups, strict=True):
-        lr_l, wd_l = update.lam_hyper(g)
-        hp.append((*take(p, g), lr_l, wd_l, lr_l / bc1_l, bc2_l))
-    params = update.others(plan, _adam_constants)
-    for p, g in params:
-        hp.append((*take(p, g), 0.0, 0.0, 0.0, 0.0))
-    n = len(plan.ws)
-    others = [block(p) for p, _ in params]
-    o_grads = [block(p.grad) for p, _ in params]
-    lam_m, lam_v = (plan.bufs, plan.sq) if c.coupled else (plan.lams, plan.lams)
-    t = AdamTensors(
-        plan.ws, update.grads(plan), ms[:n], vs[:n], plan.lams, lam_m, lam_v, others, o_grads, ms[n:], vs[n:]
-    )
-    return t, steps, hp, [p for p, _ in params]
+        lam = update.lam_hyper(g) if i < n else None
+        if lam is None:
+            rows.append((lr, g["weight_decay"], lr / bc[0], bc[1], 0.0, 0.0, 0.0, 0.0))
+        else:
+            rows.append((lr, g["weight_decay"], lr / bc[0], bc[1], lam[0], lam[1], lam[0] / lam_bc1, lam_bc2))
+    return rows
 
 
 def _corrections(t: int, c: AdamConstants) -> tuple[float, float]:

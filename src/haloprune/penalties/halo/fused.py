@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from haloprune.core.sharded import Layout, is_sharded, local, total
-from haloprune.penalties.halo.launch import Kernel, Launches, launch
+from haloprune.penalties.halo.launch import Kernel, Launches, identity, launch
 
 Tensors = list[torch.Tensor]
 
@@ -106,14 +106,44 @@ def views(flat: torch.Tensor, numels: list[int], shapes: list[tuple[int, ...]]) 
 
 
 Group = dict[str, Any]  # an optimizer param group
+Folded = list[tuple[torch.Tensor, Group]]  # the other parameters a call updates, with their groups
+Held = list[tuple[Any, Any, Any]]  # (mapping, key, value): where a frame's tensors were read from
+Taken = tuple[NamedTuple, Held, "Tensors", bool]  # what a driver reads for a new frame (FusedUpdate.frame)
+
+
+class Frame(NamedTuple):
+    """A driver's kernel tensors as they stay from step to step: taken once (``FusedUpdate.frame``) and
+    kept on the plan while they are current — the same other parameters folded into the call, and every
+    tensor read from the optimizer's state still the one there (``optimizer.load_state_dict``, a state
+    reset or a new buffer makes a new frame). Only the gradients are new each step: the gradient fields of
+    ``tensors`` are empty until :meth:`FusedUpdate.run` fills them in."""
+
+    folded: Folded  # the other parameters updated in the same call
+    held: Held  # ``mapping.get(key) is value`` for each: the tensors are still the optimizer's
+    tensors: NamedTuple  # the kernel's tensors, gradients left out
+    identity: tuple  # ``tensors``' identity for the direct call (see :func:`~.launch.identity`)
+    steps: Tensors  # the optimizer's step-count tensors for them (Adam), to read
+    advance: bool  # whether :meth:`FusedUpdate.finish` advances ``steps`` (else the kernel does)
+
+    def current(self, folded: Folded) -> bool:
+        """Whether this frame still holds: the same parameters folded, the same optimizer state."""
+        if len(folded) != len(self.folded):
+            return False
+        for (p, g), (q, h) in zip(folded, self.folded, strict=True):
+            if p is not q or g is not h:
+                return False
+        for mapping, key, value in self.held:  # noqa: SIM110 (a loop: a third of all()'s time)
+            if mapping.get(key) is not value:
+                return False
+        return True
 
 
 @dataclass(frozen=True, eq=False)
 class Plan:
     """What the fused step needs that does not change from step to step (cached on the HALO, per optimizer).
 
-    The fields are never reassigned; ``xi``, ``psi`` (filled when target mode changes ξ and ψ) and
-    ``counts`` are updated in place."""
+    The fields are never reassigned; ``xi``, ``psi`` (filled when target mode changes ξ and ψ),
+    ``counts`` and ``frames`` are updated in place."""
 
     key: tuple[int, ...]  # the optimizer and the storage of λ and its moments the plan was made for
     params: Tensors  # the penalised weights, as the optimizer holds them (DTensors when sharded)
@@ -129,6 +159,7 @@ class Plan:
     psi: torch.Tensor  # 0-dim, ψ
     xi: torch.Tensor  # 0-dim, ξ: a tensor, so that changing it does not recompile the kernel
     counts: dict[int | str, int]  # step counts of device-resident Adam step tensors, mirrored (no sync)
+    frames: dict[str, Frame]  # the driver's kernel tensors, kept while they are current (see Frame)
     launches: Launches | None  # the kernels' direct calls (see :mod:`~.launch`); None: sharded, the
     # local blocks are new tensors each step
     block: Callable[[torch.Tensor], torch.Tensor]  # this process's block of a tensor (sharded.local, or
@@ -206,13 +237,13 @@ class FusedUpdate:
         ``same(group)`` are the hyperparameters the kernel takes as constants: they must agree for all
         penalised weights (and an other parameter is folded into the call only where they agree too)."""
         halo = self.penalty
-        lam = halo.lam.detach()
-        buffers = (halo.lam_momentum.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
+        buffers = (halo.lam.data_ptr(), halo.lam_momentum.data_ptr(), halo.lam_exp_avg_sq.data_ptr())
         # the group dicts themselves: optimizer.load_state_dict puts new ones in place (the plan holds the
         # old ones, so their ids are not reused while it lives)
-        key = (id(optimizer), *map(id, optimizer.param_groups), lam.data_ptr(), *buffers)
+        key = (id(optimizer), *map(id, optimizer.param_groups), *buffers)
         if self.plan is not None and self.plan.key == key:
             return self.plan
+        lam = halo.lam.detach()
         params = halo.penalised_parameters()
         group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         groups = [group_of.get(id(w)) for w in params]
@@ -241,27 +272,28 @@ class FusedUpdate:
             psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
             xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),
             counts={},
+            frames={},
             launches=None if sharded else Launches(),
             block=local if sharded else _itself,
         )
         return self.plan
 
-    def others(self, plan: Plan, same: Callable[[Group], tuple]) -> list[tuple[torch.Tensor, Group]]:
-        """The optimizer's other parameters that take their plain step in the same call: those with a
-        dense gradient and the same kernel constants as the penalised weights (the rest are left to
-        ``optimizer.step()``)."""
+    def frame(self, plan: Plan, same: Callable[[Group], tuple], take: Callable[[Folded], Taken]) -> Frame:
+        """This step's :class:`Frame`: the plan's if it is current, else a new one (kept) from
+        ``take(folded)``, which reads the kernel's tensors but the gradients for the penalised weights and
+        ``folded`` (the optimizer's other parameters that take their plain step in the same call: those
+        with a dense gradient and the same kernel constants ``same(group)`` as the penalised weights; the
+        rest are left to ``optimizer.step()``)."""
         first = same(plan.groups[0])
         agree = {id(g): same(g) == first for g in plan.other_groups}
-        return [
+        folded = [
             (p, g) for p, g in plan.others if p.grad is not None and not p.grad.is_sparse and agree[id(g)]
         ]
-
-    def grads(self, plan: Plan) -> Tensors:
-        """The penalised weights' gradients (of the task loss; zeros for a weight without one)."""
-        return [
-            plan.block(p.grad) if p.grad is not None else torch.zeros_like(w)
-            for p, w in zip(plan.params, plan.ws, strict=True)
-        ]
+        frame = plan.frames.get("step")
+        if frame is None or not frame.current(folded):
+            tensors, held, steps, advance = take(folded)
+            frame = plan.frames["step"] = Frame(folded, held, tensors, identity(tensors), steps, advance)
+        return frame
 
     def lam_hyper(self, g: Group) -> tuple[float, float]:
         """λ's lr and weight decay: its own optimizer group's if it is in the optimizer, else the weights'
@@ -287,23 +319,38 @@ class FusedUpdate:
         plan = self.plan
         assert plan is not None
         flat = array("f" if plan.dtype == torch.float32 else "d", [x for row in hp for x in row])
-        table = torch.frombuffer(flat, dtype=plan.dtype).view(len(hp), -1).to(self.penalty.lam.device)
+        table = torch.frombuffer(flat, dtype=plan.dtype).view(len(hp), -1)
+        if not plan.xi.is_cpu:
+            table = table.to(plan.xi.device)
         return StepValues(
             hp=table, lam_sum_term=self.budget_term(), xi=plan.xi, seed=self.penalty.fused_steps
         )
 
-    def run(self, kernel: Kernel, t: NamedTuple, hp: list[tuple[float, ...]], c: NamedTuple) -> None:
-        """Run the driver's ``kernel`` on this step's tensors ``t``, hyperparameter rows ``hp`` and
-        constants ``c`` (see :mod:`~.launch`)."""
+    def run(self, kernel: Kernel, frame: Frame, hp: list[tuple[float, ...]], c: NamedTuple) -> None:
+        """Run the driver's ``kernel`` on this step's tensors (``frame``'s, with this step's gradients),
+        hyperparameter rows ``hp`` and constants ``c`` (see :mod:`~.launch`)."""
         plan = self.plan
         assert plan is not None
-        launch(kernel, plan.launches, t, self.step_values(hp), c)
+        block = plan.block
+        grads = [
+            block(p.grad) if p.grad is not None else torch.zeros_like(w)  # (zeros: a weight without one)
+            for p, w in zip(plan.params, plan.ws, strict=True)
+        ]
+        o_grads = [block(p.grad) for p, _ in frame.folded]
+        t = frame.tensors._replace(grads=grads, other_grads=o_grads)
+        launch(kernel, plan.launches, t, self.step_values(hp), c, frame.identity)
 
-    def finish(self, updated: Tensors) -> None:
-        """After the kernel: count the step, and clear the gradients of what it updated (``updated``: the
-        parameters, as the optimizer holds them), so that ``optimizer.step()`` skips them."""
+    def finish(self, frame: Frame) -> None:
+        """After the kernel: advance the optimizer's step counts (``frame.steps``) and HALO's, and clear
+        the gradients of what it updated (the penalised weights and ``frame.folded``), so that
+        ``optimizer.step()`` skips them."""
+        if frame.advance and frame.steps:
+            torch._foreach_add_(frame.steps, 1.0)
         self.penalty.fused_steps.add_(1)
-        for p in updated:
+        assert self.plan is not None
+        for p in self.plan.params:
+            p.grad = None
+        for p, _ in frame.folded:
             p.grad = None
 
 

@@ -88,35 +88,44 @@ class Launches:
         return {**self.__dict__, "calls": {}}
 
 
-def launch(kernel: Kernel, launches: Launches | None, t: NamedTuple, s: NamedTuple, c: NamedTuple) -> None:
+def launch(
+    kernel: Kernel,
+    launches: Launches | None,
+    t: NamedTuple,
+    s: NamedTuple,
+    c: NamedTuple,
+    known: tuple | None = None,
+) -> None:
     """Run ``kernel(t, s, c)`` (``t``: the step's tensors; ``s``: its step values; ``c``: its constants):
     directly where these tensors' compiled code is known (see the module doc), else through
-    ``torch.compile``. ``launches`` is None where the tensors are new each step (sharded parameters)."""
-    guarded = compiled(kernel, s.hp.device.type)
+    ``torch.compile``. ``launches`` is None where the tensors are new each step (sharded parameters).
+    ``known``: ``identity(t)``, where the caller keeps it from step to step."""
     if launches is None or not launches.enabled:
-        guarded(t, s, c)
+        compiled(kernel, s.hp.device.type)(t, s, c)
         return
-    fields = dict(zip(t._fields, t, strict=True))
     for name, weights in _GRADS.items():  # a gradient with other strides than its weight: guarded call
-        pairs = zip(fields[name], fields[weights], strict=True) if name in fields else ()
-        if not all(g.stride() == w.stride() for g, w in pairs):
-            guarded(t, s, c)
+        if name in t._fields and not all(
+            g.stride() == w.stride() for g, w in zip(getattr(t, name), getattr(t, weights), strict=True)
+        ):
+            compiled(kernel, s.hp.device.type)(t, s, c)
             return
-    key = (kernel, c, _identity(fields))
+    key = (kernel, c, identity(t) if known is None else known)
     hit = launches.calls.get(key)
     if hit is not None and hit[1] is not None:
         hit[1](t, s, c)
         return
-    guarded(t, s, c)  # compiles on first use
+    compiled(kernel, s.hp.device.type)(t, s, c)  # compiles on first use
     if hit is None:
-        launches.calls[key] = ([x for xs in fields.values() for x in xs], _direct(kernel, t, s, c))
+        launches.calls[key] = ([x for xs in t for x in xs], _direct(kernel, t, s, c))
         while len(launches.calls) > launches.kept:  # the oldest tensors go (state replaced: not held on to)
             del launches.calls[next(iter(launches.calls))]
 
 
-def _identity(fields: dict[str, list[torch.Tensor]]) -> tuple:
-    """Which tensors a call takes, except its gradients: their ids, or the name of the gradient list a
-    field stands in for (a placeholder the kernel does not read)."""
+def identity(t: NamedTuple) -> tuple:
+    """Which tensors a call takes, except its gradients (new each step; their layout is checked apart):
+    their ids, or the name of the gradient list a field stands in for (a placeholder the kernel does
+    not read)."""
+    fields = dict(zip(t._fields, t, strict=True))
     grads = {id(fields[name]): name for name in _GRADS if name in fields}
     return tuple(grads.get(id(xs)) or tuple(map(id, xs)) for name, xs in fields.items() if name not in _GRADS)
 

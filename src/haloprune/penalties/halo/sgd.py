@@ -18,10 +18,13 @@ from typing import NamedTuple
 import torch
 
 from haloprune.penalties.halo.fused import (
+    Folded,
     FusedUpdate,
     Group,
+    Held,
     Plan,
     StepValues,
+    Taken,
     Tensors,
     lam_terms,
     soft_threshold,
@@ -33,7 +36,7 @@ _SGD_CONSTANTS = ("momentum", "dampening", "nesterov")
 
 class SGDTensors(NamedTuple):
     """What :func:`halo_sgd_step` updates in place (and reads). Without momentum the buffer lists are
-    placeholders (``grads``, ``lams``, ``other_grads``) that are not read."""
+    placeholders (``ws``, ``lams``, ``others``) that are not read."""
 
     ws: Tensors  # the penalised weights
     grads: Tensors  # their gradients (of the task loss)
@@ -143,37 +146,30 @@ def sgd_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
         prox=halo.prox,
     )
     halo.control(plan.ws, float(g0["lr"]) / (1.0 - momentum), float(g0["lr"]))
-    t, hp, others = _gather(update, optimizer, plan, momentum != 0.0)
-    update.run(halo_sgd_step, t, hp, c)
-    update.finish([*plan.params, *others])
+    frame = update.frame(plan, _sgd_constants, lambda folded: _take(optimizer, plan, folded, momentum != 0.0))
+    hp = [(g["lr"], g["weight_decay"], *update.lam_hyper(g)) for g in plan.groups]
+    hp += [(g["lr"], g["weight_decay"], 0.0, 0.0) for _, g in frame.folded]
+    update.run(halo_sgd_step, frame, hp, c)
+    update.finish(frame)
 
 
-def _gather(
-    update: FusedUpdate, optimizer: torch.optim.Optimizer, plan: Plan, momentum: bool
-) -> tuple[SGDTensors, list[tuple[float, ...]], Tensors]:
-    """This step's tensors (this process's blocks of sharded ones) and hyperparameter rows: the penalised
-    weights, then the optimizer's other parameters that can take their plain SGD step in the same call
-    (``momentum``: with buffers); and those other parameters."""
+def _take(optimizer: torch.optim.Optimizer, plan: Plan, folded: Folded, momentum: bool) -> Taken:
+    """A new frame's tensors (this process's blocks of sharded ones; the gradients left empty) and the
+    optimizer state they were read from: the penalised weights and their λ, then the other parameters
+    ``folded`` into the call (``momentum``: with their buffers)."""
     block = plan.block
-    w_bufs, hp = [], []
-    for p, g in zip(plan.params, plan.groups, strict=True):
-        if momentum:
-            w_bufs.append(block(_sgd_buffer(optimizer, p)))
-        hp.append((g["lr"], g["weight_decay"], *update.lam_hyper(g)))
-    params = update.others(plan, _sgd_constants)
-    others = [block(p) for p, _ in params]
-    o_grads = [block(p.grad) for p, _ in params]
-    o_bufs = [block(_sgd_buffer(optimizer, p)) for p, _ in params] if momentum else o_grads
-    for _, g in params:
-        hp.append((g["lr"], g["weight_decay"], 0.0, 0.0))
-    grads = update.grads(plan)
+    held: Held = [(vars(optimizer), "state", optimizer.state)]
+    bufs = []
+    if momentum:
+        for p in [*plan.params, *(p for p, _ in folded)]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            held += [(optimizer.state, p, state), (state, "momentum_buffer", state["momentum_buffer"])]
+            bufs.append(block(state["momentum_buffer"]))
+    n = len(plan.ws)
+    others = [block(p) for p, _ in folded]
+    if not momentum:  # placeholders, not read
+        bufs = [*plan.ws, *others]
     lam_bufs = plan.bufs if momentum else plan.lams
-    t = SGDTensors(plan.ws, grads, w_bufs or grads, plan.lams, lam_bufs, others, o_grads, o_bufs)
-    return t, hp, [p for p, _ in params]
-
-
-def _sgd_buffer(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:
-    state = optimizer.state[p]
-    if state.get("momentum_buffer") is None:
-        state["momentum_buffer"] = torch.zeros_like(p)
-    return state["momentum_buffer"]
+    return SGDTensors(plan.ws, [], bufs[:n], plan.lams, lam_bufs, others, [], bufs[n:]), held, [], False
