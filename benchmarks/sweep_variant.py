@@ -44,7 +44,7 @@ class Patch(Callback):
         if a.lam_signal is not None:
             self.sig = lam_signal(halo, a.lam_signal)
         if a.adam_geometry is not None:
-            adam_geometry(halo, a.adam_geometry, state.optimizer)
+            adam_geometry(halo, a.adam_geometry, state.optimizer, a.per_tensor)
 
 
 def main() -> None:
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--hold-zeros", action="store_true")
     ap.add_argument("--lam-signal", type=float, default=None, metavar="PSI_SCALE")
     ap.add_argument("--adam-geometry", type=float, default=None, metavar="POWER")
+    ap.add_argument("--per-tensor", action="store_true")
     args = ap.parse_args()
     cfg = load_sweep_config(args.config)
     (job,) = [

@@ -203,7 +203,9 @@ def lam_signal(halo: HALO, psi_scale: float) -> dict:
     return st
 
 
-def adam_geometry(halo: HALO, power: float, optimizer: torch.optim.Optimizer | None = None) -> None:
+def adam_geometry(
+    halo: HALO, power: float, optimizer: torch.optim.Optimizer | None = None, per_tensor: bool = False
+) -> None:
     """Prototype "adam-geometry" (decoupled Adam/AdamW): HALO's pull in Adam's geometry. Weight ``i`` is
     soft-thresholded by ``lr·ξ/(λ_i²·d_i)`` instead of ``lr·ξ/λ_i²``, with ``d_i = (sqrt(v̂_i) + eps)^power``
     (v̂: Adam's bias-corrected second moment before the step) scaled to mean 1 over the live weights, so
@@ -211,7 +213,9 @@ def adam_geometry(halo: HALO, power: float, optimizer: torch.optim.Optimizer | N
     ``|w|·λ²·d`` (power 1, uniform λ: ``|w|·sqrt(v̂)``, the ranking of OBD's saliency ``w²·F_ii`` with Adam's
     v̂ as the diagonal Fisher). The fused step runs with ξ = 0; the shrinkage and λ's ``−2ξ|w|/λ³`` term
     are applied here, eagerly, from the pre-step weights and λ (the cuts are forced onto the eager path).
-    ``optimizer``: the one HALO is attached to, if it already is (else taken when it attaches)."""
+    ``optimizer``: the one HALO is attached to, if it already is (else taken when it attaches);
+    ``per_tensor``: ``d`` scaled to mean 1 over each tensor's live weights instead (the ranking within a
+    tensor changes, the pull's share between tensors does not)."""
     import haloprune.penalties.halo.target as target_module
 
     target = halo.target
@@ -237,8 +241,14 @@ def adam_geometry(halo: HALO, power: float, optimizer: torch.optim.Optimizer | N
                 parts.append(torch.ones(w.numel(), dtype=torch.float64))
                 continue
             v = state["exp_avg_sq"].double().flatten() / (1 - beta2 ** float(state["step"]))
-            parts.append((v.sqrt() + eps) ** power)
+            part = (v.sqrt() + eps) ** power
+            if per_tensor:
+                live = w.detach().flatten() != 0
+                part = part / (part[live].mean() if live.any() else part.mean())
+            parts.append(part)
         d = torch.cat(parts)
+        if per_tensor:
+            return d
         live = torch.cat([t.detach().flatten() != 0 for t in ws])
         return d / (d[live].mean() if live.any() else d.mean())
 
@@ -440,6 +450,7 @@ def main() -> None:
         metavar="POWER",
         help="prototype: the pull and the ranking scaled by (sqrt(v̂) + eps)^POWER (see adam_geometry)",
     )
+    ap.add_argument("--per-tensor", action="store_true", help="--adam-geometry scaled per tensor")
     ap.add_argument("--trace", action="store_true", help="density per layer, churn, ξ, every tenth")
     ap.add_argument("--ramp-end", type=float, default=0.75)
     ap.add_argument("--freeze-at", type=float, default=0.75, help="freeze: the share of the steps")
@@ -488,7 +499,7 @@ def main() -> None:
     if args.variant == "carry":
         halo.target.__class__ = CarriedXi
     if args.adam_geometry is not None:
-        adam_geometry(halo, args.adam_geometry)
+        adam_geometry(halo, args.adam_geometry, per_tensor=args.per_tensor)
     sig = lam_signal(halo, args.lam_signal) if args.lam_signal is not None else None
     callbacks = [Frozen(halo, args.freeze_at)] if args.variant == "freeze" else []
     if args.trace:
