@@ -14,6 +14,7 @@ and the λ of the weights still alive (10th / 50th / 90th percentile).
     python benchmarks/target_variants.py adamw 0.9 0 gmp --model lenet-5 --trace   # GMP, the matrix's run
     python benchmarks/target_variants.py adamw 0.9 0 hard --model lenet-5 --ramp-steps 0.1 0.75
     python benchmarks/target_variants.py adamw 0.9 0 exact --model lenet-5 --ramp-budget 0.2 0.75
+    python benchmarks/target_variants.py adamw 0.9 0 exact --model lenet-5 --adam-geometry 1   # finding 13
 
 ``--model lenet-5``: the matrix's LeNet-5 settings (configs/matrix/lenet5-*.toml, the same recipes). ``gmp``:
 GMP as the matrix runs it (10%–75% of the steps, masks every 100 steps). ``--ramp-steps S E``: target mode's
