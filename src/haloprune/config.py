@@ -253,7 +253,7 @@ class PenaltyConfig(Section):
     # docs/results/target-exact.md
     target_control: Literal["exact", "pi", "hard"] | None = added_field(_default("target_control"))
     # HALO target mode, exact control with Adam/AdamW: the most one step's shrinkage takes from a weight,
-    # in units of lr (None: unbounded); docs/results/matrix.md, finding 10
+    # in units of lr (None: the default, 10; inf: unbounded); docs/results/matrix.md, finding 10
     max_shrink: float | None = added_field(_default("max_shrink"), gt=0)
     # HALO with Adam/AdamW: "coupled" (Adam on task + HALO; default) or "decoupled" (plain lr steps;
     # target mode's and prox's default)

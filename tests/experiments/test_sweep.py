@@ -4,6 +4,7 @@ on real Fashion-MNIST (CI scale)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from haloprune.cli import main
 from haloprune.data import datasets
 from haloprune.experiments.config import load_sweep_config
 from haloprune.experiments.sweep import expand
+from haloprune.methods import METHODS
 from tests.helpers import PAPER_CONFIGS
 
 
@@ -45,6 +47,32 @@ def test_target_halo_jobs_record_the_control_they_run_with(tmp_path: Path) -> No
     assert controls == {"default": "exact", "exact": "exact", "pi": "pi", "l1": None}
     assert jobs["default"].result_spec() == jobs["exact"].result_spec() != jobs["pi"].result_spec()
     assert jobs["default"].hyperparameters == {}
+
+
+def test_target_halo_jobs_with_adam_record_the_shrinkage_bound(tmp_path: Path) -> None:
+    """``max_shrink`` became 10 by default for the exact control with Adam/AdamW: such a job left to the
+    default records it in its key (the same job as one that names 10: a store's run of that is taken
+    over, one of the old unbounded default is not); with SGD, or the PI control, where the bound does not
+    act, the key is as before."""
+    config = tmp_path / "c.toml"
+    halo = 'kind = "target"\nparams = { penalty = { name = "halo"'
+    config.write_text(
+        'name = "c"\nsparsities = [0.9]\nseeds = [0]\n[model]\nname = "lenet-300-100"\n'
+        '[optim]\noptimizer = "adamw"\nlr = 1e-3\nmomentum = 0.0\n'
+        f"[methods.default]\n{halo} }} }}\n"
+        f"[methods.ten]\n{halo}, max_shrink = 10.0 }} }}\n"
+        f"[methods.loose]\n{halo}, max_shrink = 100.0 }} }}\n"
+        f'[methods.pi]\n{halo}, target_control = "pi" }} }}\n'
+        f'[methods.sgd]\n{halo} }} }}\noptim = {{ optimizer = "sgd", lr = 0.1, momentum = 0.9 }}\n'
+    )
+    config.write_text(config.read_text() + f"[methods.free]\n{halo}, max_shrink = inf }} }}\n")
+    jobs = {j.method: j for j in expand(load_sweep_config(config))}
+    bounds = {m: j.spec["params"]["penalty"].get("max_shrink") for m, j in jobs.items()}
+    assert bounds == {"default": 10.0, "ten": 10.0, "loose": 100.0, "pi": None, "sgd": None, "free": "inf"}
+    assert jobs["default"].result_spec() == jobs["ten"].result_spec() != jobs["loose"].result_spec()
+    # the unbounded shrinkage in a sweep: a key in strict JSON, the same float where the method reads it
+    free = METHODS["target"](**jobs["free"].spec["params"])
+    assert free.params.penalty.max_shrink == math.inf
 
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "paper" / "fmnist-lenet300.toml"

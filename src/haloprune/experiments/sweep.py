@@ -11,6 +11,7 @@ results and state instead of running again.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from haloprune.build import load_data, source_digest
-from haloprune.config import DataConfig, deep_merge
+from haloprune.config import DataConfig, OptimConfig, deep_merge
 from haloprune.core.io import save_torch
 from haloprune.data import SplitData
 from haloprune.data.datasets import ENV_VAR as DATA_ENV
@@ -31,6 +32,19 @@ from haloprune.experiments.report import log_pruned
 from haloprune.integrations.loggers import build_logger
 from haloprune.methods import METHODS, Context
 from haloprune.training.callbacks import Callback, ExperimentLog, ExperimentLogger, set_bar_slot
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float written as its string (``"inf"``, ``"-inf"``, ``"nan"``):
+    a job's key is strict JSON, and the configs read those strings back as the same floats (e.g.
+    ``max_shrink = inf``, HALO's unbounded shrinkage)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def expand(cfg: SweepConfig) -> list[Job]:
@@ -53,7 +67,8 @@ def expand(cfg: SweepConfig) -> list[Job]:
         per_sparsity = METHODS[m.kind].per_sparsity
         update = m.optim_update()
         budget = deep_merge(run, {"optim": update}) if update else run
-        for i, params in enumerate(map(METHODS[m.kind].job_params, m.points())):
+        optimizer = OptimConfig.model_validate(budget["optim"]).optimizer
+        for i, params in enumerate(_finite(METHODS[m.kind].job_params(p, optimizer)) for p in m.points()):
             hyper = m.grid[i] if m.grid else {}
             targets: list[float | None] = list(sparsities) if per_sparsity else [None]
             for seed in cfg.seeds:

@@ -173,9 +173,9 @@ class Method:
         self.params = self.Params(**params)
 
     @classmethod
-    def job_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """``params`` as a sweep job's key records them (defaults that changed what a run does written
-        out); the same run either way."""
+    def job_params(cls, params: dict[str, Any], optimizer: str) -> dict[str, Any]:
+        """``params`` as a sweep job's key records them (defaults that changed what a run with
+        ``optimizer`` does written out); the same run either way."""
         return params
 
     def run(self, ctx: Context, sparsities: Sequence[float]) -> Outcome:  # pragma: no cover - abstract

@@ -83,13 +83,14 @@ class TargetPenaltyMethod(PenaltyMethod):
     per_sparsity = True
 
     @classmethod
-    def job_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """The penalty's :attr:`~haloprune.penalties.Penalty.keyed_defaults` written out where not given
-        (target-mode HALO's ``target_control``: a store's runs of the old default are other jobs)."""
+    def job_params(cls, params: dict[str, Any], optimizer: str) -> dict[str, Any]:
+        """The penalty's :meth:`~haloprune.penalties.Penalty.keyed_defaults` written out where not given
+        (target-mode HALO's ``target_control``, and ``max_shrink`` with Adam/AdamW: a store's runs of the
+        old defaults are other jobs)."""
         penalty = params.get("penalty")
         if not isinstance(penalty, dict) or penalty.get("name") not in PENALTIES:
             return params
-        keyed = PENALTIES[penalty["name"]].keyed_defaults
+        keyed = PENALTIES[penalty["name"]].keyed_defaults(optimizer, penalty)
         missing = {k: v for k, v in keyed.items() if penalty.get(k) is None}
         return {**params, "penalty": {**penalty, **missing}} if missing else params
 

@@ -71,13 +71,17 @@ class Penalty(nn.Module):
     strengths: ClassVar[tuple[str, ...]] = ("xi",)
     #: A setting that stands in for the strengths (HALO's ``target_sparsity`` sets ξ and ψ itself).
     strengths_from: ClassVar[str | None] = None
-    #: Defaults that changed what a run does (with the value now in force, used with ``strengths_from``):
-    #: a sweep job's key records them when not given, so a result of the old default in a store never
-    #: stands for the new one (:meth:`~haloprune.methods.base.Method.job_params`).
-    keyed_defaults: ClassVar[dict[str, Any]] = {}
     #: True for penalties that work on a model sharded with FSDP2 (``fully_shard``): their state is
     #: sharded like the weights and what they sum is summed over the processes (HALO).
     shards: ClassVar[bool] = False
+
+    @classmethod
+    def keyed_defaults(cls, optimizer: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Defaults that changed what a run with ``optimizer`` and these (given) ``settings`` does, with the
+        value now in force (used with ``strengths_from``): a sweep job's key records them when not given,
+        so a result of the old default in a store never stands for the new one
+        (:meth:`~haloprune.methods.base.Method.job_params`). None here."""
+        return {}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from haloprune import HALO
 from haloprune.config import PenaltyConfig, TrainConfig, load_config
 from haloprune.core.errors import ConfigError
 from haloprune.penalties.halo import fused, sgd
+from haloprune.penalties.halo.penalty import DEFAULT_MAX_SHRINK
 from haloprune.penalties.halo.target import (
     GAINS,
     SparsityController,
@@ -465,10 +466,12 @@ def test_max_shrink_bounds_the_exact_controls_shrinkage_with_adamw() -> None:
         return xis
 
     bound = 0.5 * 1e-3**2
-    free, capped = run(torch.optim.AdamW, None), run(torch.optim.AdamW, 0.5)
+    free, capped = run(torch.optim.AdamW, math.inf), run(torch.optim.AdamW, 0.5)
     assert max(free) > bound and max(capped) == pytest.approx(bound)
     assert all(x <= bound * (1 + 1e-12) for x in capped)
-    assert run(torch.optim.SGD, 0.5) == run(torch.optim.SGD, None)
+    default = run(torch.optim.AdamW, None)  # the default bound: DEFAULT_MAX_SHRINK (10)
+    assert max(default) <= DEFAULT_MAX_SHRINK * 1e-3**2 * (1 + 1e-12) < max(free)
+    assert run(torch.optim.SGD, 0.5) == run(torch.optim.SGD, None) == run(torch.optim.SGD, math.inf)
     with pytest.raises(ValueError, match="max_shrink is a setting of target mode"):
         HALO(nn.Linear(4, 2), xi=1e-6, psi=1e-3, max_shrink=1.0)
     with pytest.raises(ConfigError, match="greater than 0"):

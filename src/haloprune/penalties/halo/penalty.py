@@ -6,7 +6,8 @@ target mode (:class:`~haloprune.penalties.halo.target.TargetMode`)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Unpack
+import math
+from typing import Any, Literal, Unpack
 
 import torch
 from torch import nn
@@ -43,6 +44,12 @@ TargetControl = Literal["exact", "pi", "hard"]
 #: LeNet-300-100 with AdamW: docs/results/adam.md). Target mode and ``prox`` are decoupled updates and
 #: use ``"decoupled"`` when not told.
 DEFAULT_COUPLING: Coupling = "coupled"
+#: Target mode's bound on one step's shrinkage of any weight with Adam/AdamW (exact control), in units of lr
+#: (``max_shrink=None``): without it the exact cut, applied to every kept weight alike once λ sits at its
+#: floor, can outrun what Adam's steps give back and shrink the kept weights without end (a fine-tuned ViT
+#: at 98% collapsed to chance). With it the matrix's AdamW settings gain on the LeNets and the fine-tuned
+#: ViT and lose on the ViT from scratch at 98–99% and the GPT at 90–95% (docs/results/matrix.md, finding 10).
+DEFAULT_MAX_SHRINK = 10.0
 
 _SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 _PER_WEIGHT = ("lam", "lam_momentum", "lam_exp_avg_sq")  # λ and its moments: one entry per weight
@@ -86,19 +93,26 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
     total_steps=N, scheduler=sched)`` computes ``B``; :meth:`begin_training` takes it directly. The
     shrinkage is applied by its proximal map (``prox=True``), so pruned-to-be weights end exactly at
     zero and the achieved sparsity is the fraction of exact zeros. ``max_shrink`` (exact control, Adam /
-    AdamW; default None: unbounded): the most one step's shrinkage takes from any weight, in units of lr
-    (``ξ ≤ max_shrink·lambda_min²``); the zeros the bounded step leaves short are set by the top-up,
-    lowest ``|w|·λ²`` first. Under AdamW λ falls to ``lambda_min`` and the exact cut, applied to every
-    kept weight alike, can outrun what Adam's steps (about lr) give back (docs/results/matrix.md,
-    finding 10).
+    AdamW; None: :data:`DEFAULT_MAX_SHRINK`, 10; ``math.inf``: unbounded, as before 10 was the default):
+    the most one step's shrinkage takes from any weight, in units of lr (``ξ ≤ max_shrink·lambda_min²``);
+    the zeros the bounded step leaves short are set by the top-up, lowest ``|w|·λ²`` first. Under AdamW λ
+    falls to ``lambda_min`` and the exact cut, applied to every kept weight alike, can outrun what Adam's
+    steps (about lr) give back (docs/results/matrix.md, finding 10). With SGD it does not apply.
     """
 
     learns = True
     shards = True
     strengths = ("xi", "psi")
     strengths_from = "target_sparsity"
-    # target_control was "pi" until the exact control became the default
-    keyed_defaults: ClassVar[dict[str, Any]] = {"target_control": DEFAULT_CONTROL}
+
+    @classmethod
+    def keyed_defaults(cls, optimizer: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """``target_control`` (it was ``"pi"`` until the exact control became the default) and, for the
+        exact control with Adam/AdamW, ``max_shrink`` (unbounded until :data:`DEFAULT_MAX_SHRINK`)."""
+        keyed: dict[str, Any] = {"target_control": DEFAULT_CONTROL}
+        if optimizer in ("adam", "adamw") and (settings.get("target_control") or DEFAULT_CONTROL) == "exact":
+            keyed["max_shrink"] = DEFAULT_MAX_SHRINK
+        return keyed
 
     def __init__(
         self,
@@ -146,8 +160,9 @@ class HALO(BudgetTerm, ChecksParameterNames, Penalty):
         self.target: TargetMode | None = None
         if target_sparsity is not None:
             self.target = TargetMode(target_sparsity, psi_hat, ramp_end, target_control or DEFAULT_CONTROL)
-            if max_shrink is not None:  # ξ's bound: lr·ξ/λ² ≤ max_shrink·lr down to λ = lambda_min
-                self.target.max_shrink = float(max_shrink) * float(lambda_min) ** 2
+            bound = DEFAULT_MAX_SHRINK if max_shrink is None else float(max_shrink)  # inf: unbounded
+            # ξ's bound: lr·ξ/λ² ≤ max_shrink·lr down to λ = lambda_min
+            self.target.max_shrink = bound * float(lambda_min) ** 2 if bound < math.inf else None
             xi, psi, prox = 0.0, 0.0, True
         elif xi is None or psi is None:
             raise ValueError("give xi and psi, or target_sparsity")
