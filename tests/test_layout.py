@@ -204,7 +204,8 @@ GOLDEN = Path(__file__).parent / "fixtures" / "sweep_job_keys.json"
 @pytest.mark.parametrize("entry", sorted(json.loads(GOLDEN.read_text())), ids=str)
 def test_shipped_sweep_configs_keep_their_job_keys(entry: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Recorded from the configs before the layout change; a store's finished jobs are found by key. (The
-    target-mode HALO jobs were recorded again when they began to record their control, exact by default.)"""
+    target-mode HALO jobs were recorded again when they began to record their control, exact by default,
+    and those with Adam/AdamW when they began to record the shrinkage bound, 10 by default.)"""
     monkeypatch.chdir(ROOT)  # the store and state paths are relative to the working directory
     path, _, flag = entry.partition(" ")
     cfg = load_sweep_config(path, quick=flag == "--quick")
