@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from haloprune.experiments import sweep
-from haloprune.experiments.config import load_sweep_config
+from haloprune.experiments.config import SweepConfig, load_sweep_config
+from haloprune.experiments.jobs import Job
 from haloprune.training.callbacks import Callback, FitState
 
 ROW = (
@@ -54,6 +55,14 @@ class EpochRows(Callback):
         print(json.dumps(shown), flush=True)
 
 
+def one_job(cfg: SweepConfig, method: str, seed: int, sparsity: float) -> Job:
+    """The one job of ``cfg`` for ``method``, ``seed`` and target ``sparsity`` (a clear exit otherwise)."""
+    jobs = [j for j in sweep.expand(cfg) if j.method == method and j.seed == seed and j.sparsity == sparsity]
+    if len(jobs) != 1:
+        raise SystemExit(f"{len(jobs)} jobs match {method}, seed {seed}, sparsity {sparsity}")
+    return jobs[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -64,16 +73,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="the config's [quick] scale (CI-sized)")
     args = ap.parse_args()
-    cfg = load_sweep_config(args.config, args.set, quick=args.quick)
-    jobs = [
-        j
-        for j in sweep.expand(cfg)
-        if j.method == args.method and j.seed == args.seed and j.sparsity == args.sparsity
-    ]
-    if len(jobs) != 1:
-        raise SystemExit(f"{len(jobs)} jobs match {args.method}, seed {args.seed}, sparsity {args.sparsity}")
-    print(f"job {jobs[0].key}", flush=True)
-    records, _ = sweep.run_job(jobs[0], threads=args.threads, callbacks=[EpochRows()], save_state=False)
+    job = one_job(
+        load_sweep_config(args.config, args.set, quick=args.quick), args.method, args.seed, args.sparsity
+    )
+    print(f"job {job.key}", flush=True)
+    records, _ = sweep.run_job(job, threads=args.threads, callbacks=[EpochRows()], save_state=False)
     print(json.dumps(records))
 
 

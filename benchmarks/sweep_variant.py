@@ -16,10 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from rerun_job import one_job
 from target_variants import adam_geometry, hold_zeros, lam_signal, ramp_in_budget, ramp_in_steps
 
 from haloprune.experiments.config import load_sweep_config
-from haloprune.experiments.sweep import expand, run_job
+from haloprune.experiments.sweep import run_job
 from haloprune.training.callbacks import Callback, FitState
 
 
@@ -61,15 +62,7 @@ def main() -> None:
     ap.add_argument("--adam-geometry", type=float, default=None, metavar="POWER")
     ap.add_argument("--per-tensor", action="store_true")
     args = ap.parse_args()
-    cfg = load_sweep_config(args.config)
-    (job,) = [
-        j
-        for j in expand(cfg)
-        if j.method == args.method
-        and j.seed == args.seed
-        and j.sparsity is not None
-        and abs(j.sparsity - args.target) < 1e-9
-    ]
+    job = one_job(load_sweep_config(args.config), args.method, args.seed, args.target)
     start = time.perf_counter()
     records, _ = run_job(job, threads=1, callbacks=[Patch(args)], save_state=False)
     keep = (

@@ -65,8 +65,13 @@ def test_target_halo_jobs_with_adam_record_the_shrinkage_bound(tmp_path: Path) -
         f'[methods.pi]\n{halo}, target_control = "pi" }} }}\n'
         f'[methods.sgd]\n{halo} }} }}\noptim = {{ optimizer = "sgd", lr = 0.1, momentum = 0.9 }}\n'
     )
-    config.write_text(config.read_text() + f"[methods.free]\n{halo}, max_shrink = inf }} }}\n")
+    config.write_text(
+        config.read_text()
+        + f"[methods.free]\n{halo}, max_shrink = inf }} }}\n"
+        + f"[methods.grid]\n{halo} }} }}\ngrid = [{{ penalty = {{ max_shrink = inf }} }}]\n"
+    )
     jobs = {j.method: j for j in expand(load_sweep_config(config))}
+    assert jobs.pop("grid").hyperparameters == {"penalty": {"max_shrink": "inf"}}  # a grid's value too
     bounds = {m: j.spec["params"]["penalty"].get("max_shrink") for m, j in jobs.items()}
     assert bounds == {"default": 10.0, "ten": 10.0, "loose": 100.0, "pi": None, "sgd": None, "free": "inf"}
     assert jobs["default"].result_spec() == jobs["ten"].result_spec() != jobs["loose"].result_spec()

@@ -69,7 +69,7 @@ def expand(cfg: SweepConfig) -> list[Job]:
         budget = deep_merge(run, {"optim": update}) if update else run
         optimizer = OptimConfig.model_validate(budget["optim"]).optimizer
         for i, params in enumerate(_finite(METHODS[m.kind].job_params(p, optimizer)) for p in m.points()):
-            hyper = m.grid[i] if m.grid else {}
+            hyper = _finite(m.grid[i]) if m.grid else {}
             targets: list[float | None] = list(sparsities) if per_sparsity else [None]
             for seed in cfg.seeds:
                 pre = pretrained.get(seed)  # what it starts from, and where that is kept

@@ -100,34 +100,35 @@ def launch(
     directly where these tensors' compiled code is known (see the module doc), else through
     ``torch.compile``. ``launches`` is None where the tensors are new each step (sharded parameters).
     ``known``: ``identity(t)``, where the caller keeps it from step to step."""
-    if launches is None or not launches.enabled:
-        compiled(kernel, s.hp.device.type)(t, s, c)
-        return
-    for name, weights in _GRADS.items():  # a gradient with other strides than its weight: guarded call
-        if name in t._fields and not all(
-            g.stride() == w.stride() for g, w in zip(getattr(t, name), getattr(t, weights), strict=True)
-        ):
-            compiled(kernel, s.hp.device.type)(t, s, c)
+    key = hit = None
+    if launches is not None and launches.enabled and _laid_out(t):
+        key = (kernel, c, identity(t) if known is None else known)
+        hit = launches.calls.get(key)
+        if hit is not None and hit[1] is not None:
+            hit[1](t, s, c)
             return
-    key = (kernel, c, identity(t) if known is None else known)
-    hit = launches.calls.get(key)
-    if hit is not None and hit[1] is not None:
-        hit[1](t, s, c)
-        return
-    compiled(kernel, s.hp.device.type)(t, s, c)  # compiles on first use
-    if hit is None:
+    compiled(kernel, s.hp.device.type)(t, s, c)  # guarded (compiles on first use)
+    if launches is not None and key is not None and hit is None:
         launches.calls[key] = ([x for xs in t for x in xs], _direct(kernel, t, s, c))
         while len(launches.calls) > launches.kept:  # the oldest tensors go (state replaced: not held on to)
             del launches.calls[next(iter(launches.calls))]
 
 
+def _laid_out(t: NamedTuple) -> bool:
+    """Whether every gradient in ``t`` has its weight's strides (the only layout a new gradient could
+    change; else the guarded call)."""
+    return all(
+        g.stride() == w.stride()
+        for name, weights in _GRADS.items()
+        if name in t._fields
+        for g, w in zip(getattr(t, name), getattr(t, weights), strict=True)
+    )
+
+
 def identity(t: NamedTuple) -> tuple:
     """Which tensors a call takes, except its gradients (new each step; their layout is checked apart):
-    their ids, or the name of the gradient list a field stands in for (a placeholder the kernel does
-    not read)."""
-    fields = dict(zip(t._fields, t, strict=True))
-    grads = {id(fields[name]): name for name in _GRADS if name in fields}
-    return tuple(grads.get(id(xs)) or tuple(map(id, xs)) for name, xs in fields.items() if name not in _GRADS)
+    their ids."""
+    return tuple(tuple(map(id, xs)) for name, xs in zip(t._fields, t, strict=True) if name not in _GRADS)
 
 
 def _direct(kernel: Kernel, t: NamedTuple, s: NamedTuple, c: NamedTuple) -> Kernel | None:
