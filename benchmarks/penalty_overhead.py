@@ -8,7 +8,9 @@ a 90%-pruned model whose masks are enforced by haloprune's step hook ("masked", 
 implementation as the baseline: the hook's cost alone).
 Variants run in interleaved rounds after warm-up, with the thread count pinned; each ratio is taken per
 round against the same round's baseline and reported as median [min–max] over rounds. Random inputs of
-the real shapes (timing does not depend on the data).
+the real shapes, a pool of batches cycled (timing does not depend on the data as long as the network does
+not memorise it: one batch repeated is memorised within a few hundred steps, and the denormal
+probabilities of a memorised batch slowed one variant's backward pass by 10% and not another's).
 
     python benchmarks/penalty_overhead.py        # CPU: LeNet-300-100, LeNet-5, VGG-16-bn (width 1/4)
     python benchmarks/penalty_overhead.py --device cuda --models vgg16-bn --batch 64 --image 32 --channels 3
@@ -21,6 +23,7 @@ optimizer, the largest masked/plain ratio, and the larger of the two HALO ratios
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -56,11 +59,13 @@ def _optimizer(kind: str, params: list, plain: str) -> torch.optim.Optimizer:
 
 
 def make_step(
-    name: str, kwargs: dict, mode: str, kind: str, x: torch.Tensor, y: torch.Tensor, amp: bool
+    name: str, kwargs: dict, mode: str, kind: str, xs: list[torch.Tensor], ys: list[torch.Tensor], amp: bool
 ) -> Callable[[], None]:
     """One training step of ``mode``: "plain", "plain-fused" (``fused=True``), "halo-fused",
     "halo-reference", "target-exact" / "target-pi" (target mode at 95%, that control, a 20-step budget)
-    or "masked" / "masked-fused" (plain with ``foreach`` / ``fused=True``, 90% pruned, masks enforced)."""
+    or "masked" / "masked-fused" (plain with ``foreach`` / ``fused=True``, 90% pruned, masks enforced).
+    Each call takes the next batch of the pool ``xs``, ``ys``."""
+    x = xs[0]
     torch.manual_seed(0)
     model = build_model(name, **kwargs).to(x.device)
     if x.device.type == "cuda" and x.ndim == 4:
@@ -79,8 +84,10 @@ def make_step(
     if halo is not None:
         halo.attach(opt, total_steps=20) if halo.target is not None else halo.attach(opt)
     in_loss = halo is not None and halo.in_loss
+    batches = itertools.cycle(list(zip(xs, ys, strict=True)))
 
     def step() -> None:
+        x, y = next(batches)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             loss = F.cross_entropy(model(x), y)
         if in_loss:
@@ -191,6 +198,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, pinned for the whole run")
     ap.add_argument("--reps", type=int, default=25)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--pool", type=int, default=64, help="random batches cycled (not memorised)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -224,13 +232,14 @@ def main() -> None:
             kwargs["width"] = args.width or (1.0 if device.type == "cuda" else 0.25)
         batch = args.batch or batch
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, args.channels, args.image, args.image, generator=g).to(device)
+        shape = (args.pool, batch, args.channels, args.image, args.image)
+        xs = list(torch.randn(shape, generator=g).to(device).unbind())
         if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (batch,), generator=g).to(device)
+            xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+        ys = list(torch.randint(0, 10, (args.pool, batch), generator=g).to(device).unbind())
         for kind in args.optimizers:
             modes = ["plain", "plain-fused", "halo-fused", "halo-reference", *TARGETS, *MASKED]
-            steps = {m: make_step(name, kwargs, m, kind, x, y, args.amp) for m in modes}
+            steps = {m: make_step(name, kwargs, m, kind, xs, ys, args.amp) for m in modes}
             reps = args.reps if name != "vgg16-bn" or device.type == "cuda" else max(3, args.reps // 10)
             times = measure(steps, device, reps, args.rounds)
             plains = [m for m in modes if m.startswith("plain")]

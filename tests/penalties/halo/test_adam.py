@@ -90,7 +90,8 @@ def test_compiled_adam_kernel_equals_the_eager_one(monkeypatch: pytest.MonkeyPat
 
 def _edit(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, keep: list[torch.Tensor]) -> None:
     """What user code does to an optimizer between steps: forget a parameter's state, leave a bias without a
-    gradient for a step, replace the whole state mapping (``keep``: entries carried into the new one)."""
+    gradient for a step, replace the whole state mapping (``keep``: entries carried into the new one), replace
+    a moment buffer, set a step count in place (Adam: its bias corrections must follow)."""
     bias, weight = model[2].bias, model[0].weight
     if step == 2:
         opt.state.pop(weight)
@@ -104,12 +105,15 @@ def _edit(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, keep: l
         state = opt.state[weight]
         key = "exp_avg" if "exp_avg" in state else "momentum_buffer"
         state[key] = state[key].clone().mul_(0.5)
+    if step == 7 and "step" in opt.state[weight]:
+        opt.state[weight]["step"].fill_(1.0)
 
 
 @pytest.mark.parametrize("opt_kw", [{"cls": torch.optim.AdamW}, {"cls": torch.optim.SGD, "momentum": 0.9}])
 def test_fused_step_follows_the_optimizer_state_user_code_replaces(opt_kw: dict) -> None:
     """The fused step keeps the tensors it takes from the optimizer from step to step; state popped, a bias
-    without a gradient, the state mapping replaced and a moment buffer replaced must each be seen at once:
+    without a gradient, the state mapping replaced, a moment buffer replaced and a step count set in place
+    must each be seen at once:
     the result equals torch.optim's on task loss + halo() with the same edits (float64)."""
     kw = dict(opt_kw)
     cls = kw.pop("cls")

@@ -145,17 +145,6 @@ def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor, g: Group) -> 
     return state
 
 
-def _advance(step: torch.Tensor, counts: dict[int | str, int], key: int | str) -> int:
-    """The count of the step about to be taken (the value of the step-count tensor ``step``, plus one),
-    read without a device sync after the first time: off the CPU it is mirrored in ``counts[key]``."""
-    if step.is_cpu:
-        return int(step.item()) + 1
-    if key not in counts:
-        counts[key] = int(step.item())
-    counts[key] += 1
-    return counts[key]
-
-
 @torch.no_grad()
 def adam_step(update: FusedUpdate, optimizer: torch.optim.Optimizer) -> None:
     """HALO's fused step with ``torch.optim.Adam`` / ``AdamW`` (see :func:`halo_adam_step`)."""
@@ -204,14 +193,13 @@ def _take(optimizer: torch.optim.Optimizer, plan: Plan, folded: Folded, c: AdamC
 def _rows(update: FusedUpdate, plan: Plan, frame: Frame, c: AdamConstants) -> list[tuple[float, ...]]:
     """This step's hyperparameter rows (see :func:`halo_adam_step`), the step counts advanced: the
     penalised weights' with λ's, then the folded parameters'."""
-    counts = plan.counts
-    lam_bc1, lam_bc2 = _corrections(_advance(update.penalty.fused_steps, counts, "halo"), c)
+    *counts, halo_count = frame.counted([*frame.steps, update.penalty.fused_steps])
+    lam_bc1, lam_bc2 = _corrections(halo_count, c)
     corrections: dict[int, tuple[float, float]] = {}  # per step count (usually one for all tensors)
     rows = []
     n = len(plan.groups)
     groups = [*plan.groups, *(g for _, g in frame.folded)]
-    for i, (step, g) in enumerate(zip(frame.steps, groups, strict=True)):
-        t = _advance(step, counts, id(step))
+    for i, (t, g) in enumerate(zip(counts, groups, strict=True)):
         bc = corrections.get(t)
         if bc is None:
             bc = corrections[t] = _corrections(t, c)

@@ -22,6 +22,7 @@ A new optimizer family is one more module like ``sgd.py``: a kernel and a driver
 
 from __future__ import annotations
 
+import operator
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,11 +120,13 @@ class Frame(NamedTuple):
     ``tensors`` are empty until :meth:`FusedUpdate.run` fills them in."""
 
     folded: Folded  # the other parameters updated in the same call
-    held: Held  # ``mapping.get(key) is value`` for each: the tensors are still the optimizer's
+    held: tuple[tuple, tuple, tuple]  # (mappings, keys, values): ``mapping.get(key) is value`` for each
+    # (the tensors are still the optimizer's), as three columns: checked in one pass in C
     tensors: NamedTuple  # the kernel's tensors, gradients left out
     identity: tuple  # ``tensors``' identity for the direct call (see :func:`~.launch.identity`)
     steps: Tensors  # the optimizer's step-count tensors for them (Adam), to read
     advance: bool  # whether :meth:`FusedUpdate.finish` advances ``steps`` (else the kernel does)
+    seen: list  # per step-count tensor read: (its version, its count) after the last step (see ``counted``)
 
     def current(self, folded: Folded) -> bool:
         """Whether this frame still holds: the same parameters folded, the same optimizer state."""
@@ -132,10 +135,32 @@ class Frame(NamedTuple):
         for (p, g), (q, h) in zip(folded, self.folded, strict=True):
             if p is not q or g is not h:
                 return False
-        for mapping, key, value in self.held:  # noqa: SIM110 (a loop: a third of all()'s time)
-            if mapping.get(key) is not value:
-                return False
-        return True
+        mappings, keys, values = self.held
+        return all(map(operator.is_, map(dict.get, mappings, keys), values))
+
+    def counted(self, steps: Tensors) -> list[int]:
+        """The count of the step about to be taken for each step-count tensor in ``steps`` (its value plus
+        one), each read from its device once and then mirrored in ``seen`` for as long as the tensor's
+        version counter shows no change but the step's own advance: no host read, no device sync per
+        step, and a count set from outside (in place) is read again. ``steps`` are this frame's (and
+        HALO's own count), in the same order every step."""
+        seen = self.seen
+        if len(seen) != len(steps):
+            seen[:] = [None] * len(steps)
+        out = []
+        for i, step in enumerate(steps):
+            version, last = step._version, seen[i]
+            n = last[1] + 1 if last is not None and last[0] == version else int(step.item()) + 1
+            seen[i] = (version + 1, n)  # the advance after the kernel is one in-place change
+            out.append(n)
+        return out
+
+
+def columns(held: Held) -> tuple[tuple, tuple, tuple]:
+    """``held``'s (mapping, key, value) rows as three columns (:attr:`Frame.held`); every mapping is a
+    ``dict`` (the optimizer's ``__dict__``, its state and a parameter's state)."""
+    mappings, keys, values = zip(*held, strict=True) if held else ((), (), ())
+    return mappings, keys, values
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,7 +168,7 @@ class Plan:
     """What the fused step needs that does not change from step to step (cached on the HALO, per optimizer).
 
     The fields are never reassigned; ``xi``, ``psi`` (filled when target mode changes ξ and ψ),
-    ``counts`` and ``frames`` are updated in place."""
+    and ``frames`` are updated in place."""
 
     key: tuple[int, ...]  # the optimizer and the storage of λ and its moments the plan was made for
     params: Tensors  # the penalised weights, as the optimizer holds them (DTensors when sharded)
@@ -158,7 +183,6 @@ class Plan:
     dtype: torch.dtype  # of the hyperparameter table: λ's, at least float32
     psi: torch.Tensor  # 0-dim, ψ
     xi: torch.Tensor  # 0-dim, ξ: a tensor, so that changing it does not recompile the kernel
-    counts: dict[int | str, int]  # step counts of device-resident Adam step tensors, mirrored (no sync)
     frames: dict[str, Frame]  # the driver's kernel tensors, kept while they are current (see Frame)
     launches: Launches | None  # the kernels' direct calls (see :mod:`~.launch`); None: sharded, the
     # local blocks are new tensors each step
@@ -218,9 +242,8 @@ class FusedUpdate:
         self.penalty, self.family, self.coupled, self.driver = penalty, family, coupled, driver
         self.plan: Plan | None = None
 
-    @torch.no_grad()
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.driver(self, optimizer)
+        self.driver(self, optimizer)  # (a driver runs without autograd: no second no_grad here)
 
     def set_strengths(self, xi: float, psi: float) -> None:
         """ξ and ψ changed (target mode): into the plan's tensors, so the kernel is not recompiled."""
@@ -271,7 +294,6 @@ class FusedUpdate:
             dtype=dtype,
             psi=torch.tensor(halo.psi, dtype=dtype, device=lam.device),
             xi=torch.tensor(halo.xi, dtype=dtype, device=lam.device),
-            counts={},
             frames={},
             launches=None if sharded else Launches(),
             block=local if sharded else _itself,
@@ -292,7 +314,8 @@ class FusedUpdate:
         frame = plan.frames.get("step")
         if frame is None or not frame.current(folded):
             tensors, held, steps, advance = take(folded)
-            frame = plan.frames["step"] = Frame(folded, held, tensors, identity(tensors), steps, advance)
+            frame = Frame(folded, columns(held), tensors, identity(tensors), steps, advance, [])
+            plan.frames["step"] = frame
         return frame
 
     def lam_hyper(self, g: Group) -> tuple[float, float]:

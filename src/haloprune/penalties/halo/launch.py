@@ -117,12 +117,15 @@ def launch(
 def _laid_out(t: NamedTuple) -> bool:
     """Whether every gradient in ``t`` has its weight's strides (the only layout a new gradient could
     change; else the guarded call)."""
-    return all(
-        g.stride() == w.stride()
-        for name, weights in _GRADS.items()
-        if name in t._fields
-        for g, w in zip(getattr(t, name), getattr(t, weights), strict=True)
-    )
+    for name, weights in _GRADS.items():
+        if name in t._fields:
+            grads, ws = getattr(t, name), getattr(t, weights)
+            if len(grads) != len(ws) or list(map(_stride, grads)) != list(map(_stride, ws)):
+                return False
+    return True
+
+
+_stride = torch.Tensor.stride
 
 
 def identity(t: NamedTuple) -> tuple:
