@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, help="VGG width multiplier (default 1/4 on CPU, 1 on CUDA)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, pinned for the whole run")
     ap.add_argument("--reps", type=int, default=25)
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--pool", type=int, default=64, help="random batches cycled (not memorised)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     args = ap.parse_args()
