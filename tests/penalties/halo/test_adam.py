@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from haloprune import HALO
+from haloprune.penalties.halo import adam as halo_adam
 from tests.helpers import batches, mlp, train_steps
 
 
@@ -109,14 +110,24 @@ def _edit(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, keep: l
         opt.state[weight]["step"].fill_(1.0)
 
 
-@pytest.mark.parametrize("opt_kw", [{"cls": torch.optim.AdamW}, {"cls": torch.optim.SGD, "momentum": 0.9}])
-def test_fused_step_follows_the_optimizer_state_user_code_replaces(opt_kw: dict) -> None:
+@pytest.mark.parametrize(
+    "opt_kw",
+    [
+        {"cls": torch.optim.AdamW},
+        {"cls": torch.optim.AdamW, "counts_on_host": True},
+        {"cls": torch.optim.SGD, "momentum": 0.9},
+    ],
+)
+def test_fused_step_follows_the_optimizer_state_user_code_replaces(opt_kw: dict, monkeypatch) -> None:
     """The fused step keeps the tensors it takes from the optimizer from step to step; state popped, a bias
     without a gradient, the state mapping replaced, a moment buffer replaced and a step count set in place
-    must each be seen at once:
+    must each be seen at once (Adam: with the counts read by the kernel, and as with a CUDA Adam whose
+    counts live on the host, where the driver mirrors them):
     the result equals torch.optim's on task loss + halo() with the same edits (float64)."""
     kw = dict(opt_kw)
     cls = kw.pop("cls")
+    if kw.pop("counts_on_host", False):
+        monkeypatch.setattr(halo_adam, "_reads_counts", lambda steps, device: False)
     ref_model, fused_model = mlp(torch.float64), mlp(torch.float64)
     ref = HALO(ref_model, xi=1e-3, psi=1e-2)
     ref_opt = cls([*ref_model.parameters(), ref.lam], lr=1e-2, **kw)

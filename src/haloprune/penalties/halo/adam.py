@@ -184,10 +184,16 @@ def _take(optimizer: torch.optim.Optimizer, plan: Plan, folded: Folded, c: AdamC
     n = len(plan.ws)
     others = [block(p) for p, _ in folded]
     lam_m, lam_v = (plan.bufs, plan.sq) if c.coupled else (plan.lams, plan.lams)  # decoupled: not read
-    here = all(step.device == plan.ws[0].device for step in steps)  # (CPU steps of a CUDA Adam: not here)
+    here = _reads_counts(steps, plan.ws[0].device)
     inside = steps if here else []
     t = AdamTensors(plan.ws, [], ms[:n], vs[:n], plan.lams, lam_m, lam_v, others, [], ms[n:], vs[n:], inside)
     return t, held, steps, not here
+
+
+def _reads_counts(steps: Tensors, device: torch.device) -> bool:
+    """Whether the kernel advances the step counts itself: they are on its device (not so for a CUDA Adam
+    without ``fused``/``capturable``, whose counts live on the CPU: the driver advances them there)."""
+    return all(step.device == device for step in steps)
 
 
 def _rows(update: FusedUpdate, plan: Plan, frame: Frame, c: AdamConstants) -> list[tuple[float, ...]]:

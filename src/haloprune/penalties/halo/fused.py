@@ -127,6 +127,7 @@ class Frame(NamedTuple):
     steps: Tensors  # the optimizer's step-count tensors for them (Adam), to read
     advance: bool  # whether :meth:`FusedUpdate.finish` advances ``steps`` (else the kernel does)
     seen: list  # per step-count tensor read: (its version, its count) after the last step (see ``counted``)
+    memo: list  # [rows, table]: the last hyperparameter rows and their table (see FusedUpdate.step_values)
 
     def current(self, folded: Folded) -> bool:
         """Whether this frame still holds: the same parameters folded, the same optimizer state."""
@@ -314,7 +315,7 @@ class FusedUpdate:
         frame = plan.frames.get("step")
         if frame is None or not frame.current(folded):
             tensors, held, steps, advance = take(folded)
-            frame = Frame(folded, columns(held), tensors, identity(tensors), steps, advance, [])
+            frame = Frame(folded, columns(held), tensors, identity(tensors), steps, advance, [], [None, None])
             plan.frames["step"] = frame
         return frame
 
@@ -337,14 +338,21 @@ class FusedUpdate:
         d = total(halo.lam.detach().abs().sum().reshape(1), halo.layout).reshape(()) - halo.p
         return halo.psi * (2.0 * d if halo.form == "l2" else torch.sign(d))
 
-    def step_values(self, hp: list[tuple[float, ...]]) -> StepValues:
-        """This step's :class:`StepValues` from the rows of the hyperparameter table."""
+    def step_values(self, hp: list[tuple[float, ...]], frame: Frame) -> StepValues:
+        """This step's :class:`StepValues` from the rows of the hyperparameter table: the table is the
+        last step's where the rows are (the usual case: they change with the lr; on a GPU, no copy to
+        the device then)."""
         plan = self.plan
         assert plan is not None
-        flat = array("f" if plan.dtype == torch.float32 else "d", [x for row in hp for x in row])
-        table = torch.frombuffer(flat, dtype=plan.dtype).view(len(hp), -1)
-        if not plan.xi.is_cpu:
-            table = table.to(plan.xi.device)
+        memo = frame.memo
+        if memo[0] == hp:
+            table = memo[1]
+        else:
+            flat = array("f" if plan.dtype == torch.float32 else "d", [x for row in hp for x in row])
+            table = torch.frombuffer(flat, dtype=plan.dtype).view(len(hp), -1)
+            if not plan.xi.is_cpu:
+                table = table.to(plan.xi.device)
+            memo[:] = [hp, table]
         return StepValues(
             hp=table, lam_sum_term=self.budget_term(), xi=plan.xi, seed=self.penalty.fused_steps
         )
@@ -361,7 +369,7 @@ class FusedUpdate:
         ]
         o_grads = [block(p.grad) for p, _ in frame.folded]
         t = frame.tensors._replace(grads=grads, other_grads=o_grads)
-        launch(kernel, plan.launches, t, self.step_values(hp), c, frame.identity)
+        launch(kernel, plan.launches, t, self.step_values(hp, frame), c, frame.identity)
 
     def finish(self, frame: Frame) -> None:
         """After the kernel: advance the optimizer's step counts (``frame.steps``) and HALO's, and clear
