@@ -1,4 +1,4 @@
-"""HALO's cost per training step, side by side with plain training, in one process: SGD and AdamW.
+"""HALO's cost per training step, side by side with plain training: SGD and AdamW.
 
 For each model and optimizer: plain training (forward + backward + step; the optimizer both with
 ``foreach=True`` and with ``fused=True``, the faster one is the baseline), fused HALO (the default),
@@ -7,7 +7,10 @@ PI control, both past their ramp (the budget of a 20-step run, spent in warm-up)
 a 90%-pruned model whose masks are enforced by haloprune's step hook ("masked", with the same optimizer
 implementation as the baseline: the hook's cost alone).
 Variants run in interleaved rounds after warm-up, with the thread count pinned; each ratio is taken per
-round against the same round's baseline and reported as median [min–max] over rounds. Random inputs of
+round against the same round's baseline. The whole measurement runs in ``--processes`` fresh processes
+one after another: a ratio moved by up to ±0.04 from one process to the next (where the models lie in
+memory, how the threads are placed), more than over the rounds within one; each ratio is reported as the
+median over processes of each process's median over rounds, [min–max] over all rounds. Random inputs of
 the real shapes, a pool of batches cycled (timing does not depend on the data as long as the network does
 not memorise it: one batch repeated is memorised within a few hundred steps, and the denormal
 probabilities of a memorised batch slowed one variant's backward pass by 10% and not another's).
@@ -24,7 +27,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -59,7 +65,13 @@ def _optimizer(kind: str, params: list, plain: str) -> torch.optim.Optimizer:
 
 
 def make_step(
-    name: str, kwargs: dict, mode: str, kind: str, xs: list[torch.Tensor], ys: list[torch.Tensor], amp: bool
+    name: str,
+    kwargs: dict,
+    mode: str,
+    kind: str,
+    xs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    amp: bool,
 ) -> Callable[[], None]:
     """One training step of ``mode``: "plain", "plain-fused" (``fused=True``), "halo-fused",
     "halo-reference", "target-exact" / "target-pi" (target mode at 95%, that control, a 20-step budget)
@@ -177,13 +189,90 @@ def peak_memory(steps: dict[str, Callable[[], None]], device: torch.device) -> d
     return out
 
 
-def _limit(step: Callable[[], None], bw: float, plain_ms: float) -> str:
-    """The ratio to plain if ``step`` cost only its extra bytes at bandwidth ``bw`` over plain's time."""
-    return f"{1 + step.extra[0] / bw * 1e3 / plain_ms:.3f}"  # type: ignore[attr-defined]
+def _limit(extra: float, bw: float, plain_ms: float) -> str:
+    """The ratio to plain if a step cost only its ``extra`` bytes at bandwidth ``bw`` over plain's time."""
+    return f"{1 + extra / bw * 1e3 / plain_ms:.3f}"
 
 
 def _spread(r: tuple[float, float, float]) -> str:
     return f"{r[0]:.3f} [{r[1]:.3f}–{r[2]:.3f}]"
+
+
+VARIANTS = ("halo-fused", "halo-reference", *TARGETS, "masked")  # reported against the fastest plain step
+
+
+def run_setting(args: argparse.Namespace, device: torch.device, name: str, kind: str) -> dict:
+    """One model and optimizer in this process: the per-round times of every variant, and what the
+    table needs besides (JSON-able, so that a worker process can hand it over)."""
+    kwargs, batch = SPECS[name]
+    kwargs = dict(kwargs, in_channels=args.channels, image_size=args.image)
+    if name == "vgg16-bn":
+        kwargs["width"] = args.width or (1.0 if device.type == "cuda" else 0.25)
+    batch = args.batch or batch
+    g = torch.Generator().manual_seed(0)
+    shape = (args.pool, batch, args.channels, args.image, args.image)
+    xs = list(torch.randn(shape, generator=g).to(device).unbind())
+    if device.type == "cuda":
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    ys = list(torch.randint(0, 10, (args.pool, batch), generator=g).to(device).unbind())
+    modes = ["plain", "plain-fused", "halo-fused", "halo-reference", *TARGETS, *MASKED]
+    steps = {m: make_step(name, kwargs, m, kind, xs, ys, args.amp) for m in modes}
+    reps = args.reps if name != "vgg16-bn" or device.type == "cuda" else max(3, args.reps // 10)
+    times = measure(steps, device, reps, args.rounds)
+    base = min(("plain", "plain-fused"), key=lambda m: statistics.median(times[m]))  # the fastest plain
+    # the mask guarantee's cost: masked training against plain training with the same optimizer
+    times["masked"] = times["masked-fused" if base == "plain-fused" else "masked"]
+    return {
+        "label": f"{name} (width {kwargs['width']:g})" if "width" in kwargs else name,
+        "kind": kind,
+        "batch": batch,
+        "base": base,
+        "times": times,
+        "extra": {m: steps[m].extra for m in ("halo-fused", "masked")},  # type: ignore[attr-defined]
+        "peak": peak_memory(steps, device),
+    }
+
+
+def _worker_command(args: argparse.Namespace) -> list[str]:
+    """This benchmark's command line for one worker process: the same settings, one process."""
+    cmd = [sys.executable, __file__, "--models", *args.models, "--optimizers", *args.optimizers]
+    for flag in ("device", "image", "channels", "threads", "reps", "rounds", "pool", "batch", "width"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag}", str(getattr(args, flag))]
+    return [*cmd, *(["--amp"] if args.amp else []), "--processes", "1", "--worker"]
+
+
+def collect(args: argparse.Namespace, device: torch.device) -> list[list[dict]]:
+    """Per setting, the records of every process (this one's alone with ``--processes 1``)."""
+    settings = [(name, kind) for name in args.models for kind in args.optimizers]
+    if args.processes == 1:
+        return [[run_setting(args, device, name, kind)] for name, kind in settings]
+    runs = []
+    for i in range(args.processes):
+        proc = subprocess.run(_worker_command(args), capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"benchmark worker process {i + 1} failed:\n{proc.stderr[-4000:]}")
+        runs.append(json.loads(proc.stdout.splitlines()[-1]))
+        print(f"process {i + 1} of {args.processes} done", file=sys.stderr, flush=True)
+    return [[run[j] for run in runs] for j in range(len(settings))]
+
+
+def summarise(records: list[dict], variant: str) -> tuple[float, float, float]:
+    """``variant`` over the fastest plain step: the median over processes of each one's median over
+    rounds, and the min and max over all rounds of all processes."""
+    medians, every = [], []
+    for rec in records:
+        r = [a / b for a, b in zip(rec["times"][variant], rec["times"][rec["base"]], strict=True)]
+        medians.append(statistics.median(r))
+        every += r
+    return statistics.median(medians), min(every), max(every)
+
+
+def _ms(records: list[dict], variant: str) -> float:
+    """The median over processes of ``variant``'s median ms/step (``"base"``: the fastest plain)."""
+    return statistics.median(
+        statistics.median(rec["times"][rec["base"] if variant == "base" else variant]) for rec in records
+    )
 
 
 def main() -> None:
@@ -197,17 +286,26 @@ def main() -> None:
     ap.add_argument("--width", type=float, help="VGG width multiplier (default 1/4 on CPU, 1 on CUDA)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, pinned for the whole run")
     ap.add_argument("--reps", type=int, default=25)
-    ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--processes", type=int, default=3, help="fresh processes, one after another")
     ap.add_argument("--pool", type=int, default=64, help="random batches cycled (not memorised)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one process's records, as JSON
     args = ap.parse_args()
+    if args.processes < 1:
+        ap.error("--processes must be at least 1")
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     device = torch.device(args.device)
+    if args.worker:
+        settings = [(name, kind) for name in args.models for kind in args.optimizers]
+        print(json.dumps([run_setting(args, device, name, kind) for name, kind in settings]))
+        return
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, amp {args.amp}, "
-        f"{args.rounds} rounds x {args.reps} steps; ratios: median [min–max] over rounds"
+        f"{args.processes} processes x {args.rounds} rounds x {args.reps} steps; ratios: median over "
+        "processes of the median over rounds [min–max over all rounds]"
     )
     bw = bandwidth(device)
     print(
@@ -225,49 +323,32 @@ def main() -> None:
         + ("---:|---:|" if mem_cols else "")
     )
     worst, worst_masked = dict.fromkeys(args.optimizers, 0.0), 0.0
-    for name in args.models:
-        kwargs, batch = SPECS[name]
-        kwargs = dict(kwargs, in_channels=args.channels, image_size=args.image)
-        if name == "vgg16-bn":
-            kwargs["width"] = args.width or (1.0 if device.type == "cuda" else 0.25)
-        batch = args.batch or batch
-        g = torch.Generator().manual_seed(0)
-        shape = (args.pool, batch, args.channels, args.image, args.image)
-        xs = list(torch.randn(shape, generator=g).to(device).unbind())
-        if device.type == "cuda":
-            xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
-        ys = list(torch.randint(0, 10, (args.pool, batch), generator=g).to(device).unbind())
-        for kind in args.optimizers:
-            modes = ["plain", "plain-fused", "halo-fused", "halo-reference", *TARGETS, *MASKED]
-            steps = {m: make_step(name, kwargs, m, kind, xs, ys, args.amp) for m in modes}
-            reps = args.reps if name != "vgg16-bn" or device.type == "cuda" else max(3, args.reps // 10)
-            times = measure(steps, device, reps, args.rounds)
-            plains = [m for m in modes if m.startswith("plain")]
-            base = min(plains, key=lambda m: statistics.median(times[m]))  # the fastest plain step
-            fused = paired(times, "halo-fused", base)
-            worst[kind] = max(worst[kind], fused[0])
-            # the mask guarantee's cost: masked training against plain training with the same optimizer
-            masked = paired(times, "masked-fused" if base == "plain-fused" else "masked", base)
-            worst_masked = max(worst_masked, masked[0])
-            peak = peak_memory(steps, device)
-            label = f"{name} (width {kwargs['width']:g})" if "width" in kwargs else name
-            opt_label = f"{kind} (plain: {'fused' if base == 'plain-fused' else 'foreach'})"
-            halo_ms, plain_ms = statistics.median(times["halo-fused"]), statistics.median(times[base])
-
-            masked_mode = "masked-fused" if base == "plain-fused" else "masked"
-            print(
-                f"| {label} | {opt_label} | {batch} | {plain_ms:.3f} | {halo_ms:.3f} | "
-                f"{_spread(fused)} | {_spread(paired(times, 'halo-reference', base))} | "
-                f"{steps['halo-fused'].extra[1]:.0f} | {_limit(steps['halo-fused'], bw, plain_ms)} | "
-                + "".join(f"{_spread(paired(times, t, base))} | " for t in TARGETS)
-                + f"{_spread(masked)} | {steps[masked_mode].extra[1]:.0f} | "
-                f"{_limit(steps[masked_mode], bw, plain_ms)} | "
-                f"{batch / halo_ms * 1e3:,.0f} |"
-                + (f" {peak[base]:,.0f} | {peak['halo-fused']:,.0f} |" if peak else ""),
-                flush=True,
-            )
-    for kind, r in worst.items():
-        print(f"overhead_ratio_max_{kind}={r:.3f}")
+    for records in collect(args, device):
+        rec = records[0]
+        r = {v: summarise(records, v) for v in VARIANTS}
+        worst[rec["kind"]] = max(worst[rec["kind"]], r["halo-fused"][0])
+        worst_masked = max(worst_masked, r["masked"][0])
+        bases = [x["base"] for x in records]
+        base = max(set(bases), key=bases.count)
+        plain_ms, halo_ms = _ms(records, "base"), _ms(records, "halo-fused")
+        opt_label = f"{rec['kind']} (plain: {'fused' if base == 'plain-fused' else 'foreach'})"
+        (halo_bytes, halo_per), (masked_bytes, masked_per) = (
+            rec["extra"]["halo-fused"],
+            rec["extra"]["masked"],
+        )
+        peak = rec["peak"]
+        print(
+            f"| {rec['label']} | {opt_label} | {rec['batch']} | {plain_ms:.3f} | {halo_ms:.3f} | "
+            f"{_spread(r['halo-fused'])} | {_spread(r['halo-reference'])} | "
+            f"{halo_per:.0f} | {_limit(halo_bytes, bw, plain_ms)} | "
+            + "".join(f"{_spread(r[t])} | " for t in TARGETS)
+            + f"{_spread(r['masked'])} | {masked_per:.0f} | {_limit(masked_bytes, bw, plain_ms)} | "
+            f"{rec['batch'] / halo_ms * 1e3:,.0f} |"
+            + (f" {peak[base]:,.0f} | {peak['halo-fused']:,.0f} |" if peak else ""),
+            flush=True,
+        )
+    for kind, x in worst.items():
+        print(f"overhead_ratio_max_{kind}={x:.3f}")
     print(f"masked_ratio_max={worst_masked:.3f}")
     print(f"overhead_ratio_max={max(worst.values()):.3f}")
 
