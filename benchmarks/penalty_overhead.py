@@ -16,7 +16,7 @@ not memorise it: one batch repeated is memorised within a few hundred steps, and
 probabilities of a memorised batch slowed one variant's backward pass by 10% and not another's).
 
     python benchmarks/penalty_overhead.py        # CPU: LeNet-300-100, LeNet-5, VGG-16-bn (width 1/4)
-    python benchmarks/penalty_overhead.py --device cuda --models vgg16-bn --batch 64 --image 32 --channels 3
+    python benchmarks/penalty_overhead.py --device cuda --models vgg16-bn resnet18 --image 32 --channels 3
 
 The last lines are ``overhead_ratio_max_sgd=<X>``, ``overhead_ratio_max_adamw=<X>``,
 ``masked_ratio_max=<X>`` and ``overhead_ratio_max=<X>``: the largest median fused-HALO/plain ratio per
@@ -44,7 +44,9 @@ SPECS = {  # name: (model kwargs, default batch)
     "lenet-300-100": ({}, 100),
     "lenet-5": ({}, 100),
     "vgg16-bn": ({"width": 0.25}, 64),
+    "resnet18": ({"width": 0.25}, 64),
 }
+CPU_MODELS = ("lenet-300-100", "lenet-5", "vgg16-bn")  # the default on a CPU (ResNet-18: --models)
 
 
 def _sync(device: torch.device) -> None:
@@ -206,7 +208,7 @@ def run_setting(args: argparse.Namespace, device: torch.device, name: str, kind:
     table needs besides (JSON-able, so that a worker process can hand it over)."""
     kwargs, batch = SPECS[name]
     kwargs = dict(kwargs, in_channels=args.channels, image_size=args.image)
-    if name == "vgg16-bn":
+    if "width" in kwargs:  # the conv nets: full width on a GPU, a quarter on a CPU
         kwargs["width"] = args.width or (1.0 if device.type == "cuda" else 0.25)
     batch = args.batch or batch
     g = torch.Generator().manual_seed(0)
@@ -217,7 +219,8 @@ def run_setting(args: argparse.Namespace, device: torch.device, name: str, kind:
     ys = list(torch.randint(0, 10, (args.pool, batch), generator=g).to(device).unbind())
     modes = ["plain", "plain-fused", "halo-fused", "halo-reference", *TARGETS, *MASKED]
     steps = {m: make_step(name, kwargs, m, kind, xs, ys, args.amp) for m in modes}
-    reps = args.reps if name != "vgg16-bn" or device.type == "cuda" else max(3, args.reps // 10)
+    conv_on_cpu = "width" in kwargs and device.type != "cuda"  # ~25 ms a step: fewer per round
+    reps = max(3, args.reps // 10) if conv_on_cpu else args.reps
     times = measure(steps, device, reps, args.rounds)
     base = min(("plain", "plain-fused"), key=lambda m: statistics.median(times[m]))  # the fastest plain
     # the mask guarantee's cost: masked training against plain training with the same optimizer
@@ -277,7 +280,7 @@ def _ms(records: list[dict], variant: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
+    ap.add_argument("--models", nargs="+", default=list(CPU_MODELS), choices=list(SPECS))
     ap.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, help="batch size (default: per model)")

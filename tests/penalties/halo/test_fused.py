@@ -173,6 +173,51 @@ def test_fused_matches_reference_on_cuda(halo_kw: dict, sgd_kw: dict) -> None:
         globals()["DEVICE"] = "cpu"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", ["sgd", "adamw", "adamw-fused", "adamw-decoupled", "masked-adamw"])
+def test_training_step_does_not_synchronise_on_cuda(case: str) -> None:
+    """After its first steps (compiling, reading Adam's step counts once), a training step with fused
+    HALO — SGD, AdamW with its counts on the host or (``fused=True``) on the device, coupled and
+    decoupled — or with masks enforced makes no host-device synchronisation: CUDA's sync debug mode
+    turns any into an error."""
+    from haloprune import global_magnitude_prune
+
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100").cuda()
+    params: list = [{"params": model.parameters()}]
+    halo = None
+    if case.startswith("masked"):
+        global_magnitude_prune(model, 0.9)
+    else:
+        coupling = {"coupling": "decoupled"} if case == "adamw-decoupled" else {}
+        halo = HALO(model, xi=1e-5, psi=1e-3, **coupling).to("cuda")
+        params.append({"params": halo.parameters()})
+    if case == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-3, fused=case == "adamw-fused")
+    if halo is not None:
+        halo.attach(opt)
+    x, y = torch.randn(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert halo is None or halo.fused_steps.item() == 6
+
+
 def test_compiled_model_with_fused_halo_and_masks_trains() -> None:
     """torch.compile'd model + fused HALO + masks: trains, masks hold, same result as the eager model."""
     from haloprune import global_magnitude_prune
