@@ -126,7 +126,7 @@ class Frame(NamedTuple):
     identity: tuple  # ``tensors``' identity for the direct call (see :func:`~.launch.identity`)
     steps: Tensors  # the optimizer's step-count tensors for them (Adam), to read
     advance: bool  # whether :meth:`FusedUpdate.finish` advances ``steps`` (else the kernel does)
-    seen: list  # per step-count tensor read: (its version, its count) after the last step (see ``counted``)
+    seen: list  # per step-count tensor read: (it, its version, its count) after the last step (``counted``)
     memo: list  # [rows, table]: the last hyperparameter rows and their table (see FusedUpdate.step_values)
 
     def current(self, folded: Folded) -> bool:
@@ -143,16 +143,19 @@ class Frame(NamedTuple):
         """The count of the step about to be taken for each step-count tensor in ``steps`` (its value plus
         one), each read from its device once and then mirrored in ``seen`` for as long as the tensor's
         version counter shows no change but the step's own advance: no host read, no device sync per
-        step, and a count set from outside (in place) is read again. ``steps`` are this frame's (and
-        HALO's own count), in the same order every step."""
+        step, and a count set from outside (in place, or a new tensor in its place) is read again.
+        ``steps`` are this frame's (and HALO's own count), in the same order every step."""
         seen = self.seen
         if len(seen) != len(steps):
             seen[:] = [None] * len(steps)
         out = []
         for i, step in enumerate(steps):
             version, last = step._version, seen[i]
-            n = last[1] + 1 if last is not None and last[0] == version else int(step.item()) + 1
-            seen[i] = (version + 1, n)  # the advance after the kernel is one in-place change
+            if last is not None and last[0] is step and last[1] == version:
+                n = last[2] + 1
+            else:
+                n = int(step.item()) + 1
+            seen[i] = (step, version + 1, n)  # the advance after the kernel is one in-place change
             out.append(n)
         return out
 
