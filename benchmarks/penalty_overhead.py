@@ -263,12 +263,8 @@ def collect(args: argparse.Namespace, device: torch.device) -> list[list[dict]]:
 def summarise(records: list[dict], variant: str) -> tuple[float, float, float]:
     """``variant`` over the fastest plain step: the median over processes of each one's median over
     rounds, and the min and max over all rounds of all processes."""
-    medians, every = [], []
-    for rec in records:
-        r = [a / b for a, b in zip(rec["times"][variant], rec["times"][rec["base"]], strict=True)]
-        medians.append(statistics.median(r))
-        every += r
-    return statistics.median(medians), min(every), max(every)
+    each = [paired(rec["times"], variant, rec["base"]) for rec in records]
+    return statistics.median(r[0] for r in each), min(r[1] for r in each), max(r[2] for r in each)
 
 
 def _ms(records: list[dict], variant: str) -> float:
@@ -300,9 +296,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     device = torch.device(args.device)
-    if args.worker:
-        settings = [(name, kind) for name in args.models for kind in args.optimizers]
-        print(json.dumps([run_setting(args, device, name, kind) for name, kind in settings]))
+    if args.worker:  # this process's records, one per setting (collect runs them here: --processes 1)
+        print(json.dumps([rec for records in collect(args, device) for rec in records]))
         return
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "

@@ -232,6 +232,11 @@ def adam_geometry(
     halo.attach = attach_and_keep  # type: ignore[method-assign]
     target.strengths = lambda: (0.0, strengths()[1])  # type: ignore[method-assign]  # the kernel's ξ: 0
 
+    def mean_one(d: torch.Tensor, ws: list[torch.Tensor]) -> torch.Tensor:
+        """``d`` scaled to mean 1 over the live (nonzero) weights of ``ws`` (over all, if none is)."""
+        live = torch.cat([t.detach().flatten() != 0 for t in ws])
+        return d / (d[live].mean() if live.any() else d.mean())
+
     def scale(ws: list[torch.Tensor]) -> torch.Tensor:
         opt = st["opt"]
         beta2, eps = opt.param_groups[0]["betas"][1], opt.param_groups[0]["eps"]
@@ -243,15 +248,9 @@ def adam_geometry(
                 continue
             v = state["exp_avg_sq"].double().flatten() / (1 - beta2 ** float(state["step"]))
             part = (v.sqrt() + eps) ** power
-            if per_tensor:
-                live = w.detach().flatten() != 0
-                part = part / (part[live].mean() if live.any() else part.mean())
-            parts.append(part)
+            parts.append(mean_one(part, [w]) if per_tensor else part)
         d = torch.cat(parts)
-        if per_tensor:
-            return d
-        live = torch.cat([t.detach().flatten() != 0 for t in ws])
-        return d / (d[live].mean() if live.any() else d.mean())
+        return d if per_tensor else mean_one(d, ws)
 
     def g_control(ws, lam_squared, step_size, lr, lams=None):  # type: ignore[no-untyped-def]
         st["d"], st["lr"] = scale(ws), lr

@@ -64,11 +64,8 @@ def test_target_halo_jobs_with_adam_record_the_shrinkage_bound(tmp_path: Path) -
         f"[methods.loose]\n{halo}, max_shrink = 100.0 }} }}\n"
         f'[methods.pi]\n{halo}, target_control = "pi" }} }}\n'
         f'[methods.sgd]\n{halo} }} }}\noptim = {{ optimizer = "sgd", lr = 0.1, momentum = 0.9 }}\n'
-    )
-    config.write_text(
-        config.read_text()
-        + f"[methods.free]\n{halo}, max_shrink = inf }} }}\n"
-        + f"[methods.grid]\n{halo} }} }}\ngrid = [{{ penalty = {{ max_shrink = inf }} }}]\n"
+        f"[methods.free]\n{halo}, max_shrink = inf }} }}\n"
+        f"[methods.grid]\n{halo} }} }}\ngrid = [{{ penalty = {{ max_shrink = inf }} }}]\n"
     )
     jobs = {j.method: j for j in expand(load_sweep_config(config))}
     assert jobs.pop("grid").hyperparameters == {"penalty": {"max_shrink": "inf"}}  # a grid's value too
